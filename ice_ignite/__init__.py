@@ -1,0 +1,56 @@
+"""ice_ignite: an event-driven PyTorch training toolkit on pytorch-ignite.
+
+Describe training as a HyperGraph of named, tagged nodes and a schedule of Tasks; every Task
+runs as an ignite ``Engine``.
+"""
+
+from ice_ignite.checkpoint import LoadCheckpointTask, SaveCheckpointTask
+from ice_ignite.counters import Counter, GlobalCounters
+from ice_ignite.errors import (
+    CheckpointError,
+    GraphError,
+    IceError,
+    NodeError,
+    NodeNotSelectedError,
+    ResumeTaskFailed,
+    ScheduleError,
+    StopAllTasks,
+    StopTask,
+)
+from ice_ignite.graph import ExecutableGraph, GraphOutputCache
+from ice_ignite.hypergraph import HyperGraph
+from ice_ignite.launcher import Launcher
+from ice_ignite.nodes import DatasetNode, LossMode, LossNode, MetricNode, ModuleNode, Node
+from ice_ignite.optimizer import Optimizer
+from ice_ignite.task import Repeat, Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HyperGraph",
+    "ExecutableGraph",
+    "GraphOutputCache",
+    "Node",
+    "ModuleNode",
+    "LossNode",
+    "LossMode",
+    "MetricNode",
+    "DatasetNode",
+    "Optimizer",
+    "Task",
+    "Repeat",
+    "SaveCheckpointTask",
+    "LoadCheckpointTask",
+    "Launcher",
+    "Counter",
+    "GlobalCounters",
+    "IceError",
+    "GraphError",
+    "NodeError",
+    "NodeNotSelectedError",
+    "ScheduleError",
+    "CheckpointError",
+    "ResumeTaskFailed",
+    "StopTask",
+    "StopAllTasks",
+]

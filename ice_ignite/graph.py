@@ -1,0 +1,294 @@
+"""The per-iteration output cache and ``ExecutableGraph``: the nodes one task selected, run
+as one iteration of forward → backward → update (API.md, B2)."""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+
+from ice_ignite.errors import GraphError, IceError, NodeError, NodeNotSelectedError, StopAllTasks, StopTask
+from ice_ignite.nodes.dataset import DatasetNode
+from ice_ignite.nodes.loss import LossNode
+from ice_ignite.nodes.module import ModuleNode
+from ice_ignite.nodes.node import HOOKS, Node
+
+if TYPE_CHECKING:
+    from ice_ignite.hypergraph import HyperGraph
+    from ice_ignite.task import Task
+
+__all__ = ["GraphOutputCache", "ExecutableGraph"]
+
+# Exceptions that pass through node error reporting untouched.
+_PASS_THROUGH = (StopTask, StopAllTasks, IceError, KeyboardInterrupt)
+
+_Call = tuple[Node, Callable[[], None]]
+
+
+def _run(calls: list[_Call], phase: str) -> None:
+    """Call each hook; an exception is re-raised as a NodeError naming the node and phase."""
+    node = None
+    try:
+        for node, fn in calls:
+            fn()
+    except _PASS_THROUGH:
+        raise
+    except Exception as e:
+        raise NodeError(f"node {node.uid!r} raised {type(e).__name__} in {phase}: {e}", node.uid, phase) from e
+
+
+def _describe_tags(tags: tuple[str, ...]) -> str:
+    return ",".join(tags)
+
+
+class GraphOutputCache:
+    """The ``x`` of ``forward(n, x)``: ``x["name"]`` is node ``name``'s output this iteration.
+
+    A node is computed on first use and cached until the iteration ends; each use inside a
+    forward records a dependency edge (``deps[user][name]``), in the order they were pulled.
+    ``"name" in x`` tells whether the task selected that node.
+    """
+
+    __slots__ = ("_graph", "_nodes", "_values", "_stack", "deps")
+
+    def __init__(self, graph: "ExecutableGraph"):
+        self._graph = graph
+        self._nodes = graph.nodes
+        self._values: dict[str, Any] = {}
+        self._stack: list[str] = []
+        self.deps: dict[str, dict[str, None]] = {name: {} for name in graph.nodes}
+
+    def __getitem__(self, name: str) -> Any:
+        stack = self._stack
+        if stack:
+            self.deps[stack[-1]][name] = None
+        values = self._values
+        if name in values:
+            return values[name]
+        return self._compute(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._nodes
+
+    def keys(self) -> Iterator[str]:
+        """Names of the nodes computed so far this iteration."""
+        return iter(list(self._values))
+
+    def _compute(self, name: str) -> Any:
+        stack = self._stack
+        node = self._nodes.get(name)
+        if node is None:
+            raise self._graph.not_selected_error(name, stack)
+        if name in stack:
+            path = " -> ".join(stack[stack.index(name):] + [name])
+            raise GraphError(
+                f"cycle in the graph of task tags ({_describe_tags(self._graph.tags)}): {path}; "
+                "a node may not depend on itself, directly or through others"
+            )
+        stack.append(name)
+        try:
+            out = node.forward_impl(self)
+        except _PASS_THROUGH:
+            raise
+        except Exception as e:
+            raise NodeError(
+                f"node {node.uid!r} raised {type(e).__name__} in forward: {e}"
+                + (f" (pulled by {' -> '.join(stack[:-1])})" if len(stack) > 1 else ""),
+                node.uid,
+                "forward",
+            ) from e
+        finally:
+            stack.pop()
+        self._values[name] = out
+        return out
+
+    def clear(self) -> None:
+        """Release this iteration's outputs."""
+        self._values.clear()
+        self._stack.clear()
+
+
+class ExecutableGraph:
+    """The nodes a task selected, in ``add`` order, and the code of one iteration.
+
+    Built and cached by ``HyperGraph.select_egraph(tags)``. ``train_iteration`` forwards every
+    node, sums ``weight * loss`` over the LossNodes and runs one backward, then lets every node
+    update (ModuleNodes step at the end of an accumulation cycle). ``eval_iteration`` forwards
+    and updates.
+    """
+
+    def __init__(self, hypergraph: "HyperGraph", nodes: dict[str, Node], tags: tuple[str, ...]):
+        self.hypergraph = hypergraph
+        self.nodes = nodes
+        self.tags = tags
+        self.cache = GraphOutputCache(self)
+        self.task: Task | None = None
+        self.training = False
+        #: True in the train iteration that ends an accumulation cycle (optimizers step).
+        self.step_now = False
+        #: (device type, dtype) when ModuleNode and LossNode forwards run under autocast
+        self.autocast: tuple[str, torch.dtype] | None = None
+        self.loss_nodes = [n for n in nodes.values() if isinstance(n, LossNode)]
+        self.module_nodes = [n for n in nodes.values() if isinstance(n, ModuleNode)]
+        self.dataset_nodes = [n for n in nodes.values() if isinstance(n, DatasetNode)]
+        self._names = list(nodes)
+        self._loss_terms: list[torch.Tensor] = []
+        self._batch_source: dict[str, DatasetNode | None] = {}
+        #: phase -> (built-in behaviour of node kinds, user hooks), each in ``add`` order
+        self._phases = {phase: self._collect(phase) for phase in HOOKS}
+
+    # -- construction -------------------------------------------------------------------------
+    def _collect(self, phase: str) -> tuple[list[_Call], list[_Call]]:
+        internal, hooks = [], []
+        for node in self.nodes.values():
+            fn = getattr(node, "_on_" + phase)
+            if fn is not None:
+                internal.append((node, fn))
+            if phase in node.__dict__ or getattr(type(node), phase) is not getattr(Node, phase):
+                hooks.append((node, getattr(node, phase)))
+        return internal, hooks
+
+    def not_selected_error(self, name: str, stack: list[str]) -> NodeNotSelectedError:
+        who = f"node {self.nodes[stack[-1]].uid!r}" if stack else "the task"
+        path = " -> ".join(stack + [name])
+        others = self.hypergraph.uids_of(name)
+        hint = (
+            f"'{name}' exists as {', '.join(repr(u) for u in others)}, which these tags do not select: "
+            "add the task's tag to that node or tag the node '*'"
+            if others
+            else f"no node is named '{name}' (selected: {', '.join(self._names) or 'none'}); check the spelling"
+        )
+        return NodeNotSelectedError(
+            f"{who} asked for x['{name}'] (path {path}) in a task with tags ({_describe_tags(self.tags)}); {hint}"
+        )
+
+    # -- task lifecycle -----------------------------------------------------------------------
+    def start(self, task: "Task") -> None:
+        """Bind the graph to a starting task run: set module modes, then ``prepare`` every node."""
+        self.task = task
+        self.training = task.train
+        self.step_now = False
+        self.autocast = self.hypergraph.autocast
+        self.cache.clear()
+        for node in self.nodes.values():
+            node.egraph = self
+        self._set_module_modes()
+        self.apply("prepare")
+
+    def finish(self) -> None:
+        """``clean_up`` every node at the end of a task run."""
+        try:
+            self.apply("clean_up")
+        finally:
+            self.cache.clear()
+            self.task = None
+
+    def _set_module_modes(self) -> None:
+        # Always, whatever the tags: ice-learn reused one graph for train and eval with the same
+        # tags and left modules in train mode during evaluation (its bug 4).
+        if not self.training:
+            for node in self.module_nodes:
+                node.module.eval()
+            return
+        trainable: dict[int, tuple[torch.nn.Module, set[int]]] = {}
+        for node in self.module_nodes:
+            module, ids = trainable.setdefault(id(node.module), (node.module, set()))
+            ids.update(id(p) for p in node.trainable_parameters())
+        for module, ids in trainable.values():
+            module.train()
+            for p in module.parameters():
+                p.requires_grad_(id(p) in ids)
+
+    def apply(self, phase: str) -> None:
+        """Run ``phase`` on every node: built-in behaviour of all nodes first, then user hooks."""
+        internal, hooks = self._phases[phase]
+        _run(internal, phase)
+        _run(hooks, phase)
+
+    def apply_hooks(self, phase: str) -> None:
+        """Run only the user hooks of ``phase`` (resuming a checkpointed epoch)."""
+        _run(self._phases[phase][1], phase)
+
+    # -- one iteration ------------------------------------------------------------------------
+    def train_iteration(self, position: int, epoch_length: int) -> dict[str, torch.Tensor]:
+        """One train iteration at ``position`` (0-based) in an engine epoch of ``epoch_length``."""
+        hg = self.hypergraph
+        k = hg.grad_acc_steps
+        in_cycle = position % k
+        cycle_len = min(k, epoch_length - (position - in_cycle))
+        self.step_now = in_cycle == cycle_len - 1
+        if in_cycle == 0:
+            for node in self.module_nodes:
+                node.zero_grad()
+        cache = self.cache
+        values = cache._values
+        try:
+            for name in self._names:
+                if name not in values:
+                    cache._compute(name)
+            terms = self._loss_terms
+            terms.clear()
+            phases = self._phases
+            _run(phases["backward"][0], "backward")
+            if terms:
+                total = terms[0] if len(terms) == 1 else functools.reduce(operator.add, terms)
+                terms.clear()
+                if not total.requires_grad:
+                    raise GraphError(
+                        f"the losses of the train task with tags ({_describe_tags(self.tags)}) do not require "
+                        f"grad ({', '.join(n.uid for n in self.loss_nodes)}): no trainable parameter reaches "
+                        "them; give a ModuleNode optimizers, or make the task train=False"
+                    )
+                if cycle_len != 1:
+                    total = total / cycle_len
+                scaler = hg.grad_scaler
+                if scaler is not None:
+                    total = scaler.scale(total)
+                total.backward()
+            _run(phases["backward"][1], "backward")
+            update_internal, update_hooks = phases["update"]
+            _run(update_internal, "update")
+            _run(update_hooks, "update")
+            if self.step_now:
+                hg._after_optimizer_step()
+            return {n._name: values[n._name].detach() for n in self.loss_nodes}
+        finally:
+            cache.clear()
+
+    def eval_iteration(self) -> dict[str, torch.Tensor]:
+        """One eval iteration: forward every node, then ``update``."""
+        cache = self.cache
+        values = cache._values
+        try:
+            for name in self._names:
+                if name not in values:
+                    cache._compute(name)
+            self.apply("update")
+            return {n._name: values[n._name] for n in self.loss_nodes}
+        finally:
+            cache.clear()
+
+    # -- helpers for nodes --------------------------------------------------------------------
+    def add_loss(self, loss: torch.Tensor) -> None:
+        """Add a term to this train iteration's summed loss (LossNodes call it in ``backward``)."""
+        self._loss_terms.append(loss)
+
+    def batch_source(self, name: str) -> DatasetNode | None:
+        """The first DatasetNode that node ``name`` depends on (recorded dependencies, BFS)."""
+        if name in self._batch_source:
+            return self._batch_source[name]
+        deps = self.cache.deps
+        seen, queue, found = {name}, [name], None
+        while queue and found is None:
+            for dep in deps.get(queue.pop(0), ()):
+                node = self.nodes.get(dep)
+                if isinstance(node, DatasetNode):
+                    found = node
+                    break
+                if dep not in seen:
+                    seen.add(dep)
+                    queue.append(dep)
+        self._batch_source[name] = found
+        return found

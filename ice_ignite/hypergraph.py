@@ -1,0 +1,559 @@
+"""``HyperGraph``: the container of all nodes, their selection by tags, and ``run``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from ice_ignite.checkpoint import (
+    checkpoint_filename,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    read_checkpoint,
+    write_checkpoint,
+    FORMAT,
+)
+from ice_ignite.counters import GlobalCounters
+from ice_ignite.errors import CheckpointError, GraphError, ResumeTaskFailed, ScheduleError, StopAllTasks, StopTask
+from ice_ignite.graph import ExecutableGraph
+from ice_ignite.launcher import Launcher, parse_devices
+from ice_ignite.nodes.node import Node
+from ice_ignite.rundir import RunDir, prepare_run_dir
+from ice_ignite.seeding import rng_state, seed_everything, set_rng_state
+from ice_ignite.tags import DEFAULT_TAG, check_name, is_selected, make_uid, normalize_tags, split_uid
+from ice_ignite.task import ScheduleEntry, Task, call_with_arity, flatten_schedule
+
+__all__ = ["HyperGraph", "NullWriter"]
+
+logger = logging.getLogger("ice_ignite")
+
+_AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class NullWriter:
+    """A board that ignores every call (non-zero ranks, runs without a directory)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self._ignore
+
+    @staticmethod
+    def _ignore(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class HyperGraph:
+    """All the nodes of an experiment, by name and tags, and the schedule that runs them.
+
+    Args:
+        autocast_enabled: run ModuleNode and LossNode forwards under ``torch.autocast``.
+        autocast_dtype: ``torch.float16`` or ``torch.bfloat16``; None picks float16 on CUDA and
+            bfloat16 on CPU.
+        grad_scaler: True / False, a ``torch.amp.GradScaler``, or None: enabled for float16 only.
+
+    Example:
+        >>> import torch, ice_ignite as ice
+        >>> g = ice.HyperGraph()
+        >>> data = torch.utils.data.TensorDataset(torch.randn(8, 2), torch.randn(8, 1))
+        >>> _ = g.add("data", ice.DatasetNode(data, batch_size=4))
+        >>> _ = g.add("net", ice.ModuleNode(torch.nn.Linear(2, 1), forward=lambda n, x: n.module(x["data"][0]),
+        ...                                 optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1)))
+        >>> _ = g.add("mse", ice.LossNode(lambda n, x: torch.nn.functional.mse_loss(x["net"], x["data"][1])))
+        >>> g.exec_tasks([ice.Task(train=True, epochs=1)], ice.Launcher())
+        >>> g.global_counters.steps.train
+        2
+    """
+
+    def __init__(self, autocast_enabled: bool = False, autocast_dtype: torch.dtype | None = None,
+                 grad_scaler: "bool | torch.amp.GradScaler | None" = None):
+        self._nodes: dict[str, Node] = {}
+        self._egraphs: dict[tuple[str, ...], ExecutableGraph] = {}
+        self.global_counters = GlobalCounters()
+        self.grad_acc_steps = 1
+        self._autocast_enabled = False
+        self._autocast_dtype: torch.dtype | None = None
+        self._scaler_spec: Any = None
+        self._scaler_kwargs: dict = {}
+        #: (device type, dtype) while a run uses autocast, else None
+        self.autocast: tuple[str, torch.dtype] | None = None
+        #: the run's GradScaler, or None when disabled
+        self.grad_scaler: torch.amp.GradScaler | None = None
+        self._scaler_stepped = False
+        self.init_autocast(autocast_enabled, autocast_dtype, grad_scaler)
+        # run context
+        self.launcher: Launcher | None = None
+        self.run_dir: Path | None = None
+        self.run_id: str | None = None
+        self.seed = 0
+        self._rundir: RunDir | None = None
+        self._board: Any = None
+        self._entries: list[ScheduleEntry] | None = None
+        self._position = 0
+        self._entry_state = "idle"
+        self._running_task: Task | None = None
+        self._ckpt_seq = 0
+
+    # -- nodes ----------------------------------------------------------------------------------
+    def add(self, name: str, node: Node, tags: "str | Iterable[str]" = DEFAULT_TAG) -> Node:
+        """Add ``node`` under ``name`` and ``tags``; returns the node.
+
+        A ``"*"`` node is selected by every task unless a node of the same name is selected by
+        its own tags, which then overrides it, whatever the order of ``add``.
+
+        Raises:
+            TypeError: ``node`` is not a Node.
+            ValueError: the uid ``"<tags>/<name>"`` is taken, or the name or tags are malformed.
+        """
+        check_name(name)
+        if not isinstance(node, Node):
+            hint = (" wrap it: ice.ModuleNode(module, forward=lambda n, x: n.module(x['data'][0]))"
+                    if isinstance(node, torch.nn.Module) else "")
+            raise TypeError(f"HyperGraph.add({name!r}, ...) needs an ice Node, got {type(node).__name__};{hint}")
+        self._check_not_running("add")
+        tag_tuple = normalize_tags(tags, what=f"tags of node {name!r}")
+        uid = make_uid(name, tag_tuple)
+        if uid in self._nodes:
+            raise ValueError(f"a node with uid {uid!r} exists already; use another name or tags, or remove({uid!r})")
+        node._attach(self, name, uid, tag_tuple)
+        self._nodes[uid] = node
+        self._egraphs.clear()
+        return node
+
+    def remove(self, query: str) -> list[Node]:
+        """Remove the node with uid ``query`` (``"train/data"``), or every node named ``query``."""
+        self._check_not_running("remove")
+        if not isinstance(query, str):
+            raise TypeError(f"remove takes a uid or a name, got {query!r}")
+        if "/" in query:
+            name, tags = split_uid(query)
+            uids = [make_uid(name, tags)] if make_uid(name, tags) in self._nodes else []
+        else:
+            uids = self.uids_of(query)
+        if not uids:
+            raise KeyError(f"no node matches {query!r}; uids are: {', '.join(self._nodes) or 'none'}")
+        removed = [self._nodes.pop(uid) for uid in uids]
+        for node in removed:
+            node._detach()
+        self._egraphs.clear()
+        return removed
+
+    def __getitem__(self, uid: str) -> Node:
+        name, tags = split_uid(uid)
+        key = make_uid(name, tags)
+        if key not in self._nodes:
+            others = self.uids_of(name)
+            hint = f"nodes named {name!r}: {', '.join(others)}" if others else f"no node is named {name!r}"
+            raise KeyError(f"no node with uid {key!r} ({hint})")
+        return self._nodes[key]
+
+    def __contains__(self, uid: object) -> bool:
+        try:
+            name, tags = split_uid(uid)  # type: ignore[arg-type]
+        except (KeyError, ValueError, TypeError):
+            return False
+        return make_uid(name, tags) in self._nodes
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        """Every node by uid, in ``add`` order (a copy)."""
+        return dict(self._nodes)
+
+    def uids_of(self, name: str) -> list[str]:
+        """The uids of the nodes named ``name``."""
+        return [uid for uid, node in self._nodes.items() if node.name == name]
+
+    def _select(self, tags: tuple[str, ...]) -> dict[str, Node]:
+        query = frozenset(tags)
+        specific: dict[str, Node] = {}
+        for node in self._nodes.values():
+            if node.tags != (DEFAULT_TAG,) and is_selected(node.tags, query):
+                other = specific.get(node.name)
+                if other is not None:
+                    raise GraphError(
+                        f"tags ({','.join(tags)}) select two nodes named {node.name!r}: {other.uid!r} and "
+                        f"{node.uid!r}; give them different names or tags that exclude one another"
+                    )
+                specific[node.name] = node
+        return {
+            node.name: node
+            for node in self._nodes.values()
+            if specific.get(node.name) is node or (node.tags == (DEFAULT_TAG,) and node.name not in specific)
+        }
+
+    def select_nodes(self, *tags: str) -> dict[str, Node]:
+        """``{uid: node}`` that a task with ``tags`` selects; ``"*"`` (or nothing) means every node.
+
+        Example:
+            >>> import ice_ignite as ice
+            >>> g = ice.HyperGraph()
+            >>> _ = g.add("data", ice.Node(), tags="train"); _ = g.add("data", ice.Node(), tags="val")
+            >>> _ = g.add("net", ice.Node()); _ = g.add("probe", ice.Node(), tags="#dbg")
+            >>> list(g.select_nodes("train"))
+            ['train/data', '*/net']
+            >>> list(g.select_nodes("val", "#dbg"))
+            ['val/data', '*/net', '#dbg/probe']
+        """
+        query = normalize_tags(tags or DEFAULT_TAG, what="select_nodes tags")
+        if query == (DEFAULT_TAG,):
+            return dict(self._nodes)
+        return {node.uid: node for node in self._select(query).values()}
+
+    def select_egraph(self, tags: "str | Iterable[str]") -> ExecutableGraph:
+        """The ExecutableGraph of a task with ``tags`` (built once, until the next add/remove)."""
+        key = normalize_tags(tags, what="task tags")
+        graph = self._egraphs.get(key)
+        if graph is None:
+            graph = self._egraphs[key] = ExecutableGraph(self, self._select(key), key)
+        return graph
+
+    def _check_not_running(self, what: str) -> None:
+        if self._running_task is not None:
+            raise RuntimeError(
+                f"cannot {what} nodes while {self._running_task!r} runs; do it in a schedule callable between tasks"
+            )
+
+    # -- precision and accumulation -----------------------------------------------------------
+    def init_autocast(self, autocast_enabled: bool = True, autocast_dtype: torch.dtype | None = None,
+                      grad_scaler: "bool | torch.amp.GradScaler | None" = None) -> None:
+        """Run ModuleNode and LossNode forwards under ``torch.autocast`` with the run's device
+        type; ``grad_scaler=None`` enables a GradScaler only for float16."""
+        if not isinstance(autocast_enabled, bool):
+            raise TypeError(f"autocast_enabled must be True or False, got {autocast_enabled!r}")
+        if autocast_dtype is not None and autocast_dtype not in _AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype must be torch.float16, torch.bfloat16 or None, got {autocast_dtype!r}")
+        self._autocast_enabled = autocast_enabled
+        self._autocast_dtype = autocast_dtype
+        if grad_scaler is not None:
+            self.init_grad_scaler(grad_scaler)
+
+    def init_grad_scaler(self, grad_scaler: "bool | torch.amp.GradScaler" = True, *, init_scale: float = 2.0**16,
+                         growth_factor: float = 2.0, backoff_factor: float = 0.5, growth_interval: int = 2000,
+                         enabled: bool = True) -> None:
+        """Use a ``torch.amp.GradScaler`` (True: built for the run's device with these options;
+        False: none; or a GradScaler instance)."""
+        if not isinstance(grad_scaler, (bool, torch.amp.GradScaler)):
+            raise TypeError(f"grad_scaler must be True, False or a torch.amp.GradScaler, got {grad_scaler!r}")
+        self._scaler_spec = grad_scaler if enabled or not isinstance(grad_scaler, bool) else False
+        self._scaler_kwargs = dict(init_scale=init_scale, growth_factor=growth_factor,
+                                   backoff_factor=backoff_factor, growth_interval=growth_interval)
+        self.grad_scaler = None
+
+    def is_autocast_enabled(self) -> bool:
+        """Whether forwards run under autocast."""
+        return self._autocast_enabled
+
+    def is_grad_scaler_enabled(self) -> bool:
+        """Whether losses are scaled by a GradScaler (decided for the run's device when unset)."""
+        if self.grad_scaler is not None:
+            return True
+        spec = self._scaler_spec
+        if isinstance(spec, torch.amp.GradScaler):
+            return spec.is_enabled()
+        if spec is None:
+            device = self.launcher.device if self.launcher is not None else torch.device("cpu")
+            return self._autocast_enabled and self._resolved_dtype(device) == torch.float16
+        return bool(spec)
+
+    def _resolved_dtype(self, device: torch.device) -> torch.dtype:
+        if self._autocast_dtype is not None:
+            return self._autocast_dtype
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    def _setup_amp(self, device: torch.device) -> None:
+        dtype = self._resolved_dtype(device)
+        self.autocast = (device.type, dtype) if self._autocast_enabled else None
+        if self.grad_scaler is not None and self.is_grad_scaler_enabled():
+            return  # a second run() continues with the same scaler
+        spec = self._scaler_spec
+        if isinstance(spec, torch.amp.GradScaler):
+            self.grad_scaler = spec if spec.is_enabled() else None
+        elif spec is True or (spec is None and self._autocast_enabled and dtype == torch.float16):
+            self.grad_scaler = torch.amp.GradScaler(device.type, **self._scaler_kwargs)
+        else:
+            self.grad_scaler = None
+
+    def _after_optimizer_step(self) -> None:
+        if self.grad_scaler is not None and self._scaler_stepped:
+            self.grad_scaler.update()
+        self._scaler_stepped = False
+
+    def set_gradient_accumulate(self, every: int = 1) -> None:
+        """Step the optimizers every ``every`` iterations, each micro-batch's loss divided by the
+        number of micro-batches in its cycle."""
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"set_gradient_accumulate(every=...) needs an int >= 1, got {every!r}")
+        self._check_not_running("change gradient accumulation of")
+        self.grad_acc_steps = every
+
+    # -- board --------------------------------------------------------------------------------
+    @property
+    def board(self) -> Any:
+        """A tensorboardX SummaryWriter into ``logs/`` on global rank 0 of a run, else a NullWriter."""
+        if self._board is None:
+            if self._rundir is not None and self.launcher is not None and self.launcher.rank == 0:
+                from tensorboardX import SummaryWriter
+
+                self._board = SummaryWriter(logdir=str(self._rundir.logs))
+            else:
+                return NullWriter()
+        return self._board
+
+    # -- schedule -------------------------------------------------------------------------------
+    def exec_tasks(self, tasks: Any, launcher: Launcher) -> None:
+        """Run a schedule (Tasks, Repeats, callables ``f()``, ``f(g)``, ``f(g, launcher)``) in this
+        process. ``HyperGraph.run`` calls it; call it directly to run without a run directory."""
+        if not isinstance(launcher, Launcher):
+            raise TypeError(f"exec_tasks needs an ice.Launcher, got {type(launcher).__name__}")
+        entries = flatten_schedule(tasks)
+        if self._entries is not None:  # nested, from a schedule callable: progress stays the outer one
+            self._run_entries(entries, launcher, 0, None, track=False)
+            return
+        outer = self.launcher
+        if outer is None:
+            self.launcher = launcher
+            self._setup_amp(launcher.device)
+        try:
+            self._run_entries(entries, launcher, 0, None, track=True)
+        finally:
+            if outer is None:
+                self.launcher = None
+
+    def _run_entries(self, entries: list[ScheduleEntry], launcher: Launcher, start: int, resume: dict | None,
+                     track: bool) -> None:
+        if track:
+            self._entries = entries
+        try:
+            for i in range(start, len(entries)):
+                item = entries[i].item
+                if track:
+                    self._position = i
+                try:
+                    if isinstance(item, Task):
+                        self._entry_state = "task-pending"
+                        self._running_task = item
+                        try:
+                            item.run(self, resume if i == start else None)
+                        finally:
+                            self._running_task = None
+                    else:
+                        self._entry_state = "callable"
+                        call_with_arity(item, self, launcher)
+                except StopAllTasks:
+                    logger.info("StopAllTasks raised in %s: the schedule ends here", entries[i].description)
+                    return
+                except StopTask:
+                    logger.info("StopTask raised in %s, outside a task: ignored", entries[i].description)
+            if track:
+                self._position = len(entries)
+        finally:
+            if track:
+                self._entries = None
+                self._entry_state = "idle"
+
+    def _progress(self) -> dict:
+        """Where the schedule continues if resumed from a checkpoint taken now."""
+        if self._entries is None:
+            return {"entry": 0, "task": None}
+        task = self._running_task
+        if self._entry_state == "callable":
+            return {"entry": self._position + 1, "task": None}
+        if task is not None and task._in_engine:
+            return {"entry": self._position, "task": {"iteration": int(task.engine.state.iteration),
+                                                       "epoch_length": int(task.engine.state.epoch_length)}}
+        if task is not None and task._engine_done:
+            return {"entry": self._position + 1, "task": None}
+        return {"entry": self._position, "task": None}
+
+    # -- run ------------------------------------------------------------------------------------
+    def run(self, tasks: Any, devices: str = "auto", run_id: str | None = None,
+            out_dir: "str | os.PathLike | None" = None, resume_from: "str | os.PathLike | None" = None,
+            seed: int = 0, nnodes: str = "1:1", node_rank: int = 0, dist_backend: str = "auto",
+            master_addr: str = "127.0.0.1", master_port: int | None = None, rdzv_endpoint: str = "",
+            rdzv_backend: str = "static", max_restarts: int = 0, start_method: str = "spawn",
+            launcher: Launcher | None = None, *, strict_resume: bool = True) -> Path:
+        """Run the schedule ``tasks`` in a run directory ``out_dir/run_id``.
+
+        Args:
+            tasks: a list of Tasks, Repeats and callables.
+            devices: ``"auto"``, ``"cpu"``, ``"cuda:0"``, ... (see ``parse_devices``).
+            run_id: the run directory's name; None makes a fresh timestamped one.
+            out_dir: where run directories live (default ``runs``).
+            resume_from: a checkpoint path, or ``"auto"`` for the newest valid checkpoint of the
+                run directory; the run continues exactly where that checkpoint was taken.
+            seed: the base seed of every random stream of the run.
+            strict_resume: a resumed checkpoint whose schedule is not a prefix of ``tasks`` raises
+                ``ResumeTaskFailed`` (True) or warns and restarts the schedule with the loaded
+                states (False).
+
+        Returns:
+            The run directory.
+        """
+        entries = flatten_schedule(tasks)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
+            raise TypeError(f"resume_from must be None, 'auto' or a checkpoint path, got {resume_from!r}")
+        if launcher is None:
+            device_list = parse_devices(devices)
+            if len(device_list) > 1 or str(nnodes) not in ("1", "1:1"):
+                raise NotImplementedError(
+                    f"devices={devices!r}, nnodes={nnodes!r} asks for several processes; this version runs one "
+                    "process per run: use devices='cpu', 'cuda:0' or 'auto', or launch with torchrun"
+                )
+            launcher = Launcher(device=device_list[0])
+        rundir = prepare_run_dir(out_dir, run_id, resume_from)
+        self._enter_run(launcher, rundir, seed)
+        try:
+            start, task_resume = 0, None
+            if resume_from is not None:
+                start, task_resume = self._resume(resume_from, entries, strict_resume)
+            self._run_entries(entries, launcher, start, task_resume, track=True)
+        finally:
+            self._exit_run()
+        return rundir.root
+
+    def _enter_run(self, launcher: Launcher, rundir: RunDir, seed: int) -> None:
+        self.launcher = launcher
+        self._rundir = rundir
+        self.run_dir = rundir.root
+        self.run_id = rundir.run_id
+        self.seed = seed
+        seed_everything(seed)
+        self._setup_amp(launcher.device)
+        existing = list_checkpoints(rundir.ckpts)
+        self._ckpt_seq = existing[-1][0] + 1 if existing else 0
+
+    def _exit_run(self) -> None:
+        if self._board is not None:
+            self._board.close()
+            self._board = None
+        self.launcher = None
+        self._rundir = None
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _state(self, tags: tuple[str, ...]) -> dict:
+        nodes = {uid: node.state_dict() for uid, node in self.select_nodes(*tags).items()}
+        launcher = self.launcher
+        return {
+            "format": FORMAT,
+            "seq": self._ckpt_seq,
+            "schedule": [e.description for e in self._entries] if self._entries is not None else [],
+            "progress": self._progress(),
+            "nodes": nodes,
+            "counters": self.global_counters.state_dict(),
+            "rng": rng_state(),
+            "seed": self.seed,
+            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "grad_acc_steps": self.grad_acc_steps,
+            "world_size": launcher.world_size if launcher is not None else 1,
+        }
+
+    def save_checkpoint(self, save_to: "str | os.PathLike | None" = None, tags: "str | Iterable[str]" = DEFAULT_TAG
+                        ) -> Path | None:
+        """Write a checkpoint of the run: node states (of ``tags``; ``"*"``: every node), counters,
+        RNG streams, GradScaler and the schedule position. Call it on every rank; global rank 0
+        writes. Returns the file written (None on other ranks).
+
+        Raises:
+            CheckpointError: no run directory and no ``save_to``, or ``save_to`` exists.
+        """
+        tag_tuple = normalize_tags(tags, what="save_checkpoint tags")
+        if save_to is None and self._rundir is None:
+            raise CheckpointError(
+                "save_checkpoint needs a run directory: call it during HyperGraph.run, or pass save_to=path"
+            )
+        state = self._state(tag_tuple)
+        if self.launcher is not None and self.launcher.rank != 0:
+            return None
+        if save_to is None:
+            c = self.global_counters
+            path = self._rundir.ckpts / checkpoint_filename(self._ckpt_seq, c.epochs.train, c.steps.train)
+        else:
+            path = Path(save_to)
+        write_checkpoint(state, path)
+        self._ckpt_seq += 1
+        logger.info("saved checkpoint %s", path)
+        return path
+
+    def load_checkpoint(self, resume_from: "str | os.PathLike", strict: bool = False,
+                        tags: "str | Iterable[str]" = DEFAULT_TAG) -> dict:
+        """Restore node states (of ``tags``) from a checkpoint, e.g. pretrained weights before
+        fine-tuning. Counters, RNG streams and schedule progress are left alone.
+
+        Returns:
+            ``{"loaded": [...uids], "only_in_checkpoint": [...], "only_in_graph": [...]}``.
+        """
+        tag_tuple = normalize_tags(tags, what="load_checkpoint tags")
+        state = read_checkpoint(resume_from, map_location=self._map_location())
+        return self._load_nodes(state, tag_tuple, strict, str(resume_from))
+
+    def _map_location(self) -> Any:
+        return self.launcher.device if self.launcher is not None else "cpu"
+
+    def _load_nodes(self, state: dict, tags: tuple[str, ...], strict: bool, source: str) -> dict:
+        selected = self.select_nodes(*tags)
+        saved = state["nodes"]
+        report = {
+            "loaded": [uid for uid in selected if uid in saved],
+            "only_in_checkpoint": [uid for uid in saved if uid not in selected and uid not in self._nodes],
+            "only_in_graph": [uid for uid in selected if uid not in saved],
+        }
+        for uid in report["loaded"]:
+            try:
+                selected[uid].load_state_dict(saved[uid], strict=strict)
+            except Exception as e:
+                raise CheckpointError(f"loading node {uid!r} from {source} failed: {e}") from e
+        for key, what in (("only_in_checkpoint", "absent from this graph"), ("only_in_graph", "absent from the checkpoint")):
+            if report[key]:
+                warnings.warn(f"{source}: node(s) {', '.join(report[key])} {what}; left as they are", stacklevel=3)
+        return report
+
+    def _resume(self, resume_from: Any, entries: list[ScheduleEntry], strict: bool) -> tuple[int, dict | None]:
+        if str(resume_from) == "auto":
+            found = latest_valid_checkpoint(self._rundir.ckpts, map_location=self._map_location())
+            if found is None:
+                logger.info("resume_from='auto': %s holds no checkpoint; starting from the beginning", self.run_dir)
+                return 0, None
+            path, state = found
+        else:
+            path, state = Path(resume_from), read_checkpoint(resume_from, map_location=self._map_location())
+        world = self.launcher.world_size
+        if state["world_size"] != world:
+            raise ResumeTaskFailed(
+                f"checkpoint {str(path)!r} was written by {state['world_size']} process(es), this run has {world}; "
+                "resume with the same number of processes"
+            )
+        saved, new = state["schedule"], [e.description for e in entries]
+        mismatch = next((i for i, (a, b) in enumerate(zip(saved, new)) if a != b), None)
+        if mismatch is None and len(saved) > len(new):
+            mismatch = len(new)
+        if mismatch is not None:
+            got = new[mismatch] if mismatch < len(new) else "the end of the schedule"
+            msg = (f"checkpoint {str(path)!r}: its schedule is not a prefix of this run's: entry {mismatch} was "
+                   f"{saved[mismatch]!r} and is now {got!r}")
+            if strict:
+                raise ResumeTaskFailed(msg + "; restore the schedule, or pass strict_resume=False to restart it "
+                                             "with the loaded states")
+            warnings.warn(msg + "; restarting the schedule with the loaded states", stacklevel=3)
+        self._load_nodes(state, (DEFAULT_TAG,), True, str(path))
+        self.global_counters.load_state_dict(state["counters"])
+        if state["grad_scaler"] is not None and self.grad_scaler is not None:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        if state["seed"] != self.seed:
+            warnings.warn(f"checkpoint {path.name} was taken with seed={state['seed']}; continuing with it", stacklevel=3)
+            self.seed = state["seed"]
+        set_rng_state(state["rng"])
+        seq = state.get("seq", -1)
+        self._ckpt_seq = max(self._ckpt_seq, seq + 1)
+        logger.info("resuming from %s", path)
+        if mismatch is not None:
+            return 0, None
+        progress = state["progress"]
+        return progress["entry"], progress["task"]

@@ -1,0 +1,312 @@
+"""``DatasetNode``: a DataLoader whose batch order is a pure function of (seed, uid, rank, pass),
+so that a run can resume in the middle of an epoch with the same batches (B3, B7)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from ice_ignite.errors import GraphError
+from ice_ignite.nodes.node import Node, check_callable
+from ice_ignite.seeding import derive_seed, reseed_sample
+
+if TYPE_CHECKING:
+    from ice_ignite.graph import GraphOutputCache
+
+__all__ = ["DatasetNode", "move_to"]
+
+_MANAGED = {
+    "sampler": "pass shuffle=True/False: the DatasetNode orders samples itself, so that resume is exact",
+    "batch_sampler": "pass batch_size=...: the DatasetNode batches samples itself",
+    "generator": "the DatasetNode seeds its own generator from run(seed=...)",
+}
+_PASSED = {"timeout", "worker_init_fn", "multiprocessing_context", "prefetch_factor", "persistent_workers",
+           "pin_memory_device", "in_order"}
+
+
+def move_to(data: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move the tensors in a nested list / tuple / dict to ``device``."""
+    if isinstance(data, torch.Tensor):
+        return data.to(device, non_blocking=non_blocking)
+    if isinstance(data, (list, tuple)):
+        moved = [move_to(d, device, non_blocking) for d in data]
+        if isinstance(data, tuple):
+            return type(data)(*moved) if hasattr(data, "_fields") else tuple(moved)
+        return moved
+    if isinstance(data, dict):
+        return {k: move_to(v, device, non_blocking) for k, v in data.items()}
+    return data
+
+
+class _SeededDataset(Dataset):
+    """Reseeds the random streams before each sample, from a seed that depends on the sample's
+    place in the run, so that random augmentation in DataLoader workers does not depend on which
+    worker loads the sample or on where the run resumed."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        reseed_sample(seed)
+        return self.dataset[index]
+
+
+class _PassBatchSampler:
+    """Yields the batches of the node's current pass, from its current position on."""
+
+    def __init__(self, node: "DatasetNode"):
+        self.node = node
+
+    def __len__(self) -> int:
+        return self.node.batches_per_pass()
+
+    def __iter__(self) -> Iterator[list]:
+        node = self.node
+        return self._batches(node._pass_indices(node.pass_index), node.pass_index, node.position)
+
+    def _batches(self, indices: list[int], pass_index: int, start: int) -> Iterator[list]:
+        node = self.node
+        b = node.local_batch_size
+        stop = node.batches_per_pass()
+        seeded = node.num_workers > 0
+        for i in range(start, stop):
+            chunk = indices[i * b:(i + 1) * b]
+            if seeded:
+                base = derive_seed(node._seed, node.uid, node._rank, pass_index, i)
+                yield [(index, (base + j) % 2**63) for j, index in enumerate(chunk)]
+            else:
+                yield chunk
+
+
+class DatasetNode(Node):
+    """A dataset and the DataLoader that feeds it to the graph, one batch per iteration.
+
+    The output is the batch moved to the node's device. In epoch-mode tasks every engine epoch
+    starts a fresh pass over the data; in step-mode tasks the data cycles and the position carries
+    over to the next step-mode task. The shuffle order of a pass is a pure function of
+    ``(run seed, node uid, rank, pass number)`` and the DataLoader gets its own generator, so
+    creating an iterator never draws from the global RNG. With ``num_workers > 0`` each sample is
+    loaded with random streams seeded from its place in the run, so random augmentation is the
+    same whichever worker loads it.
+
+    Args:
+        dataset: a map-style ``Dataset`` (with ``__len__``), or an ``IterableDataset`` (which shards
+            itself across ranks; without a length only in step-mode tasks).
+        batch_size: samples per batch on each process, or in total with ``batch_size_in_total``.
+        shuffle: shuffle every pass.
+        num_workers, pin_memory, drop_last, collate_fn: as ``torch.utils.data.DataLoader``.
+        batch_size_in_total: ``batch_size`` is the global batch, split across processes.
+        dataloader_kwargs: other DataLoader options (``timeout``, ``worker_init_fn``,
+            ``prefetch_factor``, ``persistent_workers``, ``multiprocessing_context``, ...).
+
+    Example:
+        >>> import torch, ice_ignite as ice
+        >>> data = torch.utils.data.TensorDataset(torch.randn(10, 3), torch.arange(10))
+        >>> node = ice.DatasetNode(data, batch_size=4, shuffle=True)
+        >>> node.batches_per_pass()
+        3
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int = 1,
+        shuffle: bool = False,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        collate_fn: Callable[[list], Any] | None = None,
+        batch_size_in_total: bool = False,
+        **dataloader_kwargs: Any,
+    ):
+        self.iterable = isinstance(dataset, IterableDataset)
+        if not self.iterable and not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+            raise TypeError(
+                f"DatasetNode needs a torch Dataset with __getitem__ and __len__, or an IterableDataset; got "
+                f"{type(dataset).__name__}"
+            )
+        for name, value in (("batch_size", batch_size), ("num_workers", num_workers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
+                raise ValueError(f"DatasetNode {name} must be an int >= {1 if name == 'batch_size' else 0}, "
+                                 f"got {value!r}")
+        for name, value in (("shuffle", shuffle), ("pin_memory", pin_memory), ("drop_last", drop_last),
+                            ("batch_size_in_total", batch_size_in_total)):
+            if not isinstance(value, bool):
+                raise TypeError(f"DatasetNode {name} must be True or False, got {value!r}")
+        if self.iterable and shuffle:
+            raise ValueError("DatasetNode cannot shuffle an IterableDataset: shuffle inside the dataset")
+        if collate_fn is not None:
+            check_callable(collate_fn, 1, "collate_fn of DatasetNode", "collate_fn=lambda samples: ...")
+        for key in dataloader_kwargs:
+            if key in _MANAGED:
+                raise TypeError(f"DatasetNode does not take {key!r}: {_MANAGED[key]}")
+            if key not in _PASSED:
+                raise TypeError(
+                    f"DatasetNode got an unknown argument {key!r}; DataLoader options it passes on: "
+                    f"{', '.join(sorted(_PASSED))}"
+                )
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.drop_last = drop_last
+        self.collate_fn = collate_fn
+        self.batch_size_in_total = batch_size_in_total
+        self.dataloader_kwargs = dataloader_kwargs
+        #: passes started so far minus one (the index of the current pass)
+        self.pass_index = -1
+        #: batches taken from the current pass
+        self.position = 0
+        #: whether the current pass continues at the next forward
+        self.pass_open = False
+        self._loader: DataLoader | None = None
+        self._iterator: Iterator | None = None
+        self._device = torch.device("cpu")
+        self._move = False
+        self._seed = 0
+        self._rank, self._world_size = 0, 1
+        super().__init__()
+
+    # -- sizes --------------------------------------------------------------------------------
+    @property
+    def local_batch_size(self) -> int:
+        """Samples per batch in this process."""
+        if not self.batch_size_in_total:
+            return self.batch_size
+        ws, rank = self._world_size, self._rank
+        size = self.batch_size // ws + (1 if rank < self.batch_size % ws else 0)
+        if size == 0:
+            raise ValueError(f"DatasetNode {self.uid!r}: batch_size={self.batch_size} in total is smaller than "
+                             f"the {ws} processes; raise it")
+        return size
+
+    def _local_length(self) -> int:
+        n, ws = len(self.dataset), self._world_size
+        if ws == 1:
+            return n
+        return n // ws if self.drop_last else math.ceil(n / ws)
+
+    def batches_per_pass(self) -> int | None:
+        """Batches in one pass over the data in this process (None for an unsized IterableDataset)."""
+        if self.iterable:
+            try:
+                n = len(self.dataset)
+            except TypeError:
+                return None
+        else:
+            n = self._local_length()
+        b = self.local_batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def _pass_indices(self, pass_index: int) -> list[int]:
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(derive_seed(self._seed, self.uid, "shuffle", pass_index))
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        ws = self._world_size
+        if ws > 1:  # shard like DistributedSampler: pad (or drop) to a multiple of the world size
+            total = (n // ws) * ws if self.drop_last else math.ceil(n / ws) * ws
+            order = (order + order[: total - n]) if total > n else order[:total]
+            order = order[self._rank::ws]
+        return order
+
+    # -- graph behaviour ----------------------------------------------------------------------
+    def _on_prepare(self) -> None:
+        launcher = self.launcher
+        device = self.device
+        rank, ws = (launcher.rank, launcher.world_size) if launcher is not None else (0, 1)
+        seed = self.hypergraph.seed
+        if self._loader is None or (rank, ws, seed) != (self._rank, self._world_size, self._seed):
+            self._rank, self._world_size, self._seed = rank, ws, seed
+            self._loader = self._build_loader(device)
+            self._iterator = None
+        self._device = device
+        self._move = device.type != "cpu"
+
+    def _build_loader(self, device: torch.device) -> DataLoader:
+        generator = torch.Generator()
+        generator.manual_seed(derive_seed(self._seed, self.uid, self._rank, "loader"))
+        kwargs = dict(num_workers=self.num_workers, collate_fn=self.collate_fn, generator=generator,
+                      pin_memory=self.pin_memory and device.type == "cuda", **self.dataloader_kwargs)
+        if self.iterable:
+            return DataLoader(self.dataset, batch_size=self.local_batch_size, drop_last=self.drop_last, **kwargs)
+        dataset = _SeededDataset(self.dataset) if self.num_workers > 0 else self.dataset
+        return DataLoader(dataset, batch_sampler=_PassBatchSampler(self), **kwargs)
+
+    def _open(self) -> Iterator:
+        if not self.pass_open:
+            self.pass_index += 1
+            self.position = 0
+            self.pass_open = True
+        if self._loader is None:
+            raise RuntimeError(f"DatasetNode {self.uid!r} is used outside a task run")
+        iterator = iter(self._loader)
+        if self.iterable:  # an IterableDataset cannot seek: fetch and drop what was consumed
+            for _ in range(self.position):
+                next(iterator)
+        self._iterator = iterator
+        return iterator
+
+    def forward_impl(self, x: "GraphOutputCache") -> Any:
+        iterator = self._iterator
+        if iterator is None:
+            iterator = self._open()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            batch = self._next_pass()
+        self.position += 1
+        if self._move:
+            batch = move_to(batch, self._device, non_blocking=self.pin_memory)
+        return batch
+
+    def _next_pass(self) -> Any:
+        if not self.step_mode:
+            raise GraphError(
+                f"DatasetNode {self.uid!r} ran out of batches after {self.position} in an epoch of "
+                f"{self.epoch_size}: its dataset's __len__ is larger than what it yields; fix __len__ or run "
+                "the task in step mode (Task(steps=...))"
+            )
+        if self.position == 0:
+            raise GraphError(f"DatasetNode {self.uid!r} yielded no batch: its dataset is empty")
+        self.pass_open = False
+        try:
+            return next(self._open())
+        except StopIteration:
+            raise GraphError(f"DatasetNode {self.uid!r} yielded no batch: its dataset is empty") from None
+
+    def _on_epoch_start(self) -> None:
+        if not self.step_mode:  # every epoch of an epoch-mode task is a fresh pass
+            self.pass_open = False
+            self._iterator = None
+
+    def _on_epoch_end(self) -> None:
+        if not self.step_mode:
+            self.pass_open = False
+            self._iterator = None
+
+    def _on_clean_up(self) -> None:
+        self._iterator = None  # releases DataLoader workers; the position is kept
+
+    # -- checkpoint ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """``{"pass_index", "position", "pass_open"}``: where the next batch comes from."""
+        return {"pass_index": self.pass_index, "position": self.position, "pass_open": self.pass_open}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Continue from the saved position at the next forward."""
+        self.pass_index = int(state["pass_index"])
+        self.position = int(state["position"])
+        self.pass_open = bool(state["pass_open"])
+        self._iterator = None

@@ -1,0 +1,102 @@
+"""``MetricNode``: any ignite ``Metric``, fed by a forward, computed at every epoch end (B5)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from ignite.metrics import Metric
+
+from ice_ignite.nodes.node import Node, check_callable
+
+if TYPE_CHECKING:
+    from ice_ignite.graph import GraphOutputCache
+
+__all__ = ["MetricNode"]
+
+
+class MetricNode(Node):
+    """An ignite ``Metric`` in the graph.
+
+    ``forward(n, x)`` returns what ``metric.update`` takes, e.g. ``(y_pred, y)``; a dict is turned
+    into a tuple by the metric's ``required_output_keys`` as ignite does. The metric is reset at
+    every epoch start; at epoch end ``task.engine.state.metrics[name]`` holds ``metric.compute()``
+    (dict results flattened as ``name/key``), then ``epoch_end(n)`` is called.
+
+    Args:
+        metric: any ``ignite.metrics.Metric``.
+        forward: ``forward(n, x) -> update arguments``.
+        epoch_end: ``epoch_end(n)``, called after the metric is computed.
+        resources: extra attributes or hooks (see ``Node``).
+
+    Example:
+        >>> from ignite.metrics import Accuracy
+        >>> import ice_ignite as ice
+        >>> acc = ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1]),
+        ...                      epoch_end=lambda n: print(n.value))
+    """
+
+    def __init__(
+        self,
+        metric: Metric,
+        forward: Callable[["MetricNode", "GraphOutputCache"], Any],
+        epoch_end: Callable[["MetricNode"], Any] | None = None,
+        **resources: Any,
+    ):
+        if not isinstance(metric, Metric):
+            raise TypeError(
+                f"MetricNode needs an ignite.metrics.Metric instance, got {type(metric).__name__} {metric!r}; "
+                "e.g. MetricNode(Accuracy(), forward=lambda n, x: (x['net'], x['data'][1]))"
+            )
+        if forward is None:
+            raise TypeError("MetricNode needs a forward returning the metric's update arguments")
+        check_callable(forward, 2, "forward of MetricNode", "forward=lambda n, x: (x['net'], x['data'][1])")
+        self.metric = metric
+        #: best records of ``save_best``: a list of ``(value, checkpoint file name)``
+        self.best_records: list[tuple[float, str]] = []
+        super().__init__(forward=forward, epoch_end=epoch_end, **resources)
+
+    @property
+    def value(self) -> Any:
+        """The metric's value computed at the last epoch end (``state.metrics[name]``)."""
+        task = self.task
+        if task is None:
+            return None
+        return task.engine.state.metrics.get(self._name)
+
+    def _on_update(self) -> None:
+        out = self.egraph.cache._values[self._name]
+        metric = self.metric
+        if isinstance(out, Mapping):
+            keys = metric.required_output_keys
+            if keys is None:
+                raise TypeError(f"MetricNode {self.uid!r} returned a dict, but its metric takes no keys: return a tuple")
+            missing = [k for k in keys if k not in out]
+            if missing:
+                raise ValueError(f"MetricNode {self.uid!r} returned a dict without key(s) {missing}: return {keys}")
+            out = tuple(out[k] for k in keys)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                metric.update(out)
+        else:
+            metric.update(out)
+
+    def _on_epoch_start(self) -> None:
+        self.metric.reset()
+
+    def _on_epoch_end(self) -> None:
+        self.metric.completed(self.task.engine, self._name)
+
+    def state_dict(self) -> dict:
+        """The metric's accumulators and the best records."""
+        return {
+            "metric": self.metric.state_dict(),
+            "best_records": [[float(v), str(f)] for v, f in self.best_records],
+        }
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Restore the accumulators and the best records."""
+        if "metric" in state:
+            self.metric.load_state_dict(state["metric"])
+        self.best_records = [(float(v), str(f)) for v, f in state.get("best_records", [])]

@@ -1,0 +1,268 @@
+"""``Node``: the unit of a HyperGraph (API.md, A "Nodes", B2, B4)."""
+
+from __future__ import annotations
+
+import inspect
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+if TYPE_CHECKING:  # imported for type hints only: nodes know the graph, not the other way round
+    from ice_ignite.graph import ExecutableGraph, GraphOutputCache
+    from ice_ignite.hypergraph import HyperGraph
+    from ice_ignite.launcher import Launcher
+    from ice_ignite.task import Task
+
+__all__ = ["Node", "HOOKS"]
+
+#: Hook names a callable resource may replace. Each is called with the node only.
+HOOKS = ("epoch_start", "epoch_end", "prepare", "clean_up", "backward", "update")
+
+
+def _accepts_positional(fn: Callable, n: int) -> bool | None:
+    """Whether ``fn`` can be called with ``n`` positional arguments (None when unknown)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(*range(n))
+    except TypeError:
+        return False
+    return True
+
+
+def check_callable(fn: object, n_args: int, what: str, example: str) -> None:
+    """Raise a clear error when ``fn`` is not callable with ``n_args`` positional arguments."""
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, got {type(fn).__name__} {fn!r}; e.g. {example}")
+    if _accepts_positional(fn, n_args) is False:
+        raise TypeError(
+            f"{what} must accept {n_args} positional argument{'s' if n_args != 1 else ''}, "
+            f"but its signature is {inspect.signature(fn)}; e.g. {example}"
+        )
+
+
+class Node:
+    """A named unit of computation in a HyperGraph.
+
+    ``forward(n, x)`` returns the node's output for the current iteration; inside it,
+    ``x["other"]`` returns another node's output, computed on first use and cached until the
+    iteration ends. Keyword ``resources`` become attributes; a callable resource named after a
+    hook (``epoch_start``, ``epoch_end``, ``prepare``, ``clean_up``, ``backward``, ``update``) is
+    that hook, called as ``hook(n)``. Subclasses override ``forward_impl(x)`` and the hooks.
+
+    Hooks run after the built-in behaviour of the node kinds (a ModuleNode's optimizer step, a
+    MetricNode's ``compute``), so a user hook can never switch that behaviour off:
+
+    * ``prepare`` / ``clean_up``: at the start / end of every task run that selects the node;
+    * ``epoch_start`` / ``epoch_end``: around every engine epoch (step-mode tasks included);
+    * ``backward``: in train iterations, after the summed loss's backward (gradients exist);
+    * ``update``: every iteration, after the optimizers stepped.
+
+    Args:
+        forward: ``forward(n, x) -> output``; a node without one outputs ``None``.
+        resources: attributes of the node, or hooks.
+
+    Example:
+        >>> import ice_ignite as ice
+        >>> g = ice.HyperGraph()
+        >>> counter = g.add("count", ice.Node(forward=lambda n, x: n.scale * 2, scale=3))
+        >>> counter.scale
+        3
+    """
+
+    def __init__(self, forward: Callable[["Node", "GraphOutputCache"], Any] | None = None, **resources: Any):
+        self._name: str | None = None
+        self._uid: str | None = None
+        self._tags: tuple[str, ...] = ()
+        self.hypergraph: HyperGraph | None = None
+        self.egraph: ExecutableGraph | None = None
+        if forward is not None:
+            check_callable(forward, 2, f"forward of {type(self).__name__}", "forward=lambda n, x: x['data'][0]")
+        self._forward_fn = forward
+        for key, value in resources.items():
+            self._set_resource(key, value)
+
+    # -- construction -------------------------------------------------------------------------
+    def _set_resource(self, key: str, value: Any) -> None:
+        kind = type(self).__name__
+        if key in HOOKS:
+            if value is None:
+                return
+            check_callable(value, 1, f"the {key!r} hook of {kind}", f"{key}=lambda n: print(n.name)")
+            setattr(self, key, types.MethodType(value, self))
+            return
+        if key.startswith("_") or hasattr(type(self), key) or key in self.__dict__:
+            raise TypeError(
+                f"{kind} resource {key!r} clashes with a property, method or attribute of {kind}; "
+                f"rename the resource (hooks that may be replaced: {', '.join(HOOKS)})"
+            )
+        setattr(self, key, value)
+
+    def _attach(self, hypergraph: "HyperGraph", name: str, uid: str, tags: tuple[str, ...]) -> None:
+        """Called by ``HyperGraph.add``."""
+        if self.hypergraph is not None:
+            raise ValueError(
+                f"this {type(self).__name__} is already in a HyperGraph as {self._uid!r}; a node is added "
+                "once: create another node (several ModuleNodes may share one nn.Module)"
+            )
+        self.hypergraph, self._name, self._uid, self._tags = hypergraph, name, uid, tags
+
+    def _detach(self) -> None:
+        self.hypergraph, self.egraph, self._name, self._uid, self._tags = None, None, None, None, ()
+
+    # -- computation --------------------------------------------------------------------------
+    def forward_impl(self, x: "GraphOutputCache") -> Any:
+        """Compute this node's output for the current iteration. Override in subclasses."""
+        if self._forward_fn is None:
+            return None
+        return self._forward_fn(self, x)
+
+    def forward(self) -> Any:
+        """This node's output for the current iteration (computed once, then cached)."""
+        if self.egraph is None:
+            raise RuntimeError(f"node {self._uid!r} is not part of a running task: forward() works inside one")
+        return self.egraph.cache[self._name]
+
+    # Hooks: no-ops here. The graph only calls the ones a node defines (see ExecutableGraph).
+    def prepare(self) -> None:
+        """At the start of every task run that selects this node."""
+
+    def clean_up(self) -> None:
+        """At the end of every task run that selects this node."""
+
+    def epoch_start(self) -> None:
+        """At the start of every engine epoch."""
+
+    def epoch_end(self) -> None:
+        """At the end of every engine epoch (after metrics are computed)."""
+
+    def backward(self) -> None:
+        """In train iterations, after the summed loss's backward."""
+
+    def update(self) -> None:
+        """Every iteration, after the optimizers stepped."""
+
+    # Built-in behaviour of node kinds, run before the matching hook. Not for users.
+    _on_prepare = None
+    _on_clean_up = None
+    _on_epoch_start = None
+    _on_epoch_end = None
+    _on_backward = None
+    _on_update = None
+
+    def state_dict(self) -> dict:
+        """Checkpointable state: tensors, numbers, strings, lists and dicts only."""
+        return {}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._uid or 'not added'})"
+
+    # -- properties (API.md A "Nodes", B4) ------------------------------------------------------
+    @property
+    def name(self) -> str | None:
+        """The node's name in its HyperGraph."""
+        return self._name
+
+    @property
+    def uid(self) -> str | None:
+        """``"<sorted tags>/<name>"``, e.g. ``"train/data"``."""
+        return self._uid
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The node's tags, sorted."""
+        return self._tags
+
+    @property
+    def task(self) -> "Task | None":
+        """The running task, or None outside one."""
+        return self.egraph.task if self.egraph is not None else None
+
+    @property
+    def training(self) -> bool:
+        """Whether the running task trains."""
+        task = self.task
+        return bool(task is not None and task.train)
+
+    @property
+    def step_mode(self) -> bool:
+        """Whether the running task counts steps (True) or epochs (False)."""
+        task = self.task
+        return bool(task is not None and task.step_mode)
+
+    @property
+    def epoch_steps(self) -> int:
+        """Iterations completed in the current engine epoch before this one."""
+        task = self.task
+        return task.epoch_steps if task is not None else 0
+
+    @property
+    def epoch_size(self) -> int:
+        """Iterations in the current engine epoch."""
+        task = self.task
+        return task.epoch_size if task is not None else 0
+
+    @property
+    def global_auto_steps(self) -> int:
+        """``steps.train`` in train tasks, ``steps.eval`` in eval tasks."""
+        counters = self._hg("global_auto_steps").global_counters
+        return counters.steps.train if self.training else counters.steps.eval
+
+    @property
+    def global_train_steps(self) -> int:
+        """Optimizer steps taken so far (``global_counters.steps.train``)."""
+        return self._hg("global_train_steps").global_counters.steps.train
+
+    @property
+    def global_train_epochs(self) -> int:
+        """Completed train epochs (``global_counters.epochs.train``)."""
+        return self._hg("global_train_epochs").global_counters.epochs.train
+
+    @property
+    def grad_acc_steps(self) -> int:
+        """Micro-batches per optimizer step (``HyperGraph.set_gradient_accumulate``)."""
+        return self._hg("grad_acc_steps").grad_acc_steps
+
+    @property
+    def grad_scaler(self) -> "torch.amp.GradScaler | None":
+        """The run's GradScaler, or None when it is disabled."""
+        return self._hg("grad_scaler").grad_scaler
+
+    @property
+    def launcher(self) -> "Launcher | None":
+        """The process's launcher (rank, world size, device), or None outside a run."""
+        return self._hg("launcher").launcher
+
+    @property
+    def device(self) -> torch.device:
+        """The device of this process (CPU outside a run)."""
+        launcher = self._hg("device").launcher
+        return launcher.device if launcher is not None else torch.device("cpu")
+
+    @property
+    def board(self):
+        """A tensorboardX ``SummaryWriter`` into the run's ``logs/`` on global rank 0; a no-op
+        writer on other ranks and outside a run."""
+        return self._hg("board").board
+
+    @property
+    def out_dir(self) -> Path | None:
+        """The run directory ``out_dir/run_id``, or None outside a run."""
+        return self._hg("out_dir").run_dir
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id (the run directory's name), or None outside a run."""
+        return self._hg("run_id").run_id
+
+    def _hg(self, what: str) -> "HyperGraph":
+        if self.hypergraph is None:
+            raise RuntimeError(f"{type(self).__name__}.{what} needs the node to be added to a HyperGraph first")
+        return self.hypergraph

@@ -1,0 +1,319 @@
+"""The schedule: ``Task`` (an ignite Engine running one selected graph), ``Repeat``, and the
+flattening that gives every schedule entry a position a checkpoint can record (B3)."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import torch
+from ignite.engine import Engine, Events
+
+# ignite raises this private exception to leave a run through TERMINATE -> COMPLETED without
+# EPOCH_COMPLETED; raising it ourselves is the only way to end a run mid-iteration that way.
+from ignite.engine.engine import _EngineTerminateException
+
+from ice_ignite.errors import ResumeTaskFailed, ScheduleError, StopAllTasks, StopTask
+from ice_ignite.tags import DEFAULT_TAG, normalize_tags
+
+if TYPE_CHECKING:
+    from ice_ignite.graph import ExecutableGraph
+    from ice_ignite.hypergraph import HyperGraph
+
+__all__ = ["Task", "Repeat", "ScheduleEntry", "flatten_schedule", "call_with_arity"]
+
+
+class _TaskEngine(Engine):
+    """An ignite Engine in which ``StopTask`` / ``StopAllTasks`` raised by any handler end the
+    run like ``terminate()`` called mid-iteration: TERMINATE and COMPLETED fire, the epoch does
+    not complete."""
+
+    def __init__(self, task: "Task"):
+        super().__init__(task._process)
+        self._task_stop_all = False
+
+    def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
+        try:
+            super()._fire_event(event_name, *event_args, **event_kwargs)
+        except (StopTask, StopAllTasks) as e:
+            self._task_stop_all |= isinstance(e, StopAllTasks)
+            if event_name in (Events.TERMINATE, Events.COMPLETED):
+                return
+            self.should_terminate = True
+            raise _EngineTerminateException() from None
+
+
+class Task:
+    """One step of a schedule: train or evaluate the nodes selected by ``tags`` for a number of
+    epochs or steps, as one ``Engine.run`` of ``task.engine``.
+
+    Each time the schedule reaches the task, ``engine.run`` starts afresh (``state.iteration``
+    and ``state.epoch`` restart at 0; the HyperGraph's global counters do not). Handlers attached
+    to ``task.engine`` fire on every run, after ice_ignite's own handlers of the same event.
+
+    Args:
+        train: train (forward, backward, optimizer steps) or evaluate (forward under no_grad).
+        epochs: epochs to run; an epoch ends when the shortest selected DatasetNode is exhausted.
+        steps: optimizer steps (train) or iterations (eval) to run, cycling the data.
+        tags: which nodes to select (see ``HyperGraph.select_nodes``); ``"*"`` selects only
+            default nodes.
+
+    Raises:
+        ValueError: not exactly one of ``epochs`` / ``steps`` is positive.
+
+    Example:
+        >>> from ignite.engine import Events
+        >>> import ice_ignite as ice
+        >>> train = ice.Task(train=True, epochs=2, tags="train")
+        >>> _ = train.engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: print(e.state.metrics))
+        >>> train
+        Task(train=True, epochs=2, tags='train')
+    """
+
+    def __init__(self, *, train: bool, epochs: int = 0, steps: int = 0, tags: "str | Iterable[str]" = DEFAULT_TAG):
+        if not isinstance(train, bool):
+            raise TypeError(f"Task train must be True or False, got {train!r}")
+        for name, value in (("epochs", epochs), ("steps", steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Task {name} must be a non-negative int, got {value!r}")
+        if (epochs > 0) == (steps > 0):
+            raise ValueError(
+                f"Task needs exactly one of epochs / steps positive, got epochs={epochs}, steps={steps}: "
+                "e.g. Task(train=True, epochs=1, tags='train') or Task(train=True, steps=100, tags='train')"
+            )
+        self.train = train
+        self.epochs = epochs
+        self.steps = steps
+        self.tags = normalize_tags(tags, what="Task tags")
+        self.step_mode = steps > 0
+        self.engine: Engine = _TaskEngine(self)
+        # Registered now, before any user handler, so that ice_ignite's run first (B3).
+        self.engine.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
+        self.engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration_completed)
+        self.engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_completed)
+        self._graph: ExecutableGraph | None = None
+        self._hypergraph: HyperGraph | None = None
+        self._resuming = False
+        self._epoch_iter = 0
+        self._in_engine = False
+        self._engine_done = False
+
+    def __repr__(self) -> str:
+        amount = f"steps={self.steps}" if self.step_mode else f"epochs={self.epochs}"
+        return f"Task(train={self.train}, {amount}, tags={','.join(self.tags)!r})"
+
+    # -- what nodes see -----------------------------------------------------------------------
+    @property
+    def epoch_steps(self) -> int:
+        """Iterations completed in the current engine epoch before the running one."""
+        return self._epoch_iter
+
+    @property
+    def epoch_size(self) -> int:
+        """Iterations in an engine epoch of the current run (0 when not running)."""
+        return self.engine.state.epoch_length or 0 if self._graph is not None else 0
+
+    @property
+    def graph(self) -> "ExecutableGraph | None":
+        """The ExecutableGraph of the current run, or None when not running."""
+        return self._graph
+
+    # -- running ------------------------------------------------------------------------------
+    def epoch_length(self, graph: "ExecutableGraph", grad_acc_steps: int) -> int:
+        """Iterations per engine epoch of this task on ``graph``."""
+        if self.step_mode:
+            return self.steps * (grad_acc_steps if self.train else 1)
+        sizes = {n.uid: n.batches_per_pass() for n in graph.dataset_nodes}
+        if not sizes:
+            raise ScheduleError(
+                f"{self!r} selects no DatasetNode, so its epochs have no length; add a DatasetNode with these "
+                "tags, or count steps: Task(..., steps=N)"
+            )
+        unsized = [uid for uid, size in sizes.items() if size is None]
+        if unsized:
+            raise ScheduleError(
+                f"{self!r}: DatasetNode {', '.join(unsized)} has no length (an IterableDataset without __len__); "
+                "epochs need one: run the task in step mode (steps=N) or give the dataset a __len__"
+            )
+        empty = [uid for uid, size in sizes.items() if size == 0]
+        if empty:
+            raise ScheduleError(f"{self!r}: DatasetNode {', '.join(empty)} yields no batch (empty, or drop_last "
+                                "with fewer samples than batch_size)")
+        return min(sizes.values())
+
+    def run(self, hypergraph: "HyperGraph", resume: dict | None = None) -> None:
+        """Run the task once on ``hypergraph`` (``resume``: engine state to continue from)."""
+        graph = hypergraph.select_egraph(self.tags)
+        length = self.epoch_length(graph, hypergraph.grad_acc_steps)
+        max_epochs = 1 if self.step_mode else self.epochs
+        engine = self.engine
+        engine._task_stop_all = False
+        self._in_engine = self._engine_done = False
+        if resume is not None:
+            if resume["epoch_length"] != length:
+                raise ResumeTaskFailed(
+                    f"{self!r} was checkpointed with {resume['epoch_length']} iterations per epoch and now has "
+                    f"{length}: the data or the gradient accumulation changed; resume with the same settings"
+                )
+            if resume["iteration"] >= length * max_epochs:
+                self._engine_done = True
+                return
+        self._graph, self._hypergraph = graph, hypergraph
+        self._resuming, self._epoch_iter = False, 0
+        graph.start(self)
+        try:
+            self._in_engine = True
+            with torch.set_grad_enabled(self.train):
+                if resume is not None:
+                    engine.load_state_dict({"iteration": resume["iteration"], "epoch_length": length,
+                                            "max_epochs": max_epochs})
+                    self._epoch_iter = resume["iteration"] % length
+                    self._resuming = self._epoch_iter != 0
+                    engine.run(None)
+                else:
+                    engine.state.max_epochs = None  # forces a fresh run, also after a StopTask
+                    engine.state.max_iters = None
+                    engine.run(None, max_epochs=max_epochs, epoch_length=length)
+            self._engine_done = True
+        finally:
+            self._in_engine = False
+            self._graph = None
+            graph.finish()
+        if engine._task_stop_all:
+            raise StopAllTasks()
+
+    def _process(self, engine: Engine, batch: None) -> dict:
+        try:
+            if self.train:
+                length = engine.state.epoch_length
+                return self._graph.train_iteration((engine.state.iteration - 1) % length, length)
+            return self._graph.eval_iteration()
+        except (StopTask, StopAllTasks) as e:
+            engine._task_stop_all |= isinstance(e, StopAllTasks)
+            engine.should_terminate = True
+            raise _EngineTerminateException() from None
+
+    def _on_epoch_started(self, engine: Engine) -> None:
+        if self._resuming:  # continuing a checkpointed epoch: its data position and metrics are loaded
+            self._resuming = False
+            self._graph.apply_hooks("epoch_start")
+            return
+        self._epoch_iter = 0
+        self._graph.apply("epoch_start")
+
+    def _on_iteration_completed(self, engine: Engine) -> None:
+        self._epoch_iter += 1
+        steps = self._hypergraph.global_counters.steps
+        if not self.train:
+            steps.eval += 1
+        elif self._graph.step_now:
+            steps.train += 1
+
+    def _on_epoch_completed(self, engine: Engine) -> None:
+        if not self.step_mode:
+            epochs = self._hypergraph.global_counters.epochs
+            if self.train:
+                epochs.train += 1
+            else:
+                epochs.eval += 1
+        self._graph.apply("epoch_end")
+
+
+class Repeat:
+    """Run ``tasks`` (Tasks, Repeats, callables) ``times`` times in a row.
+
+    The same Task objects run on every repetition, so handlers attached to their engines fire
+    each time.
+
+    Example:
+        >>> import ice_ignite as ice
+        >>> train = ice.Task(train=True, epochs=1, tags="train")
+        >>> val = ice.Task(train=False, epochs=1, tags="val")
+        >>> ice.Repeat([train, val, ice.SaveCheckpointTask()], times=10)
+        Repeat([Task(train=True, epochs=1, tags='train'), Task(train=False, epochs=1, tags='val'), SaveCheckpointTask()], times=10)
+    """
+
+    def __init__(self, tasks: Sequence[Any], times: int):
+        if isinstance(tasks, (Task, Repeat)) or callable(tasks):
+            tasks = [tasks]
+        if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence):
+            raise TypeError(f"Repeat takes a list of tasks, got {type(tasks).__name__} {tasks!r}")
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ValueError(f"Repeat times must be an int >= 1, got {times!r}")
+        self.tasks = list(tasks)
+        self.times = times
+        flatten_schedule(self.tasks)  # validates the items now, where the mistake was made
+
+    def __repr__(self) -> str:
+        return f"Repeat([{', '.join(map(describe, self.tasks))}], times={self.times})"
+
+
+def describe(item: Any) -> str:
+    """A stable description of a schedule item, compared when a checkpoint is resumed."""
+    if isinstance(item, (Task, Repeat)) or hasattr(type(item), "__ice_schedule_item__"):
+        return repr(item)
+    return f"callable {getattr(item, '__qualname__', type(item).__qualname__)}"
+
+
+@dataclass
+class ScheduleEntry:
+    """One flattened step of a schedule: a Task or a callable, with its path in nested lists."""
+
+    item: Any
+    path: tuple[int, ...]
+    description: str
+
+
+def _arity(fn: Callable) -> int | None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return 1
+    for n in (2, 1, 0):
+        try:
+            sig.bind(*range(n))
+            return n
+        except TypeError:
+            continue
+    return None
+
+
+def call_with_arity(fn: Callable, hypergraph: "HyperGraph", launcher: Any) -> Any:
+    """Call a schedule callable as ``f(g, launcher)``, ``f(g)`` or ``f()``, by its signature."""
+    return fn(*(hypergraph, launcher)[: _arity(fn)])
+
+
+def flatten_schedule(tasks: Any, path: tuple[int, ...] = ()) -> list[ScheduleEntry]:
+    """Unroll Repeats into a flat list of entries; raise ``ScheduleError`` on a bad item."""
+    if isinstance(tasks, (Task, Repeat)) or (callable(tasks) and not isinstance(tasks, type)):
+        tasks = [tasks]
+    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence):
+        raise ScheduleError(f"a schedule is a list of Tasks, Repeats and callables, got {type(tasks).__name__}")
+    entries: list[ScheduleEntry] = []
+    for i, item in enumerate(tasks):
+        where = "schedule[" + "][".join(map(str, path + (i,))) + "]"
+        if isinstance(item, Repeat):
+            for rep in range(item.times):
+                entries.extend(flatten_schedule(item.tasks, path + (i, rep)))
+        elif isinstance(item, Task):
+            entries.append(ScheduleEntry(item, path + (i,), describe(item)))
+        elif isinstance(item, type):
+            raise ScheduleError(
+                f"{where} is the class {item.__name__}, not an instance: call it, e.g. {item.__name__}(...)"
+            )
+        elif isinstance(item, (list, tuple)):
+            entries.extend(flatten_schedule(item, path + (i,)))
+        elif callable(item):
+            if _arity(item) is None:
+                raise ScheduleError(
+                    f"{where} = {describe(item)} takes more than 2 arguments; schedule callables are "
+                    "f(), f(g) or f(g, launcher)"
+                )
+            entries.append(ScheduleEntry(item, path + (i,), describe(item)))
+        else:
+            raise ScheduleError(
+                f"{where} is {type(item).__name__} {item!r}, which is not a Task, Repeat or callable; "
+                "remove it or wrap the action in a function f(g)"
+            )
+    return entries
