@@ -42,7 +42,7 @@ def normalize_tags(tags: "str | Iterable[str]", what: str = "tags") -> tuple[str
         ('#dbg', 'val')
     """
     if isinstance(tags, str):
-        items = [t.strip() for t in tags.split(",")]
+        items = [t.strip() for t in tags.split(",")] if tags.strip() else []
     else:
         try:
             items = list(tags)

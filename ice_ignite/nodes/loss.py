@@ -125,7 +125,8 @@ class LossNode(Node):
 
     # -- graph behaviour ----------------------------------------------------------------------
     def _new_metric(self) -> Loss:
-        return Loss(_passthrough, batch_size=_count, device=self.device)
+        device = self.device if self.hypergraph is not None else torch.device("cpu")
+        return Loss(_passthrough, batch_size=_count, device=device)
 
     def _on_backward(self) -> None:
         loss = self.egraph.cache._values[self._name]

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 __all__ = ["MetricNode"]
 
 
+def _plain(value: Any) -> Any:
+    """0-dim tensors become Python numbers, other tensors move to the CPU (as ignite does)."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.dim() == 0 else value.cpu()
+    return value
+
+
 class MetricNode(Node):
     """An ignite ``Metric`` in the graph.
 
@@ -44,6 +51,9 @@ class MetricNode(Node):
         epoch_end: Callable[["MetricNode"], Any] | None = None,
         **resources: Any,
     ):
+        if isinstance(metric, type):
+            raise TypeError(f"MetricNode needs an ignite.metrics.Metric instance, got the class {metric.__name__}: "
+                            f"instantiate it, e.g. {metric.__name__}()")
         if not isinstance(metric, Metric):
             raise TypeError(
                 f"MetricNode needs an ignite.metrics.Metric instance, got {type(metric).__name__} {metric!r}; "
@@ -86,7 +96,17 @@ class MetricNode(Node):
         self.metric.reset()
 
     def _on_epoch_end(self) -> None:
-        self.metric.completed(self.task.engine, self._name)
+        # Like Metric.completed, except that dict results are flattened as "name/key" (ignite
+        # writes bare keys, which collide between MetricNodes).
+        metrics = self.task.engine.state.metrics
+        result = self.metric.compute()
+        if isinstance(result, Mapping):
+            result = {key: _plain(value) for key, value in result.items()}
+            for key, value in result.items():
+                metrics[f"{self._name}/{key}"] = value
+        else:
+            result = _plain(result)
+        metrics[self._name] = result
 
     def state_dict(self) -> dict:
         """The metric's accumulators and the best records."""

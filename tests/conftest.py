@@ -1,0 +1,40 @@
+"""Shared helpers: small in-memory data sets and graphs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import pytest
+
+import ice_ignite as ice
+
+
+def regression_set(n: int = 40, d: int = 3, seed: int = 0) -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = x @ torch.arange(1.0, d + 1).unsqueeze(1) + 0.1 * torch.randn(n, 1, generator=g)
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def classification_set(n: int = 60, d: int = 4, classes: int = 3, seed: int = 0) -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def linear_graph(train_n: int = 40, val_n: int = 20, batch_size: int = 8, lr: float = 0.1) -> ice.HyperGraph:
+    """data(train/val) -> net (Linear, SGD) -> mse (train and val)."""
+    torch.manual_seed(0)
+    g = ice.HyperGraph()
+    g.add("data", ice.DatasetNode(regression_set(train_n), batch_size=batch_size), tags="train")
+    g.add("data", ice.DatasetNode(regression_set(val_n, seed=1), batch_size=batch_size), tags="val")
+    g.add("net", ice.ModuleNode(torch.nn.Linear(3, 1), forward=lambda n, x: n.module(x["data"][0]),
+                                optimizers=ice.Optimizer(torch.optim.SGD, lr=lr)))
+    g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
+    return g
+
+
+@pytest.fixture
+def launcher() -> ice.Launcher:
+    return ice.Launcher()
