@@ -22,6 +22,7 @@ from ice_ignite.hypergraph import HyperGraph
 from ice_ignite.launcher import Launcher
 from ice_ignite.nodes import DatasetNode, LossMode, LossNode, MetricNode, ModuleNode, Node
 from ice_ignite.optimizer import Optimizer
+from ice_ignite.preemption import Preempted
 from ice_ignite.task import Repeat, Task
 
 __version__ = "0.1.0"
@@ -53,4 +54,5 @@ __all__ = [
     "ResumeTaskFailed",
     "StopTask",
     "StopAllTasks",
+    "Preempted",
 ]

@@ -13,18 +13,58 @@ from ignite.handlers import DiskSaver
 
 from ice_ignite.errors import CheckpointError
 
-__all__ = ["FORMAT", "checkpoint_filename", "list_checkpoints", "write_checkpoint", "read_checkpoint",
+__all__ = ["FORMAT", "checkpoint_filename", "best_filename", "best_files", "next_sequence", "list_checkpoints",
+           "prune_checkpoints", "remove_partial_writes", "write_checkpoint", "read_checkpoint",
            "SaveCheckpointTask", "LoadCheckpointTask",
            "latest_valid_checkpoint"]
 
 #: the marker every ice_ignite checkpoint carries
 FORMAT = "ice_ignite.checkpoint.v1"
 _NAME = re.compile(r"^ckpt-(\d+)-E(\d+)S(\d+)\.pt$")
+_BEST = re.compile(r"^best-(\d+)-E(\d+)S(\d+)-(.+)=([^=]+)\.pt$")
 
 
 def checkpoint_filename(seq: int, epochs: int, steps: int) -> str:
     """``ckpt-000123-E3S117.pt``: sequence number, train epochs, train steps."""
     return f"ckpt-{seq:06d}-E{epochs}S{steps}.pt"
+
+
+def best_filename(seq: int, epochs: int, steps: int, name: str, value: float) -> str:
+    """``best-000124-E3S117-acc=0.9812.pt``: a MetricNode's best checkpoint."""
+    return f"best-{seq:06d}-E{epochs}S{steps}-{name}={value:.6g}.pt"
+
+
+def best_files(ckpt_dir: Path, name: str) -> list[Path]:
+    """The best checkpoints of MetricNode ``name`` in ``ckpt_dir``."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if (m := _BEST.match(p.name)) and m.group(4) == name)
+
+
+def next_sequence(ckpt_dir: Path) -> int:
+    """One more than the highest sequence number of any checkpoint in ``ckpt_dir``."""
+    if not ckpt_dir.is_dir():
+        return 0
+    seqs = [int(m.group(1)) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name) or _BEST.match(p.name))]
+    return max(seqs) + 1 if seqs else 0
+
+
+def prune_checkpoints(ckpt_dir: Path, n_saved: int) -> list[Path]:
+    """Delete the oldest periodic checkpoints beyond the newest ``n_saved``; returns them."""
+    old = [path for _, path in list_checkpoints(ckpt_dir)[:-n_saved]]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
+def remove_partial_writes(ckpt_dir: Path) -> list[Path]:
+    """Delete temporary files an atomic write left behind when its process was killed."""
+    if not ckpt_dir.is_dir():
+        return []
+    stale = [p for p in ckpt_dir.iterdir() if p.is_file() and p.name.startswith("tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:

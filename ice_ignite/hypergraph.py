@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 
+from ice_ignite.backup import backup_sources
 from ice_ignite.checkpoint import (
+    FORMAT,
+    best_filename,
+    best_files,
     checkpoint_filename,
     latest_valid_checkpoint,
-    list_checkpoints,
+    next_sequence,
+    prune_checkpoints,
     read_checkpoint,
+    remove_partial_writes,
     write_checkpoint,
-    FORMAT,
 )
 from ice_ignite.counters import GlobalCounters
 from ice_ignite.errors import CheckpointError, GraphError, ResumeTaskFailed, ScheduleError, StopAllTasks, StopTask
 from ice_ignite.graph import ExecutableGraph
 from ice_ignite.launcher import Launcher, parse_devices
 from ice_ignite.nodes.node import Node
+from ice_ignite.preemption import Preempted, PreemptionGuard
 from ice_ignite.rundir import RunDir, prepare_run_dir
 from ice_ignite.seeding import rng_state, seed_everything, set_rng_state
 from ice_ignite.tags import DEFAULT_TAG, check_name, is_selected, make_uid, normalize_tags, split_uid
@@ -99,6 +107,9 @@ class HyperGraph:
         self._entry_state = "idle"
         self._running_task: Task | None = None
         self._ckpt_seq = 0
+        self._n_saved: int | None = None
+        self._guard: PreemptionGuard | None = None
+        self._entrypoint: Path | None = None
 
     # -- nodes ----------------------------------------------------------------------------------
     def add(self, name: str, node: Node, tags: "str | Iterable[str]" = DEFAULT_TAG) -> Node:
@@ -334,6 +345,8 @@ class HyperGraph:
                 item = entries[i].item
                 if track:
                     self._position = i
+                    self._entry_state = "pending"
+                    self._check_preemption(0)
                 try:
                     if isinstance(item, Task):
                         self._entry_state = "task-pending"
@@ -357,19 +370,27 @@ class HyperGraph:
                 self._entries = None
                 self._entry_state = "idle"
 
-    def _progress(self) -> dict:
-        """Where the schedule continues if resumed from a checkpoint taken now."""
+    def _progress(self, iteration_offset: int = 0) -> dict:
+        """Where the schedule continues if resumed from a checkpoint taken now (``iteration_offset``
+        -1: at an ITERATION_STARTED, before the iteration ran)."""
         if self._entries is None:
             return {"entry": 0, "task": None}
         task = self._running_task
         if self._entry_state == "callable":
             return {"entry": self._position + 1, "task": None}
         if task is not None and task._in_engine:
-            return {"entry": self._position, "task": {"iteration": int(task.engine.state.iteration),
-                                                       "epoch_length": int(task.engine.state.epoch_length)}}
+            return {"entry": self._position, "task": task.progress(iteration_offset)}
         if task is not None and task._engine_done:
             return {"entry": self._position + 1, "task": None}
         return {"entry": self._position, "task": None}
+
+    def _check_preemption(self, iteration_offset: int) -> None:
+        """At an iteration or schedule boundary: after SIGTERM / SIGINT, checkpoint and exit."""
+        guard = self._guard
+        if guard is None or guard.requested is None:
+            return
+        path = self._save(None, (DEFAULT_TAG,), self._progress(iteration_offset))
+        raise Preempted(guard.requested, path)
 
     # -- run ------------------------------------------------------------------------------------
     def run(self, tasks: Any, devices: str = "auto", run_id: str | None = None,
@@ -377,7 +398,7 @@ class HyperGraph:
             seed: int = 0, nnodes: str = "1:1", node_rank: int = 0, dist_backend: str = "auto",
             master_addr: str = "127.0.0.1", master_port: int | None = None, rdzv_endpoint: str = "",
             rdzv_backend: str = "static", max_restarts: int = 0, start_method: str = "spawn",
-            launcher: Launcher | None = None, *, strict_resume: bool = True) -> Path:
+            launcher: Launcher | None = None, *, strict_resume: bool = True, n_saved: int | None = None) -> Path:
         """Run the schedule ``tasks`` in a run directory ``out_dir/run_id``.
 
         Args:
@@ -391,6 +412,10 @@ class HyperGraph:
             strict_resume: a resumed checkpoint whose schedule is not a prefix of ``tasks`` raises
                 ``ResumeTaskFailed`` (True) or warns and restarts the schedule with the loaded
                 states (False).
+            n_saved: keep only the newest ``n_saved`` periodic checkpoints (None: keep all).
+
+        SIGTERM and SIGINT make the run save a checkpoint at the next iteration boundary and
+        raise ``Preempted`` (a ``SystemExit`` with code 128 + signal number).
 
         Returns:
             The run directory.
@@ -400,6 +425,8 @@ class HyperGraph:
             raise TypeError(f"seed must be an int, got {seed!r}")
         if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
             raise TypeError(f"resume_from must be None, 'auto' or a checkpoint path, got {resume_from!r}")
+        if n_saved is not None and (isinstance(n_saved, bool) or not isinstance(n_saved, int) or n_saved < 1):
+            raise ValueError(f"n_saved must be None (keep all) or an int >= 1, got {n_saved!r}")
         if launcher is None:
             device_list = parse_devices(devices)
             if len(device_list) > 1 or str(nnodes) not in ("1", "1:1"):
@@ -409,13 +436,20 @@ class HyperGraph:
                 )
             launcher = Launcher(device=device_list[0])
         rundir = prepare_run_dir(out_dir, run_id, resume_from)
-        self._enter_run(launcher, rundir, seed)
+        self._n_saved = n_saved
         try:
-            start, task_resume = 0, None
-            if resume_from is not None:
-                start, task_resume = self._resume(resume_from, entries, strict_resume)
-            self._run_entries(entries, launcher, start, task_resume, track=True)
+            with PreemptionGuard() as self._guard:
+                self._enter_run(launcher, rundir, seed)
+                start, task_resume = 0, None
+                if resume_from is not None:
+                    start, task_resume = self._resume(resume_from, entries, strict_resume)
+                self._run_entries(entries, launcher, start, task_resume, track=True)
+        except Preempted as e:
+            logger.warning("%s", e)
+            print(f"ice_ignite: {e}", file=sys.stderr, flush=True)
+            raise
         finally:
+            self._guard = None
             self._exit_run()
         return rundir.root
 
@@ -427,8 +461,11 @@ class HyperGraph:
         self.seed = seed
         seed_everything(seed)
         self._setup_amp(launcher.device)
-        existing = list_checkpoints(rundir.ckpts)
-        self._ckpt_seq = existing[-1][0] + 1 if existing else 0
+        if launcher.rank == 0:
+            remove_partial_writes(rundir.ckpts)
+            if self._entrypoint is not None:
+                backup_sources(self._entrypoint, rundir.src)
+        self._ckpt_seq = next_sequence(rundir.ckpts)
 
     def _exit_run(self) -> None:
         if self._board is not None:
@@ -438,15 +475,16 @@ class HyperGraph:
         self._rundir = None
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def _state(self, tags: tuple[str, ...]) -> dict:
+    def _state(self, tags: tuple[str, ...], progress: dict) -> dict:
         nodes = {uid: node.state_dict() for uid, node in self.select_nodes(*tags).items()}
         launcher = self.launcher
         return {
             "format": FORMAT,
             "seq": self._ckpt_seq,
             "schedule": [e.description for e in self._entries] if self._entries is not None else [],
-            "progress": self._progress(),
+            "progress": progress,
             "nodes": nodes,
+            "grads": self._mid_cycle_grads(progress),
             "counters": self.global_counters.state_dict(),
             "rng": rng_state(),
             "seed": self.seed,
@@ -464,23 +502,75 @@ class HyperGraph:
         Raises:
             CheckpointError: no run directory and no ``save_to``, or ``save_to`` exists.
         """
-        tag_tuple = normalize_tags(tags, what="save_checkpoint tags")
+        return self._save(save_to, normalize_tags(tags, what="save_checkpoint tags"), self._progress())
+
+    def _save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...], progress: dict) -> Path | None:
         if save_to is None and self._rundir is None:
             raise CheckpointError(
                 "save_checkpoint needs a run directory: call it during HyperGraph.run, or pass save_to=path"
             )
-        state = self._state(tag_tuple)
+        state = self._state(tags, progress)
+        self._ckpt_seq += 1
         if self.launcher is not None and self.launcher.rank != 0:
             return None
         if save_to is None:
             c = self.global_counters
-            path = self._rundir.ckpts / checkpoint_filename(self._ckpt_seq, c.epochs.train, c.steps.train)
+            path = self._rundir.ckpts / checkpoint_filename(state["seq"], c.epochs.train, c.steps.train)
         else:
             path = Path(save_to)
         write_checkpoint(state, path)
-        self._ckpt_seq += 1
         logger.info("saved checkpoint %s", path)
+        if save_to is None and self._n_saved is not None:
+            prune_checkpoints(self._rundir.ckpts, self._n_saved)
         return path
+
+    def _mid_cycle_grads(self, progress: dict) -> dict:
+        """Gradients accumulated in an unfinished accumulation cycle, by ModuleNode uid."""
+        task = self._running_task
+        if progress["task"] is None or task is None or not task.train or task.graph is None:
+            return {}
+        position = progress["task"]["iteration"] % progress["task"]["epoch_length"]
+        if position % self.grad_acc_steps == 0:
+            return {}
+        return {node.uid: {name: p.grad for name, p in node.named_trainable_parameters() if p.grad is not None}
+                for node in task.graph.module_nodes}
+
+    def _save_best(self, node: Node, value: float, higher_better: bool, max_keep: int) -> Path | None:
+        """``MetricNode.save_best``: keep checkpoints of the best ``max_keep`` values of ``node``."""
+        if self._rundir is None:
+            raise CheckpointError(f"{node.uid}: save_best needs a run directory: call it during HyperGraph.run")
+        if isinstance(max_keep, bool) or not isinstance(max_keep, int) or max_keep < 1:
+            raise ValueError(f"save_best max_keep must be an int >= 1, got {max_keep!r}")
+        value = float(value)
+        records = node.best_records
+        if not math.isfinite(value):
+            warnings.warn(f"{node.uid}: save_best ignores the non-finite value {value}", stacklevel=3)
+            return None
+        worse = (lambda a, b: a <= b) if higher_better else (lambda a, b: a >= b)
+        if len(records) >= max_keep and worse(value, records[-1][0]):
+            return None
+        c = self.global_counters
+        name = best_filename(self._ckpt_seq, c.epochs.train, c.steps.train, node.name, value)
+        records.append((value, name))
+        records.sort(key=lambda r: -r[0] if higher_better else r[0])
+        del records[max_keep:]
+        path = self._save(self._rundir.ckpts / name, (DEFAULT_TAG,), self._progress())
+        if path is not None:  # rank 0: the files on disk follow the records (also after a resume)
+            keep = {f for _, f in records}
+            for old in best_files(self._rundir.ckpts, node.name):
+                if old.name not in keep:
+                    old.unlink(missing_ok=True)
+        return path
+
+    def backup_source_files(self, entrypoint: "str | os.PathLike") -> None:
+        """Copy ``entrypoint`` (usually ``__file__``) and the local modules it imports into
+        ``src/`` of the run directory, at the start of every ``run`` (now, during one)."""
+        path = Path(entrypoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"backup_source_files: {str(path)!r} is not a file; pass __file__")
+        self._entrypoint = path.resolve()
+        if self._rundir is not None and self.launcher is not None and self.launcher.rank == 0:
+            backup_sources(self._entrypoint, self._rundir.src)
 
     def load_checkpoint(self, resume_from: "str | os.PathLike", strict: bool = False,
                         tags: "str | Iterable[str]" = DEFAULT_TAG) -> dict:
@@ -543,6 +633,10 @@ class HyperGraph:
                                              "with the loaded states")
             warnings.warn(msg + "; restarting the schedule with the loaded states", stacklevel=3)
         self._load_nodes(state, (DEFAULT_TAG,), True, str(path))
+        for uid, grads in state.get("grads", {}).items():
+            for name, param in self._nodes[uid].named_trainable_parameters():
+                if name in grads:
+                    param.grad = grads[name].to(param.device)
         self.global_counters.load_state_dict(state["counters"])
         if state["grad_scaler"] is not None and self.grad_scaler is not None:
             self.grad_scaler.load_state_dict(state["grad_scaler"])

@@ -89,7 +89,9 @@ class Task:
         self.step_mode = steps > 0
         self.engine: Engine = _TaskEngine(self)
         # Registered now, before any user handler, so that ice_ignite's run first (B3).
+        self.engine.add_event_handler(Events.STARTED, self._on_started)
         self.engine.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
+        self.engine.add_event_handler(Events.ITERATION_STARTED, self._on_iteration_started)
         self.engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration_completed)
         self.engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_completed)
         self._graph: ExecutableGraph | None = None
@@ -98,6 +100,8 @@ class Task:
         self._epoch_iter = 0
         self._in_engine = False
         self._engine_done = False
+        self._closed_epoch = 0  # the last engine epoch whose EPOCH_COMPLETED work began
+        self._close_epoch_on_start = False
 
     def __repr__(self) -> str:
         amount = f"steps={self.steps}" if self.step_mode else f"epochs={self.epochs}"
@@ -150,13 +154,17 @@ class Task:
         engine = self.engine
         engine._task_stop_all = False
         self._in_engine = self._engine_done = False
+        iteration = pending_epoch_end = 0
         if resume is not None:
             if resume["epoch_length"] != length:
                 raise ResumeTaskFailed(
                     f"{self!r} was checkpointed with {resume['epoch_length']} iterations per epoch and now has "
                     f"{length}: the data or the gradient accumulation changed; resume with the same settings"
                 )
-            if resume["iteration"] >= length * max_epochs:
+            iteration = resume["iteration"]
+            # checkpointed after an epoch's last iteration but before its EPOCH_COMPLETED work
+            pending_epoch_end = iteration > 0 and iteration % length == 0 and not resume["epoch_done"]
+            if iteration >= length * max_epochs and not pending_epoch_end:
                 self._engine_done = True
                 return
         self._graph, self._hypergraph = graph, hypergraph
@@ -166,12 +174,17 @@ class Task:
             self._in_engine = True
             with torch.set_grad_enabled(self.train):
                 if resume is not None:
-                    engine.load_state_dict({"iteration": resume["iteration"], "epoch_length": length,
-                                            "max_epochs": max_epochs})
-                    self._epoch_iter = resume["iteration"] % length
+                    engine.load_state_dict({"iteration": iteration, "epoch_length": length, "max_epochs": max_epochs})
+                    self._epoch_iter = iteration % length
                     self._resuming = self._epoch_iter != 0
-                    engine.run(None)
+                    self._closed_epoch = iteration // length - (1 if pending_epoch_end else 0)
+                    if pending_epoch_end and iteration >= length * max_epochs:
+                        self._finish_last_epoch(engine)
+                    else:
+                        self._close_epoch_on_start = pending_epoch_end
+                        engine.run(None)
                 else:
+                    self._closed_epoch = 0
                     engine.state.max_epochs = None  # forces a fresh run, also after a StopTask
                     engine.state.max_iters = None
                     engine.run(None, max_epochs=max_epochs, epoch_length=length)
@@ -194,6 +207,29 @@ class Task:
             engine.should_terminate = True
             raise _EngineTerminateException() from None
 
+    def _finish_last_epoch(self, engine: Engine) -> None:
+        """Resuming after the last iteration of the task but before its epoch ended: fire the
+        rest of the run's events (ignite would start a new run on a finished state)."""
+        try:
+            for event in (Events.STARTED, Events.EPOCH_COMPLETED, Events.COMPLETED):
+                engine.fire_event(event)
+        except _EngineTerminateException:
+            engine.fire_event(Events.TERMINATE)
+            engine.fire_event(Events.COMPLETED)
+
+    def _on_started(self, engine: Engine) -> None:
+        if self._close_epoch_on_start:  # see run(): the checkpointed epoch still has to end
+            self._close_epoch_on_start = False
+            engine.fire_event(Events.EPOCH_COMPLETED)
+
+    def progress(self, iteration_offset: int = 0) -> dict:
+        """The position of the running engine, as a checkpoint records it."""
+        state = self.engine.state
+        iteration = int(state.iteration) + iteration_offset
+        length = int(state.epoch_length)
+        done = iteration % length != 0 or iteration // length <= self._closed_epoch
+        return {"iteration": iteration, "epoch_length": length, "epoch_done": done}
+
     def _on_epoch_started(self, engine: Engine) -> None:
         if self._resuming:  # continuing a checkpointed epoch: its data position and metrics are loaded
             self._resuming = False
@@ -201,6 +237,9 @@ class Task:
             return
         self._epoch_iter = 0
         self._graph.apply("epoch_start")
+
+    def _on_iteration_started(self, engine: Engine) -> None:
+        self._hypergraph._check_preemption(-1)
 
     def _on_iteration_completed(self, engine: Engine) -> None:
         self._epoch_iter += 1
@@ -211,6 +250,7 @@ class Task:
             steps.train += 1
 
     def _on_epoch_completed(self, engine: Engine) -> None:
+        self._closed_epoch = engine.state.epoch
         if not self.step_mode:
             epochs = self._hypergraph.global_counters.epochs
             if self.train:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -107,6 +108,21 @@ class MetricNode(Node):
         else:
             result = _plain(result)
         metrics[self._name] = result
+
+    def save_best(self, value: Any, higher_better: bool = True, max_keep: int = 3) -> "Path | None":
+        """Save a checkpoint when ``value`` is among the ``max_keep`` best seen so far, and delete
+        the one that drops out. Call it on every rank, typically from ``epoch_end``:
+        ``MetricNode(Accuracy(), forward, epoch_end=lambda n: n.save_best(n.value))``.
+
+        The files are ``ckpts/best-<seq>-E<e>S<s>-<name>=<value>.pt``; the records travel in
+        checkpoints, so the best ``max_keep`` are kept across resumes. Returns the file written
+        (None when ``value`` does not qualify, and on ranks other than 0).
+        """
+        if self.hypergraph is None:
+            raise RuntimeError(f"MetricNode.save_best needs the node to be added to a HyperGraph first")
+        if isinstance(value, torch.Tensor):
+            value = value.item()
+        return self.hypergraph._save_best(self, value, higher_better, max_keep)
 
     def state_dict(self) -> dict:
         """The metric's accumulators and the best records."""

@@ -1,0 +1,56 @@
+"""Preemption: SIGTERM / SIGINT make a run checkpoint at the next iteration boundary and exit."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+__all__ = ["Preempted", "PreemptionGuard"]
+
+
+class Preempted(SystemExit):
+    """Raised by ``HyperGraph.run`` after a SIGTERM or SIGINT: a checkpoint was saved at the
+    next iteration boundary. Uncaught, it ends the process with code ``128 + signal number``
+    (143 for SIGTERM, 130 for SIGINT), as a shell reports a process killed by that signal.
+    Resume with ``run(..., resume_from="auto")``.
+    """
+
+    def __init__(self, signum: int, checkpoint: Path | None):
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        where = f"checkpoint saved to {self.checkpoint}" if self.checkpoint else "no checkpoint written on this rank"
+        return f"preempted by {name}: {where}; resume with run(..., resume_from='auto')"
+
+
+class PreemptionGuard:
+    """While active (``with``), SIGTERM and SIGINT only set ``requested``; a second SIGINT
+    interrupts at once. Handlers are installed from the main thread only, and restored on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "PreemptionGuard":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
