@@ -3,36 +3,24 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
-import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import torch
 
 from ice_ignite.backup import backup_sources
-from ice_ignite.checkpoint import (
-    FORMAT,
-    best_filename,
-    best_files,
-    checkpoint_filename,
-    latest_valid_checkpoint,
-    next_sequence,
-    prune_checkpoints,
-    read_checkpoint,
-    remove_partial_writes,
-    write_checkpoint,
-)
+from ice_ignite.checkpoint import read_checkpoint
+from ice_ignite.checkpointer import Checkpointer
 from ice_ignite.counters import GlobalCounters
-from ice_ignite.errors import CheckpointError, GraphError, ResumeTaskFailed, ScheduleError, StopAllTasks, StopTask
+from ice_ignite.errors import GraphError, StopAllTasks, StopTask
 from ice_ignite.graph import ExecutableGraph
 from ice_ignite.launcher import Launcher, parse_devices
 from ice_ignite.nodes.node import Node
 from ice_ignite.preemption import Preempted, PreemptionGuard
 from ice_ignite.rundir import RunDir, prepare_run_dir
-from ice_ignite.seeding import rng_state, seed_everything, set_rng_state
+from ice_ignite.seeding import seed_everything
 from ice_ignite.tags import DEFAULT_TAG, check_name, is_selected, make_uid, normalize_tags, split_uid
 from ice_ignite.task import ScheduleEntry, Task, call_with_arity, flatten_schedule
 
@@ -106,8 +94,7 @@ class HyperGraph:
         self._position = 0
         self._entry_state = "idle"
         self._running_task: Task | None = None
-        self._ckpt_seq = 0
-        self._n_saved: int | None = None
+        self._checkpointer = Checkpointer(self)
         self._guard: PreemptionGuard | None = None
         self._entrypoint: Path | None = None
 
@@ -389,7 +376,7 @@ class HyperGraph:
         guard = self._guard
         if guard is None or guard.requested is None:
             return
-        path = self._save(None, (DEFAULT_TAG,), self._progress(iteration_offset))
+        path = self._checkpointer.save(None, (DEFAULT_TAG,), self._progress(iteration_offset))
         raise Preempted(guard.requested, path)
 
     # -- run ------------------------------------------------------------------------------------
@@ -436,13 +423,12 @@ class HyperGraph:
                 )
             launcher = Launcher(device=device_list[0])
         rundir = prepare_run_dir(out_dir, run_id, resume_from)
-        self._n_saved = n_saved
         try:
             with PreemptionGuard() as self._guard:
-                self._enter_run(launcher, rundir, seed)
+                self._enter_run(launcher, rundir, seed, n_saved)
                 start, task_resume = 0, None
                 if resume_from is not None:
-                    start, task_resume = self._resume(resume_from, entries, strict_resume)
+                    start, task_resume = self._checkpointer.resume(resume_from, entries, strict_resume)
                 self._run_entries(entries, launcher, start, task_resume, track=True)
         except Preempted as e:
             logger.warning("%s", e)
@@ -453,7 +439,7 @@ class HyperGraph:
             self._exit_run()
         return rundir.root
 
-    def _enter_run(self, launcher: Launcher, rundir: RunDir, seed: int) -> None:
+    def _enter_run(self, launcher: Launcher, rundir: RunDir, seed: int, n_saved: int | None) -> None:
         self.launcher = launcher
         self._rundir = rundir
         self.run_dir = rundir.root
@@ -461,11 +447,9 @@ class HyperGraph:
         self.seed = seed
         seed_everything(seed)
         self._setup_amp(launcher.device)
-        if launcher.rank == 0:
-            remove_partial_writes(rundir.ckpts)
-            if self._entrypoint is not None:
-                backup_sources(self._entrypoint, rundir.src)
-        self._ckpt_seq = next_sequence(rundir.ckpts)
+        self._checkpointer.open(rundir, n_saved, writer=launcher.rank == 0)
+        if launcher.rank == 0 and self._entrypoint is not None:
+            backup_sources(self._entrypoint, rundir.src)
 
     def _exit_run(self) -> None:
         if self._board is not None:
@@ -473,26 +457,9 @@ class HyperGraph:
             self._board = None
         self.launcher = None
         self._rundir = None
+        self._checkpointer.close()
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def _state(self, tags: tuple[str, ...], progress: dict) -> dict:
-        nodes = {uid: node.state_dict() for uid, node in self.select_nodes(*tags).items()}
-        launcher = self.launcher
-        return {
-            "format": FORMAT,
-            "seq": self._ckpt_seq,
-            "schedule": [e.description for e in self._entries] if self._entries is not None else [],
-            "progress": progress,
-            "nodes": nodes,
-            "grads": self._mid_cycle_grads(progress),
-            "counters": self.global_counters.state_dict(),
-            "rng": rng_state(),
-            "seed": self.seed,
-            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "grad_acc_steps": self.grad_acc_steps,
-            "world_size": launcher.world_size if launcher is not None else 1,
-        }
-
     def save_checkpoint(self, save_to: "str | os.PathLike | None" = None, tags: "str | Iterable[str]" = DEFAULT_TAG
                         ) -> Path | None:
         """Write a checkpoint of the run: node states (of ``tags``; ``"*"``: every node), counters,
@@ -502,75 +469,7 @@ class HyperGraph:
         Raises:
             CheckpointError: no run directory and no ``save_to``, or ``save_to`` exists.
         """
-        return self._save(save_to, normalize_tags(tags, what="save_checkpoint tags"), self._progress())
-
-    def _save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...], progress: dict) -> Path | None:
-        if save_to is None and self._rundir is None:
-            raise CheckpointError(
-                "save_checkpoint needs a run directory: call it during HyperGraph.run, or pass save_to=path"
-            )
-        state = self._state(tags, progress)
-        self._ckpt_seq += 1
-        if self.launcher is not None and self.launcher.rank != 0:
-            return None
-        if save_to is None:
-            c = self.global_counters
-            path = self._rundir.ckpts / checkpoint_filename(state["seq"], c.epochs.train, c.steps.train)
-        else:
-            path = Path(save_to)
-        write_checkpoint(state, path)
-        logger.info("saved checkpoint %s", path)
-        if save_to is None and self._n_saved is not None:
-            prune_checkpoints(self._rundir.ckpts, self._n_saved)
-        return path
-
-    def _mid_cycle_grads(self, progress: dict) -> dict:
-        """Gradients accumulated in an unfinished accumulation cycle, by ModuleNode uid."""
-        task = self._running_task
-        if progress["task"] is None or task is None or not task.train or task.graph is None:
-            return {}
-        position = progress["task"]["iteration"] % progress["task"]["epoch_length"]
-        if position % self.grad_acc_steps == 0:
-            return {}
-        return {node.uid: {name: p.grad for name, p in node.named_trainable_parameters() if p.grad is not None}
-                for node in task.graph.module_nodes}
-
-    def _save_best(self, node: Node, value: float, higher_better: bool, max_keep: int) -> Path | None:
-        """``MetricNode.save_best``: keep checkpoints of the best ``max_keep`` values of ``node``."""
-        if self._rundir is None:
-            raise CheckpointError(f"{node.uid}: save_best needs a run directory: call it during HyperGraph.run")
-        if isinstance(max_keep, bool) or not isinstance(max_keep, int) or max_keep < 1:
-            raise ValueError(f"save_best max_keep must be an int >= 1, got {max_keep!r}")
-        value = float(value)
-        records = node.best_records
-        if not math.isfinite(value):
-            warnings.warn(f"{node.uid}: save_best ignores the non-finite value {value}", stacklevel=3)
-            return None
-        worse = (lambda a, b: a <= b) if higher_better else (lambda a, b: a >= b)
-        if len(records) >= max_keep and worse(value, records[-1][0]):
-            return None
-        c = self.global_counters
-        name = best_filename(self._ckpt_seq, c.epochs.train, c.steps.train, node.name, value)
-        records.append((value, name))
-        records.sort(key=lambda r: -r[0] if higher_better else r[0])
-        del records[max_keep:]
-        path = self._save(self._rundir.ckpts / name, (DEFAULT_TAG,), self._progress())
-        if path is not None:  # rank 0: the files on disk follow the records (also after a resume)
-            keep = {f for _, f in records}
-            for old in best_files(self._rundir.ckpts, node.name):
-                if old.name not in keep:
-                    old.unlink(missing_ok=True)
-        return path
-
-    def backup_source_files(self, entrypoint: "str | os.PathLike") -> None:
-        """Copy ``entrypoint`` (usually ``__file__``) and the local modules it imports into
-        ``src/`` of the run directory, at the start of every ``run`` (now, during one)."""
-        path = Path(entrypoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"backup_source_files: {str(path)!r} is not a file; pass __file__")
-        self._entrypoint = path.resolve()
-        if self._rundir is not None and self.launcher is not None and self.launcher.rank == 0:
-            backup_sources(self._entrypoint, self._rundir.src)
+        return self._checkpointer.save(save_to, normalize_tags(tags, what="save_checkpoint tags"), self._progress())
 
     def load_checkpoint(self, resume_from: "str | os.PathLike", strict: bool = False,
                         tags: "str | Iterable[str]" = DEFAULT_TAG) -> dict:
@@ -581,73 +480,18 @@ class HyperGraph:
             ``{"loaded": [...uids], "only_in_checkpoint": [...], "only_in_graph": [...]}``.
         """
         tag_tuple = normalize_tags(tags, what="load_checkpoint tags")
-        state = read_checkpoint(resume_from, map_location=self._map_location())
-        return self._load_nodes(state, tag_tuple, strict, str(resume_from))
+        state = read_checkpoint(resume_from, map_location=self._checkpointer.map_location())
+        return self._checkpointer.load_nodes(state, tag_tuple, strict, str(resume_from))
 
-    def _map_location(self) -> Any:
-        return self.launcher.device if self.launcher is not None else "cpu"
+    def _save_best(self, node: Node, value: float, higher_better: bool, max_keep: int) -> Path | None:
+        return self._checkpointer.save_best(node, value, higher_better, max_keep)
 
-    def _load_nodes(self, state: dict, tags: tuple[str, ...], strict: bool, source: str) -> dict:
-        selected = self.select_nodes(*tags)
-        saved = state["nodes"]
-        report = {
-            "loaded": [uid for uid in selected if uid in saved],
-            "only_in_checkpoint": [uid for uid in saved if uid not in selected and uid not in self._nodes],
-            "only_in_graph": [uid for uid in selected if uid not in saved],
-        }
-        for uid in report["loaded"]:
-            try:
-                selected[uid].load_state_dict(saved[uid], strict=strict)
-            except Exception as e:
-                raise CheckpointError(f"loading node {uid!r} from {source} failed: {e}") from e
-        for key, what in (("only_in_checkpoint", "absent from this graph"), ("only_in_graph", "absent from the checkpoint")):
-            if report[key]:
-                warnings.warn(f"{source}: node(s) {', '.join(report[key])} {what}; left as they are", stacklevel=3)
-        return report
-
-    def _resume(self, resume_from: Any, entries: list[ScheduleEntry], strict: bool) -> tuple[int, dict | None]:
-        if str(resume_from) == "auto":
-            found = latest_valid_checkpoint(self._rundir.ckpts, map_location=self._map_location())
-            if found is None:
-                logger.info("resume_from='auto': %s holds no checkpoint; starting from the beginning", self.run_dir)
-                return 0, None
-            path, state = found
-        else:
-            path, state = Path(resume_from), read_checkpoint(resume_from, map_location=self._map_location())
-        world = self.launcher.world_size
-        if state["world_size"] != world:
-            raise ResumeTaskFailed(
-                f"checkpoint {str(path)!r} was written by {state['world_size']} process(es), this run has {world}; "
-                "resume with the same number of processes"
-            )
-        saved, new = state["schedule"], [e.description for e in entries]
-        mismatch = next((i for i, (a, b) in enumerate(zip(saved, new)) if a != b), None)
-        if mismatch is None and len(saved) > len(new):
-            mismatch = len(new)
-        if mismatch is not None:
-            got = new[mismatch] if mismatch < len(new) else "the end of the schedule"
-            msg = (f"checkpoint {str(path)!r}: its schedule is not a prefix of this run's: entry {mismatch} was "
-                   f"{saved[mismatch]!r} and is now {got!r}")
-            if strict:
-                raise ResumeTaskFailed(msg + "; restore the schedule, or pass strict_resume=False to restart it "
-                                             "with the loaded states")
-            warnings.warn(msg + "; restarting the schedule with the loaded states", stacklevel=3)
-        self._load_nodes(state, (DEFAULT_TAG,), True, str(path))
-        for uid, grads in state.get("grads", {}).items():
-            for name, param in self._nodes[uid].named_trainable_parameters():
-                if name in grads:
-                    param.grad = grads[name].to(param.device)
-        self.global_counters.load_state_dict(state["counters"])
-        if state["grad_scaler"] is not None and self.grad_scaler is not None:
-            self.grad_scaler.load_state_dict(state["grad_scaler"])
-        if state["seed"] != self.seed:
-            warnings.warn(f"checkpoint {path.name} was taken with seed={state['seed']}; continuing with it", stacklevel=3)
-            self.seed = state["seed"]
-        set_rng_state(state["rng"])
-        seq = state.get("seq", -1)
-        self._ckpt_seq = max(self._ckpt_seq, seq + 1)
-        logger.info("resuming from %s", path)
-        if mismatch is not None:
-            return 0, None
-        progress = state["progress"]
-        return progress["entry"], progress["task"]
+    def backup_source_files(self, entrypoint: "str | os.PathLike") -> None:
+        """Copy ``entrypoint`` (usually ``__file__``) and the local modules it imports into
+        ``src/`` of the run directory, at the start of every ``run`` (now, during one)."""
+        path = Path(entrypoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"backup_source_files: {str(path)!r} is not a file; pass __file__")
+        self._entrypoint = path.resolve()
+        if self._rundir is not None and self.launcher is not None and self.launcher.rank == 0:
+            backup_sources(self._entrypoint, self._rundir.src)

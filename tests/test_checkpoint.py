@@ -1,8 +1,6 @@
 """Checkpoints and exact resume (API.md B8): content, mid-epoch exactness, kills, preemption,
 safety, retention, best checkpoints, schedule checks, partial loading, source backup."""
 
-import os
-import pickle
 import random
 import signal
 import subprocess
@@ -19,7 +17,7 @@ from ignite.metrics import Accuracy
 import ice_ignite as ice
 from ice_ignite import CheckpointError, ResumeTaskFailed
 
-from conftest import classification_set, linear_graph
+from conftest import linear_graph
 
 CHILD = Path(__file__).with_name("checkpoint_child.py")
 

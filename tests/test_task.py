@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from ignite.engine import Events
 
 import ice_ignite as ice

@@ -119,7 +119,7 @@ class MetricNode(Node):
         (None when ``value`` does not qualify, and on ranks other than 0).
         """
         if self.hypergraph is None:
-            raise RuntimeError(f"MetricNode.save_best needs the node to be added to a HyperGraph first")
+            raise RuntimeError("MetricNode.save_best needs the node to be added to a HyperGraph first")
         if isinstance(value, torch.Tensor):
             value = value.item()
         return self.hypergraph._save_best(self, value, higher_better, max_keep)

@@ -7,7 +7,7 @@ from ignite.engine import Engine
 from ignite.metrics import Loss
 
 import ice_ignite as ice
-from ice_ignite import GraphError, NodeError
+from ice_ignite import GraphError
 
 from conftest import regression_set
 

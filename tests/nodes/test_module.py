@@ -14,7 +14,7 @@ def two_layer():
 
 def train_one_step(module_nodes, tags="*", steps=1):
     g = ice.HyperGraph()
-    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    y = torch.randn(8, 1)
     for name, node, node_tags in module_nodes:
         g.add(name, node, tags=node_tags)
     g.add("loss", ice.LossNode(forward=lambda n, c: F.mse_loss(c["net"], y)))
