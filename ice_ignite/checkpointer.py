@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ice_ignite import parallel
 from ice_ignite.checkpoint import (
     FORMAT,
     best_filename,
@@ -55,7 +56,7 @@ class Checkpointer:
         self.rundir, self.n_saved = rundir, n_saved
         if writer:
             remove_partial_writes(rundir.ckpts)
-        self.seq = next_sequence(rundir.ckpts)
+        self.seq = parallel.broadcast_object(next_sequence(rundir.ckpts) if writer else None)
 
     def close(self) -> None:
         self.rundir = None
@@ -75,9 +76,9 @@ class Checkpointer:
             "schedule": [e.description for e in entries] if entries is not None else [],
             "progress": progress,
             "nodes": {uid: node.state_dict() for uid, node in hg.select_nodes(*tags).items()},
-            "grads": self._mid_cycle_grads(progress),
+            # what differs between ranks, in rank order
+            "ranks": parallel.gather_objects({"rng": rng_state(), "grads": self._mid_cycle_grads(progress)}),
             "counters": hg.global_counters.state_dict(),
-            "rng": rng_state(),
             "seed": hg.seed,
             "grad_scaler": hg.grad_scaler.state_dict() if hg.grad_scaler is not None else None,
             "grad_acc_steps": hg.grad_acc_steps,
@@ -171,12 +172,17 @@ class Checkpointer:
         entry to continue at and the task position inside it."""
         hg = self.hypergraph
         if str(resume_from) == "auto":
-            found = latest_valid_checkpoint(self.rundir.ckpts, map_location=self.map_location())
-            if found is None:
+            # global rank 0 picks the newest valid file; every rank then reads it (a shared file system)
+            found = None
+            if hg.launcher.rank == 0:
+                found = latest_valid_checkpoint(self.rundir.ckpts, map_location=self.map_location())
+            chosen = parallel.broadcast_object(str(found[0]) if found is not None else None)
+            if chosen is None:
                 logger.info("resume_from='auto': %s holds no checkpoint; starting from the beginning",
                             self.rundir.root)
                 return 0, None
-            path, state = found
+            path = Path(chosen)
+            state = found[1] if found is not None else read_checkpoint(path, map_location=self.map_location())
         else:
             path, state = Path(resume_from), read_checkpoint(resume_from, map_location=self.map_location())
         world = hg.launcher.world_size
@@ -187,7 +193,8 @@ class Checkpointer:
             )
         mismatch = self._check_schedule(path, state["schedule"], [e.description for e in entries], strict)
         self.load_nodes(state, (DEFAULT_TAG,), True, str(path))
-        for uid, grads in state["grads"].items():
+        mine = state["ranks"][hg.launcher.rank]
+        for uid, grads in mine["grads"].items():
             for name, param in hg[uid].named_trainable_parameters():
                 if name in grads:
                     param.grad = grads[name].to(param.device)
@@ -198,7 +205,7 @@ class Checkpointer:
             warnings.warn(f"checkpoint {path.name} was taken with seed={state['seed']}; continuing with it",
                           stacklevel=4)
             hg.seed = state["seed"]
-        set_rng_state(state["rng"])
+        set_rng_state(mine["rng"])
         self.seq = max(self.seq, state["seq"] + 1)
         logger.info("resuming from %s", path)
         if mismatch:

@@ -3,6 +3,7 @@ as one iteration of forward → backward → update (API.md, B2)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -136,6 +137,7 @@ class ExecutableGraph:
         self._names = list(nodes)
         self._loss_terms: list[torch.Tensor] = []
         self._batch_source: dict[str, DatasetNode | None] = {}
+        self._ddp: list[torch.nn.Module] = []
         #: phase -> (built-in behaviour of node kinds, user hooks), each in ``add`` order
         self._phases = {phase: self._collect(phase) for phase in HOOKS}
 
@@ -176,6 +178,7 @@ class ExecutableGraph:
             node.egraph = self
         self._set_module_modes()
         self.apply("prepare")
+        self._ddp = [n.ddp for n in self.module_nodes if n.ddp is not None]
 
     def finish(self) -> None:
         """``clean_up`` every node at the end of a task run."""
@@ -219,9 +222,19 @@ class ExecutableGraph:
         in_cycle = position % k
         cycle_len = min(k, epoch_length - (position - in_cycle))
         self.step_now = in_cycle == cycle_len - 1
+        self._cycle_len = cycle_len
         if in_cycle == 0:
             for node in self.module_nodes:
                 node.zero_grad()
+        if self._ddp and not self.step_now:
+            with contextlib.ExitStack() as stack:  # accumulate locally: no all-reduce until the step
+                for ddp in self._ddp:
+                    stack.enter_context(ddp.no_sync())
+                return self._train_iteration()
+        return self._train_iteration()
+
+    def _train_iteration(self) -> dict[str, torch.Tensor]:
+        hg = self.hypergraph
         cache = self.cache
         values = cache._values
         try:
@@ -241,8 +254,8 @@ class ExecutableGraph:
                         f"grad ({', '.join(n.uid for n in self.loss_nodes)}): no trainable parameter reaches "
                         "them; give a ModuleNode optimizers, or make the task train=False"
                     )
-                if cycle_len != 1:
-                    total = total / cycle_len
+                if self._cycle_len != 1:
+                    total = total / self._cycle_len
                 scaler = hg.grad_scaler
                 if scaler is not None:
                     total = scaler.scale(total)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -16,7 +17,8 @@ from ice_ignite.checkpointer import Checkpointer
 from ice_ignite.counters import GlobalCounters
 from ice_ignite.errors import GraphError, StopAllTasks, StopTask
 from ice_ignite.graph import ExecutableGraph
-from ice_ignite.launcher import Launcher, parse_devices
+from ice_ignite import parallel
+from ice_ignite.launcher import Launcher, in_worker, join, launch, leave, parse_devices, script_command
 from ice_ignite.nodes.node import Node
 from ice_ignite.preemption import Preempted, PreemptionGuard
 from ice_ignite.rundir import RunDir, prepare_run_dir
@@ -27,6 +29,17 @@ from ice_ignite.task import ScheduleEntry, Task, call_with_arity, flatten_schedu
 __all__ = ["HyperGraph", "NullWriter"]
 
 logger = logging.getLogger("ice_ignite")
+
+# the run directory's name, passed from the launching process to its workers
+_RUN_ID_ENV = "ICE_IGNITE_RUN_ID"
+
+
+def _record_worker_error(e: BaseException) -> None:
+    """Write the traceback where the elastic agent reports a failed worker's error from."""
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+        ErrorHandler().record_exception(e)
 
 _AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -96,6 +109,7 @@ class HyperGraph:
         self._running_task: Task | None = None
         self._checkpointer = Checkpointer(self)
         self._guard: PreemptionGuard | None = None
+        self._agreed: parallel.AgreedFlag | None = None
         self._entrypoint: Path | None = None
 
     # -- nodes ----------------------------------------------------------------------------------
@@ -372,12 +386,19 @@ class HyperGraph:
         return {"entry": self._position, "task": None}
 
     def _check_preemption(self, iteration_offset: int) -> None:
-        """At an iteration or schedule boundary: after SIGTERM / SIGINT, checkpoint and exit."""
+        """At an iteration (offset -1) or schedule (0) boundary: after SIGTERM / SIGINT on any
+        rank, every rank checkpoints at the same boundary and raises Preempted."""
         guard = self._guard
-        if guard is None or guard.requested is None:
+        if guard is None:
+            return
+        local = guard.requested is not None
+        agreed = self._agreed
+        if agreed is not None:
+            local = agreed.check(local) if iteration_offset else agreed.check_now(local)
+        if not local:
             return
         path = self._checkpointer.save(None, (DEFAULT_TAG,), self._progress(iteration_offset))
-        raise Preempted(guard.requested, path)
+        raise Preempted(guard.requested or signal.SIGTERM, path)
 
     # -- run ------------------------------------------------------------------------------------
     def run(self, tasks: Any, devices: str = "auto", run_id: str | None = None,
@@ -414,16 +435,39 @@ class HyperGraph:
             raise TypeError(f"resume_from must be None, 'auto' or a checkpoint path, got {resume_from!r}")
         if n_saved is not None and (isinstance(n_saved, bool) or not isinstance(n_saved, int) or n_saved < 1):
             raise ValueError(f"n_saved must be None (keep all) or an int >= 1, got {n_saved!r}")
-        if launcher is None:
+        if start_method not in ("spawn", "fork"):
+            raise ValueError(f"start_method must be 'spawn' (re-run the script) or 'fork', got {start_method!r}")
+        joined = False
+        if launcher is None and in_worker():
+            launcher, joined = join(devices, dist_backend)
+        elif launcher is None:
             device_list = parse_devices(devices)
             if len(device_list) > 1 or str(nnodes) not in ("1", "1:1"):
-                raise NotImplementedError(
-                    f"devices={devices!r}, nnodes={nnodes!r} asks for several processes; this version runs one "
-                    "process per run: use devices='cpu', 'cuda:0' or 'auto', or launch with torchrun"
-                )
+                rundir = prepare_run_dir(out_dir, run_id, resume_from)
+                fork = start_method == "fork" or script_command() is None
+
+                def worker() -> None:  # forked: the graph and its lambdas are inherited, not pickled
+                    self.run(tasks, devices=devices, run_id=rundir.run_id, out_dir=out_dir, resume_from=resume_from,
+                             seed=seed, dist_backend=dist_backend, strict_resume=strict_resume, n_saved=n_saved)
+
+                os.environ[_RUN_ID_ENV] = rundir.run_id
+                try:
+                    launch(worker if fork else None, len(device_list), nnodes, node_rank, master_addr, master_port,
+                           rdzv_endpoint, rdzv_backend, max_restarts, "fork" if fork else "spawn",
+                           run_id=run_id or "ice_ignite")
+                except Preempted as e:
+                    print(f"ice_ignite: {e}", file=sys.stderr, flush=True)
+                    raise
+                finally:
+                    os.environ.pop(_RUN_ID_ENV, None)
+                if fork:
+                    return rundir.root
+                raise SystemExit(0)  # as under torchrun, the workers ran the whole script
             launcher = Launcher(device=device_list[0])
-        rundir = prepare_run_dir(out_dir, run_id, resume_from)
+        if joined and resume_from is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            resume_from = "auto"  # the elastic agent restarted the workers: continue the run
         try:
+            rundir = self._open_run_dir(out_dir, run_id, resume_from, launcher)
             with PreemptionGuard() as self._guard:
                 self._enter_run(launcher, rundir, seed, n_saved)
                 start, task_resume = 0, None
@@ -432,12 +476,39 @@ class HyperGraph:
                 self._run_entries(entries, launcher, start, task_resume, track=True)
         except Preempted as e:
             logger.warning("%s", e)
-            print(f"ice_ignite: {e}", file=sys.stderr, flush=True)
+            print(f"ice_ignite: rank {launcher.rank}: {e}", file=sys.stderr, flush=True)
+            raise
+        except Exception as e:
+            if joined:
+                _record_worker_error(e)
             raise
         finally:
             self._guard = None
             self._exit_run()
+            leave(joined)
         return rundir.root
+
+    def _open_run_dir(self, out_dir: "str | os.PathLike | None", run_id: str | None, resume_from: Any,
+                      launcher: Launcher) -> RunDir:
+        """The run directory, prepared by global rank 0 and agreed by every rank."""
+        if launcher.world_size == 1:
+            return prepare_run_dir(out_dir, run_id, resume_from)
+        run_id = run_id or os.environ.get(_RUN_ID_ENV)
+        answer: tuple[str | None, str | None] = (None, None)
+        if launcher.rank == 0:
+            try:
+                answer = (prepare_run_dir(out_dir, run_id, resume_from).run_id, None)
+            except Exception as e:
+                answer = (None, f"{type(e).__name__}: {e}")
+                parallel.broadcast_object(answer)
+                raise
+        agreed_id, error = parallel.broadcast_object(answer)
+        if error is not None:
+            raise RuntimeError(f"global rank 0 could not prepare the run directory: {error}")
+        rundir = RunDir(Path(out_dir if out_dir is not None else "runs") / agreed_id)
+        for d in (rundir.root, rundir.ckpts, rundir.logs, rundir.src):
+            d.mkdir(parents=True, exist_ok=True)
+        return rundir
 
     def _enter_run(self, launcher: Launcher, rundir: RunDir, seed: int, n_saved: int | None) -> None:
         self.launcher = launcher
@@ -445,13 +516,17 @@ class HyperGraph:
         self.run_dir = rundir.root
         self.run_id = rundir.run_id
         self.seed = seed
-        seed_everything(seed)
+        seed_everything(seed + launcher.rank)
         self._setup_amp(launcher.device)
+        self._agreed = parallel.AgreedFlag() if launcher.world_size > 1 else None
         self._checkpointer.open(rundir, n_saved, writer=launcher.rank == 0)
         if launcher.rank == 0 and self._entrypoint is not None:
             backup_sources(self._entrypoint, rundir.src)
 
     def _exit_run(self) -> None:
+        if self._agreed is not None:
+            self._agreed.close()
+            self._agreed = None
         if self._board is not None:
             self._board.close()
             self._board = None

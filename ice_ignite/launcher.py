@@ -1,15 +1,18 @@
-"""Where a process runs: the ``Launcher`` record every node sees as ``n.launcher``, and the
-``devices=`` grammar of ``HyperGraph.run`` (B9)."""
+"""Where a process runs: the ``Launcher`` record every node sees as ``n.launcher``, the
+``devices=`` grammar of ``HyperGraph.run``, and starting or joining the processes of a
+multi-process run through torch's elastic agent and ``ignite.distributed`` (B9)."""
 
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
-__all__ = ["Launcher", "parse_devices", "default_backend"]
+__all__ = ["Launcher", "parse_devices", "default_backend", "in_worker", "join", "leave", "launch", "WorkerFailed",
+           "script_command", "free_port"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +106,202 @@ def default_backend(devices: list[torch.device], dist_backend: str = "auto") -> 
     if all(d.type == "cuda" for d in devices) and len(set(devices)) == len(devices):
         return "nccl"
     return "gloo"
+
+
+# -- multi-process runs ------------------------------------------------------------------------
+class WorkerFailed(RuntimeError):
+    """A worker process of a multi-process run failed; the message names its rank and error."""
+
+
+def in_worker() -> bool:
+    """Whether this process is one worker of a multi-process run: started by ``run``, by
+    ``torchrun`` or by SLURM, or with a process group already initialised."""
+    import torch.distributed as dist
+
+    env = os.environ
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if "TORCHELASTIC_RUN_ID" in env or ("RANK" in env and "WORLD_SIZE" in env):
+        return True
+    return "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
+
+
+def _worker_device(devices: str, local_rank: int, local_world_size: int) -> torch.device:
+    text = devices.strip().lower()
+    if text in ("auto", "auto:*"):
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    listed = parse_devices(devices)
+    if len(listed) == local_world_size:
+        return listed[local_rank]
+    if all(d.type == "cpu" for d in listed):
+        return torch.device("cpu")
+    if text in ("cuda", "cuda:*"):
+        return torch.device("cuda", local_rank)
+    raise ValueError(
+        f"devices={devices!r} names {len(listed)} device(s), but this machine runs {local_world_size} processes "
+        "of the run; name one device per process (e.g. 'cuda:0-3'), or 'auto' / 'cuda' for one GPU per process"
+    )
+
+
+def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
+    """Join the process group of this worker, initialising it (from the environment that
+    ``torchrun``, the elastic agent or SLURM set) unless it exists. Returns the launcher and
+    whether the group was initialised here."""
+    import ignite.distributed as idist
+    import torch.distributed as dist
+
+    env = os.environ
+    local_rank = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0")))
+    local_world_size = int(env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", "1")))
+    device = _worker_device(devices, local_rank, local_world_size)
+    initialised_here = False
+    if not dist.is_initialized():
+        backend = default_backend([device] * local_world_size if device.type == "cuda" else [device], dist_backend)
+        if backend == "nccl" and device.type == "cuda":
+            torch.cuda.set_device(device)
+        if "TORCHELASTIC_RESTART_COUNT" in env:
+            _init_elastic_worker(backend)
+        else:
+            idist.initialize(backend)
+        initialised_here = True
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    launcher = Launcher(rank=idist.get_rank(), local_rank=idist.get_local_rank(), world_size=idist.get_world_size(),
+                        local_world_size=idist.get_nproc_per_node(), node_rank=idist.get_node_rank(), device=device,
+                        backend=idist.backend())
+    return launcher, initialised_here
+
+
+def _init_elastic_worker(backend: str) -> None:
+    """Initialise the process group of a worker of torch's elastic agent, its store keys
+    prefixed by the restart attempt.
+
+    The agent keeps one store for all attempts and ``env://`` adds no prefix, so workers of a
+    restarted group may read the addresses their predecessors published and fail to connect
+    (seen with torch 2.13). ignite then adopts the group (``idist.sync``).
+    """
+    import ignite.distributed as idist
+    import torch.distributed as dist
+    from torch.distributed.rendezvous import _create_c10d_store
+
+    env = os.environ
+    rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
+    timeout = dist.default_pg_timeout
+    store = _create_c10d_store(env["MASTER_ADDR"], int(env["MASTER_PORT"]), rank, world_size, timeout)
+    store = dist.PrefixStore(f"ice_ignite/attempt_{env['TORCHELASTIC_RESTART_COUNT']}", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+    idist.sync()
+
+
+def leave(initialised_here: bool) -> None:
+    """Destroy the process group if ``join`` created it."""
+    if initialised_here:
+        import ignite.distributed as idist
+
+        idist.finalize()
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _nodes(nnodes: "str | int") -> tuple[int, int]:
+    text = str(nnodes)
+    lo, _, hi = text.partition(":")
+    try:
+        low, high = int(lo), int(hi or lo)
+    except ValueError:
+        raise ValueError(f"nnodes must be 'N' or 'MIN:MAX', got {nnodes!r}") from None
+    if not 1 <= low <= high:
+        raise ValueError(f"nnodes must be 'N' or 'MIN:MAX' with 1 <= MIN <= MAX, got {nnodes!r}")
+    return low, high
+
+
+def script_command() -> list[str] | None:
+    """The command that re-runs this process's entry script with its arguments, as ``torchrun``
+    would, or None when there is no script (a notebook, ``python -c``)."""
+    import sys
+
+    import sysconfig
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not os.path.isfile(path):
+        return None
+    # The entry point of an installed tool (pytest, unittest, an IPython kernel) is not the
+    # user's script: re-running it would not lead back to this run().
+    real = os.path.realpath(path)
+    tool_dirs = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib", "stdlib", "scripts")}
+    if any(real.startswith(d + os.sep) for d in tool_dirs):
+        return None
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return ["-u", "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
+    return ["-u", os.path.abspath(path), *sys.argv[1:]]
+
+
+def launch(entrypoint: "Callable[[], Any] | None", nproc_per_node: int, nnodes: "str | int" = "1:1",
+           node_rank: int = 0, master_addr: str = "127.0.0.1", master_port: int | None = None,
+           rdzv_endpoint: str = "", rdzv_backend: str = "static", max_restarts: int = 0,
+           start_method: str = "spawn", run_id: str = "ice_ignite") -> None:
+    """Start ``nproc_per_node`` workers on this machine through torch's elastic agent (what
+    ``torchrun`` uses) and wait for them. With ``entrypoint=None`` each worker re-runs this
+    process's entry script with its arguments; otherwise workers are forked and call it.
+
+    Raises:
+        WorkerFailed: a worker failed (after ``max_restarts`` restarts of the group); the message
+            names the rank and carries its traceback.
+    """
+    import sys
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    min_nodes, max_nodes = _nodes(nnodes)
+    if rdzv_backend == "static" and max_nodes == 1:
+        # One machine: a c10d rendezvous on a free local port, as `torchrun --standalone`. torch's
+        # static rendezvous keeps its store across restarts of the workers (and so does c10d on
+        # port 0), and restarted workers then read the previous attempt's gloo addresses.
+        import uuid
+
+        rdzv_backend, rdzv_endpoint = "c10d", f"127.0.0.1:{free_port()}"
+        run_id = f"{run_id}-{uuid.uuid4().hex[:8]}"
+    if rdzv_backend == "static":
+        if min_nodes != max_nodes:
+            raise ValueError(f"nnodes={nnodes!r}: a static rendezvous needs a fixed number of nodes; use "
+                             "rdzv_backend='c10d' for an elastic range")
+        if master_port is None:
+            if max_nodes > 1:
+                raise ValueError("a run on several machines needs master_port= (the same on every machine), or a "
+                                 "c10d rendezvous: rdzv_backend='c10d', rdzv_endpoint='host:port'")
+            master_port = free_port()
+        endpoint, configs = f"{master_addr}:{master_port}", {"rank": node_rank}
+    else:
+        if not rdzv_endpoint:
+            raise ValueError(f"rdzv_backend={rdzv_backend!r} needs rdzv_endpoint='host:port'")
+        endpoint, configs = rdzv_endpoint, {}
+    config = LaunchConfig(min_nodes=min_nodes, max_nodes=max_nodes, nproc_per_node=nproc_per_node, run_id=run_id,
+                          rdzv_endpoint=endpoint, rdzv_backend=rdzv_backend, rdzv_configs=configs,
+                          max_restarts=max_restarts, monitor_interval=0.1, start_method=start_method)
+    if entrypoint is None:
+        command = script_command()
+        if command is None:
+            raise RuntimeError("there is no entry script to start workers from; call run(..., start_method='fork')")
+        target, args = sys.executable, command
+    else:
+        target, args = entrypoint, []
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from ice_ignite.preemption import Preempted
+
+    try:
+        elastic_launch(config, target)(*args)
+    except ChildFailedError as e:
+        raise WorkerFailed(f"a worker of the run failed:\n{e}") from None
+    except SignalException as e:  # the agent stopped the workers, which checkpointed first
+        raise Preempted(int(e.sigval), None) from None

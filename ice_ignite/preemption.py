@@ -25,7 +25,8 @@ class Preempted(SystemExit):
 
     def __str__(self) -> str:
         name = signal.Signals(self.signum).name
-        where = f"checkpoint saved to {self.checkpoint}" if self.checkpoint else "no checkpoint written on this rank"
+        where = (f"checkpoint saved to {self.checkpoint}" if self.checkpoint
+                 else "the checkpoint is written by global rank 0")
         return f"preempted by {name}: {where}; resume with run(..., resume_from='auto')"
 
 

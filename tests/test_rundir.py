@@ -57,7 +57,7 @@ def test_out_dir_that_is_a_file_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error, words",
     [({"devices": "gpu"}, ValueError, "device kind must be 'cpu', 'cuda' or 'auto'"),
-     ({"devices": "cpu:0-1"}, NotImplementedError, "several processes"),
+     ({"devices": "cpu:0-1", "nnodes": "2:1"}, ValueError, "nnodes must be 'N' or 'MIN:MAX'"),
      ({"seed": "0"}, TypeError, "seed must be an int"),
      ({"resume_from": 3}, TypeError, "resume_from must be None, 'auto' or a checkpoint path"),
      ({"run_id": "a/b"}, ValueError, "run_id must be a non-empty name")],

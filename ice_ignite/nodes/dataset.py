@@ -69,15 +69,14 @@ class _PassBatchSampler:
 
     def __iter__(self) -> Iterator[list]:
         node = self.node
-        return self._batches(node._pass_indices(node.pass_index), node.pass_index, node.position)
+        return self._batches(node._pass_order(node.pass_index), node.pass_index, node.position)
 
-    def _batches(self, indices: list[int], pass_index: int, start: int) -> Iterator[list]:
+    def _batches(self, order: list[int], pass_index: int, start: int) -> Iterator[list]:
         node = self.node
-        b = node.local_batch_size
         stop = node.batches_per_pass()
         seeded = node.num_workers > 0
         for i in range(start, stop):
-            chunk = indices[i * b:(i + 1) * b]
+            chunk = node._rank_slice(order, i)
             if seeded:
                 base = derive_seed(node._seed, node.uid, node._rank, pass_index, i)
                 yield [(index, (base + j) % 2**63) for j, index in enumerate(chunk)]
@@ -171,64 +170,98 @@ class DatasetNode(Node):
         self._iterator: Iterator | None = None
         self._device = torch.device("cpu")
         self._move = False
-        self._seed = 0
-        self._rank, self._world_size = 0, 1
+        self._loader_key: tuple | None = None
+        #: ``loss_scale`` of the last batch (multi-process runs)
+        self.last_loss_scale = 1.0
         super().__init__()
 
-    # -- sizes --------------------------------------------------------------------------------
+    @property
+    def _rank(self) -> int:
+        launcher = self.launcher if self.hypergraph is not None else None
+        return launcher.rank if launcher is not None else 0
+
+    @property
+    def _world_size(self) -> int:
+        launcher = self.launcher if self.hypergraph is not None else None
+        return launcher.world_size if launcher is not None else 1
+
+    @property
+    def _seed(self) -> int:
+        return self.hypergraph.seed if self.hypergraph is not None else 0
+
+    # -- sizes and sharding ----------------------------------------------------------------
+    # A pass is a sequence of global batches (batch_size * world size samples, or batch_size with
+    # batch_size_in_total) taken from one order of the data; each rank takes its slice of every
+    # global batch. All ranks thus run the same number of iterations, the global batches equal a
+    # single process's batches of the same size, and no sample is repeated to pad a rank (a
+    # global batch smaller than the world size is the only exception).
+    def _global_batch(self) -> int:
+        return self.batch_size if self.batch_size_in_total else self.batch_size * self._world_size
+
+    def _split(self, count: int) -> list[int]:
+        ws = self._world_size
+        return [count // ws + (1 if r < count % ws else 0) for r in range(ws)]
+
     @property
     def local_batch_size(self) -> int:
-        """Samples per batch in this process."""
-        if not self.batch_size_in_total:
-            return self.batch_size
-        ws, rank = self._world_size, self._rank
-        size = self.batch_size // ws + (1 if rank < self.batch_size % ws else 0)
+        """Samples per full batch in this process."""
+        size = self._split(self._global_batch())[self._rank]
         if size == 0:
             raise ValueError(f"DatasetNode {self.uid!r}: batch_size={self.batch_size} in total is smaller than "
-                             f"the {ws} processes; raise it")
+                             f"the {self._world_size} processes; raise it")
         return size
 
-    def _local_length(self) -> int:
-        n, ws = len(self.dataset), self._world_size
-        if ws == 1:
-            return n
-        return n // ws if self.drop_last else math.ceil(n / ws)
-
     def batches_per_pass(self) -> int | None:
-        """Batches in one pass over the data in this process (None for an unsized IterableDataset)."""
+        """Batches in one pass over the data (None for an unsized IterableDataset)."""
         if self.iterable:
             try:
                 n = len(self.dataset)
             except TypeError:
                 return None
+            b = self.batch_size
         else:
-            n = self._local_length()
-        b = self.local_batch_size
+            n, b = len(self.dataset), self._global_batch()
         return n // b if self.drop_last else math.ceil(n / b)
 
-    def _pass_indices(self, pass_index: int) -> list[int]:
+    def _pass_order(self, pass_index: int) -> list[int]:
         n = len(self.dataset)
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(derive_seed(self._seed, self.uid, "shuffle", pass_index))
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
+        if not self.shuffle:
+            return list(range(n))
+        g = torch.Generator()
+        g.manual_seed(derive_seed(self._seed, self.uid, "shuffle", pass_index))
+        return torch.randperm(n, generator=g).tolist()
+
+    def _global_slice(self, order: list[int], k: int) -> list[int]:
+        g = self._global_batch()
+        chunk = order[k * g:(k + 1) * g]
         ws = self._world_size
-        if ws > 1:  # shard like DistributedSampler: pad (or drop) to a multiple of the world size
-            total = (n // ws) * ws if self.drop_last else math.ceil(n / ws) * ws
-            order = (order + order[: total - n]) if total > n else order[:total]
-            order = order[self._rank::ws]
-        return order
+        while len(chunk) < ws:  # every rank needs a sample: repeat from the start of the order
+            chunk = chunk + order[: ws - len(chunk)]
+        return chunk
+
+    def _rank_slice(self, order: list[int], k: int) -> list[int]:
+        chunk = self._global_slice(order, k)
+        sizes = self._split(len(chunk))
+        offset = sum(sizes[: self._rank])
+        return chunk[offset:offset + sizes[self._rank]]
+
+    def loss_scale(self, position: int) -> float:
+        """``world_size * local / global`` samples of batch ``position``: the factor that makes the
+        mean over ranks of the per-rank mean losses (what DDP averages) the mean over the
+        global batch, when ranks hold unequal slices."""
+        ws = self._world_size
+        if ws == 1:
+            return 1.0
+        g = self._global_batch()
+        size = max(min(g, len(self.dataset) - position * g), ws)
+        return ws * self._split(size)[self._rank] / size
 
     # -- graph behaviour ----------------------------------------------------------------------
     def _on_prepare(self) -> None:
-        launcher = self.launcher
         device = self.device
-        rank, ws = (launcher.rank, launcher.world_size) if launcher is not None else (0, 1)
-        seed = self.hypergraph.seed
-        if self._loader is None or (rank, ws, seed) != (self._rank, self._world_size, self._seed):
-            self._rank, self._world_size, self._seed = rank, ws, seed
+        key = (self._rank, self._world_size, self._seed, device)
+        if self._loader is None or key != self._loader_key:
+            self._loader_key = key
             self._loader = self._build_loader(device)
             self._iterator = None
         self._device = device
@@ -267,6 +300,8 @@ class DatasetNode(Node):
         except StopIteration:
             batch = self._next_pass()
         self.position += 1
+        if self._world_size > 1:
+            self.last_loss_scale = self.loss_scale(self.position - 1) if not self.iterable else 1.0
         if self._move:
             batch = move_to(batch, self._device, non_blocking=self.pin_memory)
         return batch

@@ -129,8 +129,13 @@ class LossNode(Node):
         return Loss(_passthrough, batch_size=_count, device=device)
 
     def _on_backward(self) -> None:
-        loss = self.egraph.cache._values[self._name]
-        self.egraph.add_loss(loss if self.weight == 1.0 else loss * self.weight)
+        egraph = self.egraph
+        loss = egraph.cache._values[self._name]
+        weight = self.weight
+        source = egraph.batch_source(self._name)
+        if source is not None and source.last_loss_scale != 1.0:
+            weight = weight * source.last_loss_scale  # unequal slices of a global batch across ranks
+        egraph.add_loss(loss if weight == 1.0 else loss * weight)
 
     def _on_update(self) -> None:
         egraph = self.egraph

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
+from ice_ignite import parallel
 from ice_ignite.nodes.node import Node, check_callable
 from ice_ignite.optimizer import Optimizer, step_scheduler
 
@@ -21,6 +22,21 @@ PatternKey = "str | tuple[str, ...]"
 
 def _key_name(key: "PatternKey") -> str:
     return key if isinstance(key, str) else " | ".join(key)
+
+
+class _ForwardProxy(torch.nn.Module):
+    """Holds the node's module and runs the node's forward, so that DistributedDataParallel sees
+    the whole forward (including the pulls of other nodes' outputs) while ``n.module`` stays the
+    raw module."""
+
+    def __init__(self, node: "ModuleNode"):
+        super().__init__()
+        self.module = node.module
+        object.__setattr__(self, "_node", node)  # a plain reference, not a registered submodule
+
+    def forward(self, x: "GraphOutputCache") -> Any:
+        node = self._node
+        return node._forward_fn(node, x)
 
 
 class ModuleNode(Node):
@@ -100,6 +116,8 @@ class ModuleNode(Node):
             self._steps.append((opt, spec, sched, [p for _, p in named]))
             self._trainable.extend(named)
         self._device: torch.device | None = None
+        #: the DistributedDataParallel wrapper of a multi-process run (None otherwise)
+        self.ddp: torch.nn.Module | None = None
         super().__init__(forward=forward, **resources)
 
     @staticmethod
@@ -173,17 +191,24 @@ class ModuleNode(Node):
 
     # -- graph behaviour ----------------------------------------------------------------------
     def forward_impl(self, x: "GraphOutputCache") -> Any:
-        autocast = self.egraph.autocast if self.egraph is not None else None
+        egraph = self.egraph
+        ddp = self.ddp if egraph.training else None  # evaluation needs no gradient synchronisation
+        autocast = egraph.autocast
         if autocast is None:
-            return self._forward_fn(self, x)
+            return ddp(x) if ddp is not None else self._forward_fn(self, x)
         with torch.autocast(autocast[0], dtype=autocast[1]):
-            return self._forward_fn(self, x)
+            return ddp(x) if ddp is not None else self._forward_fn(self, x)
 
     def _on_prepare(self) -> None:
         device = self.device
         if self._device != device:
             self.module.to(device)
             self._device = device
+        if self.ddp is None and self._trainable and self.egraph.training and parallel.world_size() > 1:
+            # built in the first train task, with that task's trainable parameters
+            # only options that differ from DDP's defaults: passing broadcast_buffers at all warns in torch 2.13
+            options = {k: v for k, v in self.ddp_kwargs.items() if v != (k == "broadcast_buffers")}
+            self.ddp = parallel.wrap_ddp(_ForwardProxy(self), **options)
 
     def _on_update(self) -> None:
         egraph = self.egraph

@@ -1,0 +1,146 @@
+"""Multi-process runs: run() starting workers, torchrun on one and two "machines", forked workers,
+failures, elastic restarts, gradient accumulation and preemption (API.md B9). Every test starts
+real processes (gloo on CPU) with a timeout."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ice_ignite.launcher import free_port
+
+CHILD = Path(__file__).with_name("distributed_child.py")
+pytestmark = pytest.mark.slow
+
+
+def child(out_dir, run_id, *args, timeout=120, via=None):
+    cmd = (via or [sys.executable]) + [str(CHILD), str(out_dir), run_id, *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def torchrun(*args):
+    return [sys.executable, "-m", "torch.distributed.run", *map(str, args)]
+
+
+def result(out_dir, run_id):
+    return torch.load(Path(out_dir) / f"{run_id}-result.pt", weights_only=True)
+
+
+def max_diff(a, b):
+    return max((a["module"][k] - b["module"][k]).abs().max().item() for k in a["module"])
+
+
+def assert_same_training(a, b, tol=1e-6):
+    assert a["steps"] == b["steps"] == 24
+    assert max_diff(a, b) <= tol
+    assert a["metrics"].keys() == b["metrics"].keys() == {"ce", "acc"}
+    for key in a["metrics"]:
+        assert abs(a["metrics"][key] - b["metrics"][key]) <= tol, key
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("dist")
+
+
+@pytest.fixture(scope="module")
+def single(out):
+    proc = child(out, "single", "--devices", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert result(out, "single")["world_size"] == 1
+    return result(out, "single")
+
+
+@pytest.fixture(scope="module")
+def spawned(out):
+    proc = child(out, "spawned")
+    assert proc.returncode == 0, proc.stderr
+    return proc, result(out, "spawned")
+
+
+def test_run_starts_one_gloo_worker_per_device_and_matches_one_process(single, spawned):
+    proc, two = spawned
+    assert two["world_size"] == 2
+    assert "rank 0 of 2 (local 0) on cpu with gloo: done" in proc.stdout
+    assert "rank 1 of 2 (local 1) on cpu with gloo: done" in proc.stdout
+    assert_same_training(two, single)
+    assert max_diff(two, single) > 0  # really two processes: the sums ran in another order
+
+
+def test_the_same_script_under_torchrun(out, spawned):
+    proc = child(out, "torchrun", via=torchrun("--nproc_per_node=2"))
+    assert proc.returncode == 0, proc.stderr
+    assert max_diff(result(out, "torchrun"), spawned[1]) == 0
+
+
+@pytest.mark.parametrize("how", ["torchrun-c10d", "run-static"])
+def test_two_machines_on_loopback(out, spawned, how):
+    port = free_port()
+    procs = []
+    for node_rank in (0, 1):
+        if how == "torchrun-c10d":
+            cmd = torchrun("--nnodes=2", f"--node_rank={node_rank}", "--nproc_per_node=1", "--rdzv_backend=c10d",
+                           f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=loopback")
+            args = ()
+        else:
+            cmd, args = None, ("--devices", "cpu", "--nnodes", 2, "--node-rank", node_rank, "--master-port", port)
+        full = (cmd or [sys.executable]) + [str(CHILD), str(out), how, *map(str, args)]
+        procs.append(subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=180) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outputs):
+        assert p.returncode == 0, stderr
+    assert "rank 1 of 2 (local 0)" in outputs[1][0]
+    assert max_diff(result(out, how), spawned[1]) == 0
+
+
+def test_forked_workers_when_there_is_no_entry_script(out, spawned):
+    code = (f"import sys; sys.argv = ['-c', {str(out)!r}, 'forked']; sys.path.insert(0, {str(CHILD.parent)!r})\n"
+            "import distributed_child; distributed_child.main(); print('the launching process goes on')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "the launching process goes on" in proc.stdout and "rank 1 of 2" in proc.stdout
+    assert max_diff(result(out, "forked"), spawned[1]) == 0
+
+
+def test_a_failing_rank_ends_the_run_quickly_naming_the_rank_and_its_traceback(out):
+    start = time.monotonic()
+    proc = child(out, "failing", "--fail-rank", 1, timeout=90)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0 and elapsed < 60
+    assert "WorkerFailed" in proc.stderr
+    assert "Root Cause" in proc.stderr and "rank      : 1 (local_rank: 1)" in proc.stderr
+    assert "planned failure on rank 1" in proc.stderr
+    assert "Traceback" in proc.stderr
+
+
+def test_an_elastic_restart_resumes_from_the_last_checkpoint(out, spawned):
+    proc = child(out, "restarted", "--die-at-step", 6, "--max-restarts", 1, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "exitcode: 9" in proc.stderr  # the crash the agent saw before restarting the workers
+    assert max_diff(result(out, "restarted"), spawned[1]) == 0
+
+
+def test_gradient_accumulation_skips_the_all_reduce_on_non_stepping_iterations(out, spawned):
+    proc = child(out, "accumulated", "--accumulate", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert "all-reduces 12" in proc.stdout  # 24 iterations, one step (one all-reduce) every 2
+    assert "all-reduces 24" in spawned[0].stdout
+
+
+def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes_exactly(out, spawned):
+    proc = subprocess.Popen([sys.executable, str(CHILD), str(out), "preempted", "--slow", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list((out / "preempted" / "ckpts").glob("ckpt-*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the first periodic checkpoint: training is under way
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "preempted by SIGTERM" in stderr
+    resumed = child(out, "preempted")
+    assert resumed.returncode == 0, resumed.stderr
+    assert max_diff(result(out, "preempted"), spawned[1]) == 0
