@@ -417,11 +417,21 @@ class HyperGraph:
             resume_from: a checkpoint path, or ``"auto"`` for the newest valid checkpoint of the
                 run directory; the run continues exactly where that checkpoint was taken.
             seed: the base seed of every random stream of the run.
+            nnodes, node_rank, master_addr, master_port, rdzv_endpoint, rdzv_backend, max_restarts:
+                passed to torch's elastic agent, as ``torchrun``'s options of the same names.
+            dist_backend: ``"auto"`` (gloo on CPU, nccl on CUDA), ``"gloo"`` or ``"nccl"``.
+            start_method: ``"spawn"``: workers re-run the entry script (as under torchrun);
+                ``"fork"``: workers are forked from this process (the default where there is
+                no entry script: a notebook, ``python -c``, pytest).
+            launcher: run in this process with this Launcher, starting or joining nothing.
             strict_resume: a resumed checkpoint whose schedule is not a prefix of ``tasks`` raises
                 ``ResumeTaskFailed`` (True) or warns and restarts the schedule with the loaded
                 states (False).
             n_saved: keep only the newest ``n_saved`` periodic checkpoints (None: keep all).
 
+        With several devices (or ``nnodes`` > 1) ``run`` starts one worker per device and, in
+        ``spawn`` mode, exits when they are done; a worker's ``run`` (also under ``torchrun``,
+        SLURM or an initialised process group) joins the process group and runs the schedule.
         SIGTERM and SIGINT make the run save a checkpoint at the next iteration boundary and
         raise ``Preempted`` (a ``SystemExit`` with code 128 + signal number).
 
