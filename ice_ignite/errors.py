@@ -11,6 +11,7 @@ __all__ = [
     "NodeNotSelectedError",
     "NodeError",
     "ScheduleError",
+    "NonFiniteLossError",
     "CheckpointError",
     "ResumeTaskFailed",
     "StopTask",
@@ -44,6 +45,10 @@ class NodeError(IceError):
         super().__init__(message)
         self.uid = uid
         self.phase = phase
+
+
+class NonFiniteLossError(IceError):
+    """A train iteration's loss was NaN or infinite (non-finite policy ``"raise"``)."""
 
 
 class ScheduleError(IceError):

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import operator
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
-from ice_ignite.errors import GraphError, IceError, NodeError, NodeNotSelectedError, StopAllTasks, StopTask
+from ice_ignite import parallel
+from ice_ignite.errors import (
+    GraphError,
+    IceError,
+    NodeError,
+    NodeNotSelectedError,
+    NonFiniteLossError,
+    StopAllTasks,
+    StopTask,
+)
 from ice_ignite.nodes.dataset import DatasetNode
 from ice_ignite.nodes.loss import LossNode
 from ice_ignite.nodes.module import ModuleNode
@@ -21,6 +31,8 @@ if TYPE_CHECKING:
     from ice_ignite.task import Task
 
 __all__ = ["GraphOutputCache", "ExecutableGraph"]
+
+logger = logging.getLogger("ice_ignite")
 
 # Exceptions that pass through node error reporting untouched.
 _PASS_THROUGH = (StopTask, StopAllTasks, IceError, KeyboardInterrupt)
@@ -138,6 +150,7 @@ class ExecutableGraph:
         self._loss_terms: list[torch.Tensor] = []
         self._batch_source: dict[str, DatasetNode | None] = {}
         self._ddp: list[torch.nn.Module] = []
+        self._nonfinite: torch.Tensor | None = None
         #: phase -> (built-in behaviour of node kinds, user hooks), each in ``add`` order
         self._phases = {phase: self._collect(phase) for phase in HOOKS}
 
@@ -254,6 +267,9 @@ class ExecutableGraph:
                         f"grad ({', '.join(n.uid for n in self.loss_nodes)}): no trainable parameter reaches "
                         "them; give a ModuleNode optimizers, or make the task train=False"
                     )
+                if hg.nonfinite_policy != "ignore":  # on the device: read once per optimizer step
+                    bad = ~torch.isfinite(total.detach())
+                    self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
                 if self._cycle_len != 1:
                     total = total / self._cycle_len
                 scaler = hg.grad_scaler
@@ -261,6 +277,8 @@ class ExecutableGraph:
                     total = scaler.scale(total)
                 total.backward()
             _run(phases["backward"][1], "backward")
+            if self.step_now and self._nonfinite is not None:
+                self._apply_nonfinite_policy()
             update_internal, update_hooks = phases["update"]
             _run(update_internal, "update")
             _run(update_hooks, "update")
@@ -269,6 +287,32 @@ class ExecutableGraph:
             return {n._name: values[n._name].detach() for n in self.loss_nodes}
         finally:
             cache.clear()
+
+    def _apply_nonfinite_policy(self) -> None:
+        """At an optimizer step: act on a non-finite loss seen in this accumulation cycle, the same
+        way on every rank."""
+        flag, self._nonfinite = self._nonfinite, None
+        if not parallel.any_rank(bool(flag)):
+            return
+        hg = self.hypergraph
+        values = self.cache._values
+        culprits = [f"{n.uid} = {values[n._name].item()}" for n in self.loss_nodes
+                    if not torch.isfinite(values[n._name]).item()] or ["a loss of an earlier micro-batch of the cycle, "
+                                                                       "or of another rank"]
+        where = (f"in optimizer step {hg.global_counters.steps.train + 1} of {self.task!r}: "
+                 f"{'; '.join(culprits)}")
+        policy = hg.nonfinite_policy
+        if policy == "raise":
+            raise NonFiniteLossError(
+                f"non-finite loss {where}. Lower the learning rate, clip gradients (grad_clip_norm=), or choose "
+                "g.set_nonfinite_policy('skip') to skip such steps or 'stop' to checkpoint and stop"
+            )
+        logger.warning("non-finite loss %s: the optimizer step is skipped%s", where,
+                       "; the run checkpoints and stops" if policy == "stop" else "")
+        self.step_now = False  # no optimizer, scheduler or scaler step, and no step counted
+        hg.skipped_steps += 1
+        if policy == "stop":
+            hg._stop_after_iteration = True
 
     def eval_iteration(self) -> dict[str, torch.Tensor]:
         """One eval iteration: forward every node, then ``update``."""

@@ -86,6 +86,11 @@ class HyperGraph:
         self._egraphs: dict[tuple[str, ...], ExecutableGraph] = {}
         self.global_counters = GlobalCounters()
         self.grad_acc_steps = 1
+        #: what a non-finite train loss does: "raise", "skip", "stop" or "ignore"
+        self.nonfinite_policy = "raise"
+        #: optimizer steps skipped for a non-finite loss
+        self.skipped_steps = 0
+        self._stop_after_iteration = False
         self._autocast_enabled = False
         self._autocast_dtype: torch.dtype | None = None
         self._scaler_spec: Any = None
@@ -303,6 +308,27 @@ class HyperGraph:
             raise ValueError(f"set_gradient_accumulate(every=...) needs an int >= 1, got {every!r}")
         self._check_not_running("change gradient accumulation of")
         self.grad_acc_steps = every
+
+    def set_nonfinite_policy(self, policy: str = "raise") -> None:
+        """What a NaN or infinite train loss does, decided the same way on every rank at the
+        optimizer step of its accumulation cycle:
+
+        * ``"raise"`` (default): ``NonFiniteLossError`` naming the LossNode, the step and the value;
+        * ``"skip"``: skip that optimizer step (and its scheduler and scaler steps), with a warning;
+        * ``"stop"``: skip it, save a checkpoint at the end of the iteration and end the run cleanly;
+        * ``"ignore"``: no check (saves one read of a device value per optimizer step).
+        """
+        if policy not in ("raise", "skip", "stop", "ignore"):
+            raise ValueError(f"non-finite policy must be 'raise', 'skip', 'stop' or 'ignore', got {policy!r}")
+        self.nonfinite_policy = policy
+
+    def learning_rates(self) -> dict[str, list[float]]:
+        """The current learning rate of every parameter group, by ``"<uid>/<pattern>"``, for every
+        ModuleNode with optimizers."""
+        from ice_ignite.nodes.module import ModuleNode
+
+        return {f"{uid}/{key}": lrs for uid, node in self._nodes.items() if isinstance(node, ModuleNode)
+                for key, lrs in node.learning_rates().items()}
 
     # -- board --------------------------------------------------------------------------------
     @property

@@ -12,7 +12,8 @@ import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size", "rank", "wrap_ddp", "gather_objects", "broadcast_object", "barrier", "AgreedFlag"]
+__all__ = ["world_size", "rank", "wrap_ddp", "gather_objects", "broadcast_object", "barrier", "any_rank",
+           "AgreedFlag"]
 
 
 def world_size() -> int:
@@ -48,6 +49,13 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank. A collective."""
+    if world_size() == 1:
+        return flag
+    return bool(idist.all_reduce(int(flag), op="MAX"))
 
 
 def barrier() -> None:

@@ -243,11 +243,17 @@ class Task:
 
     def _on_iteration_completed(self, engine: Engine) -> None:
         self._epoch_iter += 1
-        steps = self._hypergraph.global_counters.steps
+        hg = self._hypergraph
+        steps = hg.global_counters.steps
         if not self.train:
             steps.eval += 1
         elif self._graph.step_now:
             steps.train += 1
+        if hg._stop_after_iteration:  # the non-finite policy "stop"
+            hg._stop_after_iteration = False
+            if hg._rundir is not None:  # in a run: a directory to write to
+                hg.save_checkpoint()
+            raise StopAllTasks()
 
     def _on_epoch_completed(self, engine: Engine) -> None:
         self._closed_epoch = engine.state.epoch

@@ -33,8 +33,13 @@ def build(args):
     g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True), tags="train")
     g.add("data", ice.DatasetNode(data(30, 2), batch_size=4), tags="val")
     net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
-    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.2, momentum=0.5)))
+    extra = {}
+    if args.unused:  # a branch the forward never uses
+        net.add_module("unused", torch.nn.Linear(2, 2))
+        extra["unused_parameters"] = args.unused
+    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module[2](n.module[1](n.module[0](x["data"][0]))),
+                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.2, momentum=0.5, weight_decay=0.01),
+                                **extra))
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
     g.add("acc", ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1])), tags="val")
 
@@ -64,6 +69,7 @@ def main():
     p.add_argument("--rdzv-endpoint", default="")
     p.add_argument("--accumulate", type=int, default=1)
     p.add_argument("--slow", type=float, default=0.0, help="seconds of sleep per train iteration")
+    p.add_argument("--unused", choices=["error", "zero"], default=None)
     args = p.parse_args()
 
     g, net = build(args)
@@ -91,8 +97,10 @@ def main():
 
     def save_result(g):  # in the schedule, so that forked workers run it too
         launcher = g["*/net"].launcher
+        checksum = sum(p.double().sum().item() for p in net.parameters())
         print(f"rank {launcher.rank} of {launcher.world_size} (local {launcher.local_rank}) on {launcher.device} "
-              f"with {launcher.backend}: done; all-reduces {allreduces[0] if allreduces else 0}", flush=True)
+              f"with {launcher.backend}: done; all-reduces {allreduces[0] if allreduces else 0}; "
+              f"board {type(g.board).__name__}; weights {checksum:.12f}", flush=True)
         if launcher.rank == 0:
             torch.save({"module": net.state_dict(), "metrics": dict(val.engine.state.metrics),
                         "steps": g.global_counters.steps.train, "world_size": launcher.world_size},

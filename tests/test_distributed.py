@@ -62,11 +62,17 @@ def spawned(out):
     return proc, result(out, "spawned")
 
 
+def weights_by_rank(stdout):
+    return {line.split()[1]: line.rsplit(" ", 1)[1] for line in stdout.splitlines() if "; weights " in line}
+
+
 def test_run_starts_one_gloo_worker_per_device_and_matches_one_process(single, spawned):
     proc, two = spawned
     assert two["world_size"] == 2
     assert "rank 0 of 2 (local 0) on cpu with gloo: done" in proc.stdout
     assert "rank 1 of 2 (local 1) on cpu with gloo: done" in proc.stdout
+    assert "board SummaryWriter" in proc.stdout and "board NullWriter" in proc.stdout  # rank 0 writes, rank 1 not
+    assert len(set(weights_by_rank(proc.stdout).values())) == 1
     assert_same_training(two, single)
     assert max_diff(two, single) > 0  # really two processes: the sums ran in another order
 
@@ -144,3 +150,15 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes_exactly(out,
     resumed = child(out, "preempted")
     assert resumed.returncode == 0, resumed.stderr
     assert max_diff(result(out, "preempted"), spawned[1]) == 0
+
+
+@pytest.mark.parametrize("policy", ["zero", "error"])
+def test_an_unused_branch_under_ddp(out, policy):
+    proc = child(out, f"unused-{policy}", "--unused", policy)
+    if policy == "zero":
+        assert proc.returncode == 0, proc.stderr
+        weights = weights_by_rank(proc.stdout)
+        assert len(weights) == 2 and len(set(weights.values())) == 1  # every rank stepped the same way
+    else:
+        assert proc.returncode != 0
+        assert "got no gradient in optimizer step 1: unused.weight, unused.bias" in proc.stderr

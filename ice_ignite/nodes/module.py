@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 
 from ice_ignite import parallel
+from ice_ignite.errors import GraphError
 from ice_ignite.nodes.node import Node, check_callable
 from ice_ignite.optimizer import Optimizer, step_scheduler
 
@@ -54,6 +55,11 @@ class ModuleNode(Node):
         optimizers: ``ice.Optimizer`` or ``{pattern: ice.Optimizer}``.
         weight_init_fn: called once with the module under ``torch.no_grad()`` at construction.
         find_unused_parameters, static_graph, broadcast_buffers: DistributedDataParallel options.
+        unused_parameters: what happens to a trainable parameter that got no gradient in an
+            optimizer step: ``"error"`` (the default: a clear error naming every such parameter;
+            an unused trainable parameter is almost always a bug) or ``"zero"`` (it gets an explicit
+            zero gradient, so that momentum, weight decay and DistributedDataParallel treat it
+            like the others; DDP then runs with ``find_unused_parameters=True``).
         resources: extra attributes or hooks (see ``Node``).
 
     Raises:
@@ -78,6 +84,7 @@ class ModuleNode(Node):
         find_unused_parameters: bool = False,
         static_graph: bool = False,
         broadcast_buffers: bool = True,
+        unused_parameters: str = "error",
         **resources: Any,
     ):
         if not isinstance(module, torch.nn.Module):
@@ -89,14 +96,17 @@ class ModuleNode(Node):
                             ("broadcast_buffers", broadcast_buffers)):
             if not isinstance(value, bool):
                 raise TypeError(f"ModuleNode {flag} must be True or False, got {value!r}")
+        if unused_parameters not in ("error", "zero"):
+            raise ValueError(f"ModuleNode unused_parameters must be 'error' or 'zero', got {unused_parameters!r}")
         what = f"ModuleNode({type(module).__name__})"
         if weight_init_fn is not None:
             check_callable(weight_init_fn, 1, f"weight_init_fn of {what}", "weight_init_fn=lambda m: ...")
             with torch.no_grad():
                 weight_init_fn(module)
         self.module = module
-        self.ddp_kwargs = dict(find_unused_parameters=find_unused_parameters, static_graph=static_graph,
-                               broadcast_buffers=broadcast_buffers)
+        self.unused_parameters = unused_parameters
+        self.ddp_kwargs = dict(find_unused_parameters=find_unused_parameters or unused_parameters == "zero",
+                               static_graph=static_graph, broadcast_buffers=broadcast_buffers)
         specs = self._normalize_optimizers(optimizers, what)
         groups = self._match(module, specs, what)
         #: the built torch optimizers, by pattern key
@@ -184,6 +194,10 @@ class ModuleNode(Node):
         """Parameters this node's optimizers train."""
         return [p for _, p in self._trainable]
 
+    def learning_rates(self) -> dict[str, list[float]]:
+        """The learning rate of every parameter group of every optimizer, by pattern key."""
+        return {_key_name(k): [group["lr"] for group in opt.param_groups] for k, opt in self.optimizers.items()}
+
     def zero_grad(self) -> None:
         """Drop the gradients of this node's optimizers (``set_to_none``)."""
         for opt, _, _, _ in self._steps:
@@ -210,10 +224,26 @@ class ModuleNode(Node):
             options = {k: v for k, v in self.ddp_kwargs.items() if v != (k == "broadcast_buffers")}
             self.ddp = parallel.wrap_ddp(_ForwardProxy(self), **options)
 
+    def _check_unused(self) -> None:
+        missing = [name for name, p in self._trainable if p.requires_grad and p.grad is None]
+        if not missing:
+            return
+        if self.unused_parameters == "zero":
+            for name, p in self._trainable:
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            return
+        raise GraphError(
+            f"ModuleNode {self.uid!r}: trainable parameter(s) got no gradient in optimizer step "
+            f"{self.global_train_steps + 1}: {', '.join(missing)}. Use them in the forward, leave them out of the "
+            "optimizer patterns to freeze them, or pass unused_parameters='zero' to the ModuleNode"
+        )
+
     def _on_update(self) -> None:
         egraph = self.egraph
         if not (egraph.training and egraph.step_now):
             return
+        self._check_unused()
         scaler = self.hypergraph.grad_scaler
         for opt, spec, sched, params in self._steps:
             if scaler is not None:
