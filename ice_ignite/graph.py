@@ -28,6 +28,7 @@ from ice_ignite.nodes.node import HOOKS, Node
 
 if TYPE_CHECKING:
     from ice_ignite.hypergraph import HyperGraph
+    from ice_ignite.timing import NodeTimer
     from ice_ignite.task import Task
 
 __all__ = ["GraphOutputCache", "ExecutableGraph"]
@@ -40,12 +41,18 @@ _PASS_THROUGH = (StopTask, StopAllTasks, IceError, KeyboardInterrupt)
 _Call = tuple[Node, Callable[[], None]]
 
 
-def _run(calls: list[_Call], phase: str) -> None:
+def _run(calls: list[_Call], phase: str, timer: "NodeTimer | None" = None) -> None:
     """Call each hook; an exception is re-raised as a NodeError naming the node and phase."""
     node = None
     try:
-        for node, fn in calls:
-            fn()
+        if timer is None:
+            for node, fn in calls:
+                fn()
+        else:
+            for node, fn in calls:
+                start = timer.now()
+                fn()
+                timer.add(node.uid, phase, timer.now() - start)
     except _PASS_THROUGH:
         raise
     except Exception as e:
@@ -64,7 +71,7 @@ class GraphOutputCache:
     ``"name" in x`` tells whether the task selected that node.
     """
 
-    __slots__ = ("_graph", "_nodes", "_values", "_stack", "deps")
+    __slots__ = ("_graph", "_nodes", "_values", "_stack", "deps", "_timer")
 
     def __init__(self, graph: "ExecutableGraph"):
         self._graph = graph
@@ -72,6 +79,7 @@ class GraphOutputCache:
         self._values: dict[str, Any] = {}
         self._stack: list[str] = []
         self.deps: dict[str, dict[str, None]] = {name: {} for name in graph.nodes}
+        self._timer: NodeTimer | None = None
 
     def __getitem__(self, name: str) -> Any:
         stack = self._stack
@@ -102,7 +110,11 @@ class GraphOutputCache:
             )
         stack.append(name)
         try:
-            out = node.forward_impl(self)
+            timer = self._timer
+            if timer is None:
+                out = node.forward_impl(self)
+            else:
+                out = timer.forward(node.uid, lambda: node.forward_impl(self))
         except _PASS_THROUGH:
             raise
         except Exception as e:
@@ -143,6 +155,8 @@ class ExecutableGraph:
         self.step_now = False
         #: (device type, dtype) when ModuleNode and LossNode forwards run under autocast
         self.autocast: tuple[str, torch.dtype] | None = None
+        #: per-node timing of the run (``run(timing=True)``), else None
+        self.timer: NodeTimer | None = None
         self.loss_nodes = [n for n in nodes.values() if isinstance(n, LossNode)]
         self.module_nodes = [n for n in nodes.values() if isinstance(n, ModuleNode)]
         self.dataset_nodes = [n for n in nodes.values() if isinstance(n, DatasetNode)]
@@ -186,6 +200,9 @@ class ExecutableGraph:
         self.training = task.train
         self.step_now = False
         self.autocast = self.hypergraph.autocast
+        self.timer = self.cache._timer = self.hypergraph._timer
+        if self.timer is not None:
+            self.timer.task = f"{'train' if task.train else 'eval'}[{','.join(task.tags)}]"
         self.cache.clear()
         for node in self.nodes.values():
             node.egraph = self
@@ -220,12 +237,12 @@ class ExecutableGraph:
     def apply(self, phase: str) -> None:
         """Run ``phase`` on every node: built-in behaviour of all nodes first, then user hooks."""
         internal, hooks = self._phases[phase]
-        _run(internal, phase)
-        _run(hooks, phase)
+        _run(internal, phase, self.timer)
+        _run(hooks, phase, self.timer)
 
     def apply_hooks(self, phase: str) -> None:
         """Run only the user hooks of ``phase`` (resuming a checkpointed epoch)."""
-        _run(self._phases[phase][1], phase)
+        _run(self._phases[phase][1], phase, self.timer)
 
     # -- one iteration ------------------------------------------------------------------------
     def train_iteration(self, position: int, epoch_length: int) -> dict[str, torch.Tensor]:
@@ -256,8 +273,8 @@ class ExecutableGraph:
                     cache._compute(name)
             terms = self._loss_terms
             terms.clear()
-            phases = self._phases
-            _run(phases["backward"][0], "backward")
+            phases, timer = self._phases, self.timer
+            _run(phases["backward"][0], "backward", timer)
             if terms:
                 total = terms[0] if len(terms) == 1 else functools.reduce(operator.add, terms)
                 terms.clear()
@@ -275,13 +292,18 @@ class ExecutableGraph:
                 scaler = hg.grad_scaler
                 if scaler is not None:
                     total = scaler.scale(total)
-                total.backward()
-            _run(phases["backward"][1], "backward")
+                if timer is None:
+                    total.backward()
+                else:
+                    start = timer.now()
+                    total.backward()
+                    timer.add("(summed loss)", "backward", timer.now() - start)
+            _run(phases["backward"][1], "backward", timer)
             if self.step_now and self._nonfinite is not None:
                 self._apply_nonfinite_policy()
             update_internal, update_hooks = phases["update"]
-            _run(update_internal, "update")
-            _run(update_hooks, "update")
+            _run(update_internal, "update", timer)
+            _run(update_hooks, "update", timer)
             if self.step_now:
                 hg._after_optimizer_step()
             return {n._name: values[n._name].detach() for n in self.loss_nodes}

@@ -12,6 +12,8 @@ from typing import Any, Iterable
 import torch
 
 from ice_ignite.backup import backup_sources
+from ice_ignite.board import BoardLogger, NullWriter
+from ice_ignite.draw import render, to_dot, to_mermaid
 from ice_ignite.checkpoint import read_checkpoint
 from ice_ignite.checkpointer import Checkpointer
 from ice_ignite.counters import GlobalCounters
@@ -19,14 +21,18 @@ from ice_ignite.errors import GraphError, StopAllTasks, StopTask
 from ice_ignite.graph import ExecutableGraph
 from ice_ignite import parallel
 from ice_ignite.launcher import Launcher, in_worker, join, launch, leave, parse_devices, script_command
+from ice_ignite.logs import run_logging
 from ice_ignite.nodes.node import Node
 from ice_ignite.preemption import Preempted, PreemptionGuard
+from ice_ignite.printing import PrintProbe
+from ice_ignite.progress import Progress
 from ice_ignite.rundir import RunDir, prepare_run_dir
 from ice_ignite.seeding import seed_everything
 from ice_ignite.tags import DEFAULT_TAG, check_name, is_selected, make_uid, normalize_tags, split_uid
 from ice_ignite.task import ScheduleEntry, Task, call_with_arity, flatten_schedule
+from ice_ignite.timing import NodeTimer
 
-__all__ = ["HyperGraph", "NullWriter"]
+__all__ = ["HyperGraph"]
 
 logger = logging.getLogger("ice_ignite")
 
@@ -42,20 +48,6 @@ def _record_worker_error(e: BaseException) -> None:
         ErrorHandler().record_exception(e)
 
 _AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
-
-
-class NullWriter:
-    """A board that ignores every call (non-zero ranks, runs without a directory)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return self._ignore
-
-    @staticmethod
-    def _ignore(*args: Any, **kwargs: Any) -> None:
-        return None
-
-    def __bool__(self) -> bool:
-        return False
 
 
 class HyperGraph:
@@ -114,6 +106,10 @@ class HyperGraph:
         self._running_task: Task | None = None
         self._checkpointer = Checkpointer(self)
         self._guard: PreemptionGuard | None = None
+        self._handlers: list[tuple[Any, Any, tuple[str, ...], bool | None]] = []
+        self._board_logger: BoardLogger | None = None
+        self._progress_view: Progress | None = None
+        self._timer: NodeTimer | None = None
         self._agreed: parallel.AgreedFlag | None = None
         self._entrypoint: Path | None = None
 
@@ -330,6 +326,79 @@ class HyperGraph:
         return {f"{uid}/{key}": lrs for uid, node in self._nodes.items() if isinstance(node, ModuleNode)
                 for key, lrs in node.learning_rates().items()}
 
+    # -- observing ------------------------------------------------------------------------------
+    def on(self, event: Any, handler: Any, tags: "str | Iterable[str]" = DEFAULT_TAG, train: bool | None = None
+           ) -> None:
+        """Attach an ignite ``handler`` (``handler(engine)``) for ``event`` (any ``Events``, filters
+        included) to the engine of every task whose tags include ``tags`` (``"*"``: every task) and,
+        unless ``train`` is None, that trains (True) or evaluates (False). Handlers reach the graph
+        as ``engine.hypergraph``.
+
+        Example:
+            >>> from ignite.engine import Events
+            >>> import ice_ignite as ice
+            >>> g = ice.HyperGraph()
+            >>> g.on(Events.EPOCH_COMPLETED, lambda e: print(e.hypergraph.global_counters), tags="val")
+        """
+        if not callable(handler):
+            raise TypeError(f"g.on needs a callable handler, got {handler!r}")
+        if train is not None and not isinstance(train, bool):
+            raise TypeError(f"g.on train must be None, True or False, got {train!r}")
+        self._handlers.append((event, handler, normalize_tags(tags, what="g.on tags"), train))
+
+    def _observe(self, task: Task) -> list:
+        """Attach this run's observers and the ``on`` handlers to ``task.engine`` for one run."""
+        handles = []
+        for event, handler, tags, train in self._handlers:
+            if (train is None or train == task.train) and (tags == (DEFAULT_TAG,) or set(tags) <= set(task.tags)):
+                handles.append(task.engine.add_event_handler(event, handler))
+        for observer in (self._board_logger, self._progress_view):
+            if observer is not None:
+                handles.extend(observer.attach(task))
+        return handles
+
+    def print_forward_output(self, *nodenames: str, every: int = 1, total: int | None = None,
+                             tags: "str | Iterable[str]" = DEFAULT_TAG, train_only: bool = True,
+                             localrank0_only: bool = True) -> Node:
+        """Print a compact summary of the outputs of ``nodenames`` (shape, dtype, device, min /
+        max / mean, NaN / Inf counts), prefixed with ``E<train epochs>S<train steps>``, at the first
+        iteration and every ``every``-th, at most ``total`` times, in tasks selected by ``tags``.
+        It adds a probe node (returned) that pulls those nodes in every task it is selected in.
+        """
+        if not nodenames or not all(isinstance(n, str) for n in nodenames):
+            raise TypeError(f"print_forward_output needs node names, got {nodenames!r}")
+        for name, value in (("every", every), ("total", total)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"print_forward_output {name} must be an int >= 1, got {value!r}")
+        probe = PrintProbe(tuple(nodenames), every, total, train_only, localrank0_only)
+        return self.add("print_" + "_".join(nodenames), probe, tags=tags)
+
+    def draw(self, tags: "str | Iterable[str]" = DEFAULT_TAG, path: "str | os.PathLike | None" = None
+             ) -> list[Path]:
+        """Write the graph of a task with ``tags`` as Graphviz DOT and Mermaid text, and as a PNG or
+        SVG picture when Graphviz's ``dot`` or matplotlib is installed: ``path`` names the picture
+        (``graph.png``, ``graph.svg``) or the DOT file (``graph.dot``), and the other files go
+        beside it. Edges are the dependencies recorded while the graph ran (run a task first).
+        Default path: ``<run dir>/graph-<tags>.png``. Returns the files written.
+        """
+        graph = self.select_egraph(tags)
+        if path is None:
+            if self.run_dir is None:
+                raise ValueError("draw needs path=... outside a run (there is no run directory to draw into)")
+            path = self.run_dir / f"graph-{','.join(graph.tags).replace('*', 'default')}.png"
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = [path.with_suffix(".dot"), path.with_suffix(".mmd")]
+        written[0].write_text(to_dot(graph))
+        written[1].write_text(to_mermaid(graph))
+        if path.suffix.lower() in (".png", ".svg"):
+            if render(graph, path) is not None:
+                written.append(path)
+            else:
+                logger.warning("draw: neither Graphviz's dot nor matplotlib is installed; wrote %s and %s only",
+                               written[0], written[1])
+        return written
+
     # -- board --------------------------------------------------------------------------------
     @property
     def board(self) -> Any:
@@ -432,7 +501,8 @@ class HyperGraph:
             seed: int = 0, nnodes: str = "1:1", node_rank: int = 0, dist_backend: str = "auto",
             master_addr: str = "127.0.0.1", master_port: int | None = None, rdzv_endpoint: str = "",
             rdzv_backend: str = "static", max_restarts: int = 0, start_method: str = "spawn",
-            launcher: Launcher | None = None, *, strict_resume: bool = True, n_saved: int | None = None) -> Path:
+            launcher: Launcher | None = None, *, strict_resume: bool = True, n_saved: int | None = None,
+            log_every: int = 50, progress: bool = True, hparams: dict | None = None, timing: bool = False) -> Path:
         """Run the schedule ``tasks`` in a run directory ``out_dir/run_id``.
 
         Args:
@@ -454,6 +524,12 @@ class HyperGraph:
                 ``ResumeTaskFailed`` (True) or warns and restarts the schedule with the loaded
                 states (False).
             n_saved: keep only the newest ``n_saved`` periodic checkpoints (None: keep all).
+            log_every: write losses, learning rates and the grad scale to the board every this
+                many optimizer steps (0: only epoch values); the only host reads logging adds.
+            progress: show progress (a bar per task on a terminal, a line every 30 s otherwise).
+            hparams: hyper-parameters to record with the final metrics (TensorBoard's HParams).
+            timing: time every node's forward, backward and update per task, and write
+                ``timing.csv`` and ``timing.png`` into the run directory.
 
         With several devices (or ``nnodes`` > 1) ``run`` starts one worker per device and, in
         ``spawn`` mode, exits when they are done; a worker's ``run`` (also under ``torchrun``,
@@ -471,6 +547,10 @@ class HyperGraph:
             raise TypeError(f"resume_from must be None, 'auto' or a checkpoint path, got {resume_from!r}")
         if n_saved is not None and (isinstance(n_saved, bool) or not isinstance(n_saved, int) or n_saved < 1):
             raise ValueError(f"n_saved must be None (keep all) or an int >= 1, got {n_saved!r}")
+        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 0:
+            raise ValueError(f"log_every must be an int >= 0, got {log_every!r}")
+        if hparams is not None and not isinstance(hparams, dict):
+            raise TypeError(f"hparams must be a dict of hyper-parameters, got {type(hparams).__name__}")
         if start_method not in ("spawn", "fork"):
             raise ValueError(f"start_method must be 'spawn' (re-run the script) or 'fork', got {start_method!r}")
         joined = False
@@ -484,7 +564,8 @@ class HyperGraph:
 
                 def worker() -> None:  # forked: the graph and its lambdas are inherited, not pickled
                     self.run(tasks, devices=devices, run_id=rundir.run_id, out_dir=out_dir, resume_from=resume_from,
-                             seed=seed, dist_backend=dist_backend, strict_resume=strict_resume, n_saved=n_saved)
+                             seed=seed, dist_backend=dist_backend, strict_resume=strict_resume, n_saved=n_saved,
+                             log_every=log_every, progress=progress, hparams=hparams, timing=timing)
 
                 os.environ[_RUN_ID_ENV] = rundir.run_id
                 try:
@@ -504,12 +585,22 @@ class HyperGraph:
             resume_from = "auto"  # the elastic agent restarted the workers: continue the run
         try:
             rundir = self._open_run_dir(out_dir, run_id, resume_from, launcher)
-            with PreemptionGuard() as self._guard:
+            bars = progress and launcher.local_rank == 0 and sys.stderr.isatty()
+            with run_logging(rundir.logs, launcher.rank, bars), PreemptionGuard() as self._guard:
                 self._enter_run(launcher, rundir, seed, n_saved)
+                if launcher.rank == 0:
+                    self._board_logger = BoardLogger(self, log_every)
+                if progress and launcher.local_rank == 0:
+                    self._progress_view = Progress(sys.stderr)
+                self._timer = NodeTimer(launcher.device) if timing else None
                 start, task_resume = 0, None
                 if resume_from is not None:
                     start, task_resume = self._checkpointer.resume(resume_from, entries, strict_resume)
                 self._run_entries(entries, launcher, start, task_resume, track=True)
+                if hparams is not None and self._board_logger is not None:
+                    self._board_logger.write_hparams(hparams)
+                if self._timer is not None and launcher.rank == 0:
+                    self._timer.write(rundir.root)
         except Preempted as e:
             logger.warning("%s", e)
             print(f"ice_ignite: rank {launcher.rank}: {e}", file=sys.stderr, flush=True)
@@ -560,6 +651,7 @@ class HyperGraph:
             backup_sources(self._entrypoint, rundir.src)
 
     def _exit_run(self) -> None:
+        self._board_logger = self._progress_view = self._timer = None
         if self._agreed is not None:
             self._agreed.close()
             self._agreed = None

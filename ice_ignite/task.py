@@ -32,6 +32,12 @@ class _TaskEngine(Engine):
     def __init__(self, task: "Task"):
         super().__init__(task._process)
         self._task_stop_all = False
+        self.task = task
+
+    @property
+    def hypergraph(self) -> "HyperGraph | None":
+        """The HyperGraph that runs (or last ran) this engine's task."""
+        return self.task._hypergraph
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
         try:
@@ -167,8 +173,14 @@ class Task:
             if iteration >= length * max_epochs and not pending_epoch_end:
                 self._engine_done = True
                 return
+        if engine.should_terminate:
+            # terminate() was called while the task was not running (e.g. by ignite's EarlyStopping
+            # attached to an evaluation task): as in ignite, training ends, here with the schedule.
+            engine.should_terminate = False
+            raise StopAllTasks()
         self._graph, self._hypergraph = graph, hypergraph
         self._resuming, self._epoch_iter = False, 0
+        handles = hypergraph._observe(self)
         graph.start(self)
         try:
             self._in_engine = True
@@ -192,6 +204,9 @@ class Task:
         finally:
             self._in_engine = False
             self._graph = None
+            for handle in handles:
+                handle.remove()
+            engine.should_terminate = False  # what terminated this run does not reach the next one
             graph.finish()
         if engine._task_stop_all:
             raise StopAllTasks()

@@ -1,0 +1,46 @@
+"""Progress bars on a terminal, summary lines elsewhere, and the switch that turns them off."""
+
+import io
+import logging
+
+import ice_ignite as ice
+from ice_ignite.progress import Progress
+
+from conftest import linear_graph
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_bar_per_task_shows_kind_tags_epoch_iterations_and_loss():
+    g = linear_graph()
+    screen = Terminal()
+    g._progress_view = Progress(screen)
+    g.exec_tasks([ice.Task(train=True, epochs=2, tags="train"), ice.Task(train=False, epochs=1, tags="val")],
+                 ice.Launcher())
+    text = screen.getvalue()
+    assert "train[train] [1/2]" in text and "train[train] [2/2]" in text and "/5]" in text and "mse=" in text
+    assert "eval[val]" in text and "/3]" in text
+
+
+def test_without_a_terminal_progress_is_a_periodic_line(caplog):
+    g = linear_graph()
+    g._progress_view = Progress(io.StringIO(), every_seconds=0.0)
+    with caplog.at_level(logging.INFO, logger="ice_ignite"):
+        g.exec_tasks([ice.Task(train=True, epochs=1, tags="train")], ice.Launcher())
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("train[train] epoch 1/1 iteration 3/5 mse ") and "it/s" in line for line in lines)
+    assert any(line.startswith("train[train] epoch 1/1 done: mse ") for line in lines)
+
+
+def test_run_shows_progress_unless_switched_off(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="ice_ignite"):
+        linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp_path)
+    assert any("train[train] epoch 1/1 done" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ice_ignite"):
+        linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp_path,
+                           progress=False)
+    assert not any("train[train]" in r.getMessage() for r in caplog.records)
