@@ -1,7 +1,6 @@
 """Handlers from scripts: g.on, and ignite's own handlers on ice_ignite task engines."""
 
 import pytest
-import torch
 from ignite.engine import Events
 from ignite.handlers import EarlyStopping, TensorboardLogger, TerminateOnNan, Timer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
