@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test docs bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +26,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info .pytest_cache
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict

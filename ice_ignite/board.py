@@ -22,7 +22,7 @@ _TAG_CHARS = re.compile(r"[^\w.\-/]")  # what TensorBoard keeps in a tag
 class NullWriter:
     """A board that ignores every call (ranks other than 0, runs without a directory).
 
-    Example:
+    Examples:
         >>> NullWriter().add_scalar("loss", 1.0, 0) is None
         True
     """

@@ -133,7 +133,7 @@ def latest_valid_checkpoint(ckpt_dir: Path, map_location: Any = "cpu") -> tuple[
 class SaveCheckpointTask:
     """A schedule step that calls ``g.save_checkpoint(save_to, tags)``.
 
-    Example:
+    Examples:
         >>> import ice_ignite as ice
         >>> ice.SaveCheckpointTask()
         SaveCheckpointTask()
@@ -159,7 +159,7 @@ class LoadCheckpointTask:
     """A schedule step that calls ``g.load_checkpoint(resume_from, strict, tags)``: node states
     only, e.g. pretrained weights before fine-tuning.
 
-    Example:
+    Examples:
         >>> import ice_ignite as ice
         >>> ice.LoadCheckpointTask("runs/pretrain/ckpts/ckpt-000009-E10S300.pt", tags="backbone")
         LoadCheckpointTask('runs/pretrain/ckpts/ckpt-000009-E10S300.pt', tags='backbone')

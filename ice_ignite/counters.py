@@ -11,7 +11,7 @@ __all__ = ["Counter", "GlobalCounters"]
 class Counter:
     """A pair of train / eval counts.
 
-    Example:
+    Examples:
         >>> c = Counter(train=3, eval=2)
         >>> c.total
         5
@@ -36,9 +36,11 @@ class Counter:
         setattr(self, mode, value)
 
     def state_dict(self) -> dict:
+        """``{"train": ..., "eval": ...}``."""
         return {"train": self.train, "eval": self.eval}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
         self.train = int(state["train"])
         self.eval = int(state["eval"])
 
@@ -52,8 +54,10 @@ class GlobalCounters:
     epochs: Counter = field(default_factory=Counter)
 
     def state_dict(self) -> dict:
+        """``{"steps": {...}, "epochs": {...}}``."""
         return {"steps": self.steps.state_dict(), "epochs": self.epochs.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
         self.steps.load_state_dict(state["steps"])
         self.epochs.load_state_dict(state["epochs"])

@@ -68,7 +68,7 @@ class StopTask(Exception):
 
     The raising iteration and the unfinished epoch do not count.
 
-    Example:
+    Examples:
         >>> def forward(n, x):
         ...     if n.epoch_steps >= 10:
         ...         raise StopTask()

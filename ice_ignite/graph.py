@@ -101,7 +101,7 @@ class GraphOutputCache:
         stack = self._stack
         node = self._nodes.get(name)
         if node is None:
-            raise self._graph.not_selected_error(name, stack)
+            raise self._graph._not_selected_error(name, stack)
         if name in stack:
             path = " -> ".join(stack[stack.index(name):] + [name])
             raise GraphError(
@@ -179,7 +179,7 @@ class ExecutableGraph:
                 hooks.append((node, getattr(node, phase)))
         return internal, hooks
 
-    def not_selected_error(self, name: str, stack: list[str]) -> NodeNotSelectedError:
+    def _not_selected_error(self, name: str, stack: list[str]) -> NodeNotSelectedError:
         who = f"node {self.nodes[stack[-1]].uid!r}" if stack else "the task"
         path = " -> ".join(stack + [name])
         others = self.hypergraph.uids_of(name)

@@ -59,7 +59,7 @@ class HyperGraph:
             bfloat16 on CPU.
         grad_scaler: True / False, a ``torch.amp.GradScaler``, or None: enabled for float16 only.
 
-    Example:
+    Examples:
         >>> import torch, ice_ignite as ice
         >>> g = ice.HyperGraph()
         >>> data = torch.utils.data.TensorDataset(torch.randn(8, 2), torch.randn(8, 1))
@@ -203,7 +203,7 @@ class HyperGraph:
     def select_nodes(self, *tags: str) -> dict[str, Node]:
         """``{uid: node}`` that a task with ``tags`` selects; ``"*"`` (or nothing) means every node.
 
-        Example:
+        Examples:
             >>> import ice_ignite as ice
             >>> g = ice.HyperGraph()
             >>> _ = g.add("data", ice.Node(), tags="train"); _ = g.add("data", ice.Node(), tags="val")
@@ -334,7 +334,7 @@ class HyperGraph:
         unless ``train`` is None, that trains (True) or evaluates (False). Handlers reach the graph
         as ``engine.hypergraph``.
 
-        Example:
+        Examples:
             >>> from ignite.engine import Events
             >>> import ice_ignite as ice
             >>> g = ice.HyperGraph()
@@ -513,8 +513,14 @@ class HyperGraph:
             resume_from: a checkpoint path, or ``"auto"`` for the newest valid checkpoint of the
                 run directory; the run continues exactly where that checkpoint was taken.
             seed: the base seed of every random stream of the run.
-            nnodes, node_rank, master_addr, master_port, rdzv_endpoint, rdzv_backend, max_restarts:
-                passed to torch's elastic agent, as ``torchrun``'s options of the same names.
+            nnodes: ``"N"`` or ``"MIN:MAX"`` machines (torchrun's ``--nnodes``).
+            node_rank: this machine's rank (static rendezvous).
+            master_addr: the address of node 0 (static rendezvous).
+            master_port: the port on node 0 (static rendezvous; required with several machines).
+            rdzv_endpoint: ``host:port`` of a c10d rendezvous.
+            rdzv_backend: ``"static"`` or ``"c10d"``.
+            max_restarts: how many times torch's elastic agent restarts failed workers; restarted
+                workers resume from the run's last checkpoint.
             dist_backend: ``"auto"`` (gloo on CPU, nccl on CUDA), ``"gloo"`` or ``"nccl"``.
             start_method: ``"spawn"``: workers re-run the entry script (as under torchrun);
                 ``"fork"``: workers are forked from this process (the default where there is

@@ -19,7 +19,7 @@ __all__ = ["Launcher", "parse_devices", "default_backend", "in_worker", "join", 
 class Launcher:
     """This process's place in the run.
 
-    Example:
+    Examples:
         >>> Launcher().world_size
         1
     """
@@ -64,7 +64,7 @@ def parse_devices(devices: str) -> list[torch.device]:
     """One device per process from ``"auto"``, ``"cpu"``, ``"cpu:0-1"``, ``"cpu:*"``, ``"cuda"``,
     ``"cuda:0"``, ``"cuda:1,3"``, ``"cuda:0-2,7"``, ``"cuda:*"`` or ``"auto:*"``.
 
-    Example:
+    Examples:
         >>> parse_devices("cpu:0-1")
         [device(type='cpu'), device(type='cpu')]
     """

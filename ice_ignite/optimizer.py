@@ -25,7 +25,7 @@ class Optimizer:
             each step (after the GradScaler's ``unscale_``).
         optimizer_kwargs: passed to ``optimizer`` (``lr=...``, ``weight_decay=...``).
 
-    Example:
+    Examples:
         >>> import torch, ice_ignite as ice
         >>> spec = ice.Optimizer(torch.optim.SGD, lr=0.1, momentum=0.9,
         ...                      lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 10))

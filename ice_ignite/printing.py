@@ -34,7 +34,7 @@ def summarize(value: Any, indent: str = "  ") -> str:
     """A compact, possibly multi-line summary of a (nested) output: tensors as dtype, shape,
     device, min / max / mean and NaN / Inf counts; lists, tuples and dicts item by item.
 
-    Example:
+    Examples:
         >>> summarize(torch.tensor([[1.0, float("nan")], [3.0, 4.0]]))
         'float32[2, 2] cpu min 1 max 4 mean 2.667 nan 1'
         >>> print(summarize((torch.zeros(2, dtype=torch.long), {"p": 0.5})))

@@ -20,7 +20,7 @@ __all__ = ["derive_seed", "seed_everything", "reseed_sample", "rng_state", "set_
 def derive_seed(*parts: Any) -> int:
     """A 63-bit seed that is a pure function of ``parts`` (stable across processes and runs).
 
-    Example:
+    Examples:
         >>> derive_seed(0, "train/data", 3) == derive_seed(0, "train/data", 3)
         True
     """

@@ -37,7 +37,7 @@ def normalize_tags(tags: "str | Iterable[str]", what: str = "tags") -> tuple[str
         TypeError: ``tags`` is not a string or an iterable of strings.
         ValueError: a tag is empty or malformed, or ``"*"`` is combined with other tags.
 
-    Example:
+    Examples:
         >>> normalize_tags(["val", "#dbg"])
         ('#dbg', 'val')
     """

@@ -68,7 +68,7 @@ class Task:
     Raises:
         ValueError: not exactly one of ``epochs`` / ``steps`` is positive.
 
-    Example:
+    Examples:
         >>> from ignite.engine import Events
         >>> import ice_ignite as ice
         >>> train = ice.Task(train=True, epochs=2, tags="train")
@@ -287,7 +287,7 @@ class Repeat:
     The same Task objects run on every repetition, so handlers attached to their engines fire
     each time.
 
-    Example:
+    Examples:
         >>> import ice_ignite as ice
         >>> train = ice.Task(train=True, epochs=1, tags="train")
         >>> val = ice.Task(train=False, epochs=1, tags="val")

@@ -100,12 +100,15 @@ class DatasetNode(Node):
             itself across ranks; without a length only in step-mode tasks).
         batch_size: samples per batch on each process, or in total with ``batch_size_in_total``.
         shuffle: shuffle every pass.
-        num_workers, pin_memory, drop_last, collate_fn: as ``torch.utils.data.DataLoader``.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin batches in page-locked memory (CUDA runs).
+        drop_last: drop the last, incomplete batch of each pass.
+        collate_fn: merges samples into a batch (DataLoader's default when None).
         batch_size_in_total: ``batch_size`` is the global batch, split across processes.
         dataloader_kwargs: other DataLoader options (``timeout``, ``worker_init_fn``,
             ``prefetch_factor``, ``persistent_workers``, ``multiprocessing_context``, ...).
 
-    Example:
+    Examples:
         >>> import torch, ice_ignite as ice
         >>> data = torch.utils.data.TensorDataset(torch.randn(10, 3), torch.arange(10))
         >>> node = ice.DatasetNode(data, batch_size=4, shuffle=True)

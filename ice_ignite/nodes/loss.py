@@ -61,7 +61,7 @@ class LossNode(Node):
         loss_mode: ``LossMode.MANUAL``.
         resources: extra attributes or hooks (see ``Node``).
 
-    Example:
+    Examples:
         >>> import torch.nn.functional as F, ice_ignite as ice
         >>> ce = ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1]), weight=0.5)
         >>> ce.weight

@@ -38,7 +38,7 @@ class MetricNode(Node):
         epoch_end: ``epoch_end(n)``, called after the metric is computed.
         resources: extra attributes or hooks (see ``Node``).
 
-    Example:
+    Examples:
         >>> from ignite.metrics import Accuracy
         >>> import ice_ignite as ice
         >>> acc = ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1]),

@@ -54,7 +54,9 @@ class ModuleNode(Node):
         forward: ``forward(n, x)``, e.g. ``lambda n, x: n.module(x["data"][0])``.
         optimizers: ``ice.Optimizer`` or ``{pattern: ice.Optimizer}``.
         weight_init_fn: called once with the module under ``torch.no_grad()`` at construction.
-        find_unused_parameters, static_graph, broadcast_buffers: DistributedDataParallel options.
+        find_unused_parameters: a DistributedDataParallel option.
+        static_graph: a DistributedDataParallel option.
+        broadcast_buffers: a DistributedDataParallel option.
         unused_parameters: what happens to a trainable parameter that got no gradient in an
             optimizer step: ``"error"`` (the default: a clear error naming every such parameter;
             an unused trainable parameter is almost always a bug) or ``"zero"`` (it gets an explicit
@@ -65,7 +67,7 @@ class ModuleNode(Node):
     Raises:
         ValueError: a parameter is matched twice, or a pattern matches nothing.
 
-    Example:
+    Examples:
         >>> import torch, ice_ignite as ice
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
         >>> node = ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]),

@@ -66,7 +66,7 @@ class Node:
         forward: ``forward(n, x) -> output``; a node without one outputs ``None``.
         resources: attributes of the node, or hooks.
 
-    Example:
+    Examples:
         >>> import ice_ignite as ice
         >>> g = ice.HyperGraph()
         >>> counter = g.add("count", ice.Node(forward=lambda n, x: n.scale * 2, scale=3))
