@@ -85,11 +85,19 @@ def write_checkpoint(state: dict, path: Path) -> None:
     path = Path(path)
     if path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} exists; save to another path or delete it first")
+    before = set(path.parent.iterdir()) if path.parent.is_dir() else set()
     try:
         saver = DiskSaver(str(path.parent), atomic=True, create_dir=True, require_empty=False)
         saver(state, path.name)
     except OSError as e:
-        raise CheckpointError(f"writing checkpoint {str(path)!r} failed: {e}; the previous checkpoints are intact")
+        # DiskSaver deletes its temporary file after a failed write, unless closing that file fails
+        # too (a full disk fails the final flush), so remove what this write left behind.
+        for stray in set(path.parent.iterdir()) - before:
+            if stray.name.startswith("tmp"):
+                stray.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"writing checkpoint {str(path)!r} failed: {e}; the previous checkpoints are intact"
+        ) from None
 
 
 def read_checkpoint(path: "str | Path", map_location: Any = "cpu") -> dict:

@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 # EPOCH_COMPLETED; raising it ourselves is the only way to end a run mid-iteration that way.
 from ignite.engine.engine import _EngineTerminateException
 
-from ice_ignite.errors import ResumeTaskFailed, ScheduleError, StopAllTasks, StopTask
+from ice_ignite.errors import IceError, ResumeTaskFailed, ScheduleError, StopAllTasks, StopTask
 from ice_ignite.tags import DEFAULT_TAG, normalize_tags
 
 if TYPE_CHECKING:
@@ -48,6 +48,12 @@ class _TaskEngine(Engine):
                 return
             self.should_terminate = True
             raise _EngineTerminateException() from None
+        except Exception as e:
+            if not isinstance(e, (_EngineTerminateException, IceError)) and not getattr(e, "_ice_noted", False):
+                name = getattr(event_name, "name", event_name)
+                e.add_note(f"raised by a handler of {name} on the engine of {self.task!r}")
+                e._ice_noted = True  # once, though events nest (a handler that fires another)
+            raise
 
 
 class Task:

@@ -302,6 +302,12 @@ class DatasetNode(Node):
             batch = next(iterator)
         except StopIteration:
             batch = self._next_pass()
+        except Exception as e:
+            raise GraphError(
+                f"DatasetNode {self.uid!r} could not load batch {self.position} of pass {self.pass_index} "
+                f"({type(e).__name__}: {e}); check the dataset's __getitem__, or pass a collate_fn for samples "
+                "that are not tensors, numbers, lists or dicts"
+            ) from e
         self.position += 1
         if self._world_size > 1:
             self.last_loss_scale = self.loss_scale(self.position - 1) if not self.iterable else 1.0

@@ -1,0 +1,360 @@
+"""Every bad input a user can make gets a clear error: the right type, a message that names the
+culprit and says what to do. docs/errors.md lists the same cases (checked at the end)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ignite.engine import Events
+from ignite.metrics import Accuracy
+
+import ice_ignite as ice
+from ice_ignite import CheckpointError, GraphError, NodeError, NodeNotSelectedError, ResumeTaskFailed, ScheduleError
+
+from conftest import linear_graph, regression_set
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fwd(n, x):
+    return n.module(x["data"][0])
+
+
+def net():
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+
+
+def run_one(g, tmp, **kwargs):
+    return g.run([ice.Task(train=True, epochs=1, tags="train")], out_dir=tmp, **{"devices": "cpu", **kwargs})
+
+
+def exec_one(g, task):
+    g.exec_tasks([task], ice.Launcher())
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def saved_checkpoint(tmp):
+    g = linear_graph()
+    g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu", out_dir=tmp,
+          run_id="src")
+    return next((tmp / "src" / "ckpts").glob("ckpt-*.pt"))
+
+
+def truncated(tmp):
+    path = saved_checkpoint(tmp)
+    bad = tmp / "truncated.pt"
+    bad.write_bytes(path.read_bytes()[:200])
+    return bad
+
+
+def foreign(tmp):
+    torch.save({"model": torch.zeros(2)}, tmp / "foreign.pt")
+    return tmp / "foreign.pt"
+
+
+def malicious(tmp):
+    torch.save({"format": "ice_ignite.checkpoint.v1", "x": Payload()}, tmp / "evil.pt")
+    return tmp / "evil.pt"
+
+
+def other_graph_checkpoint(tmp):
+    path = saved_checkpoint(tmp)
+    g = ice.HyperGraph()
+    g.add("net", ice.ModuleNode(torch.nn.Linear(5, 1), forward=lambda n, x: 0))  # other shapes than the saved net
+    g.load_checkpoint(path, tags="*")
+
+
+def file_as_out_dir(tmp):
+    (tmp / "file").write_text("x")
+    run_one(linear_graph(), tmp / "file")
+
+
+def out_dir_below_a_file(tmp):
+    (tmp / "file").write_text("x")
+    run_one(linear_graph(), tmp / "file" / "runs")
+
+
+def reused_run_dir(tmp):
+    saved_checkpoint(tmp)
+    linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp, run_id="src")
+
+
+def different_schedule(tmp):
+    saved_checkpoint(tmp)
+    linear_graph().run([ice.Task(train=False, epochs=1, tags="val")], devices="cpu", out_dir=tmp, run_id="src",
+                       resume_from="auto")
+
+
+def raising_forward(tmp):
+    g = linear_graph()
+    g.add("bad", ice.Node(forward=lambda n, x: {}["missing"]), tags="train")
+    exec_one(g, ice.Task(train=True, steps=1, tags="train"))
+
+
+def dataset_of_objects(tmp):
+    class Objects(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return object()
+
+    g = ice.HyperGraph()
+    g.add("data", ice.DatasetNode(Objects(), batch_size=2))
+    exec_one(g, ice.Task(train=False, epochs=1))
+
+
+def ambiguous(tmp):
+    g = ice.HyperGraph()
+    g.add("data", ice.Node(), tags="a")
+    g.add("data", ice.Node(), tags="b")
+    g.select_nodes("a", "b")
+
+
+def unselected(tmp):
+    g = ice.HyperGraph()
+    g.add("acc", ice.Node(), tags="val")
+    g.add("net", ice.Node(forward=lambda n, x: x["acc"]))
+    exec_one(g, ice.Task(train=False, steps=1))
+
+
+def cycle(tmp):
+    g = ice.HyperGraph()
+    g.add("a", ice.Node(forward=lambda n, x: x["b"]))
+    g.add("b", ice.Node(forward=lambda n, x: x["a"]))
+    exec_one(g, ice.Task(train=False, steps=1))
+
+
+def vector_loss(tmp):
+    g = linear_graph()
+    g.add("bad", ice.LossNode(forward=lambda n, x: x["net"]), tags="train")
+    exec_one(g, ice.Task(train=True, steps=1, tags="train"))
+
+
+def iterable(tmp):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(range(4))
+
+    return Stream()
+
+
+# id -> (action, exception type, words naming the culprit, words saying what to do)
+CASES = {
+    # constructors
+    "node-forward-not-callable": (lambda t: ice.Node(forward=3), TypeError, "forward of Node", "e.g. forward=lambda n, x"),
+    "node-forward-signature": (lambda t: ice.Node(forward=lambda x: x), TypeError, "forward of Node", "accept 2 positional"),
+    "node-hook-signature": (lambda t: ice.Node(update=lambda: 0), TypeError, "'update' hook", "update=lambda n:"),
+    "node-resource-clash": (lambda t: ice.Node(name="x"), TypeError, "resource 'name'", "rename the resource"),
+    "module-not-a-module": (lambda t: ice.ModuleNode("net", fwd), TypeError, "'net'", "torch.nn.Module"),
+    "module-no-forward": (lambda t: ice.ModuleNode(net(), None), TypeError, "ModuleNode", "forward=lambda n, x"),
+    "module-optimizers-type": (lambda t: ice.ModuleNode(net(), fwd, optimizers=torch.optim.SGD), TypeError,
+                               "optimizers of ModuleNode(Sequential)", "ice.Optimizer(torch.optim.Adam"),
+    "module-bad-regex": (lambda t: ice.ModuleNode(net(), fwd, optimizers={"(": ice.Optimizer(torch.optim.SGD, lr=1)}),
+                         ValueError, "pattern '('", "not a valid regex"),
+    "module-pattern-matches-nothing": (lambda t: ice.ModuleNode(net(), fwd, optimizers={"head.*": ice.Optimizer(
+        torch.optim.SGD, lr=1)}), ValueError, "pattern 'head.*'", "names such as: 0.weight"),
+    "module-parameter-matched-twice": (lambda t: ice.ModuleNode(net(), fwd, optimizers={
+        r"0\..*": ice.Optimizer(torch.optim.SGD, lr=1), r".*\.weight": ice.Optimizer(torch.optim.SGD, lr=1)}),
+        ValueError, "parameter '0.weight'", "give each parameter to one optimizer"),
+    "module-unused-policy": (lambda t: ice.ModuleNode(net(), fwd, unused_parameters="warn"), ValueError, "'warn'",
+                             "'error' or 'zero'"),
+    "optimizer-instance": (lambda t: ice.Optimizer(torch.optim.SGD(net().parameters(), lr=1)), TypeError, "SGD",
+                           "ice.Optimizer(torch.optim.Adam, lr=1e-3)"),
+    "optimizer-bad-kwargs": (lambda t: ice.ModuleNode(net(), fwd, optimizers=ice.Optimizer(torch.optim.SGD, lr=-1)),
+                             ValueError, "building SGD", "Invalid learning rate"),
+    "optimizer-clip": (lambda t: ice.Optimizer(torch.optim.SGD, grad_clip_norm=-1), ValueError, "-1",
+                       "positive finite number"),
+    "optimizer-scheduler": (lambda t: ice.Optimizer(torch.optim.SGD, lr_scheduler=5), TypeError, "5",
+                            "lambda opt: torch.optim.lr_scheduler.StepLR"),
+    "loss-no-forward": (lambda t: ice.LossNode(None), TypeError, "LossNode", "forward=lambda n, x"),
+    "loss-weight": (lambda t: ice.LossNode(forward=lambda n, x: 0, weight="1"), TypeError, "'1'", "finite number"),
+    "loss-mode": (lambda t: ice.LossNode(forward=lambda n, x: 0, loss_mode="manual"), TypeError, "'manual'",
+                  "ice.LossMode.MANUAL"),
+    "metric-class": (lambda t: ice.MetricNode(Accuracy, forward=lambda n, x: 0), TypeError, "class Accuracy",
+                     "Accuracy()"),
+    "metric-not-ignite": (lambda t: ice.MetricNode(sum, forward=lambda n, x: 0), TypeError, "builtin_function",
+                          "MetricNode(Accuracy()"),
+    "dataset-not-a-dataset": (lambda t: ice.DatasetNode(42), TypeError, "int", "__getitem__ and __len__"),
+    "dataset-batch-size": (lambda t: ice.DatasetNode(regression_set(4), batch_size=0), ValueError, "batch_size",
+                           ">= 1"),
+    "dataset-sampler": (lambda t: ice.DatasetNode(regression_set(4), sampler=None), TypeError, "'sampler'",
+                        "pass shuffle=True/False"),
+    "dataset-unknown-kwarg": (lambda t: ice.DatasetNode(regression_set(4), suffle=True), TypeError, "'suffle'",
+                              "options it passes on"),
+    "dataset-shuffle-iterable": (lambda t: ice.DatasetNode(iterable(t), shuffle=True), ValueError, "IterableDataset",
+                                 "shuffle inside the dataset"),
+    # names, tags, queries
+    "name-empty": (lambda t: ice.HyperGraph().add("", ice.Node()), ValueError, "''", "without spaces"),
+    "name-slash": (lambda t: ice.HyperGraph().add("a/b", ice.Node()), ValueError, "'a/b'", "without spaces, '/'"),
+    "tags-empty": (lambda t: ice.HyperGraph().add("x", ice.Node(), tags=""), ValueError, "tags of node 'x'",
+                   'pass "*"'),
+    "tags-star-mixed": (lambda t: ice.HyperGraph().add("x", ice.Node(), tags="*,train"), ValueError, "'*,train'",
+                        'drop "*"'),
+    "tags-malformed": (lambda t: ice.HyperGraph().add("x", ice.Node(), tags="tr ain"), ValueError, "'tr ain'",
+                       "letters, digits"),
+    "tags-type": (lambda t: ice.HyperGraph().add("x", ice.Node(), tags=7), TypeError, "7", "a list of str"),
+    "duplicate-uid": (lambda t: [g := ice.HyperGraph(), g.add("x", ice.Node()), g.add("x", ice.Node())], ValueError,
+                      "'*/x'", "use another name or tags"),
+    "add-a-module": (lambda t: ice.HyperGraph().add("net", torch.nn.Linear(1, 1)), TypeError, "'net'",
+                     "wrap it: ice.ModuleNode"),
+    "uid-malformed": (lambda t: ice.HyperGraph()["net"], KeyError, "'net'", "'<tags>/<name>'"),
+    "uid-missing": (lambda t: linear_graph()["test/data"], KeyError, "'test/data'", "nodes named 'data'"),
+    "remove-missing": (lambda t: linear_graph().remove("nope"), KeyError, "'nope'", "uids are"),
+    "ambiguous-name": (ambiguous, GraphError, "'a/data' and 'b/data'", "different names"),
+    "unselected-node": (unselected, NodeNotSelectedError, "x['acc']", "add the task's tag"),
+    "cycle": (cycle, GraphError, "a -> b -> a", "may not depend on itself"),
+    # the schedule
+    "task-neither": (lambda t: ice.Task(train=True), ValueError, "epochs=0, steps=0", "Task(train=True, epochs=1"),
+    "task-both": (lambda t: ice.Task(train=True, epochs=1, steps=1), ValueError, "epochs=1, steps=1", "exactly one"),
+    "task-train-type": (lambda t: ice.Task(train="yes", epochs=1), TypeError, "'yes'", "True or False"),
+    "repeat-times": (lambda t: ice.Repeat([ice.Task(train=True, steps=1)], times=0), ValueError, "0", "int >= 1"),
+    "schedule-item": (lambda t: ice.HyperGraph().exec_tasks([42], ice.Launcher()), ScheduleError, "schedule[0]",
+                      "wrap the action in a function"),
+    "schedule-class": (lambda t: ice.HyperGraph().exec_tasks([ice.SaveCheckpointTask], ice.Launcher()),
+                       ScheduleError, "SaveCheckpointTask", "call it"),
+    "schedule-callable-arity": (lambda t: ice.HyperGraph().exec_tasks([lambda a, b, c: 0], ice.Launcher()),
+                                ScheduleError, "schedule[0]", "f(), f(g) or f(g, launcher)"),
+    "epoch-task-without-data": (lambda t: exec_one(linear_graph(), ice.Task(train=False, epochs=1, tags="x")),
+                                ScheduleError, "Task(train=False, epochs=1, tags='x')", "steps=N"),
+    # running
+    "forward-raises": (raising_forward, NodeError, "'train/bad'", "in forward"),
+    "loss-not-scalar": (vector_loss, GraphError, "'train/bad'", "reduce it"),
+    "dataset-non-tensors": (dataset_of_objects, GraphError, "'*/data'", "pass a collate_fn"),
+    "accumulate": (lambda t: ice.HyperGraph().set_gradient_accumulate(0), ValueError, "0", "int >= 1"),
+    "nonfinite-policy": (lambda t: ice.HyperGraph().set_nonfinite_policy("warn"), ValueError, "'warn'",
+                         "'raise', 'skip', 'stop' or 'ignore'"),
+    "autocast-dtype": (lambda t: ice.HyperGraph().init_autocast(autocast_dtype=torch.int8), ValueError, "int8",
+                       "torch.float16, torch.bfloat16 or None"),
+    "handler-not-callable": (lambda t: ice.HyperGraph().on(Events.STARTED, 42), TypeError, "42", "callable handler"),
+    "print-no-names": (lambda t: linear_graph().print_forward_output(), TypeError, "()", "needs node names"),
+    # devices and processes
+    "device-kind": (lambda t: run_one(linear_graph(), t, devices="gpu"), ValueError, "'gpu'", "'cpu', 'cuda' or 'auto'"),
+    "device-index": (lambda t: run_one(linear_graph(), t, devices="cpu:a"), ValueError, "'a'", "'cuda:0-3,6'"),
+    "cuda-without-gpu": (lambda t: run_one(linear_graph(), t, devices="cuda:0"), RuntimeError, "'cuda:0'",
+                         "use devices='cpu'"),
+    "nnodes": (lambda t: run_one(linear_graph(), t, devices="cpu:0-1", nnodes="2:1"), ValueError, "'2:1'",
+               "1 <= MIN <= MAX"),
+    "start-method": (lambda t: run_one(linear_graph(), t, start_method="forkserver"), ValueError, "'forkserver'",
+                     "'spawn'"),
+    # run arguments and the run directory
+    "seed-type": (lambda t: run_one(linear_graph(), t, seed="0"), TypeError, "'0'", "an int"),
+    "n-saved": (lambda t: run_one(linear_graph(), t, n_saved=0), ValueError, "0", "None (keep all)"),
+    "out-dir-is-a-file": (file_as_out_dir, NotADirectoryError, "file", "pass a directory"),
+    "out-dir-not-creatable": (out_dir_below_a_file, PermissionError, "runs", "pass a writable out_dir"),
+    "run-dir-has-checkpoints": (reused_run_dir, FileExistsError, "src", "resume_from='auto'"),
+    # checkpoints
+    "resume-missing-file": (lambda t: run_one(linear_graph(), t, resume_from=t / "nope.pt"), CheckpointError,
+                            "nope.pt", "check the path"),
+    "resume-corrupt-file": (lambda t: run_one(linear_graph(), t, resume_from=truncated(t)), CheckpointError,
+                            "truncated.pt", "truncated or corrupted"),
+    "resume-foreign-file": (lambda t: run_one(linear_graph(), t, resume_from=foreign(t)), CheckpointError,
+                            "foreign.pt", "pass a file written by save_checkpoint"),
+    "resume-malicious-file": (lambda t: run_one(linear_graph(), t, resume_from=malicious(t)), CheckpointError,
+                              "evil.pt", "only a file you trust"),
+    "resume-other-schedule": (different_schedule, ResumeTaskFailed, "entry 0", "strict_resume=False"),
+    "checkpoint-of-another-graph": (other_graph_checkpoint, CheckpointError, "'*/net'", "size mismatch"),
+    "save-without-run-dir": (lambda t: linear_graph().save_checkpoint(), CheckpointError, "save_checkpoint",
+                             "pass save_to=path"),
+    "save-over-a-file": (lambda t: [(t / "x.pt").write_text("x"), linear_graph().save_checkpoint(t / "x.pt")],
+                         CheckpointError, "x.pt", "save to another path"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gets_a_clear_error(case, tmp_path):
+    action, error, culprit, fix = CASES[case]
+    with pytest.raises(error) as info:
+        action(tmp_path)
+    message = str(info.value)
+    assert culprit in message, f"{case}: the message does not name {culprit!r}: {message}"
+    assert fix in message, f"{case}: the message does not say {fix!r}: {message}"
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 40
+
+
+def test_the_errors_page_lists_exactly_these_cases():
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \| `(\w+)` \|", (ROOT / "docs" / "errors.md").read_text(), re.M)
+    documented = dict(rows)
+    assert documented.keys() == CASES.keys(), f"missing: {CASES.keys() - documented.keys()}, " \
+                                               f"extra: {documented.keys() - CASES.keys()}"
+    for case, (_, error, _, _) in CASES.items():
+        assert documented[case] == error.__name__, case
+
+
+def test_the_forward_error_keeps_the_original_traceback_as_its_cause(tmp_path):
+    with pytest.raises(NodeError) as info:
+        raising_forward(tmp_path)
+    assert isinstance(info.value.__cause__, KeyError) and info.value.phase == "forward"
+
+
+def test_a_handler_error_says_which_handler_and_task_raised_it():
+    g = linear_graph()
+    task = ice.Task(train=True, epochs=1, tags="train")
+    task.engine.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: 1 / 0)
+    with pytest.raises(ZeroDivisionError) as info:
+        exec_one(g, task)
+    assert "raised by a handler of ITERATION_COMPLETED on the engine of Task(train=True, epochs=1, tags='train')" in \
+        "\n".join(info.value.__notes__)
+
+
+# -- faults --------------------------------------------------------------------------------------------
+FULL_DISK = """
+import resource, signal, sys, torch, ice_ignite as ice
+sys.path.insert(0, {tests!r})
+from conftest import linear_graph
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG instead
+g = linear_graph()
+
+def fill_the_disk(g):
+    limit = 2000  # bytes: smaller than a checkpoint, so its write fails part way
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+try:
+    g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(), fill_the_disk,
+           ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
+          out_dir={out!r}, run_id="full")
+except ice.CheckpointError as e:
+    print("ERROR", e)
+"""
+
+
+def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_intact(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK.format(tests=str(Path(__file__).parent), out=str(tmp_path))],
+                          capture_output=True, text=True, timeout=120)
+    assert "ERROR writing checkpoint" in proc.stdout and "File too large" in proc.stdout, proc.stdout + proc.stderr
+    assert "the previous checkpoints are intact" in proc.stdout
+    files = sorted(p.name for p in (tmp_path / "full" / "ckpts").iterdir())
+    assert files == ["ckpt-000000-E1S5.pt"]  # the failed write left nothing behind
+    report = linear_graph().load_checkpoint(tmp_path / "full" / "ckpts" / files[0])  # intact and loadable
+    assert "*/net" in report["loaded"]
+
+
+def test_a_crash_in_a_node_mid_epoch_stops_the_run_and_the_last_checkpoint_resumes_exactly(tmp_path):
+    def build(fail_at=None):
+        g = linear_graph()
+        g.add("fault", ice.Node(forward=lambda n, x: (_ for _ in ()).throw(RuntimeError("sensor offline"))
+                                if n.global_train_steps == fail_at else None), tags="train")
+        train = ice.Task(train=True, epochs=3, tags="train")
+        train.engine.add_event_handler(Events.ITERATION_COMPLETED(every=2), lambda e: g.save_checkpoint())
+        return g, [train]
+
+    g, tasks = build(fail_at=7)
+    with pytest.raises(NodeError, match=r"node 'train/fault' raised RuntimeError in forward: sensor offline"):
+        g.run(tasks, devices="cpu", out_dir=tmp_path, run_id="crash")
+    resumed, tasks = build()
+    resumed.run(tasks, devices="cpu", out_dir=tmp_path, run_id="crash", resume_from="auto")
+    straight, tasks = build()
+    straight.run(tasks, devices="cpu", out_dir=tmp_path, run_id="straight")
+    for a, b in zip(resumed["*/net"].module.parameters(), straight["*/net"].module.parameters()):
+        assert torch.equal(a, b)
