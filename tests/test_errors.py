@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from ignite.engine import Events
 from ignite.metrics import Accuracy
 
