@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs bench install clean
+.PHONY: demo test docs bench bench-instructions install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info .pytest_cache
+
+# Wall-clock benchmarks against hand-written code (PyTorch Lightning, an optional extra, included).
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/bench.py
+
+# Instructions per iteration under valgrind's callgrind (Debian's valgrind): slow, about 15 minutes.
+bench-instructions: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/instructions.py
+	$(PY) benchmarks/bench.py --render-only
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict

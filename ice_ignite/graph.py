@@ -165,6 +165,8 @@ class ExecutableGraph:
         self._batch_source: dict[str, DatasetNode | None] = {}
         self._ddp: list[torch.nn.Module] = []
         self._nonfinite: torch.Tensor | None = None
+        self._check_each_step = False
+        self._finite_until = 0  # the optimizer step up to which losses were last found finite
         #: phase -> (built-in behaviour of node kinds, user hooks), each in ``add`` order
         self._phases = {phase: self._collect(phase) for phase in HOOKS}
 
@@ -201,6 +203,8 @@ class ExecutableGraph:
         self.step_now = False
         self.autocast = self.hypergraph.autocast
         self.timer = self.cache._timer = self.hypergraph._timer
+        self._check_each_step = task.train and self.hypergraph.nonfinite_policy in ("skip", "stop")
+        self._finite_until = self.hypergraph.global_counters.steps.train
         if self.timer is not None:
             self.timer.task = f"{'train' if task.train else 'eval'}[{','.join(task.tags)}]"
         self.cache.clear()
@@ -273,18 +277,26 @@ class ExecutableGraph:
                     cache._compute(name)
             terms = self._loss_terms
             terms.clear()
+            for node in self.loss_nodes:  # sum(weight * loss), inline: this runs every iteration
+                loss, weight = values[node._name], node.weight
+                source = node.batch_source(self)
+                if source is not None and source.last_loss_scale != 1.0:
+                    weight = weight * source.last_loss_scale  # unequal slices of a global batch across ranks
+                terms.append(loss if weight == 1.0 else loss * weight)
             phases, timer = self._phases, self.timer
-            _run(phases["backward"][0], "backward", timer)
+            backward_internal, backward_hooks = phases["backward"]
+            if backward_internal:  # other node kinds may add terms with add_loss
+                _run(backward_internal, "backward", timer)
             if terms:
                 total = terms[0] if len(terms) == 1 else functools.reduce(operator.add, terms)
                 terms.clear()
-                if not total.requires_grad:
+                if not total.requires_grad:  # a frozen model or a detached loss: say so, not autograd
                     raise GraphError(
                         f"the losses of the train task with tags ({_describe_tags(self.tags)}) do not require "
                         f"grad ({', '.join(n.uid for n in self.loss_nodes)}): no trainable parameter reaches "
                         "them; give a ModuleNode optimizers, or make the task train=False"
                     )
-                if hg.nonfinite_policy != "ignore":  # on the device: read once per optimizer step
+                if self._check_each_step:  # policies "skip" and "stop": read once per optimizer step
                     bad = ~torch.isfinite(total.detach())
                     self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
                 if self._cycle_len != 1:
@@ -298,17 +310,51 @@ class ExecutableGraph:
                     start = timer.now()
                     total.backward()
                     timer.add("(summed loss)", "backward", timer.now() - start)
-            _run(phases["backward"][1], "backward", timer)
-            if self.step_now and self._nonfinite is not None:
-                self._apply_nonfinite_policy()
+            if backward_hooks:
+                _run(backward_hooks, "backward", timer)
+            step_now = self.step_now
+            if step_now:
+                if self._nonfinite is not None:
+                    self._apply_nonfinite_policy()
+                elif hg.nonfinite_policy == "raise" and (hg.global_counters.steps.train + 1) % hg.nonfinite_check_every == 0:
+                    self.check_losses_finite(before_step=True)
             update_internal, update_hooks = phases["update"]
-            _run(update_internal, "update", timer)
-            _run(update_hooks, "update", timer)
-            if self.step_now:
+            if update_internal:
+                _run(update_internal, "update", timer)
+            if update_hooks:
+                _run(update_hooks, "update", timer)
+            if step_now and hg.grad_scaler is not None:
                 hg._after_optimizer_step()
             return {n._name: values[n._name].detach() for n in self.loss_nodes}
         finally:
-            cache.clear()
+            values.clear()
+
+    def check_losses_finite(self, before_step: bool = False) -> None:
+        """Policy "raise": a non-finite loss leaves its epoch accumulator non-finite, so reading the
+        accumulators every ``nonfinite_check_every`` optimizer steps and at epoch ends finds it
+        without a host read per iteration. Raises NonFiniteLossError naming the LossNode and the
+        steps between which it happened; every rank decides the same way."""
+        hg = self.hypergraph
+        now = hg.global_counters.steps.train + (1 if before_step else 0)
+        values = self.cache._values
+        nodes, checks = [], []
+        for n in self.loss_nodes:  # this iteration's loss, not yet in the accumulator, and the accumulator
+            parts = ([values[n._name].detach()] if before_step and n._name in values else []) + (
+                [n.metric._sum] if n.metric is not None and n.metric._num_examples else [])
+            if parts:
+                nodes.append(n)
+                checks.append(~torch.isfinite(torch.stack(parts).float()).all())
+        flags = torch.stack(checks).cpu() if checks else torch.zeros(0, dtype=torch.bool)
+        if not parallel.any_rank(bool(flags.any())):
+            self._finite_until = now
+            return
+        bad = [n.uid for n, flag in zip(nodes, flags.tolist()) if flag] or ["a LossNode of another rank"]
+        since = self._finite_until
+        raise NonFiniteLossError(
+            f"non-finite loss in {', '.join(bad)} of {self.task!r}, in an optimizer step after step {since} and up "
+            f"to step {now}. Lower the learning rate, clip gradients (grad_clip_norm=), or choose "
+            "g.set_nonfinite_policy('skip') to skip such steps or 'stop' to checkpoint and stop"
+        )
 
     def _apply_nonfinite_policy(self) -> None:
         """At an optimizer step: act on a non-finite loss seen in this accumulation cycle, the same
@@ -351,7 +397,8 @@ class ExecutableGraph:
 
     # -- helpers for nodes --------------------------------------------------------------------
     def add_loss(self, loss: torch.Tensor) -> None:
-        """Add a term to this train iteration's summed loss (LossNodes call it in ``backward``)."""
+        """Add a term to this train iteration's summed loss, from a node's internal backward phase
+        (the LossNodes' ``weight * loss`` terms are there already)."""
         self._loss_terms.append(loss)
 
     def batch_source(self, name: str) -> DatasetNode | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+from ignite.engine import Events
 
 from ice_ignite.backup import backup_sources
 from ice_ignite.board import BoardLogger, NullWriter
@@ -80,6 +81,8 @@ class HyperGraph:
         self.grad_acc_steps = 1
         #: what a non-finite train loss does: "raise", "skip", "stop" or "ignore"
         self.nonfinite_policy = "raise"
+        #: policy "raise" reads the loss accumulators every this many optimizer steps
+        self.nonfinite_check_every = 50
         #: optimizer steps skipped for a non-finite loss
         self.skipped_steps = 0
         self._stop_after_iteration = False
@@ -305,18 +308,23 @@ class HyperGraph:
         self._check_not_running("change gradient accumulation of")
         self.grad_acc_steps = every
 
-    def set_nonfinite_policy(self, policy: str = "raise") -> None:
-        """What a NaN or infinite train loss does, decided the same way on every rank at the
-        optimizer step of its accumulation cycle:
+    def set_nonfinite_policy(self, policy: str = "raise", check_every: int = 50) -> None:
+        """What a NaN or infinite train loss does, decided the same way on every rank:
 
-        * ``"raise"`` (default): ``NonFiniteLossError`` naming the LossNode, the step and the value;
-        * ``"skip"``: skip that optimizer step (and its scheduler and scaler steps), with a warning;
-        * ``"stop"``: skip it, save a checkpoint at the end of the iteration and end the run cleanly;
-        * ``"ignore"``: no check (saves one read of a device value per optimizer step).
+        * ``"raise"`` (default): ``NonFiniteLossError`` naming the LossNode and the steps between
+          which it happened. It is found in the LossNodes' epoch accumulators, read every
+          ``check_every`` optimizer steps and at every train epoch end: no host read per iteration.
+        * ``"skip"``: skip the optimizer step of an accumulation cycle with a non-finite loss (and
+          its scheduler and scaler steps), with a warning; reads one device value per step.
+        * ``"stop"``: skip it, save a checkpoint at the end of the iteration and end the run cleanly.
+        * ``"ignore"``: no check.
         """
         if policy not in ("raise", "skip", "stop", "ignore"):
             raise ValueError(f"non-finite policy must be 'raise', 'skip', 'stop' or 'ignore', got {policy!r}")
+        if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+            raise ValueError(f"non-finite check_every must be an int >= 1, got {check_every!r}")
         self.nonfinite_policy = policy
+        self.nonfinite_check_every = check_every
 
     def learning_rates(self) -> dict[str, list[float]]:
         """The current learning rate of every parameter group, by ``"<uid>/<pattern>"``, for every
@@ -349,6 +357,8 @@ class HyperGraph:
     def _observe(self, task: Task) -> list:
         """Attach this run's observers and the ``on`` handlers to ``task.engine`` for one run."""
         handles = []
+        if self._guard is not None:  # preemption is checked at every iteration boundary of a run
+            handles.append(task.engine.add_event_handler(Events.ITERATION_STARTED, task.on_iteration_started))
         for event, handler, tags, train in self._handlers:
             if (train is None or train == task.train) and (tags == (DEFAULT_TAG,) or set(tags) <= set(task.tags)):
                 handles.append(task.engine.add_event_handler(event, handler))

@@ -41,7 +41,7 @@ class _TaskEngine(Engine):
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
         try:
-            super()._fire_event(event_name, *event_args, **event_kwargs)
+            Engine._fire_event(self, event_name, *event_args, **event_kwargs)
         except (StopTask, StopAllTasks) as e:
             self._task_stop_all |= isinstance(e, StopAllTasks)
             if event_name in (Events.TERMINATE, Events.COMPLETED):
@@ -103,7 +103,6 @@ class Task:
         # Registered now, before any user handler, so that ice_ignite's run first (B3).
         self.engine.add_event_handler(Events.STARTED, self._on_started)
         self.engine.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
-        self.engine.add_event_handler(Events.ITERATION_STARTED, self._on_iteration_started)
         self.engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration_completed)
         self.engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_completed)
         self._graph: ExecutableGraph | None = None
@@ -259,7 +258,9 @@ class Task:
         self._epoch_iter = 0
         self._graph.apply("epoch_start")
 
-    def _on_iteration_started(self, engine: Engine) -> None:
+    def on_iteration_started(self, engine: Engine) -> None:
+        """Checkpoint and stop at this iteration boundary if the run was asked to (SIGTERM /
+        SIGINT); attached for runs that watch for preemption."""
         self._hypergraph._check_preemption(-1)
 
     def _on_iteration_completed(self, engine: Engine) -> None:
@@ -278,6 +279,8 @@ class Task:
 
     def _on_epoch_completed(self, engine: Engine) -> None:
         self._closed_epoch = engine.state.epoch
+        if self.train and self._hypergraph.nonfinite_policy == "raise":
+            self._graph.check_losses_finite()
         if not self.step_mode:
             epochs = self._hypergraph.global_counters.epochs
             if self.train:

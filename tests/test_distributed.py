@@ -2,6 +2,7 @@
 failures, elastic restarts, gradient accumulation and preemption (API.md B9). Every test starts
 real processes (gloo on CPU) with a timeout."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def spawned(out):
 
 
 def weights_by_rank(stdout):
-    return {line.split()[1]: line.rsplit(" ", 1)[1] for line in stdout.splitlines() if "; weights " in line}
+    # workers print concurrently: their lines may run into each other
+    return dict(re.findall(r"rank (\d+) of \d+ .*?; weights (-?\d+\.\d{12})", stdout))
 
 
 def test_run_starts_one_gloo_worker_per_device_and_matches_one_process(single, spawned):

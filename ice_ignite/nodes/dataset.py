@@ -75,8 +75,9 @@ class _PassBatchSampler:
         node = self.node
         stop = node.batches_per_pass()
         seeded = node.num_workers > 0
+        single, b = node._world_size == 1, node.batch_size
         for i in range(start, stop):
-            chunk = node._rank_slice(order, i)
+            chunk = order[i * b:(i + 1) * b] if single else node._rank_slice(order, i)
             if seeded:
                 base = derive_seed(node._seed, node.uid, node._rank, pass_index, i)
                 yield [(index, (base + j) % 2**63) for j, index in enumerate(chunk)]
@@ -174,6 +175,7 @@ class DatasetNode(Node):
         self._device = torch.device("cpu")
         self._move = False
         self._loader_key: tuple | None = None
+        self._sharded = False
         #: ``loss_scale`` of the last batch (multi-process runs)
         self.last_loss_scale = 1.0
         super().__init__()
@@ -269,6 +271,7 @@ class DatasetNode(Node):
             self._iterator = None
         self._device = device
         self._move = device.type != "cpu"
+        self._sharded = self._world_size > 1
 
     def _build_loader(self, device: torch.device) -> DataLoader:
         generator = torch.Generator()
@@ -309,7 +312,7 @@ class DatasetNode(Node):
                 "that are not tensors, numbers, lists or dicts"
             ) from e
         self.position += 1
-        if self._world_size > 1:
+        if self._sharded:
             self.last_loss_scale = self.loss_scale(self.position - 1) if not self.iterable else 1.0
         if self._move:
             batch = move_to(batch, self._device, non_blocking=self.pin_memory)

@@ -32,8 +32,17 @@ def _count(n: int) -> int:
     return n
 
 
+def _accumulate(metric: Loss, loss: torch.Tensor, n: int) -> None:
+    """What ``Loss.update((loss, n))`` does here, in one in-place add: its per-call argument checks
+    and wrappers cost more than the addition (``reset`` and ``compute`` stay ignite's)."""
+    metric._sum.add_(loss.detach(), alpha=n)
+    metric._num_examples += n
+
+
 def batch_length(batch: Any) -> int:
     """The length of the first tensor in a (nested) batch, or 1 when it holds none."""
+    if type(batch) in (list, tuple) and batch and type(batch[0]) is torch.Tensor and batch[0].dim():
+        return batch[0].shape[0]  # the usual (inputs, targets) batch, without the general walk
     while True:
         if isinstance(batch, torch.Tensor):
             return int(batch.shape[0]) if batch.dim() > 0 else 1
@@ -47,7 +56,8 @@ def batch_length(batch: Any) -> int:
 
 class LossNode(Node):
     """A loss term. In train tasks the selected LossNodes are summed as ``sum(weight * loss)``
-    and differentiated once per iteration; in eval tasks they are computed (validation loss).
+    and differentiated once per iteration (by the graph, before the ``backward`` hooks); in eval
+    tasks they are computed (validation loss).
 
     ``forward(n, x)`` returns a scalar tensor, or ``(loss, aux)`` with ``aux`` a dict of tensors
     computed in the same forward and never differentiated. Each LossNode reports like
@@ -88,6 +98,8 @@ class LossNode(Node):
         self.aux: dict[str, torch.Tensor] = {}
         self.metric: Loss | None = None
         self.aux_metrics: dict[str, Loss] = {}
+        self._source_graph: Any = None
+        self._source: Any = None
         super().__init__(forward=forward, **resources)
 
     def forward_impl(self, x: "GraphOutputCache") -> torch.Tensor:
@@ -128,28 +140,25 @@ class LossNode(Node):
         device = self.device if self.hypergraph is not None else torch.device("cpu")
         return Loss(_passthrough, batch_size=_count, device=device)
 
-    def _on_backward(self) -> None:
-        egraph = self.egraph
-        loss = egraph.cache._values[self._name]
-        weight = self.weight
-        source = egraph.batch_source(self._name)
-        if source is not None and source.last_loss_scale != 1.0:
-            weight = weight * source.last_loss_scale  # unequal slices of a global batch across ranks
-        egraph.add_loss(loss if weight == 1.0 else loss * weight)
+    def batch_source(self, egraph: Any) -> Any:
+        """The first DatasetNode this loss depends on in ``egraph`` (remembered per graph)."""
+        if self._source_graph is not egraph:
+            self._source_graph, self._source = egraph, egraph.batch_source(self._name)
+        return self._source
 
     def _on_update(self) -> None:
         egraph = self.egraph
         values = egraph.cache._values
-        source = egraph.batch_source(self._name)
+        source = self.batch_source(egraph)
         n = batch_length(values[source._name]) if source is not None else 1
         if self.metric is None:
             self.metric = self._new_metric()
-        self.metric.update((values[self._name].detach(), n))
+        _accumulate(self.metric, values[self._name], n)
         for key, value in self.aux.items():
             metric = self.aux_metrics.get(key)
             if metric is None:
                 metric = self.aux_metrics[key] = self._new_metric()
-            metric.update((value, n))
+            _accumulate(metric, value, n)
 
     def _on_epoch_start(self) -> None:
         for metric in (self.metric, *self.aux_metrics.values()):

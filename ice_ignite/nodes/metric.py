@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MetricNode"]
 
+_NO_GRAD = torch.no_grad()  # reusable; saves building a context manager every iteration
+
 
 def _plain(value: Any) -> Any:
     """0-dim tensors become Python numbers, other tensors move to the CPU (as ignite does)."""
@@ -79,7 +81,7 @@ class MetricNode(Node):
     def _on_update(self) -> None:
         out = self.egraph.cache._values[self._name]
         metric = self.metric
-        if isinstance(out, Mapping):
+        if type(out) is not tuple and isinstance(out, Mapping):
             keys = metric.required_output_keys
             if keys is None:
                 raise TypeError(f"MetricNode {self.uid!r} returned a dict, but its metric takes no keys: return a tuple")
@@ -88,7 +90,7 @@ class MetricNode(Node):
                 raise ValueError(f"MetricNode {self.uid!r} returned a dict without key(s) {missing}: return {keys}")
             out = tuple(out[k] for k in keys)
         if torch.is_grad_enabled():
-            with torch.no_grad():
+            with _NO_GRAD:
                 metric.update(out)
         else:
             metric.update(out)

@@ -227,9 +227,12 @@ class ModuleNode(Node):
             self.ddp = parallel.wrap_ddp(_ForwardProxy(self), **options)
 
     def _check_unused(self) -> None:
+        for _, p in self._trainable:
+            if p.grad is None and p.requires_grad:
+                break
+        else:
+            return  # every trainable parameter has a gradient: the common case, checked cheaply
         missing = [name for name, p in self._trainable if p.requires_grad and p.grad is None]
-        if not missing:
-            return
         if self.unused_parameters == "zero":
             for name, p in self._trainable:
                 if p.requires_grad and p.grad is None:

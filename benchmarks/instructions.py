@@ -1,0 +1,76 @@
+"""Instructions per training iteration of each variant, counted by valgrind's callgrind: the
+slope between a run of 1 epoch and one of 3 (100 iterations apart), so that start-up (importing
+torch takes most of it) cancels. Deterministic, whatever else the machine is doing.
+
+    python benchmarks/instructions.py                 # every variant, writes benchmarks/instructions.json
+    python benchmarks/instructions.py --one NAME EPOCHS   # (internal) the program valgrind runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHORT, LONG = 1, 3
+
+
+def one(name: str, epochs: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(HERE))
+    import variants
+
+    dataset = variants.data()
+    variants.available()[name](epochs, dataset)
+
+
+def count(name: str, epochs: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        # a fixed hash seed and no address randomisation: the same count on every run
+        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__, "--one",
+                   name, str(epochs)]
+        if shutil.which("setarch"):
+            command = ["setarch", platform.machine(), "-R"] + command
+        proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        if proc.returncode != 0:
+            raise RuntimeError(f"valgrind failed for {name}: {proc.stderr[-2000:]}")
+        return int(re.search(r"Collected : (\d+)", proc.stderr).group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--one", nargs=2, metavar=("NAME", "EPOCHS"))
+    parser.add_argument("--variants", nargs="*", default=None)
+    args = parser.parse_args()
+    if args.one:
+        one(args.one[0], int(args.one[1]))
+        return
+    sys.path.insert(0, str(HERE))
+    import variants
+
+    names = args.variants or list(variants.available())
+    iterations = (LONG - SHORT) * variants.ITERATIONS_PER_EPOCH
+    results = {}
+    for name in names:
+        short, long = count(name, SHORT), count(name, LONG)
+        results[name] = (long - short) / iterations
+        print(f"{name:14s} {results[name] / 1e6:8.3f} M instructions / iteration", flush=True)
+    path = HERE / "instructions.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update(results)
+    path.write_text(json.dumps(old, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
