@@ -59,7 +59,7 @@ def run_torch(epochs: int, dataset) -> list[torch.Tensor]:
             with torch.no_grad():  # as ignite's Metric.iteration_completed does
                 loss_metric.update((loss.detach(), len(y)))
                 accuracy.update((out.detach(), y))
-        epoch_loss, epoch_acc = loss_metric.compute(), accuracy.compute()  # noqa: F841
+        loss_metric.compute(), accuracy.compute()  # the epoch statistics
     return weights(net)
 
 
@@ -154,7 +154,8 @@ VARIANTS = {"torch loop": run_torch, "ignite Engine": run_ignite, "ice_ignite": 
 def available() -> dict:
     """The variants whose packages are installed (Lightning is optional)."""
     try:
-        import lightning  # noqa: F401
+        import lightning
     except ImportError:
         return {k: v for k, v in VARIANTS.items() if k != "Lightning"}
+    del lightning
     return dict(VARIANTS)

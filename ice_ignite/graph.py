@@ -206,7 +206,7 @@ class ExecutableGraph:
         self._check_each_step = task.train and self.hypergraph.nonfinite_policy in ("skip", "stop")
         self._finite_until = self.hypergraph.global_counters.steps.train
         if self.timer is not None:
-            self.timer.task = f"{'train' if task.train else 'eval'}[{','.join(task.tags)}]"
+            self.timer.task = task.label
         self.cache.clear()
         for node in self.nodes.values():
             node.egraph = self

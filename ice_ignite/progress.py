@@ -14,14 +14,9 @@ from ignite.handlers import ProgressBar
 if TYPE_CHECKING:
     from ice_ignite.task import Task
 
-__all__ = ["Progress", "describe_task"]
+__all__ = ["Progress"]
 
 logger = logging.getLogger("ice_ignite")
-
-
-def describe_task(task: "Task") -> str:
-    """``train[train]`` / ``eval[val]``: the kind and tags of a task."""
-    return f"{'train' if task.train else 'eval'}[{','.join(task.tags)}]"
 
 
 def _losses(output: Any) -> dict:
@@ -58,7 +53,7 @@ class Progress:
         # attached to each engine and is switched on for the runs that show progress.
         entry = self._bars.get(engine)
         if entry is None:
-            bar = ProgressBar(persist=False, desc=describe_task(task), file=self.stream)
+            bar = ProgressBar(persist=False, desc=task.label, file=self.stream)
             entry = self._bars[engine] = {"on": False, "last": 0.0, "bar": bar}
 
             def due(engine: Engine, iteration: int) -> bool:
@@ -91,11 +86,11 @@ class Progress:
         s = engine.state
         rate = (s.iteration - state["start_iter"]) / max(now - state["start"], 1e-9)
         losses = " ".join(f"{k} {v.item():.4g}" for k, v in _losses(s.output).items())
-        logger.info("%s epoch %d/%d iteration %d/%d %s %.1f it/s", describe_task(task), s.epoch, s.max_epochs,
+        logger.info("%s epoch %d/%d iteration %d/%d %s %.1f it/s", task.label, s.epoch, s.max_epochs,
                     (s.iteration - 1) % s.epoch_length + 1, s.epoch_length, losses, rate)
 
     @staticmethod
     def _line_epoch(engine: Engine, task: "Task") -> None:
         s = engine.state
         metrics = " ".join(f"{k} {v:.4g}" for k, v in s.metrics.items() if isinstance(v, (int, float)))
-        logger.info("%s epoch %d/%d done: %s", describe_task(task), s.epoch, s.max_epochs, metrics or "-")
+        logger.info("%s epoch %d/%d done: %s", task.label, s.epoch, s.max_epochs, metrics or "-")

@@ -114,6 +114,11 @@ class Task:
         self._closed_epoch = 0  # the last engine epoch whose EPOCH_COMPLETED work began
         self._close_epoch_on_start = False
 
+    @property
+    def label(self) -> str:
+        """``train[train]`` / ``eval[val]``: the task's kind and tags, as progress and timing show them."""
+        return f"{'train' if self.train else 'eval'}[{','.join(self.tags)}]"
+
     def __repr__(self) -> str:
         amount = f"steps={self.steps}" if self.step_mode else f"epochs={self.epochs}"
         return f"Task(train={self.train}, {amount}, tags={','.join(self.tags)!r})"
