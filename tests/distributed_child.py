@@ -98,8 +98,8 @@ def main():
     def save_result(g):  # in the schedule, so that forked workers run it too
         launcher = g["*/net"].launcher
         checksum = sum(p.double().sum().item() for p in net.parameters())
-        print(f"rank {launcher.rank} of {launcher.world_size} (local {launcher.local_rank}) on {launcher.device} "
-              f"with {launcher.backend}: done; all-reduces {allreduces[0] if allreduces else 0}; "
+        print(f"rank {launcher.rank} of {launcher.world_size} (local {launcher.local_rank} of "
+              f"{launcher.local_world_size}, node {launcher.node_rank}) on {launcher.device} with {launcher.backend}: done; all-reduces {allreduces[0] if allreduces else 0}; "
               f"board {type(g.board).__name__}; weights {checksum:.12f}", flush=True)
         if launcher.rank == 0:
             torch.save({"module": net.state_dict(), "metrics": dict(val.engine.state.metrics),

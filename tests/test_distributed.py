@@ -71,8 +71,8 @@ def weights_by_rank(stdout):
 def test_run_starts_one_gloo_worker_per_device_and_matches_one_process(single, spawned):
     proc, two = spawned
     assert two["world_size"] == 2
-    assert "rank 0 of 2 (local 0) on cpu with gloo: done" in proc.stdout
-    assert "rank 1 of 2 (local 1) on cpu with gloo: done" in proc.stdout
+    assert "rank 0 of 2 (local 0 of 2, node 0) on cpu with gloo: done" in proc.stdout
+    assert "rank 1 of 2 (local 1 of 2, node 0) on cpu with gloo: done" in proc.stdout
     assert "board SummaryWriter" in proc.stdout and "board NullWriter" in proc.stdout  # rank 0 writes, rank 1 not
     assert len(set(weights_by_rank(proc.stdout).values())) == 1
     assert_same_training(two, single)
@@ -101,7 +101,7 @@ def test_two_machines_on_loopback(out, spawned, how):
     outputs = [p.communicate(timeout=180) for p in procs]
     for p, (stdout, stderr) in zip(procs, outputs):
         assert p.returncode == 0, stderr
-    assert "rank 1 of 2 (local 0)" in outputs[1][0]
+    assert "rank 1 of 2 (local 0 of 1, node 1)" in outputs[1][0]
     assert max_diff(result(out, how), spawned[1]) == 0
 
 
