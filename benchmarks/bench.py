@@ -9,6 +9,7 @@ at least 11 times, and both the minimum and the median are given. Threads: 1.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -25,28 +26,31 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import variants  # noqa: E402
 
-SHORT, LONG = 1, 7  # epochs of 50 iterations
+SHORT, LONG = 50, 350  # iterations of a one-epoch run
 
 
 # -- speed per iteration -------------------------------------------------------------------------------
 def speed(repeats: int) -> dict:
-    dataset = variants.data()
+    short, long = variants.data(SHORT), variants.data(LONG)
     chosen = variants.available()
     per_iter = {name: [] for name in chosen}
     startup = {name: [] for name in chosen}
     final = {}
     for fn in chosen.values():  # warm-up: imports, allocator, caches
-        fn(SHORT, dataset)
+        fn(1, short)
     for _ in range(repeats):
         for name, fn in chosen.items():
+            gc.collect()
             t0 = time.perf_counter()
-            fn(SHORT, dataset)
+            fn(1, short)
             t1 = time.perf_counter()
-            final[name] = fn(LONG, dataset)
+            gc.collect()
             t2 = time.perf_counter()
-            slope = ((t2 - t1) - (t1 - t0)) / ((LONG - SHORT) * variants.ITERATIONS_PER_EPOCH)
+            final[name] = fn(1, long)
+            t3 = time.perf_counter()
+            slope = ((t3 - t2) - (t1 - t0)) / (LONG - SHORT)
             per_iter[name].append(slope)
-            startup[name].append((t1 - t0) - slope * SHORT * variants.ITERATIONS_PER_EPOCH)
+            startup[name].append((t1 - t0) - slope * SHORT)
     reference = final["torch loop"]
     return {
         name: {
@@ -84,7 +88,7 @@ import resource, sys, torch
 sys.path.insert(0, {here!r})
 torch.set_num_threads(1)
 import variants
-variants.available()[{name!r}](20, variants.data())   # 1000 iterations
+variants.available()[{name!r}](20, variants.data(50))   # 1000 iterations
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -97,7 +101,7 @@ def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 // 1024
 marks = {{}}
 g = ice.HyperGraph()
-g.add("data", ice.DatasetNode(variants.data(), batch_size=variants.BATCH))
+g.add("data", ice.DatasetNode(variants.data(50), batch_size=variants.BATCH))
 g.add("net", ice.ModuleNode(variants.model(), forward=lambda n, x: n.module(x["data"][0]),
                             optimizers=ice.Optimizer(torch.optim.SGD, lr=0.05, momentum=0.9)))
 g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
@@ -225,8 +229,8 @@ def report(results: dict) -> str:
         "",
         "## Time per iteration",
         "",
-        f"Slope between {SHORT} and {LONG} epochs of {variants.ITERATIONS_PER_EPOCH} iterations, "
-        f"{results['repeats']} interleaved repeats.",
+        f"Slope between one-epoch runs of {SHORT} and {LONG} iterations (so start-up and per-epoch work "
+        f"cancel), {results['repeats']} interleaved repeats.",
         "",
         "| variant | min µs | median µs | min / loop | min / ignite | start-up ms | weights identical to the loop |",
         "|---|---|---|---|---|---|---|",

@@ -1,6 +1,6 @@
 """Instructions per training iteration of each variant, counted by valgrind's callgrind: the
-slope between a run of 1 epoch and one of 3 (100 iterations apart), so that start-up (importing
-torch takes most of it) cancels. Deterministic, whatever else the machine is doing.
+slope between a one-epoch run of 50 iterations and one of 150, so that start-up (importing torch
+takes most of it) and per-epoch work cancel. Repeatable, whatever else the machine is doing.
 
     python benchmarks/instructions.py                 # every variant, writes benchmarks/instructions.json
     python benchmarks/instructions.py --one NAME EPOCHS   # (internal) the program valgrind runs
@@ -20,26 +20,29 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SHORT, LONG = 1, 3
+SHORT, LONG = 50, 150  # iterations of the one epoch
 
 
-def one(name: str, epochs: int) -> None:
+def one(name: str, iterations: int) -> None:
+    import gc
+
     import torch
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(HERE))
     import variants
 
-    dataset = variants.data()
-    variants.available()[name](epochs, dataset)
+    dataset = variants.data(iterations)
+    gc.collect()  # start both runs from the same collector state
+    variants.available()[name](1, dataset)
 
 
-def count(name: str, epochs: int) -> int:
+def count(name: str, iterations: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         # a fixed hash seed and no address randomisation: the same count on every run
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__, "--one",
-                   name, str(epochs)]
+                   name, str(iterations)]
         if shutil.which("setarch"):
             command = ["setarch", platform.machine(), "-R"] + command
         proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -50,7 +53,7 @@ def count(name: str, epochs: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--one", nargs=2, metavar=("NAME", "EPOCHS"))
+    parser.add_argument("--one", nargs=2, metavar=("NAME", "ITERATIONS"))
     parser.add_argument("--variants", nargs="*", default=None)
     args = parser.parse_args()
     if args.one:
@@ -60,7 +63,7 @@ def main() -> None:
     import variants
 
     names = args.variants or list(variants.available())
-    iterations = (LONG - SHORT) * variants.ITERATIONS_PER_EPOCH
+    iterations = LONG - SHORT
     results = {}
     for name in names:
         short, long = count(name, SHORT), count(name, LONG)

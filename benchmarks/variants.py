@@ -11,14 +11,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-N, D, CLASSES, BATCH, HIDDEN = 1600, 32, 10, 32, 64
-ITERATIONS_PER_EPOCH = N // BATCH
+D, CLASSES, BATCH, HIDDEN = 32, 10, 32, 64
 
 
-def data() -> torch.utils.data.TensorDataset:
+def data(iterations: int = 50) -> torch.utils.data.TensorDataset:
+    """``iterations`` batches of fixed random data (the same first batches whatever the length)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, D, generator=g)
-    return torch.utils.data.TensorDataset(x, torch.randint(0, CLASSES, (N,), generator=g))
+    n = iterations * BATCH
+    x = torch.randn(n, D, generator=g)
+    return torch.utils.data.TensorDataset(x, torch.randint(0, CLASSES, (n,), generator=g))
 
 
 def model() -> torch.nn.Module:
