@@ -191,8 +191,8 @@ class Task:
         self._graph, self._hypergraph = graph, hypergraph
         self._resuming, self._epoch_iter = False, 0
         handles = hypergraph._observe(self)
-        graph.start(self)
         try:
+            graph.start(self)
             self._in_engine = True
             with torch.set_grad_enabled(self.train):
                 if resume is not None:

@@ -70,3 +70,17 @@ def test_ignite_timer_and_tensorboard_logger(tmp_path):
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     assert [e.step for e in acc.Scalars("mine/mse")] == list(range(1, 11))
+
+
+def test_a_failing_prepare_hook_leaves_no_handler_behind():
+    g = linear_graph()
+    calls = []
+    g.on(Events.STARTED, lambda e: calls.append(1))
+    g.add("flaky", ice.Node(prepare=lambda n: (_ for _ in ()).throw(OSError("disk gone")) if not calls else None),
+          tags="train")
+    task = ice.Task(train=True, epochs=1, tags="train")
+    with pytest.raises(ice.NodeError, match="raised OSError in prepare"):
+        g.exec_tasks([task], ice.Launcher())
+    calls.append("retry")
+    g.exec_tasks([task], ice.Launcher())
+    assert calls == ["retry", 1]  # the handler of the failed run was detached
