@@ -1,5 +1,5 @@
 """Instructions per training iteration of each variant, counted by valgrind's callgrind: the
-slope between a one-epoch run of 50 iterations and one of 150, so that start-up (importing torch
+slope between a one-epoch run of 50 iterations and one of 450, so that start-up (importing torch
 takes most of it) and per-epoch work cancel. Repeatable, whatever else the machine is doing.
 
     python benchmarks/instructions.py                 # every variant, writes benchmarks/instructions.json
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SHORT, LONG = 50, 150  # iterations of the one epoch
+SHORT, LONG = 50, 450  # iterations of the one epoch
 
 
 def one(name: str, iterations: int) -> None:
@@ -45,7 +45,10 @@ def count(name: str, iterations: int) -> int:
                    name, str(iterations)]
         if shutil.which("setarch"):
             command = ["setarch", platform.machine(), "-R"] + command
-        proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        # one thread everywhere: valgrind runs threads one at a time, and idle pool threads spinning
+        # would add instructions that depend on scheduling
+        env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        proc = subprocess.run(command, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"valgrind failed for {name}: {proc.stderr[-2000:]}")
         return int(re.search(r"Collected : (\d+)", proc.stderr).group(1))
