@@ -247,3 +247,18 @@ def test_train_uses_gradients_and_eval_does_not():
     assert torch.equal(net.weight, before)
     g.exec_tasks([ice.Task(train=True, epochs=1, tags="train")], ice.Launcher())
     assert not torch.equal(net.weight, before)
+
+
+def test_task_engines_dispatch_handlers_like_ignite_and_log_events_only_when_debug_is_on(caplog):
+    g = ice.HyperGraph()
+    g.add("data", ice.DatasetNode(index_set(4), batch_size=2))
+    task = ice.Task(train=False, epochs=1)
+    calls = []
+    task.engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e, a, k: calls.append((e, a, k)), "a", k=1)
+    task.engine.add_event_handler(Events.EPOCH_COMPLETED, lambda: calls.append("no engine"))
+    g.exec_tasks([task], ice.Launcher())
+    assert calls == [(task.engine, "a", 1), (task.engine, "a", 1), "no engine"]
+    assert "Firing handlers" not in caplog.text
+    with caplog.at_level("DEBUG", logger=task.engine.logger.name):
+        g.exec_tasks([task], ice.Launcher())
+    assert "1 | 2, Firing handlers for event Events.ITERATION_COMPLETED" in caplog.text
