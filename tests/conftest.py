@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 import pytest
@@ -33,6 +35,15 @@ def linear_graph(train_n: int = 40, val_n: int = 20, batch_size: int = 8, lr: fl
                                 optimizers=ice.Optimizer(torch.optim.SGD, lr=lr)))
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     return g
+
+
+def saved_checkpoint(out_dir, run_id: str = "src", epochs: int = 1) -> tuple[ice.HyperGraph, Path]:
+    """Train a ``linear_graph`` for ``epochs`` in run ``out_dir/run_id``, save a checkpoint at the
+    end; return the graph and the checkpoint's path."""
+    g = linear_graph()
+    g.run([ice.Task(train=True, epochs=epochs, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
+          out_dir=out_dir, run_id=run_id)
+    return g, next((Path(out_dir) / run_id / "ckpts").glob("ckpt-*.pt"))
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from ignite.metrics import Accuracy
 import ice_ignite as ice
 from ice_ignite import CheckpointError, ResumeTaskFailed
 
-from conftest import linear_graph
+from conftest import linear_graph, saved_checkpoint
 
 CHILD = Path(__file__).with_name("checkpoint_child.py")
 
@@ -130,9 +130,7 @@ def test_resume_from_any_checkpoint_continues_bit_for_bit(tmp_path, workers):
 
 
 def test_explicit_bad_files_are_clear_errors(tmp_path):
-    linear_graph().run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()],
-                       devices="cpu", out_dir=tmp_path, run_id="a")
-    good = next((tmp_path / "a" / "ckpts").glob("ckpt-*.pt"))
+    _, good = saved_checkpoint(tmp_path, run_id="a")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     foreign = tmp_path / "foreign.pt"
@@ -254,10 +252,7 @@ def test_raising_repeat_times_continues_the_schedule(tmp_path):
 
 
 def test_load_checkpoint_restores_only_the_selected_nodes_and_reports_the_rest(tmp_path):
-    g = linear_graph()
-    g.run([ice.Task(train=True, epochs=2, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
-          out_dir=tmp_path, run_id="pre")
-    path = next((tmp_path / "pre" / "ckpts").glob("ckpt-*.pt"))
+    g, path = saved_checkpoint(tmp_path, run_id="pre", epochs=2)
     other = linear_graph()
     other.remove("mse")
     other.add("extra", ice.Node(), tags="val")
@@ -272,10 +267,7 @@ def test_load_checkpoint_restores_only_the_selected_nodes_and_reports_the_rest(t
 
 
 def test_load_checkpoint_task_loads_pretrained_weights_into_the_schedule(tmp_path):
-    pre = linear_graph()
-    pre.run([ice.Task(train=True, epochs=3, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
-            out_dir=tmp_path, run_id="pre")
-    path = next((tmp_path / "pre" / "ckpts").glob("ckpt-*.pt"))
+    pre, path = saved_checkpoint(tmp_path, run_id="pre", epochs=3)
     fine = linear_graph()
     seen = []
     fine.run([ice.LoadCheckpointTask(path, tags="val"), lambda g: seen.append(g["*/net"].module.weight.clone())],

@@ -14,7 +14,7 @@ from ignite.metrics import Accuracy
 import ice_ignite as ice
 from ice_ignite import CheckpointError, GraphError, NodeError, NodeNotSelectedError, ResumeTaskFailed, ScheduleError
 
-from conftest import linear_graph, regression_set
+from conftest import linear_graph, regression_set, saved_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,15 +40,8 @@ class Payload:
         return (print, ("this must never run",))
 
 
-def saved_checkpoint(tmp):
-    g = linear_graph()
-    g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu", out_dir=tmp,
-          run_id="src")
-    return next((tmp / "src" / "ckpts").glob("ckpt-*.pt"))
-
-
 def truncated(tmp):
-    path = saved_checkpoint(tmp)
+    _, path = saved_checkpoint(tmp)
     bad = tmp / "truncated.pt"
     bad.write_bytes(path.read_bytes()[:200])
     return bad
@@ -65,7 +58,7 @@ def malicious(tmp):
 
 
 def other_graph_checkpoint(tmp):
-    path = saved_checkpoint(tmp)
+    _, path = saved_checkpoint(tmp)
     g = ice.HyperGraph()
     g.add("net", ice.ModuleNode(torch.nn.Linear(5, 1), forward=lambda n, x: 0))  # other shapes than the saved net
     g.load_checkpoint(path, tags="*")
