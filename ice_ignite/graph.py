@@ -37,6 +37,8 @@ logger = logging.getLogger("ice_ignite")
 
 # Exceptions that pass through node error reporting untouched.
 _PASS_THROUGH = (StopTask, StopAllTasks, IceError, KeyboardInterrupt)
+_NONFINITE_HINT = ("Lower the learning rate, clip gradients (grad_clip_norm=), or choose "
+                   "g.set_nonfinite_policy('skip') to skip such steps or 'stop' to checkpoint and stop")
 
 _Call = tuple[Node, Callable[[], None]]
 
@@ -161,7 +163,6 @@ class ExecutableGraph:
         self.module_nodes = [n for n in nodes.values() if isinstance(n, ModuleNode)]
         self.dataset_nodes = [n for n in nodes.values() if isinstance(n, DatasetNode)]
         self._names = list(nodes)
-        self._loss_terms: list[torch.Tensor] = []
         self._batch_source: dict[str, DatasetNode | None] = {}
         self._ddp: list[torch.nn.Module] = []
         self._nonfinite: torch.Tensor | None = None
@@ -257,7 +258,8 @@ class ExecutableGraph:
         cycle_len = min(k, epoch_length - (position - in_cycle))
         self.step_now = in_cycle == cycle_len - 1
         self._cycle_len = cycle_len
-        if in_cycle == 0:
+        if in_cycle == 0:  # a new cycle: fresh gradients, and no non-finite loss seen in it yet
+            self._nonfinite = None
             for node in self.module_nodes:
                 node.zero_grad()
         if self._ddp and not self.step_now:
@@ -275,21 +277,19 @@ class ExecutableGraph:
             for name in self._names:
                 if name not in values:
                     cache._compute(name)
-            terms = self._loss_terms
-            terms.clear()
+            terms = []
             for node in self.loss_nodes:  # sum(weight * loss), inline: this runs every iteration
                 loss, weight = values[node._name], node.weight
-                source = node.batch_source(self)
+                source = self.batch_source(node._name)
                 if source is not None and source.last_loss_scale != 1.0:
                     weight = weight * source.last_loss_scale  # unequal slices of a global batch across ranks
                 terms.append(loss if weight == 1.0 else loss * weight)
             phases, timer = self._phases, self.timer
             backward_internal, backward_hooks = phases["backward"]
-            if backward_internal:  # other node kinds may add terms with add_loss
+            if backward_internal:
                 _run(backward_internal, "backward", timer)
             if terms:
                 total = terms[0] if len(terms) == 1 else functools.reduce(operator.add, terms)
-                terms.clear()
                 if not total.requires_grad:  # a frozen model or a detached loss: say so, not autograd
                     raise GraphError(
                         f"the losses of the train task with tags ({_describe_tags(self.tags)}) do not require "
@@ -352,8 +352,7 @@ class ExecutableGraph:
         since = self._finite_until
         raise NonFiniteLossError(
             f"non-finite loss in {', '.join(bad)} of {self.task!r}, in an optimizer step after step {since} and up "
-            f"to step {now}. Lower the learning rate, clip gradients (grad_clip_norm=), or choose "
-            "g.set_nonfinite_policy('skip') to skip such steps or 'stop' to checkpoint and stop"
+            f"to step {now}. {_NONFINITE_HINT}"
         )
 
     def _apply_nonfinite_policy(self) -> None:
@@ -372,8 +371,7 @@ class ExecutableGraph:
         policy = hg.nonfinite_policy
         if policy == "raise":
             raise NonFiniteLossError(
-                f"non-finite loss {where}. Lower the learning rate, clip gradients (grad_clip_norm=), or choose "
-                "g.set_nonfinite_policy('skip') to skip such steps or 'stop' to checkpoint and stop"
+                f"non-finite loss {where}. {_NONFINITE_HINT}"
             )
         logger.warning("non-finite loss %s: the optimizer step is skipped%s", where,
                        "; the run checkpoints and stops" if policy == "stop" else "")
@@ -396,11 +394,6 @@ class ExecutableGraph:
             cache.clear()
 
     # -- helpers for nodes --------------------------------------------------------------------
-    def add_loss(self, loss: torch.Tensor) -> None:
-        """Add a term to this train iteration's summed loss, from a node's internal backward phase
-        (the LossNodes' ``weight * loss`` terms are there already)."""
-        self._loss_terms.append(loss)
-
     def batch_source(self, name: str) -> DatasetNode | None:
         """The first DatasetNode that node ``name`` depends on (recorded dependencies, BFS)."""
         if name in self._batch_source:

@@ -4,6 +4,7 @@ parameters, non-finite losses."""
 import pytest
 import torch
 import torch.nn.functional as F
+from ignite.engine import Events
 from ignite.handlers import create_lr_scheduler_with_warmup
 
 import ice_ignite as ice
@@ -227,3 +228,25 @@ def test_ignore_policy_does_not_check():
     assert all(torch.isnan(p).all() for p in params(g))
     with pytest.raises(ValueError, match="must be 'raise', 'skip', 'stop' or 'ignore'"):
         g.set_nonfinite_policy("warn")
+
+
+def test_a_cycle_cut_short_does_not_carry_its_non_finite_loss_into_the_next_pass():
+    g = graph(shuffle=False)
+    g.set_nonfinite_policy("skip")
+    g.set_gradient_accumulate(2)
+    poison = [True]  # the first loss computed is NaN, no other
+    g.remove("*/mse")
+    g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1]) * (
+        float("nan") if poison and poison.pop() else 1.0)))
+    task = ice.Task(train=True, epochs=1)
+    stop = [True]
+
+    def cut(engine):
+        if stop and stop.pop():
+            raise ice.StopTask()
+
+    task.engine.add_event_handler(Events.ITERATION_COMPLETED, cut)
+    g.exec_tasks([task], ice.Launcher())  # stopped after the NaN micro-batch, mid-cycle
+    assert g.global_counters.steps.train == 0 and g.skipped_steps == 0
+    g.exec_tasks([task], ice.Launcher())  # a fresh pass: fresh gradients, every cycle finite
+    assert g.global_counters.steps.train == 4 and g.skipped_steps == 0

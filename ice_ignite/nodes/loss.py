@@ -98,8 +98,6 @@ class LossNode(Node):
         self.aux: dict[str, torch.Tensor] = {}
         self.metric: Loss | None = None
         self.aux_metrics: dict[str, Loss] = {}
-        self._source_graph: Any = None
-        self._source: Any = None
         super().__init__(forward=forward, **resources)
 
     def forward_impl(self, x: "GraphOutputCache") -> torch.Tensor:
@@ -140,16 +138,10 @@ class LossNode(Node):
         device = self.device if self.hypergraph is not None else torch.device("cpu")
         return Loss(_passthrough, batch_size=_count, device=device)
 
-    def batch_source(self, egraph: Any) -> Any:
-        """The first DatasetNode this loss depends on in ``egraph`` (remembered per graph)."""
-        if self._source_graph is not egraph:
-            self._source_graph, self._source = egraph, egraph.batch_source(self._name)
-        return self._source
-
     def _on_update(self) -> None:
         egraph = self.egraph
         values = egraph.cache._values
-        source = self.batch_source(egraph)
+        source = egraph.batch_source(self._name)
         n = batch_length(values[source._name]) if source is not None else 1
         if self.metric is None:
             self.metric = self._new_metric()
