@@ -153,10 +153,12 @@ def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
     env = os.environ
     local_rank = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0")))
     local_world_size = int(env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", "1")))
-    device = _worker_device(devices, local_rank, local_world_size)
+    # every local worker's device: nccl only when each process has a GPU of its own
+    local_devices = [_worker_device(devices, r, local_world_size) for r in range(local_world_size)]
+    device = local_devices[local_rank]
     initialised_here = False
     if not dist.is_initialized():
-        backend = default_backend([device] * local_world_size if device.type == "cuda" else [device], dist_backend)
+        backend = default_backend(local_devices, dist_backend)
         if backend == "nccl" and device.type == "cuda":
             torch.cuda.set_device(device)
         if "TORCHELASTIC_RESTART_COUNT" in env:
@@ -275,11 +277,9 @@ def launch(entrypoint: "Callable[[], Any] | None", nproc_per_node: int, nnodes: 
         if min_nodes != max_nodes:
             raise ValueError(f"nnodes={nnodes!r}: a static rendezvous needs a fixed number of nodes; use "
                              "rdzv_backend='c10d' for an elastic range")
-        if master_port is None:
-            if max_nodes > 1:
-                raise ValueError("a run on several machines needs master_port= (the same on every machine), or a "
-                                 "c10d rendezvous: rdzv_backend='c10d', rdzv_endpoint='host:port'")
-            master_port = free_port()
+        if master_port is None:  # several machines: one machine went to c10d above
+            raise ValueError("a run on several machines needs master_port= (the same on every machine), or a "
+                             "c10d rendezvous: rdzv_backend='c10d', rdzv_endpoint='host:port'")
         endpoint, configs = f"{master_addr}:{master_port}", {"rank": node_rank}
     else:
         if not rdzv_endpoint:
