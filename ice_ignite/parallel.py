@@ -12,18 +12,12 @@ import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size", "rank", "wrap_ddp", "gather_objects", "broadcast_object", "barrier", "any_rank",
-           "AgreedFlag"]
+__all__ = ["world_size", "wrap_ddp", "gather_objects", "broadcast_object", "any_rank", "AgreedFlag"]
 
 
 def world_size() -> int:
     """Processes in the run (1 without a process group)."""
     return idist.get_world_size()
-
-
-def rank() -> int:
-    """This process's global rank (0 without a process group)."""
-    return idist.get_rank()
 
 
 def wrap_ddp(module: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module:
@@ -58,12 +52,6 @@ def any_rank(flag: bool) -> bool:
     return bool(idist.all_reduce(int(flag), op="MAX"))
 
 
-def barrier() -> None:
-    """Wait for every rank."""
-    if world_size() > 1:
-        idist.barrier()
-
-
 class AgreedFlag:
     """A flag that every rank sees set at the same check, once any rank raised it.
 
@@ -76,15 +64,20 @@ class AgreedFlag:
         self._group = dist.new_group(backend="gloo") if world_size() > 1 else None
         self._pending: tuple[Any, torch.Tensor] | None = None
 
+    def _drain(self) -> bool:
+        """Wait for the all-reduce in flight, if any; whether it found the flag set."""
+        if self._pending is None:
+            return False
+        work, value = self._pending
+        self._pending = None
+        work.wait()
+        return bool(value.item())
+
     def check(self, local: bool) -> bool:
         """Whether the flag is agreed set (at most one check after the first rank raised it)."""
         if self._group is None:
             return local
-        agreed = False
-        if self._pending is not None:
-            work, value = self._pending
-            work.wait()
-            agreed = bool(value.item())
+        agreed = self._drain()
         value = torch.tensor([1 if local else 0], dtype=torch.int32)
         self._pending = (dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._group, async_op=True), value)
         return agreed
@@ -93,11 +86,7 @@ class AgreedFlag:
         """A blocking check (between schedule entries)."""
         if self._group is None:
             return local
-        if self._pending is not None:
-            work, value = self._pending
-            work.wait()
-            local = local or bool(value.item())
-            self._pending = None
+        local = self._drain() or local
         value = torch.tensor([1 if local else 0], dtype=torch.int32)
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._group)
         return bool(value.item())
@@ -105,8 +94,7 @@ class AgreedFlag:
     def close(self) -> None:
         """Release the group; errors of peers that already died are left to the caller's own."""
         try:
-            if self._pending is not None:
-                self._pending[0].wait()
+            self._drain()
             if self._group is not None:
                 dist.destroy_process_group(self._group)
         except RuntimeError:

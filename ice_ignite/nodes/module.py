@@ -227,21 +227,17 @@ class ModuleNode(Node):
             self.ddp = parallel.wrap_ddp(_ForwardProxy(self), **options)
 
     def _check_unused(self) -> None:
-        for _, p in self._trainable:
-            if p.grad is None and p.requires_grad:
-                break
-        else:
-            return  # every trainable parameter has a gradient: the common case, checked cheaply
-        missing = [name for name, p in self._trainable if p.requires_grad and p.grad is None]
+        missing = [(name, p) for name, p in self._trainable if p.grad is None and p.requires_grad]
+        if not missing:
+            return
         if self.unused_parameters == "zero":
-            for name, p in self._trainable:
-                if p.requires_grad and p.grad is None:
-                    p.grad = torch.zeros_like(p)
+            for _, p in missing:
+                p.grad = torch.zeros_like(p)
             return
         raise GraphError(
             f"ModuleNode {self.uid!r}: trainable parameter(s) got no gradient in optimizer step "
-            f"{self.global_train_steps + 1}: {', '.join(missing)}. Use them in the forward, leave them out of the "
-            "optimizer patterns to freeze them, or pass unused_parameters='zero' to the ModuleNode"
+            f"{self.global_train_steps + 1}: {', '.join(name for name, _ in missing)}. Use them in the forward, "
+            "leave them out of the optimizer patterns to freeze them, or pass unused_parameters='zero' to the ModuleNode"
         )
 
     def _on_update(self) -> None:
