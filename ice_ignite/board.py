@@ -98,10 +98,12 @@ class BoardLogger:
         hg = self.hypergraph
         step = hg.global_counters.steps.train
         prefix = ",".join(task.tags)
+        scalars: dict[str, float] = {}  # a dict metric is in state.metrics whole and as name/key: one tag each
         for name, value in engine.state.metrics.items():
-            for tag, number in _scalars(f"{prefix}/{name}", value).items():
-                hg.board.add_scalar(tag, number, step)
-                self.final[tag] = number
+            scalars.update(_scalars(f"{prefix}/{name}", value))
+        for tag, number in scalars.items():
+            hg.board.add_scalar(tag, number, step)
+        self.final.update(scalars)
 
     def write_hparams(self, hparams: dict) -> None:
         """Record ``hparams`` with the last epoch values of the run (TensorBoard's HParams tab)."""

@@ -5,12 +5,25 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from ignite.metrics import Accuracy
+from ignite.metrics import Accuracy, Metric
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ice_ignite as ice
 
 from conftest import classification_set
+
+
+class Seen(Metric):
+    """A metric whose value is a dict."""
+
+    def reset(self):
+        self.n = 0
+
+    def update(self, output):
+        self.n += len(output[1])
+
+    def compute(self):
+        return {"samples": self.n, "batches": self.n / 4}
 
 
 def events(directory: Path) -> EventAccumulator:
@@ -32,6 +45,7 @@ def logged_run(tmp_path_factory):
     g.add("ce", ice.LossNode(forward=lambda n, x: (F.cross_entropy(x["net"], x["data"][1]),
                                                   {"maxlogit": x["net"].max()})))
     g.add("acc", ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1])), tags="val")
+    g.add("seen", ice.MetricNode(Seen(), forward=lambda n, x: (x["net"], x["data"][1])), tags="val")
     g.init_grad_scaler(True, init_scale=8.0)
     g.set_gradient_accumulate(2)
     tasks = [ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.Task(train=False, epochs=1, tags="val")],
@@ -58,6 +72,9 @@ def test_epoch_values_of_losses_and_metrics_against_train_steps(logged_run):
     assert [e.step for e in acc.Scalars("val/acc")] == [5, 10]  # eval metrics, logged against steps.train
     assert [e.step for e in acc.Scalars("val/ce/maxlogit")] == [5, 10]
     assert acc.Scalars("val/acc")[-1].value == pytest.approx(val.engine.state.metrics["acc"])
+    # a dict value: one scalar per key per epoch (state.metrics holds it whole and by key)
+    assert [(e.step, e.value) for e in acc.Scalars("val/seen/samples")] == [(5, 12), (10, 12)]
+    assert [(e.step, e.value) for e in acc.Scalars("val/seen/batches")] == [(5, 3), (10, 3)]
 
 
 def test_hparams_are_recorded_with_the_final_metrics(logged_run):
