@@ -60,9 +60,8 @@ def to_mermaid(graph: "ExecutableGraph") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _layers(graph: "ExecutableGraph") -> dict[str, int]:
+def _layers(graph: "ExecutableGraph", edges: list[tuple[str, str]]) -> dict[str, int]:
     depth = {name: 0 for name in graph.nodes}
-    edges = graph_edges(graph)
     for _ in range(len(depth)):
         changed = False
         for a, b in edges:
@@ -75,21 +74,21 @@ def _layers(graph: "ExecutableGraph") -> dict[str, int]:
 
 
 def _render_matplotlib(graph: "ExecutableGraph", path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, not pyplot: the user's backend (a notebook's inline one) stays as it is
+    from matplotlib.figure import Figure
     from matplotlib.patches import FancyBboxPatch
 
-    depth = _layers(graph)
+    edges = graph_edges(graph)
+    depth = _layers(graph, edges)
     columns: dict[int, list[str]] = {}
     for name in graph.nodes:
         columns.setdefault(depth[name], []).append(name)
     pos = {name: (3.0 * d, -1.4 * i) for d, names in columns.items() for i, name in enumerate(names)}
     width = max(columns) + 1 if columns else 1
     height = max(len(v) for v in columns.values()) if columns else 1
-    fig, ax = plt.subplots(figsize=(2.6 * width + 1, 1.2 * height + 1))
-    for a, b in graph_edges(graph):
+    fig = Figure(figsize=(2.6 * width + 1, 1.2 * height + 1))
+    ax = fig.add_subplot()
+    for a, b in edges:
         (xa, ya), (xb, yb) = pos[a], pos[b]
         skip = depth[b] - depth[a] - 1  # an edge over other columns arcs around them
         ax.annotate("", xy=(xb - 1.05, yb), xytext=(xa + 1.05, ya), zorder=1,
@@ -106,7 +105,6 @@ def _render_matplotlib(graph: "ExecutableGraph", path: Path) -> None:
     ax.set_ylim(-1.4 * (height - 1) - 0.8, 1.6)
     ax.axis("off")
     fig.savefig(path, bbox_inches="tight", dpi=120)
-    plt.close(fig)
 
 
 def render(graph: "ExecutableGraph", path: Path) -> str | None:

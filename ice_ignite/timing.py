@@ -63,19 +63,16 @@ class NodeTimer:
                                  f"{total / grand:.4f}"])
         written = [csv_path]
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            from matplotlib.figure import Figure  # not pyplot: the user's backend stays as it is
         except ImportError:
             return written
         top = rows[:25][::-1]
-        fig, ax = plt.subplots(figsize=(8, 0.3 * len(top) + 1.2))
+        fig = Figure(figsize=(8, 0.3 * len(top) + 1.2))
+        ax = fig.add_subplot()
         ax.barh([f"{t} {u} {p}" for (t, u, p), _ in top], [v for _, v in top], color="#4a86e8")
         ax.set_xlabel("seconds")
         ax.set_title("time per node and phase")
         fig.tight_layout()
         png = out_dir / "timing.png"
         fig.savefig(png, dpi=110)
-        plt.close(fig)
         return written + [png]

@@ -49,3 +49,14 @@ def saved_checkpoint(out_dir, run_id: str = "src", epochs: int = 1) -> tuple[ice
 @pytest.fixture
 def launcher() -> ice.Launcher:
     return ice.Launcher()
+
+
+@pytest.fixture
+def svg_backend():
+    """matplotlib set to the 'svg' backend for the test (restored after): pictures must leave it so."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    yield
+    matplotlib.use(before)

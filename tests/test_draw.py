@@ -1,11 +1,13 @@
 """The graph as DOT, Mermaid and a picture."""
 
+import matplotlib
+
 import ice_ignite as ice
 
 from conftest import linear_graph
 
 
-def test_draw_writes_dot_mermaid_and_a_png_with_the_recorded_edges(tmp_path):
+def test_draw_writes_dot_mermaid_and_a_png_with_the_recorded_edges(tmp_path, svg_backend):
     g = linear_graph()
     g.exec_tasks([ice.Task(train=True, steps=1, tags="train")], ice.Launcher())
     written = g.draw("train", tmp_path / "graph.png")
@@ -16,6 +18,7 @@ def test_draw_writes_dot_mermaid_and_a_png_with_the_recorded_edges(tmp_path):
     mermaid = (tmp_path / "graph.mmd").read_text()
     assert mermaid.startswith("flowchart LR") and "n0 --> n1" in mermaid
     assert (tmp_path / "graph.png").read_bytes()[:4] == b"\x89PNG"
+    assert matplotlib.get_backend() == "svg"  # the user's backend (a notebook's) is left alone
 
 
 def test_draw_before_running_shows_the_nodes_without_edges(tmp_path):

@@ -2,12 +2,14 @@
 
 import csv
 
+import matplotlib
+
 import ice_ignite as ice
 
 from conftest import linear_graph
 
 
-def test_timing_writes_a_table_and_a_chart(tmp_path):
+def test_timing_writes_a_table_and_a_chart(tmp_path, svg_backend):
     g = linear_graph()
     run_dir = g.run([ice.Task(train=True, epochs=2, tags="train"), ice.Task(train=False, epochs=1, tags="val")],
                     devices="cpu", out_dir=tmp_path, timing=True)
@@ -20,6 +22,7 @@ def test_timing_writes_a_table_and_a_chart(tmp_path):
     assert calls[("train[train]", "*/net", "forward")] == 10 and calls[("eval[val]", "*/mse", "forward")] == 3
     assert abs(sum(float(r["share"]) for r in rows) - 1.0) < 1e-3
     assert (run_dir / "timing.png").read_bytes()[:4] == b"\x89PNG"
+    assert matplotlib.get_backend() == "svg"  # the user's backend is left alone
 
 
 def test_no_timing_files_unless_asked(tmp_path):
