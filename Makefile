@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here, in the dev/CI install path only: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: demo test docs bench bench-instructions install clean
 
@@ -27,14 +28,16 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info .pytest_cache
 
-# Wall-clock benchmarks against hand-written code (PyTorch Lightning, an optional extra, included).
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+# Wall-clock benchmarks against hand-written code (PyTorch Lightning, an optional extra, included).
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench.py
 
 # Instructions per iteration under valgrind's callgrind (Debian's valgrind): slow, about 15 minutes.
-bench-instructions: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[bench]"
+bench-instructions: $(BENCH_STAMP)
 	$(PY) benchmarks/instructions.py
 	$(PY) benchmarks/bench.py --render-only
 

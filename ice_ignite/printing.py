@@ -23,7 +23,7 @@ def _tensor(t: torch.Tensor) -> str:
         return head + f" min {t.min().item()} max {t.max().item()}"
     data = t.detach().float() if not t.is_complex() else t.detach().abs().float()
     finite = torch.isfinite(data)
-    nan, inf = int(torch.isnan(data).sum().item()), int((~finite & ~torch.isnan(data)).sum().item())
+    nan, inf = int(torch.isnan(data).sum().item()), int(torch.isinf(data).sum().item())
     vals = data[finite]
     stats = (f" min {vals.min().item():.4g} max {vals.max().item():.4g} mean {vals.mean().item():.4g}"
              if vals.numel() else " no finite value")
