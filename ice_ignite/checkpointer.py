@@ -76,7 +76,8 @@ class Checkpointer:
             "schedule": [e.description for e in entries] if entries is not None else [],
             "progress": progress,
             "nodes": {uid: node.state_dict() for uid, node in hg.select_nodes(*tags).items()},
-            # what differs between ranks, in rank order
+            # what differs between ranks, in rank order (gathered on rank 0, the writer; the other
+            # ranks build the rest too, as ignite's Checkpoint does: a sharded state_dict is a collective)
             "ranks": parallel.gather_objects({"rng": rng_state(), "grads": self._mid_cycle_grads(progress)}),
             "counters": hg.global_counters.state_dict(),
             "seed": hg.seed,

@@ -27,12 +27,13 @@ def wrap_ddp(module: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module:
     return idist.auto_model(module, sync_bn=False, **ddp_kwargs)
 
 
-def gather_objects(obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order (``[obj]`` in a single process). A collective."""
+def gather_objects(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj``, in rank order, on rank 0 (``[obj]`` in a single process; None on
+    the other ranks). A collective."""
     if world_size() == 1:
         return [obj]
-    out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    out: list[Any] | None = [None] * world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
     return out
 
 
