@@ -47,19 +47,20 @@ class Checkpointer:
 
     def __init__(self, hypergraph: "HyperGraph"):
         self.hypergraph = hypergraph
-        self.rundir: RunDir | None = None
         self.seq = 0
         self.n_saved: int | None = None
 
+    @property
+    def rundir(self) -> RunDir | None:
+        """The run directory of the HyperGraph's run (None outside a run)."""
+        return self.hypergraph._rundir
+
     def open(self, rundir: RunDir, n_saved: int | None, writer: bool) -> None:
         """Start a run in ``rundir``; the ``writer`` process clears partial writes of a killed run."""
-        self.rundir, self.n_saved = rundir, n_saved
+        self.n_saved = n_saved
         if writer:
             remove_partial_writes(rundir.ckpts)
         self.seq = parallel.broadcast_object(next_sequence(rundir.ckpts) if writer else None)
-
-    def close(self) -> None:
-        self.rundir = None
 
     def map_location(self) -> Any:
         launcher = self.hypergraph.launcher

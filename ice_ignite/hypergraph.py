@@ -27,7 +27,7 @@ from ice_ignite.nodes.node import Node
 from ice_ignite.preemption import Preempted, PreemptionGuard
 from ice_ignite.printing import PrintProbe
 from ice_ignite.progress import Progress
-from ice_ignite.rundir import RunDir, prepare_run_dir
+from ice_ignite.rundir import DEFAULT_OUT_DIR, RunDir, prepare_run_dir
 from ice_ignite.seeding import seed_everything
 from ice_ignite.tags import DEFAULT_TAG, check_name, is_selected, make_uid, normalize_tags, split_uid
 from ice_ignite.task import ScheduleEntry, Task, call_with_arity, flatten_schedule
@@ -637,20 +637,22 @@ class HyperGraph:
         if launcher.world_size == 1:
             return prepare_run_dir(out_dir, run_id, resume_from)
         run_id = run_id or os.environ.get(_RUN_ID_ENV)
-        answer: tuple[str | None, str | None] = (None, None)
+        prepared, failure, answer = None, None, (None, None)
         if launcher.rank == 0:
             try:
-                answer = (prepare_run_dir(out_dir, run_id, resume_from).run_id, None)
+                prepared = prepare_run_dir(out_dir, run_id, resume_from)
+                answer = (prepared.run_id, None)
             except Exception as e:
-                answer = (None, f"{type(e).__name__}: {e}")
-                parallel.broadcast_object(answer)
-                raise
+                failure, answer = e, (None, f"{type(e).__name__}: {e}")
         agreed_id, error = parallel.broadcast_object(answer)
+        if failure is not None:
+            raise failure
         if error is not None:
             raise RuntimeError(f"global rank 0 could not prepare the run directory: {error}")
-        rundir = RunDir(Path(out_dir if out_dir is not None else "runs") / agreed_id)
-        for d in (rundir.root, rundir.ckpts, rundir.logs, rundir.src):
-            d.mkdir(parents=True, exist_ok=True)
+        if prepared is not None:
+            return prepared
+        rundir = RunDir(Path(out_dir if out_dir is not None else DEFAULT_OUT_DIR) / agreed_id)
+        rundir.create()  # on other machines too: each rank writes its own log there
         return rundir
 
     def _enter_run(self, launcher: Launcher, rundir: RunDir, seed: int, n_saved: int | None) -> None:
@@ -676,7 +678,6 @@ class HyperGraph:
             self._board = None
         self.launcher = None
         self._rundir = None
-        self._checkpointer.close()
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, save_to: "str | os.PathLike | None" = None, tags: "str | Iterable[str]" = DEFAULT_TAG

@@ -6,9 +6,10 @@ import datetime
 import os
 from pathlib import Path
 
-__all__ = ["RunDir", "prepare_run_dir", "CKPT_GLOB"]
+__all__ = ["RunDir", "prepare_run_dir", "CKPT_GLOB", "DEFAULT_OUT_DIR"]
 
 CKPT_GLOB = "ckpt-*.pt"
+DEFAULT_OUT_DIR = "runs"
 
 
 class RunDir:
@@ -23,6 +24,11 @@ class RunDir:
     @property
     def run_id(self) -> str:
         return self.root.name
+
+    def create(self) -> None:
+        """Make the directory and its ``ckpts/``, ``logs/`` and ``src/`` (kept if they exist)."""
+        for d in (self.root, self.ckpts, self.logs, self.src):
+            d.mkdir(parents=True, exist_ok=True)
 
     def has_checkpoints(self) -> bool:
         return self.ckpts.is_dir() and any(self.ckpts.glob(CKPT_GLOB))
@@ -49,7 +55,7 @@ def prepare_run_dir(out_dir: "str | os.PathLike | None", run_id: str | None, res
         NotADirectoryError / PermissionError: ``out_dir`` is a file or not writable.
     """
     if out_dir is None:
-        out_dir = "runs"
+        out_dir = DEFAULT_OUT_DIR
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"out_dir must be a path, got {type(out_dir).__name__} {out_dir!r}")
     base = Path(out_dir)
@@ -72,6 +78,5 @@ def prepare_run_dir(out_dir: "str | os.PathLike | None", run_id: str | None, res
             f"run directory {str(run.root)!r} holds checkpoints; pass resume_from='auto' to continue that run, "
             "or another run_id to start a new one"
         )
-    for d in (run.root, run.ckpts, run.logs, run.src):
-        d.mkdir(parents=True, exist_ok=True)
+    run.create()
     return run
