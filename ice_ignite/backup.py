@@ -6,7 +6,7 @@ import ast
 import shutil
 from pathlib import Path
 
-__all__ = ["local_sources", "backup_sources"]
+__all__ = ["entry_script", "local_sources", "backup_sources"]
 
 
 def _imports(path: Path) -> list[tuple[str, int]]:
@@ -39,12 +39,18 @@ def _resolve(module: str, level: int, importer: Path, root: Path) -> Path | None
     return None
 
 
+def entry_script(entrypoint: "str | Path") -> Path:
+    """``entrypoint`` resolved, or FileNotFoundError when it is not a file."""
+    entry = Path(entrypoint).resolve()
+    if not entry.is_file():
+        raise FileNotFoundError(f"backup_source_files: entry script {str(entry)!r} is not a file; pass __file__")
+    return entry
+
+
 def local_sources(entrypoint: "str | Path") -> list[Path]:
     """The entry script and, recursively, every module it imports from its own directory tree
     (packages included), sorted. Installed packages are not followed."""
-    entry = Path(entrypoint).resolve()
-    if not entry.is_file():
-        raise FileNotFoundError(f"backup_source_files: entry script {str(entry)!r} does not exist; pass __file__")
+    entry = entry_script(entrypoint)
     root = entry.parent
     seen: set[Path] = set()
     queue = [entry]

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import torch
 from ignite.engine import Events
 
-from ice_ignite.backup import backup_sources
+from ice_ignite.backup import backup_sources, entry_script
 from ice_ignite.board import BoardLogger, NullWriter
 from ice_ignite.draw import render, to_dot, to_mermaid
 from ice_ignite.checkpoint import read_checkpoint
@@ -576,7 +576,8 @@ class HyperGraph:
             device_list = parse_devices(devices)
             if len(device_list) > 1 or str(nnodes) not in ("1", "1:1"):
                 rundir = prepare_run_dir(out_dir, run_id, resume_from)
-                fork = start_method == "fork" or script_command() is None
+                command = script_command() if start_method == "spawn" else None
+                fork = command is None  # no entry script to re-run (a notebook, python -c): fork
 
                 def worker() -> None:  # forked: the graph and its lambdas are inherited, not pickled
                     self.run(tasks, devices=devices, run_id=rundir.run_id, out_dir=out_dir, resume_from=resume_from,
@@ -585,7 +586,7 @@ class HyperGraph:
 
                 os.environ[_RUN_ID_ENV] = rundir.run_id
                 try:
-                    launch(worker if fork else None, len(device_list), nnodes, node_rank, master_addr, master_port,
+                    launch(worker if fork else command, len(device_list), nnodes, node_rank, master_addr, master_port,
                            rdzv_endpoint, rdzv_backend, max_restarts, "fork" if fork else "spawn",
                            run_id=run_id or "ice_ignite")
                 except Preempted as e:
@@ -665,8 +666,7 @@ class HyperGraph:
         self._setup_amp(launcher.device)
         self._agreed = parallel.AgreedFlag() if launcher.world_size > 1 else None
         self._checkpointer.open(rundir, n_saved, writer=launcher.rank == 0)
-        if launcher.rank == 0 and self._entrypoint is not None:
-            backup_sources(self._entrypoint, rundir.src)
+        self._backup_sources()
 
     def _exit_run(self) -> None:
         self._board_logger = self._progress_view = self._timer = None
@@ -709,9 +709,11 @@ class HyperGraph:
     def backup_source_files(self, entrypoint: "str | os.PathLike") -> None:
         """Copy ``entrypoint`` (usually ``__file__``) and the local modules it imports into
         ``src/`` of the run directory, at the start of every ``run`` (now, during one)."""
-        path = Path(entrypoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"backup_source_files: {str(path)!r} is not a file; pass __file__")
-        self._entrypoint = path.resolve()
-        if self._rundir is not None and self.launcher is not None and self.launcher.rank == 0:
+        self._entrypoint = entry_script(entrypoint)
+        self._backup_sources()
+
+    def _backup_sources(self) -> None:
+        """During a run, on global rank 0: copy the registered entry script's sources into ``src/``."""
+        if self._entrypoint is not None and self._rundir is not None and self.launcher is not None \
+                and self.launcher.rank == 0:
             backup_sources(self._entrypoint, self._rundir.src)

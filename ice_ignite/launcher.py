@@ -247,13 +247,13 @@ def script_command() -> list[str] | None:
     return ["-u", os.path.abspath(path), *sys.argv[1:]]
 
 
-def launch(entrypoint: "Callable[[], Any] | None", nproc_per_node: int, nnodes: "str | int" = "1:1",
+def launch(entrypoint: "Callable[[], Any] | list[str]", nproc_per_node: int, nnodes: "str | int" = "1:1",
            node_rank: int = 0, master_addr: str = "127.0.0.1", master_port: int | None = None,
            rdzv_endpoint: str = "", rdzv_backend: str = "static", max_restarts: int = 0,
            start_method: str = "spawn", run_id: str = "ice_ignite") -> None:
     """Start ``nproc_per_node`` workers on this machine through torch's elastic agent (what
-    ``torchrun`` uses) and wait for them. With ``entrypoint=None`` each worker re-runs this
-    process's entry script with its arguments; otherwise workers are forked and call it.
+    ``torchrun`` uses) and wait for them. ``entrypoint`` is a callable that forked workers call,
+    or the python arguments each worker is started with (``script_command()``: re-run the script).
 
     Raises:
         WorkerFailed: a worker failed (after ``max_restarts`` restarts of the group); the message
@@ -288,11 +288,8 @@ def launch(entrypoint: "Callable[[], Any] | None", nproc_per_node: int, nnodes: 
     config = LaunchConfig(min_nodes=min_nodes, max_nodes=max_nodes, nproc_per_node=nproc_per_node, run_id=run_id,
                           rdzv_endpoint=endpoint, rdzv_backend=rdzv_backend, rdzv_configs=configs,
                           max_restarts=max_restarts, monitor_interval=0.1, start_method=start_method)
-    if entrypoint is None:
-        command = script_command()
-        if command is None:
-            raise RuntimeError("there is no entry script to start workers from; call run(..., start_method='fork')")
-        target, args = sys.executable, command
+    if isinstance(entrypoint, list):
+        target, args = sys.executable, entrypoint
     else:
         target, args = entrypoint, []
     from torch.distributed.elastic.multiprocessing.api import SignalException

@@ -271,7 +271,7 @@ class DatasetNode(Node):
             self._iterator = None
         self._device = device
         self._move = device.type != "cpu"
-        self._sharded = self._world_size > 1
+        self._sharded = self._world_size > 1 and not self.iterable  # iterable data: equal local batches
 
     def _build_loader(self, device: torch.device) -> DataLoader:
         generator = torch.Generator()
@@ -313,7 +313,7 @@ class DatasetNode(Node):
             ) from e
         self.position += 1
         if self._sharded:
-            self.last_loss_scale = self.loss_scale(self.position - 1) if not self.iterable else 1.0
+            self.last_loss_scale = self.loss_scale(self.position - 1)
         if self._move:
             batch = move_to(batch, self._device, non_blocking=self.pin_memory)
         return batch
