@@ -3,7 +3,8 @@ slope between a one-epoch run of 50 iterations and one of 450, so that start-up 
 takes most of it) and per-epoch work cancel. Repeatable, whatever else the machine is doing.
 
     python benchmarks/instructions.py                 # every variant, writes benchmarks/instructions.json
-    python benchmarks/instructions.py --one NAME EPOCHS   # (internal) the program valgrind runs
+    python benchmarks/instructions.py --variants "ignite Engine bare" "ice_ignite g.run defaults"   # some
+    python benchmarks/instructions.py --one NAME ITERATIONS   # (internal) the program valgrind runs
 """
 
 from __future__ import annotations
@@ -66,16 +67,20 @@ def main() -> None:
     import variants
 
     names = args.variants or list(variants.available())
+    width = max(map(len, names))
     iterations = LONG - SHORT
     results = {}
     for name in names:
         short, long = count(name, SHORT), count(name, LONG)
         results[name] = (long - short) / iterations
-        print(f"{name:14s} {results[name] / 1e6:8.3f} M instructions / iteration", flush=True)
+        print(f"{name:{width}s} {results[name] / 1e6:8.3f} M instructions / iteration", flush=True)
     path = HERE / "instructions.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     old.update(results)
     path.write_text(json.dumps(old, indent=1) + "\n")
+    for ice, ignite in variants.PAIRS.items():
+        if ice in old and ignite in old:
+            print(f"{ice} / {ignite}: {old[ice] / old[ignite]:.3f}")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,16 @@ from ice_ignite.errors import (
     StopAllTasks,
     StopTask,
 )
-from ice_ignite.graph import ExecutableGraph, GraphOutputCache
+from ice_ignite.events import StepEvents
+from ice_ignite.graph import ExecutableGraph, GraphOutputCache, IterationOutput
 from ice_ignite.hypergraph import HyperGraph
 from ice_ignite.launcher import Launcher
 from ice_ignite.nodes import DatasetNode, LossMode, LossNode, MetricNode, ModuleNode, Node
 from ice_ignite.optimizer import Optimizer
 from ice_ignite.preemption import Preempted
-from ice_ignite.task import Repeat, Task
+from ice_ignite.run import LaunchOptions
+from ice_ignite.schedule import Repeat
+from ice_ignite.task import Task
 
 __version__ = "0.1.0"
 
@@ -32,6 +35,9 @@ __all__ = [
     "HyperGraph",
     "ExecutableGraph",
     "GraphOutputCache",
+    "IterationOutput",
+    "StepEvents",
+    "LaunchOptions",
     "Node",
     "ModuleNode",
     "LossNode",

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import numbers
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ignite.engine import Engine, Events
 
-if TYPE_CHECKING:
-    from ice_ignite.hypergraph import HyperGraph
-    from ice_ignite.task import Task
+from ice_ignite.events import StepEvents
 
-__all__ = ["NullWriter", "BoardLogger"]
+__all__ = ["NullWriter", "LazyWriter", "BoardLogger"]
 
 _TAG_CHARS = re.compile(r"[^\w.\-/]")  # what TensorBoard keeps in a tag
 
@@ -50,6 +48,28 @@ def _scalars(prefix: str, value: Any) -> dict[str, float]:
     return {}
 
 
+class LazyWriter:
+    """A tensorboardX ``SummaryWriter`` into ``logdir``, created at its first use (a run that
+    logs nothing writes no event file)."""
+
+    def __init__(self, logdir: str):
+        self.logdir = logdir
+        self._writer: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._writer is None:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(logdir=self.logdir)
+        return getattr(self._writer, name)
+
+    def close(self) -> None:
+        """Close the writer if it was created."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
 class BoardLogger:
     """Attached to each task engine of a run on global rank 0 (see ``HyperGraph.run``).
 
@@ -62,50 +82,50 @@ class BoardLogger:
     The last epoch values become the metrics of ``add_hparams`` at the end of the run.
     """
 
-    def __init__(self, hypergraph: "HyperGraph", log_every: int):
-        self.hypergraph = hypergraph
+    def __init__(self, context: Any, log_every: int):
+        self.context = context  # the graph's RunContext: counters, board, precision
         self.log_every = log_every
         self.final: dict[str, float] = {}
 
-    def attach(self, task: "Task") -> list:
+    def attach(self, task: Any) -> None:
+        """Attach to a starting task's engine (inside its ``internal()`` block)."""
         engine = task.engine
-        handles = [engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch, task)]
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch, task)
         if task.train and self.log_every:
-            handles.append(engine.add_event_handler(Events.ITERATION_COMPLETED, self._step, task))
-        return handles
+            engine.add_event_handler(StepEvents.OPTIM_STEP_COMPLETED, self._step, task)
 
-    def _step(self, engine: Engine, task: "Task") -> None:
-        hg = self.hypergraph
-        step = hg.global_counters.steps.train
-        if not task.graph.step_now or step % self.log_every:
+    def _step(self, engine: Engine, task: Any) -> None:
+        ctx = self.context
+        step = ctx.counters.steps.train + 1  # this optimizer step, counted at ITERATION_COMPLETED
+        if step % self.log_every:
             return
-        board, prefix = hg.board, ",".join(task.tags)
-        for name, loss in (engine.state.output or {}).items():
-            board.add_scalar(f"{prefix}/{name}/step", loss.item(), step)
-        for node in task.graph.loss_nodes:
+        board, prefix, graph = ctx.board, ",".join(task.tags), task.graph
+        for node in graph.loss_nodes:
+            board.add_scalar(f"{prefix}/{node.name}/step", graph.cache.value(node.name).item(), step)
             for key, value in node.aux.items():
                 board.add_scalar(f"{prefix}/{node.name}/{key}/step", value.item(), step)
-        for node in task.graph.module_nodes:
+        for node in graph.module_nodes:
             rates = node.learning_rates()
             for key, lrs in rates.items():
                 tag = f"lr/{node.name}" + (f"/{_TAG_CHARS.sub('_', key)}" if len(rates) > 1 else "")
                 for i, lr in enumerate(lrs):
                     board.add_scalar(tag + (f"/{i}" if len(lrs) > 1 else ""), lr, step)
-        if hg.grad_scaler is not None:
-            board.add_scalar("grad_scale", hg.grad_scaler.get_scale(), step)
+        scaler = ctx.precision.grad_scaler
+        if scaler is not None:
+            board.add_scalar("grad_scale", scaler.get_scale(), step)
 
-    def _epoch(self, engine: Engine, task: "Task") -> None:
-        hg = self.hypergraph
-        step = hg.global_counters.steps.train
+    def _epoch(self, engine: Engine, task: Any) -> None:
+        ctx = self.context
+        step = ctx.counters.steps.train
         prefix = ",".join(task.tags)
         scalars: dict[str, float] = {}  # a dict metric is in state.metrics whole and as name/key: one tag each
         for name, value in engine.state.metrics.items():
             scalars.update(_scalars(f"{prefix}/{name}", value))
         for tag, number in scalars.items():
-            hg.board.add_scalar(tag, number, step)
+            ctx.board.add_scalar(tag, number, step)
         self.final.update(scalars)
 
     def write_hparams(self, hparams: dict) -> None:
         """Record ``hparams`` with the last epoch values of the run (TensorBoard's HParams tab)."""
         clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
-        self.hypergraph.board.add_hparams(clean, dict(self.final))
+        self.context.board.add_hparams(clean, dict(self.final))

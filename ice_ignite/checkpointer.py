@@ -1,4 +1,5 @@
-"""``Checkpointer``: what a HyperGraph's checkpoint holds, and how a run resumes from one (B8)."""
+"""``Checkpointer``: what a HyperGraph's checkpoint holds, how it is written, and how a run
+resumes from one (B8)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from ice_ignite import parallel
 from ice_ignite.checkpoint import (
@@ -15,91 +16,130 @@ from ice_ignite.checkpoint import (
     best_filename,
     best_files,
     checkpoint_filename,
-    latest_valid_checkpoint,
     next_sequence,
     prune_checkpoints,
-    read_checkpoint,
     remove_partial_writes,
     write_checkpoint,
 )
+from ice_ignite.context import RunContext
 from ice_ignite.errors import CheckpointError, ResumeTaskFailed
 from ice_ignite.rundir import RunDir
+from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, task_keys
 from ice_ignite.seeding import rng_state, set_rng_state
 from ice_ignite.tags import DEFAULT_TAG
+from ice_ignite.task import Task
 
-if TYPE_CHECKING:
-    from ice_ignite.hypergraph import HyperGraph
-    from ice_ignite.nodes.node import Node
-    from ice_ignite.task import ScheduleEntry
-
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "Resume"]
 
 logger = logging.getLogger("ice_ignite")
+
+Nodes = Callable[..., dict]  # select_nodes(*tags) -> {uid: node}
+
+
+class Resume:
+    """Where a restored checkpoint continues: the schedule entry, the position inside its task,
+    and ``reload_epoch()``, which restores the checkpointed state again after a resumed epoch's
+    EPOCH_STARTED handlers (which reset metrics, as in ignite)."""
+
+    def __init__(self, entry: int, task: dict | None, reload_epoch: Callable[[], None] | None):
+        self.entry = entry
+        self.task = task
+        self.reload_epoch = reload_epoch
 
 
 class Checkpointer:
     """Writes and reads the checkpoints of one HyperGraph.
 
-    A checkpoint holds the schedule and the position in it (inside a task: the engine's
-    iteration), every node's ``state_dict`` by uid, gradients of an unfinished accumulation
-    cycle, the global counters, every RNG stream, the base seed and the GradScaler.
+    A checkpoint holds the schedule and the position in it, every node's ``state_dict`` by uid,
+    gradients of an unfinished accumulation cycle, the global counters, every RNG stream (per
+    rank), the base seed, the GradScaler, every task engine's state and the state of the stateful
+    handlers attached to task engines (``ParamScheduler``, ``EarlyStopping``, ``Checkpoint``,
+    metrics) and of the objects registered by name.
     """
 
-    def __init__(self, hypergraph: "HyperGraph"):
-        self.hypergraph = hypergraph
+    def __init__(self, nodes: Nodes, context: RunContext, runner: ScheduleRunner, objects: dict[str, Any]):
+        self.nodes = nodes
+        self.context = context
+        self.runner = runner
+        self.objects = objects
         self.seq = 0
         self.n_saved: int | None = None
-
-    @property
-    def rundir(self) -> RunDir | None:
-        """The run directory of the HyperGraph's run (None outside a run)."""
-        return self.hypergraph._rundir
+        self.rundir: RunDir | None = None
+        #: the entries of the schedule that ran last (their tasks' engines are checkpointed)
+        self.entries: list[ScheduleEntry] = []
 
     def open(self, rundir: RunDir, n_saved: int | None, writer: bool) -> None:
         """Start a run in ``rundir``; the ``writer`` process clears partial writes of a killed run."""
+        self.rundir = rundir
         self.n_saved = n_saved
         if writer:
             remove_partial_writes(rundir.ckpts)
         self.seq = parallel.broadcast_object(next_sequence(rundir.ckpts) if writer else None)
 
-    def map_location(self) -> Any:
-        launcher = self.hypergraph.launcher
-        return launcher.device if launcher is not None else "cpu"
+    def close(self) -> None:
+        """End the run: no run directory to write to."""
+        self.rundir = None
 
-    # -- saving -------------------------------------------------------------------------------
-    def state(self, tags: tuple[str, ...], progress: dict) -> dict:
-        hg = self.hypergraph
-        launcher = hg.launcher
-        entries = hg._entries
+    def map_location(self) -> Any:
+        """Where loaded tensors go: this process's device."""
+        return self.context.device
+
+    def _tasks(self) -> dict[str, Task]:
+        entries = self.runner.entries if self.runner.entries is not None else self.entries
+        keys = task_keys(entries)
+        return {keys[id(e.item)]: e.item for e in entries if isinstance(e.item, Task) and id(e.item) in keys}
+
+    # -- the state --------------------------------------------------------------------------
+    def state_dict(self, tags: tuple[str, ...] = (DEFAULT_TAG,)) -> dict:
+        """Everything a resumable checkpoint holds (a collective in multi-process runs)."""
+        ctx, runner = self.context, self.runner
+        progress = runner.progress()
+        tasks = self._tasks()
+        scaler = ctx.precision.grad_scaler
         return {
             "format": FORMAT,
             "seq": self.seq,
-            "schedule": [e.description for e in entries] if entries is not None else [],
+            "schedule": [e.description for e in runner.entries] if runner.entries is not None else [],
             "progress": progress,
-            "nodes": {uid: node.state_dict() for uid, node in hg.select_nodes(*tags).items()},
+            "nodes": {uid: node.state_dict() for uid, node in self.nodes(*tags).items()},
             # what differs between ranks, in rank order (gathered on rank 0, the writer; the other
             # ranks build the rest too, as ignite's Checkpoint does: a sharded state_dict is a collective)
             "ranks": parallel.gather_objects({"rng": rng_state(), "grads": self._mid_cycle_grads(progress)}),
-            "counters": hg.global_counters.state_dict(),
-            "seed": hg.seed,
-            "grad_scaler": hg.grad_scaler.state_dict() if hg.grad_scaler is not None else None,
-            "grad_acc_steps": hg.grad_acc_steps,
-            "world_size": launcher.world_size if launcher is not None else 1,
+            "counters": ctx.counters.state_dict(),
+            "seed": ctx.seed,
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "grad_acc_steps": ctx.grad_acc_steps,
+            "world_size": ctx.world_size,
+            "engines": {key: task.engine_state() for key, task in tasks.items()},
+            "handlers": {f"{key}/{i}": {"type": type(obj).__name__, "state": obj.state_dict()}
+                         for key, task in tasks.items() for i, obj in enumerate(task.engine.stateful_handlers())},
+            "objects": {name: obj.state_dict() for name, obj in self.objects.items()},
         }
 
-    def save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...], progress: dict) -> Path | None:
+    def _mid_cycle_grads(self, progress: dict) -> dict:
+        """Gradients accumulated in an unfinished accumulation cycle, by ModuleNode uid."""
+        task = self.runner.task
+        if progress["task"] is None or task is None or not task.train or task.graph is None:
+            return {}
+        position = progress["task"]["iteration"] % progress["task"]["epoch_length"]
+        if position % self.context.grad_acc_steps == 0:
+            return {}
+        return {node.uid: {name: p.grad for name, p in node.named_trainable_parameters() if p.grad is not None}
+                for node in task.graph.module_nodes}
+
+    # -- writing ----------------------------------------------------------------------------
+    def save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...]) -> Path | None:
         """Collect the state (on every rank) and write it (global rank 0); returns the file."""
         if save_to is None and self.rundir is None:
             raise CheckpointError(
                 "save_checkpoint needs a run directory: call it during HyperGraph.run, or pass save_to=path"
             )
-        state = self.state(tags, progress)
+        state = self.state_dict(tags)
         self.seq += 1
-        launcher = self.hypergraph.launcher
-        if launcher is not None and launcher.rank != 0:
+        if self.context.rank != 0:
             return None
         if save_to is None:
-            counters = self.hypergraph.global_counters
+            counters = self.context.counters
             path = self.rundir.ckpts / checkpoint_filename(state["seq"], counters.epochs.train, counters.steps.train)
         else:
             path = Path(save_to)
@@ -109,18 +149,7 @@ class Checkpointer:
             prune_checkpoints(self.rundir.ckpts, self.n_saved)
         return path
 
-    def _mid_cycle_grads(self, progress: dict) -> dict:
-        """Gradients accumulated in an unfinished accumulation cycle, by ModuleNode uid."""
-        task = self.hypergraph._running_task
-        if progress["task"] is None or task is None or not task.train or task.graph is None:
-            return {}
-        position = progress["task"]["iteration"] % progress["task"]["epoch_length"]
-        if position % self.hypergraph.grad_acc_steps == 0:
-            return {}
-        return {node.uid: {name: p.grad for name, p in node.named_trainable_parameters() if p.grad is not None}
-                for node in task.graph.module_nodes}
-
-    def save_best(self, node: "Node", value: float, higher_better: bool, max_keep: int) -> Path | None:
+    def save_best(self, node: Any, value: float, higher_better: bool, max_keep: int) -> Path | None:
         """Keep checkpoints of the best ``max_keep`` values of a MetricNode (``MetricNode.save_best``)."""
         if self.rundir is None:
             raise CheckpointError(f"{node.uid}: save_best needs a run directory: call it during HyperGraph.run")
@@ -134,12 +163,12 @@ class Checkpointer:
         worse = (lambda a, b: a <= b) if higher_better else (lambda a, b: a >= b)
         if len(records) >= max_keep and worse(value, records[-1][0]):
             return None
-        counters = self.hypergraph.global_counters
+        counters = self.context.counters
         name = best_filename(self.seq, counters.epochs.train, counters.steps.train, node.name, value)
         records.append((value, name))
         records.sort(key=lambda r: -r[0] if higher_better else r[0])
         del records[max_keep:]
-        path = self.save(self.rundir.ckpts / name, (DEFAULT_TAG,), self.hypergraph._progress())
+        path = self.save(self.rundir.ckpts / name, (DEFAULT_TAG,))
         if path is not None:  # rank 0: the files on disk follow the records (also after a resume)
             keep = {f for _, f in records}
             for old in best_files(self.rundir.ckpts, node.name):
@@ -147,15 +176,15 @@ class Checkpointer:
                     old.unlink(missing_ok=True)
         return path
 
-    # -- loading ------------------------------------------------------------------------------
+    # -- loading ----------------------------------------------------------------------------
     def load_nodes(self, state: dict, tags: tuple[str, ...], strict: bool, source: str) -> dict:
         """Load node states of ``tags``; uids on one side only are reported, not errors."""
-        hg = self.hypergraph
-        selected = hg.select_nodes(*tags)
+        selected = self.nodes(*tags)
+        every = self.nodes(DEFAULT_TAG)
         saved = state["nodes"]
         report = {
             "loaded": [uid for uid in selected if uid in saved],
-            "only_in_checkpoint": [uid for uid in saved if uid not in selected and uid not in hg],
+            "only_in_checkpoint": [uid for uid in saved if uid not in selected and uid not in every],
             "only_in_graph": [uid for uid in selected if uid not in saved],
         }
         for uid in report["loaded"]:
@@ -169,53 +198,76 @@ class Checkpointer:
                 warnings.warn(f"{source}: node(s) {', '.join(report[key])} {what}; left as they are", stacklevel=4)
         return report
 
-    def resume(self, resume_from: Any, entries: list["ScheduleEntry"], strict: bool) -> tuple[int, dict | None]:
-        """Restore everything from ``resume_from`` (a path or ``"auto"``); returns the schedule
-        entry to continue at and the task position inside it."""
-        hg = self.hypergraph
-        if str(resume_from) == "auto":
-            # global rank 0 picks the newest valid file; every rank then reads it (a shared file system)
-            found = None
-            if hg.launcher.rank == 0:
-                found = latest_valid_checkpoint(self.rundir.ckpts, map_location=self.map_location())
-            chosen = parallel.broadcast_object(str(found[0]) if found is not None else None)
-            if chosen is None:
-                logger.info("resume_from='auto': %s holds no checkpoint; starting from the beginning",
-                            self.rundir.root)
-                return 0, None
-            path = Path(chosen)
-            state = found[1] if found is not None else read_checkpoint(path, map_location=self.map_location())
-        else:
-            path, state = Path(resume_from), read_checkpoint(resume_from, map_location=self.map_location())
-        world = hg.launcher.world_size
+    def restore(self, state: dict, source: str, entries: list[ScheduleEntry], strict: bool) -> Resume:
+        """Restore everything from a checkpoint's ``state`` for a run of ``entries``; returns where
+        it continues."""
+        world = self.context.world_size
         if state["world_size"] != world:
             raise ResumeTaskFailed(
-                f"checkpoint {str(path)!r} was written by {state['world_size']} process(es), this run has {world}; "
+                f"checkpoint {source!r} was written by {state['world_size']} process(es), this run has {world}; "
                 "resume with the same number of processes"
             )
-        mismatch = self._check_schedule(path, state["schedule"], [e.description for e in entries], strict)
-        self.load_nodes(state, (DEFAULT_TAG,), True, str(path))
-        mine = state["ranks"][hg.launcher.rank]
+        mismatch = self._check_schedule(source, state["schedule"], [e.description for e in entries], strict)
+        self._load_run_state(state, source, entries)
+        ctx = self.context
+        ctx.counters.load_state_dict(state["counters"])
+        scaler = ctx.precision.grad_scaler
+        if state["grad_scaler"] is not None and scaler is not None:
+            scaler.load_state_dict(state["grad_scaler"])
+        if state["seed"] != ctx.seed:
+            warnings.warn(f"checkpoint {Path(source).name} was taken with seed={state['seed']}; continuing with it",
+                          stacklevel=4)
+            ctx.seed = state["seed"]
+        mine = state["ranks"][ctx.rank]
         for uid, grads in mine["grads"].items():
-            for name, param in hg[uid].named_trainable_parameters():
+            for name, param in self.nodes(DEFAULT_TAG)[uid].named_trainable_parameters():
                 if name in grads:
                     param.grad = grads[name].to(param.device)
-        hg.global_counters.load_state_dict(state["counters"])
-        if state["grad_scaler"] is not None and hg.grad_scaler is not None:
-            hg.grad_scaler.load_state_dict(state["grad_scaler"])
-        if state["seed"] != hg.seed:
-            warnings.warn(f"checkpoint {path.name} was taken with seed={state['seed']}; continuing with it",
-                          stacklevel=4)
-            hg.seed = state["seed"]
-        set_rng_state(mine["rng"])
         self.seq = max(self.seq, state["seq"] + 1)
-        logger.info("resuming from %s", path)
+        logger.info("resuming from %s", source)
         if mismatch:
-            return 0, None
-        return state["progress"]["entry"], state["progress"]["task"]
+            return Resume(0, None, None)
+
+        def reload_epoch() -> None:  # after the resumed epoch's EPOCH_STARTED handlers
+            self._load_run_state(state, source, entries, engines=False)
+
+        return Resume(state["progress"]["entry"], state["progress"]["task"], reload_epoch)
+
+    def _load_run_state(self, state: dict, source: str, entries: list[ScheduleEntry], engines: bool = True) -> None:
+        """Node states, task engines, handler and registered-object states, and this rank's RNG."""
+        self.load_nodes(state, (DEFAULT_TAG,), True, source)
+        keys = task_keys(entries)
+        tasks = {keys[id(e.item)]: e.item for e in entries if isinstance(e.item, Task)}
+        saved_handlers = dict(state.get("handlers", {}))
+        for key, task in tasks.items():
+            if engines:
+                task.load_engine_state(state.get("engines", {}).get(key))
+            for i, obj in enumerate(task.engine.stateful_handlers()):
+                entry = saved_handlers.pop(f"{key}/{i}", None)
+                if entry is None:
+                    warnings.warn(f"{source}: handler {type(obj).__name__} #{i} of {task!r} has no saved state; it "
+                                  "starts afresh", stacklevel=5)
+                    continue
+                if entry["type"] != type(obj).__name__:
+                    raise ResumeTaskFailed(
+                        f"checkpoint {source!r}: handler #{i} of {task!r} was a {entry['type']} and is now a "
+                        f"{type(obj).__name__}; attach the same handlers to task engines in the same order as the "
+                        "run that wrote the checkpoint"
+                    )
+                obj.load_state_dict(entry["state"])
+        if saved_handlers:
+            warnings.warn(f"{source}: saved state of handler(s) {', '.join(sorted(saved_handlers))} has no handler in "
+                          "this run; left unused", stacklevel=5)
+        saved_objects = state.get("objects", {})
+        for name, obj in self.objects.items():
+            if name in saved_objects:
+                obj.load_state_dict(saved_objects[name])
+            else:
+                warnings.warn(f"{source}: registered object {name!r} has no saved state", stacklevel=5)
+        set_rng_state(state["ranks"][self.context.rank]["rng"])
 
     @staticmethod
-    def _check_schedule(path: Path, saved: list[str], new: list[str], strict: bool) -> bool:
+    def _check_schedule(source: str, saved: list[str], new: list[str], strict: bool) -> bool:
         """Whether the saved schedule is *not* a prefix of the new one (raise when ``strict``)."""
         mismatch = next((i for i, (a, b) in enumerate(zip(saved, new)) if a != b), None)
         if mismatch is None and len(saved) > len(new):
@@ -223,7 +275,7 @@ class Checkpointer:
         if mismatch is None:
             return False
         got = new[mismatch] if mismatch < len(new) else "the end of the schedule"
-        msg = (f"checkpoint {str(path)!r}: its schedule is not a prefix of this run's: entry {mismatch} was "
+        msg = (f"checkpoint {source!r}: its schedule is not a prefix of this run's: entry {mismatch} was "
                f"{saved[mismatch]!r} and is now {got!r}")
         if strict:
             raise ResumeTaskFailed(msg + "; restore the schedule, or pass strict_resume=False to restart it with the "

@@ -1,5 +1,5 @@
-"""The per-iteration output cache and ``ExecutableGraph``: the nodes one task selected, run
-as one iteration of forward → backward → update (API.md, B2)."""
+"""The per-iteration output cache, ``engine.state.output``, and ``ExecutableGraph``: the nodes one
+task selected, run as the process function of the task's engine (API.md B2, B3)."""
 
 from __future__ import annotations
 
@@ -7,69 +7,62 @@ import contextlib
 import functools
 import logging
 import operator
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator
 
 import torch
+from ignite.engine import Events
 
-from ice_ignite import parallel
-from ice_ignite.errors import (
-    GraphError,
-    IceError,
-    NodeError,
-    NodeNotSelectedError,
-    NonFiniteLossError,
-    StopAllTasks,
-    StopTask,
-)
+from ice_ignite.context import RunContext
+from ice_ignite.engine import TaskEngine
+from ice_ignite.errors import GraphError, IceError, NodeError, NodeNotSelectedError, StopAllTasks, StopTask
+from ice_ignite.events import StepEvents
 from ice_ignite.nodes.dataset import DatasetNode
 from ice_ignite.nodes.loss import LossNode
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import HOOKS, Node
 
-if TYPE_CHECKING:
-    from ice_ignite.hypergraph import HyperGraph
-    from ice_ignite.timing import NodeTimer
-    from ice_ignite.task import Task
-
-__all__ = ["GraphOutputCache", "ExecutableGraph"]
+__all__ = ["GraphOutputCache", "IterationOutput", "ExecutableGraph", "PHASE_EVENTS", "detach"]
 
 logger = logging.getLogger("ice_ignite")
 
 # Exceptions that pass through node error reporting untouched.
 _PASS_THROUGH = (StopTask, StopAllTasks, IceError, KeyboardInterrupt)
-_NONFINITE_HINT = ("Lower the learning rate, clip gradients (grad_clip_norm=), or choose "
-                   "g.set_nonfinite_policy('skip') to skip such steps or 'stop' to checkpoint and stop")
 
-_Call = tuple[Node, Callable[[], None]]
-
-
-def _run(calls: list[_Call], phase: str, timer: "NodeTimer | None" = None) -> None:
-    """Call each hook; an exception is re-raised as a NodeError naming the node and phase."""
-    node = None
-    try:
-        if timer is None:
-            for node, fn in calls:
-                fn()
-        else:
-            for node, fn in calls:
-                start = timer.now()
-                fn()
-                timer.add(node.uid, phase, timer.now() - start)
-    except _PASS_THROUGH:
-        raise
-    except Exception as e:
-        raise NodeError(f"node {node.uid!r} raised {type(e).__name__} in {phase}: {e}", node.uid, phase) from e
+#: the engine event each node hook is a handler of
+PHASE_EVENTS = {
+    "prepare": Events.STARTED,
+    "epoch_start": Events.EPOCH_STARTED,
+    "backward": StepEvents.BACKWARD_COMPLETED,
+    "update": Events.ITERATION_COMPLETED,
+    "epoch_end": Events.EPOCH_COMPLETED,
+    "clean_up": Events.COMPLETED,
+}
 
 
 def _describe_tags(tags: tuple[str, ...]) -> str:
     return ",".join(tags)
 
 
+def detach(value: Any) -> Any:
+    """``value`` with every tensor in it (nested lists, tuples, dicts) detached."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (list, tuple)):
+        items = [detach(v) for v in value]
+        if isinstance(value, tuple):
+            return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+        return items
+    if isinstance(value, dict):
+        return {k: detach(v) for k, v in value.items()}
+    return value
+
+
 class GraphOutputCache:
     """The ``x`` of ``forward(n, x)``: ``x["name"]`` is node ``name``'s output this iteration.
 
-    A node is computed on first use and cached until the iteration ends; each use inside a
-    forward records a dependency edge (``deps[user][name]``), in the order they were pulled.
+    A node is computed on first use and cached until the next iteration starts; each use inside
+    a forward records a dependency edge (``deps[user][name]``), in the order they were pulled.
     ``"name" in x`` tells whether the task selected that node.
     """
 
@@ -81,7 +74,7 @@ class GraphOutputCache:
         self._values: dict[str, Any] = {}
         self._stack: list[str] = []
         self.deps: dict[str, dict[str, None]] = {name: {} for name in graph.nodes}
-        self._timer: NodeTimer | None = None
+        self._timer: Any = None
 
     def __getitem__(self, name: str) -> Any:
         stack = self._stack
@@ -99,11 +92,22 @@ class GraphOutputCache:
         """Names of the nodes computed so far this iteration."""
         return iter(list(self._values))
 
+    def value(self, name: str) -> Any:
+        """The output node ``name`` computed this iteration (no dependency recorded)."""
+        return self._values[name]
+
+    def compute_all(self, names: list[str]) -> None:
+        """Forward every node of ``names`` not computed yet, in order."""
+        values = self._values
+        for name in names:
+            if name not in values:
+                self._compute(name)
+
     def _compute(self, name: str) -> Any:
         stack = self._stack
         node = self._nodes.get(name)
         if node is None:
-            raise self._graph._not_selected_error(name, stack)
+            raise self._graph.not_selected_error(name, stack)
         if name in stack:
             path = " -> ".join(stack[stack.index(name):] + [name])
             raise GraphError(
@@ -132,47 +136,105 @@ class GraphOutputCache:
         return out
 
     def clear(self) -> None:
-        """Release this iteration's outputs."""
+        """Release the outputs of the last iteration."""
         self._values.clear()
         self._stack.clear()
 
 
-class ExecutableGraph:
-    """The nodes a task selected, in ``add`` order, and the code of one iteration.
+class IterationOutput(Mapping):
+    """``engine.state.output`` of a task engine: the iteration's node outputs by name, read-only,
+    detached in train tasks. Valid while the iteration's ``ITERATION_COMPLETED`` handlers run;
+    the outputs are released before the next forward.
 
-    Built and cached by ``HyperGraph.select_egraph(tags)``. ``train_iteration`` forwards every
-    node, sums ``weight * loss`` over the LossNodes and runs one backward, then lets every node
-    update (ModuleNodes step at the end of an accumulation cycle). ``eval_iteration`` forwards
-    and updates.
+    Examples:
+        >>> out = IterationOutput({"net": torch.ones(2, requires_grad=True)}, detached=True)
+        >>> out["net"].requires_grad, list(out)
+        (False, ['net'])
     """
 
-    def __init__(self, hypergraph: "HyperGraph", nodes: dict[str, Node], tags: tuple[str, ...]):
-        self.hypergraph = hypergraph
+    __slots__ = ("_values", "_detached")
+
+    def __init__(self, values: dict[str, Any], detached: bool):
+        self._values = values
+        self._detached = detached
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            value = self._values[name]
+        except KeyError:
+            raise KeyError(f"engine.state.output has no node {name!r}; it holds the outputs of this iteration's "
+                           f"nodes: {', '.join(self._values) or 'none (no iteration is running)'}") from None
+        return detach(value) if self._detached else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"IterationOutput({', '.join(self._values)})"
+
+
+def _handler(node: Node, fn: Callable[[], None], phase: str, timer: Any) -> Callable[[], None]:
+    """``fn`` as an engine handler: an exception becomes a NodeError naming the node and phase."""
+
+    def handler() -> None:
+        try:
+            if timer is None:
+                fn()
+            else:
+                start = timer.now()
+                fn()
+                timer.add(node.uid, phase, timer.now() - start)
+        except _PASS_THROUGH:
+            raise
+        except Exception as e:
+            raise NodeError(f"node {node.uid!r} raised {type(e).__name__} in {phase}: {e}", node.uid, phase) from e
+
+    return handler
+
+
+class ExecutableGraph:
+    """The nodes a task selected, in ``add`` order, and the process function of its engine.
+
+    Built and cached by ``HyperGraph.select_egraph(tags)``. ``train_step`` forwards every node,
+    sums ``weight * loss`` over the LossNodes, runs one backward and, at the end of an
+    accumulation cycle, steps the optimizers; ``eval_step`` forwards. Node hooks, metrics and
+    policies are handlers of the engine's events (``start`` attaches them).
+    """
+
+    def __init__(self, nodes: dict[str, Node], tags: tuple[str, ...], context: RunContext,
+                 uids_of: Callable[[str], list[str]]):
         self.nodes = nodes
         self.tags = tags
+        self.context = context
+        self._uids_of = uids_of
         self.cache = GraphOutputCache(self)
-        self.task: Task | None = None
+        self.task: Any = None
         self.training = False
-        #: True in the train iteration that ends an accumulation cycle (optimizers step).
+        #: True in the train iteration that ends an accumulation cycle (optimizers step); a
+        #: handler of BACKWARD_COMPLETED may set it False to skip the step (non-finite policy)
         self.step_now = False
+        #: the summed, unscaled loss of the current train iteration (None without LossNodes)
+        self.loss: torch.Tensor | None = None
         #: (device type, dtype) when ModuleNode and LossNode forwards run under autocast
         self.autocast: tuple[str, torch.dtype] | None = None
-        #: per-node timing of the run (``run(timing=True)``), else None
-        self.timer: NodeTimer | None = None
         self.loss_nodes = [n for n in nodes.values() if isinstance(n, LossNode)]
         self.module_nodes = [n for n in nodes.values() if isinstance(n, ModuleNode)]
         self.dataset_nodes = [n for n in nodes.values() if isinstance(n, DatasetNode)]
         self._names = list(nodes)
         self._batch_source: dict[str, DatasetNode | None] = {}
-        self._ddp: list[torch.nn.Module] = []
-        self._nonfinite: torch.Tensor | None = None
-        self._check_each_step = False
-        self._finite_until = 0  # the optimizer step up to which losses were last found finite
+        self._cycle_len = 1
+        self._cleaned = True
+        #: True while the process function runs (no checkpoint can be taken then)
+        self.in_step = False
         #: phase -> (built-in behaviour of node kinds, user hooks), each in ``add`` order
         self._phases = {phase: self._collect(phase) for phase in HOOKS}
+        self.output = IterationOutput(self.cache._values, detached=False)
 
     # -- construction -------------------------------------------------------------------------
-    def _collect(self, phase: str) -> tuple[list[_Call], list[_Call]]:
+    def _collect(self, phase: str) -> tuple[list, list]:
         internal, hooks = [], []
         for node in self.nodes.values():
             fn = getattr(node, "_on_" + phase)
@@ -182,10 +244,11 @@ class ExecutableGraph:
                 hooks.append((node, getattr(node, phase)))
         return internal, hooks
 
-    def _not_selected_error(self, name: str, stack: list[str]) -> NodeNotSelectedError:
+    def not_selected_error(self, name: str, stack: list[str]) -> NodeNotSelectedError:
+        """The error for ``x[name]`` of a node this task did not select."""
         who = f"node {self.nodes[stack[-1]].uid!r}" if stack else "the task"
         path = " -> ".join(stack + [name])
-        others = self.hypergraph.uids_of(name)
+        others = self._uids_of(name)
         hint = (
             f"'{name}' exists as {', '.join(repr(u) for u in others)}, which these tags do not select: "
             "add the task's tag to that node or tag the node '*'"
@@ -197,29 +260,43 @@ class ExecutableGraph:
         )
 
     # -- task lifecycle -----------------------------------------------------------------------
-    def start(self, task: "Task") -> None:
-        """Bind the graph to a starting task run: set module modes, then ``prepare`` every node."""
+    def start(self, task: Any, engine: TaskEngine) -> None:
+        """Bind the graph to a starting task run: module modes, then the nodes' metrics, built-in
+        behaviour and hooks as handlers of ``engine`` (before user handlers; ``finish`` removes them)."""
         self.task = task
         self.training = task.train
         self.step_now = False
-        self.autocast = self.hypergraph.autocast
-        self.timer = self.cache._timer = self.hypergraph._timer
-        self._check_each_step = task.train and self.hypergraph.nonfinite_policy in ("skip", "stop")
-        self._finite_until = self.hypergraph.global_counters.steps.train
-        if self.timer is not None:
-            self.timer.task = task.label
+        self.autocast = self.context.precision.autocast
+        timer = self.cache._timer = self.context.timer
         self.cache.clear()
+        self.output = IterationOutput(self.cache._values, detached=task.train)
         for node in self.nodes.values():
             node.egraph = self
         self._set_module_modes()
-        self.apply("prepare")
-        self._ddp = [n.ddp for n in self.module_nodes if n.ddp is not None]
+        with engine.internal() as self._added:
+            for node in self.nodes.values():
+                node._attach_engine(engine)
+            for phase, event in PHASE_EVENTS.items():
+                internal, hooks = self._phases[phase]
+                for node, fn in internal + hooks:
+                    engine.add_event_handler(event, _handler(node, fn, phase, timer))
+            engine.add_event_handler(Events.COMPLETED, self._mark_cleaned)
+        self._cleaned = False
 
-    def finish(self) -> None:
-        """``clean_up`` every node at the end of a task run."""
+    def _mark_cleaned(self) -> None:
+        self._cleaned = True
+
+    def finish(self, engine: TaskEngine) -> None:
+        """End a task run: ``clean_up`` every node if COMPLETED did not fire (an exception), remove
+        the handlers ``start`` attached and release the last outputs."""
         try:
-            self.apply("clean_up")
+            if not self._cleaned:
+                for node, fn in self._phases["clean_up"][0] + self._phases["clean_up"][1]:
+                    _handler(node, fn, "clean_up", None)()
         finally:
+            engine.remove_internal(self._added)
+            for node in self.nodes.values():
+                node._detach_engine(engine)
             self.cache.clear()
             self.task = None
 
@@ -239,159 +316,83 @@ class ExecutableGraph:
             for p in module.parameters():
                 p.requires_grad_(id(p) in ids)
 
-    def apply(self, phase: str) -> None:
-        """Run ``phase`` on every node: built-in behaviour of all nodes first, then user hooks."""
-        internal, hooks = self._phases[phase]
-        _run(internal, phase, self.timer)
-        _run(hooks, phase, self.timer)
+    # -- the process functions ----------------------------------------------------------------
+    def train_step(self, engine: TaskEngine, batch: None) -> IterationOutput:
+        """One train iteration: forward all, one backward of the summed loss, and at the end of
+        an accumulation cycle the optimizer steps, firing ``StepEvents`` around them."""
+        state = engine.state
+        self._begin_cycle((state.iteration - 1) % state.epoch_length, state.epoch_length)
+        self.cache.clear()
+        self.in_step = True
+        try:
+            with self._local_accumulation():
+                self.cache.compute_all(self._names)
+                total = self.loss = self._summed_loss()
+                engine.fire(StepEvents.BACKWARD_STARTED)
+                if total is not None:
+                    if self._cycle_len != 1:  # each micro-batch's share of the cycle's mean loss
+                        total = total / self._cycle_len
+                    scaler = self.context.precision.grad_scaler
+                    (total if scaler is None else scaler.scale(total)).backward()
+                engine.fire(StepEvents.BACKWARD_COMPLETED)
+            if self.step_now:  # not skipped by a BACKWARD_COMPLETED handler (the non-finite policy)
+                state.optim_step += 1
+                engine.fire(StepEvents.OPTIM_STEP_STARTED)
+                for node in self.module_nodes:
+                    node.step()
+                engine.fire(StepEvents.OPTIM_STEP_COMPLETED)
+        finally:
+            self.in_step = False
+        return self.output
 
-    def apply_hooks(self, phase: str) -> None:
-        """Run only the user hooks of ``phase`` (resuming a checkpointed epoch)."""
-        _run(self._phases[phase][1], phase, self.timer)
+    def eval_step(self, engine: TaskEngine, batch: None) -> IterationOutput:
+        """One eval iteration: forward every node (under ``torch.no_grad``, set by the task)."""
+        self.cache.clear()
+        self.in_step = True
+        try:
+            self.cache.compute_all(self._names)
+        finally:
+            self.in_step = False
+        return self.output
 
-    # -- one iteration ------------------------------------------------------------------------
-    def train_iteration(self, position: int, epoch_length: int) -> dict[str, torch.Tensor]:
-        """One train iteration at ``position`` (0-based) in an engine epoch of ``epoch_length``."""
-        hg = self.hypergraph
-        k = hg.grad_acc_steps
+    def _begin_cycle(self, position: int, epoch_length: int) -> None:
+        k = self.context.grad_acc_steps
         in_cycle = position % k
-        cycle_len = min(k, epoch_length - (position - in_cycle))
-        self.step_now = in_cycle == cycle_len - 1
-        self._cycle_len = cycle_len
-        if in_cycle == 0:  # a new cycle: fresh gradients, and no non-finite loss seen in it yet
-            self._nonfinite = None
+        self._cycle_len = min(k, epoch_length - (position - in_cycle))
+        self.step_now = in_cycle == self._cycle_len - 1
+        if in_cycle == 0:  # a new cycle: fresh gradients
             for node in self.module_nodes:
                 node.zero_grad()
-        if self._ddp and not self.step_now:
-            with contextlib.ExitStack() as stack:  # accumulate locally: no all-reduce until the step
-                for ddp in self._ddp:
-                    stack.enter_context(ddp.no_sync())
-                return self._train_iteration()
-        return self._train_iteration()
 
-    def _train_iteration(self) -> dict[str, torch.Tensor]:
-        hg = self.hypergraph
-        cache = self.cache
-        values = cache._values
-        try:
-            for name in self._names:
-                if name not in values:
-                    cache._compute(name)
-            terms = []
-            for node in self.loss_nodes:  # sum(weight * loss), inline: this runs every iteration
-                loss, weight = values[node._name], node.weight
-                source = self.batch_source(node._name)
-                if source is not None and source.last_loss_scale != 1.0:
-                    weight = weight * source.last_loss_scale  # unequal slices of a global batch across ranks
-                terms.append(loss if weight == 1.0 else loss * weight)
-            phases, timer = self._phases, self.timer
-            backward_internal, backward_hooks = phases["backward"]
-            if backward_internal:
-                _run(backward_internal, "backward", timer)
-            if terms:
-                total = terms[0] if len(terms) == 1 else functools.reduce(operator.add, terms)
-                if not total.requires_grad:  # a frozen model or a detached loss: say so, not autograd
-                    raise GraphError(
-                        f"the losses of the train task with tags ({_describe_tags(self.tags)}) do not require "
-                        f"grad ({', '.join(n.uid for n in self.loss_nodes)}): no trainable parameter reaches "
-                        "them; give a ModuleNode optimizers, or make the task train=False"
-                    )
-                if self._check_each_step:  # policies "skip" and "stop": read once per optimizer step
-                    bad = ~torch.isfinite(total.detach())
-                    self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-                if self._cycle_len != 1:
-                    total = total / self._cycle_len
-                scaler = hg.grad_scaler
-                if scaler is not None:
-                    total = scaler.scale(total)
-                if timer is None:
-                    total.backward()
-                else:
-                    start = timer.now()
-                    total.backward()
-                    timer.add("(summed loss)", "backward", timer.now() - start)
-            if backward_hooks:
-                _run(backward_hooks, "backward", timer)
-            step_now = self.step_now
-            if step_now:
-                if self._nonfinite is not None:
-                    self._apply_nonfinite_policy()
-                elif hg.nonfinite_policy == "raise" and (hg.global_counters.steps.train + 1) % hg.nonfinite_check_every == 0:
-                    self.check_losses_finite(before_step=True)
-            update_internal, update_hooks = phases["update"]
-            if update_internal:
-                _run(update_internal, "update", timer)
-            if update_hooks:
-                _run(update_hooks, "update", timer)
-            if step_now and hg.grad_scaler is not None:
-                hg._after_optimizer_step()
-            return {n._name: values[n._name].detach() for n in self.loss_nodes}
-        finally:
-            values.clear()
+    def _local_accumulation(self) -> contextlib.AbstractContextManager:
+        """DDP's ``no_sync`` on micro-batches that do not step: no all-reduce until the step."""
+        wrapped = [n.ddp for n in self.module_nodes if n.ddp is not None] if not self.step_now else None
+        if not wrapped:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for ddp in wrapped:
+            stack.enter_context(ddp.no_sync())
+        return stack
 
-    def check_losses_finite(self, before_step: bool = False) -> None:
-        """Policy "raise": a non-finite loss leaves its epoch accumulator non-finite, so reading the
-        accumulators every ``nonfinite_check_every`` optimizer steps and at epoch ends finds it
-        without a host read per iteration. Raises NonFiniteLossError naming the LossNode and the
-        steps between which it happened; every rank decides the same way."""
-        hg = self.hypergraph
-        now = hg.global_counters.steps.train + (1 if before_step else 0)
-        values = self.cache._values
-        nodes, checks = [], []
-        for n in self.loss_nodes:  # this iteration's loss, not yet in the accumulator, and the accumulator
-            parts = ([values[n._name].detach()] if before_step and n._name in values else []) + (
-                [n.metric._sum] if n.metric is not None and n.metric._num_examples else [])
-            if parts:
-                nodes.append(n)
-                checks.append(~torch.isfinite(torch.stack(parts).float()).all())
-        flags = torch.stack(checks).cpu() if checks else torch.zeros(0, dtype=torch.bool)
-        if not parallel.any_rank(bool(flags.any())):
-            self._finite_until = now
-            return
-        bad = [n.uid for n, flag in zip(nodes, flags.tolist()) if flag] or ["a LossNode of another rank"]
-        since = self._finite_until
-        raise NonFiniteLossError(
-            f"non-finite loss in {', '.join(bad)} of {self.task!r}, in an optimizer step after step {since} and up "
-            f"to step {now}. {_NONFINITE_HINT}"
-        )
-
-    def _apply_nonfinite_policy(self) -> None:
-        """At an optimizer step: act on a non-finite loss seen in this accumulation cycle, the same
-        way on every rank."""
-        flag, self._nonfinite = self._nonfinite, None
-        if not parallel.any_rank(bool(flag)):
-            return
-        hg = self.hypergraph
-        values = self.cache._values
-        culprits = [f"{n.uid} = {values[n._name].item()}" for n in self.loss_nodes
-                    if not torch.isfinite(values[n._name]).item()] or ["a loss of an earlier micro-batch of the cycle, "
-                                                                       "or of another rank"]
-        where = (f"in optimizer step {hg.global_counters.steps.train + 1} of {self.task!r}: "
-                 f"{'; '.join(culprits)}")
-        policy = hg.nonfinite_policy
-        if policy == "raise":
-            raise NonFiniteLossError(
-                f"non-finite loss {where}. {_NONFINITE_HINT}"
+    def _summed_loss(self) -> torch.Tensor | None:
+        """``sum(weight * loss)`` over the LossNodes (None without any)."""
+        values, terms = self.cache._values, []
+        for node in self.loss_nodes:
+            loss, weight = values[node._name], node.weight
+            source = self.batch_source(node._name)
+            if source is not None and source.last_loss_scale != 1.0:
+                weight = weight * source.last_loss_scale  # unequal slices of a global batch across ranks
+            terms.append(loss if weight == 1.0 else loss * weight)
+        if not terms:
+            return None
+        total = terms[0] if len(terms) == 1 else functools.reduce(operator.add, terms)
+        if not total.requires_grad:  # a frozen model or a detached loss: say so, not autograd
+            raise GraphError(
+                f"the losses of the train task with tags ({_describe_tags(self.tags)}) do not require "
+                f"grad ({', '.join(n.uid for n in self.loss_nodes)}): no trainable parameter reaches "
+                "them; give a ModuleNode optimizers, or make the task train=False"
             )
-        logger.warning("non-finite loss %s: the optimizer step is skipped%s", where,
-                       "; the run checkpoints and stops" if policy == "stop" else "")
-        self.step_now = False  # no optimizer, scheduler or scaler step, and no step counted
-        hg.skipped_steps += 1
-        if policy == "stop":
-            hg._stop_after_iteration = True
-
-    def eval_iteration(self) -> dict[str, torch.Tensor]:
-        """One eval iteration: forward every node, then ``update``."""
-        cache = self.cache
-        values = cache._values
-        try:
-            for name in self._names:
-                if name not in values:
-                    cache._compute(name)
-            self.apply("update")
-            return {n._name: values[n._name] for n in self.loss_nodes}
-        finally:
-            cache.clear()
+        return total
 
     # -- helpers for nodes --------------------------------------------------------------------
     def batch_source(self, name: str) -> DatasetNode | None:

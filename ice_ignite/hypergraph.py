@@ -1,54 +1,40 @@
-"""``HyperGraph``: the container of all nodes, their selection by tags, and ``run``."""
+"""``HyperGraph``: the nodes of an experiment by name and tags, their selection for a task, and
+the entry points that run a schedule on them (``exec_tasks``, ``run``) or checkpoint them."""
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from ignite.engine import Events
 
 from ice_ignite.backup import backup_sources, entry_script
-from ice_ignite.board import BoardLogger, NullWriter
-from ice_ignite.draw import render, to_dot, to_mermaid
-from ice_ignite.checkpoint import read_checkpoint
+from ice_ignite.checkpoint import latest_valid_checkpoint, read_checkpoint
 from ice_ignite.checkpointer import Checkpointer
+from ice_ignite.context import RunContext
 from ice_ignite.counters import GlobalCounters
-from ice_ignite.errors import GraphError, StopAllTasks, StopTask
+from ice_ignite.draw import render, to_dot, to_mermaid
+from ice_ignite.errors import CheckpointError, GraphError
+from ice_ignite.events import StepEvents
 from ice_ignite.graph import ExecutableGraph
 from ice_ignite import parallel
-from ice_ignite.launcher import Launcher, in_worker, join, launch, leave, parse_devices, script_command
-from ice_ignite.logs import run_logging
+from ice_ignite.launcher import Launcher, in_worker, join, leave, parse_devices
+from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import Node
-from ice_ignite.preemption import Preempted, PreemptionGuard
+from ice_ignite.policies import NonFinitePolicy
+from ice_ignite.preemption import Preempted
 from ice_ignite.printing import PrintProbe
-from ice_ignite.progress import Progress
-from ice_ignite.rundir import DEFAULT_OUT_DIR, RunDir, prepare_run_dir
-from ice_ignite.seeding import seed_everything
+from ice_ignite.run import LaunchOptions, RunOptions, RunSession, open_run_dir, record_worker_error, spawn_workers
+from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, call_with_arity, flatten_schedule
 from ice_ignite.tags import DEFAULT_TAG, check_name, is_selected, make_uid, normalize_tags, split_uid
-from ice_ignite.task import ScheduleEntry, Task, call_with_arity, flatten_schedule
-from ice_ignite.timing import NodeTimer
+from ice_ignite.task import Task
 
 __all__ = ["HyperGraph"]
 
 logger = logging.getLogger("ice_ignite")
-
-# the run directory's name, passed from the launching process to its workers
-_RUN_ID_ENV = "ICE_IGNITE_RUN_ID"
-
-
-def _record_worker_error(e: BaseException) -> None:
-    """Write the traceback where the elastic agent reports a failed worker's error from."""
-    if "TORCHELASTIC_ERROR_FILE" in os.environ:
-        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
-
-        ErrorHandler().record_exception(e)
-
-_AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class HyperGraph:
@@ -77,44 +63,72 @@ class HyperGraph:
                  grad_scaler: "bool | torch.amp.GradScaler | None" = None):
         self._nodes: dict[str, Node] = {}
         self._egraphs: dict[tuple[str, ...], ExecutableGraph] = {}
-        self.global_counters = GlobalCounters()
-        self.grad_acc_steps = 1
-        #: what a non-finite train loss does: "raise", "skip", "stop" or "ignore"
-        self.nonfinite_policy = "raise"
-        #: policy "raise" reads the loss accumulators every this many optimizer steps
-        self.nonfinite_check_every = 50
-        #: optimizer steps skipped for a non-finite loss
-        self.skipped_steps = 0
-        self._stop_after_iteration = False
-        self._autocast_enabled = False
-        self._autocast_dtype: torch.dtype | None = None
-        self._scaler_spec: Any = None
-        self._scaler_kwargs: dict = {}
-        #: (device type, dtype) while a run uses autocast, else None
-        self.autocast: tuple[str, torch.dtype] | None = None
-        #: the run's GradScaler, or None when disabled
-        self.grad_scaler: torch.amp.GradScaler | None = None
-        self._scaler_stepped = False
+        #: what the nodes see of the run: counters, launcher, precision, board, run directory
+        self.context = RunContext()
         self.init_autocast(autocast_enabled, autocast_dtype, grad_scaler)
-        # run context
-        self.launcher: Launcher | None = None
-        self.run_dir: Path | None = None
-        self.run_id: str | None = None
-        self.seed = 0
-        self._rundir: RunDir | None = None
-        self._board: Any = None
-        self._entries: list[ScheduleEntry] | None = None
-        self._position = 0
-        self._entry_state = "idle"
-        self._running_task: Task | None = None
-        self._checkpointer = Checkpointer(self)
-        self._guard: PreemptionGuard | None = None
+        self.nonfinite = NonFinitePolicy()
+        self._runner = ScheduleRunner()
+        self._objects: dict[str, Any] = {}
+        self._checkpointer = Checkpointer(self.select_nodes, self.context, self._runner, self._objects)
         self._handlers: list[tuple[Any, Any, tuple[str, ...], bool | None]] = []
-        self._board_logger: BoardLogger | None = None
-        self._progress_view: Progress | None = None
-        self._timer: NodeTimer | None = None
-        self._agreed: parallel.AgreedFlag | None = None
+        self._session: RunSession | None = None
+        self._pending: tuple[dict, str] | None = None  # a state given to load_state_dict, resumed by the next run
         self._entrypoint: Path | None = None
+
+    # -- what the context holds, under the names of ice-learn and API.md ------------------------
+    @property
+    def global_counters(self) -> GlobalCounters:
+        """``steps`` and ``epochs`` counters (train / eval / total) of this graph."""
+        return self.context.counters
+
+    @property
+    def grad_acc_steps(self) -> int:
+        """Micro-batches per optimizer step."""
+        return self.context.grad_acc_steps
+
+    @property
+    def grad_scaler(self) -> "torch.amp.GradScaler | None":
+        """The run's GradScaler, or None when disabled."""
+        return self.context.precision.grad_scaler
+
+    @property
+    def autocast(self) -> tuple[str, torch.dtype] | None:
+        """(device type, dtype) while a run uses autocast, else None."""
+        return self.context.precision.autocast
+
+    @property
+    def launcher(self) -> Launcher | None:
+        """This process's launcher during a run (None outside one)."""
+        return self.context.launcher
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run directory during a run (None outside one)."""
+        return self.context.run_dir
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id during a run (None outside one)."""
+        return self.context.run_id
+
+    @property
+    def seed(self) -> int:
+        """The base seed of the last run."""
+        return self.context.seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self.context.seed = value
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for a non-finite loss (policies "skip" and "stop")."""
+        return self.nonfinite.skipped_steps
+
+    @property
+    def board(self) -> Any:
+        """A tensorboardX SummaryWriter into ``logs/`` on global rank 0 of a run, else a NullWriter."""
+        return self.context.board
 
     # -- nodes ----------------------------------------------------------------------------------
     def add(self, name: str, node: Node, tags: "str | Iterable[str]" = DEFAULT_TAG) -> Node:
@@ -137,7 +151,7 @@ class HyperGraph:
         uid = make_uid(name, tag_tuple)
         if uid in self._nodes:
             raise ValueError(f"a node with uid {uid!r} exists already; use another name or tags, or remove({uid!r})")
-        node._attach(self, name, uid, tag_tuple)
+        node._attach(self, self.context, name, uid, tag_tuple)
         self._nodes[uid] = node
         self._egraphs.clear()
         return node
@@ -226,79 +240,39 @@ class HyperGraph:
         key = normalize_tags(tags, what="task tags")
         graph = self._egraphs.get(key)
         if graph is None:
-            graph = self._egraphs[key] = ExecutableGraph(self, self._select(key), key)
+            graph = self._egraphs[key] = ExecutableGraph(self._select(key), key, self.context, self.uids_of)
         return graph
 
     def _check_not_running(self, what: str) -> None:
-        if self._running_task is not None:
+        task = self._runner.task
+        if task is not None and task.running:
             raise RuntimeError(
-                f"cannot {what} nodes while {self._running_task!r} runs; do it in a schedule callable between tasks"
+                f"cannot {what} nodes while {task!r} runs; do it in a schedule callable between tasks"
             )
 
-    # -- precision and accumulation -----------------------------------------------------------
+    # -- precision, accumulation, policies ----------------------------------------------------
     def init_autocast(self, autocast_enabled: bool = True, autocast_dtype: torch.dtype | None = None,
                       grad_scaler: "bool | torch.amp.GradScaler | None" = None) -> None:
         """Run ModuleNode and LossNode forwards under ``torch.autocast`` with the run's device
         type; ``grad_scaler=None`` enables a GradScaler only for float16."""
-        if not isinstance(autocast_enabled, bool):
-            raise TypeError(f"autocast_enabled must be True or False, got {autocast_enabled!r}")
-        if autocast_dtype is not None and autocast_dtype not in _AUTOCAST_DTYPES:
-            raise ValueError(f"autocast_dtype must be torch.float16, torch.bfloat16 or None, got {autocast_dtype!r}")
-        self._autocast_enabled = autocast_enabled
-        self._autocast_dtype = autocast_dtype
-        if grad_scaler is not None:
-            self.init_grad_scaler(grad_scaler)
+        self.context.precision.configure_autocast(autocast_enabled, autocast_dtype, grad_scaler)
 
     def init_grad_scaler(self, grad_scaler: "bool | torch.amp.GradScaler" = True, *, init_scale: float = 2.0**16,
                          growth_factor: float = 2.0, backoff_factor: float = 0.5, growth_interval: int = 2000,
                          enabled: bool = True) -> None:
         """Use a ``torch.amp.GradScaler`` (True: built for the run's device with these options;
         False: none; or a GradScaler instance)."""
-        if not isinstance(grad_scaler, (bool, torch.amp.GradScaler)):
-            raise TypeError(f"grad_scaler must be True, False or a torch.amp.GradScaler, got {grad_scaler!r}")
-        self._scaler_spec = grad_scaler if enabled or not isinstance(grad_scaler, bool) else False
-        self._scaler_kwargs = dict(init_scale=init_scale, growth_factor=growth_factor,
-                                   backoff_factor=backoff_factor, growth_interval=growth_interval)
-        self.grad_scaler = None
+        self.context.precision.configure_scaler(grad_scaler, enabled, init_scale=init_scale,
+                                                growth_factor=growth_factor, backoff_factor=backoff_factor,
+                                                growth_interval=growth_interval)
 
     def is_autocast_enabled(self) -> bool:
         """Whether forwards run under autocast."""
-        return self._autocast_enabled
+        return self.context.precision.autocast_enabled
 
     def is_grad_scaler_enabled(self) -> bool:
         """Whether losses are scaled by a GradScaler (decided for the run's device when unset)."""
-        if self.grad_scaler is not None:
-            return True
-        spec = self._scaler_spec
-        if isinstance(spec, torch.amp.GradScaler):
-            return spec.is_enabled()
-        if spec is None:
-            device = self.launcher.device if self.launcher is not None else torch.device("cpu")
-            return self._autocast_enabled and self._resolved_dtype(device) == torch.float16
-        return bool(spec)
-
-    def _resolved_dtype(self, device: torch.device) -> torch.dtype:
-        if self._autocast_dtype is not None:
-            return self._autocast_dtype
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-    def _setup_amp(self, device: torch.device) -> None:
-        dtype = self._resolved_dtype(device)
-        self.autocast = (device.type, dtype) if self._autocast_enabled else None
-        if self.grad_scaler is not None and self.is_grad_scaler_enabled():
-            return  # a second run() continues with the same scaler
-        spec = self._scaler_spec
-        if isinstance(spec, torch.amp.GradScaler):
-            self.grad_scaler = spec if spec.is_enabled() else None
-        elif spec is True or (spec is None and self._autocast_enabled and dtype == torch.float16):
-            self.grad_scaler = torch.amp.GradScaler(device.type, **self._scaler_kwargs)
-        else:
-            self.grad_scaler = None
-
-    def _after_optimizer_step(self) -> None:
-        if self.grad_scaler is not None and self._scaler_stepped:
-            self.grad_scaler.update()
-        self._scaler_stepped = False
+        return self.context.precision.scaler_enabled(self.context.device)
 
     def set_gradient_accumulate(self, every: int = 1) -> None:
         """Step the optimizers every ``every`` iterations, each micro-batch's loss divided by the
@@ -306,31 +280,26 @@ class HyperGraph:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"set_gradient_accumulate(every=...) needs an int >= 1, got {every!r}")
         self._check_not_running("change gradient accumulation of")
-        self.grad_acc_steps = every
+        self.context.grad_acc_steps = every
 
     def set_nonfinite_policy(self, policy: str = "raise", check_every: int = 50) -> None:
         """What a NaN or infinite train loss does, decided the same way on every rank:
 
         * ``"raise"`` (default): ``NonFiniteLossError`` naming the LossNode and the steps between
-          which it happened. It is found in the LossNodes' epoch accumulators, read every
+          which it happened. It is found in the LossNodes' epoch averages, read every
           ``check_every`` optimizer steps and at every train epoch end: no host read per iteration.
         * ``"skip"``: skip the optimizer step of an accumulation cycle with a non-finite loss (and
           its scheduler and scaler steps), with a warning; reads one device value per step.
         * ``"stop"``: skip it, save a checkpoint at the end of the iteration and end the run cleanly.
         * ``"ignore"``: no check.
         """
-        if policy not in ("raise", "skip", "stop", "ignore"):
-            raise ValueError(f"non-finite policy must be 'raise', 'skip', 'stop' or 'ignore', got {policy!r}")
-        if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
-            raise ValueError(f"non-finite check_every must be an int >= 1, got {check_every!r}")
-        self.nonfinite_policy = policy
-        self.nonfinite_check_every = check_every
+        skipped = self.nonfinite.skipped_steps
+        self.nonfinite = NonFinitePolicy(policy, check_every)
+        self.nonfinite.skipped_steps = skipped
 
     def learning_rates(self) -> dict[str, list[float]]:
         """The current learning rate of every parameter group, by ``"<uid>/<pattern>"``, for every
         ModuleNode with optimizers."""
-        from ice_ignite.nodes.module import ModuleNode
-
         return {f"{uid}/{key}": lrs for uid, node in self._nodes.items() if isinstance(node, ModuleNode)
                 for key, lrs in node.learning_rates().items()}
 
@@ -353,19 +322,6 @@ class HyperGraph:
         if train is not None and not isinstance(train, bool):
             raise TypeError(f"g.on train must be None, True or False, got {train!r}")
         self._handlers.append((event, handler, normalize_tags(tags, what="g.on tags"), train))
-
-    def _observe(self, task: Task) -> list:
-        """Attach this run's observers and the ``on`` handlers to ``task.engine`` for one run."""
-        handles = []
-        if self._guard is not None:  # preemption is checked at every iteration boundary of a run
-            handles.append(task.engine.add_event_handler(Events.ITERATION_STARTED, task.on_iteration_started))
-        for event, handler, tags, train in self._handlers:
-            if (train is None or train == task.train) and (tags == (DEFAULT_TAG,) or set(tags) <= set(task.tags)):
-                handles.append(task.engine.add_event_handler(event, handler))
-        for observer in (self._board_logger, self._progress_view):
-            if observer is not None:
-                handles.extend(observer.attach(task))
-        return handles
 
     def print_forward_output(self, *nodenames: str, every: int = 1, total: int | None = None,
                              tags: "str | Iterable[str]" = DEFAULT_TAG, train_only: bool = True,
@@ -409,110 +365,68 @@ class HyperGraph:
                                written[0], written[1])
         return written
 
-    # -- board --------------------------------------------------------------------------------
-    @property
-    def board(self) -> Any:
-        """A tensorboardX SummaryWriter into ``logs/`` on global rank 0 of a run, else a NullWriter."""
-        if self._board is None:
-            if self._rundir is not None and self.launcher is not None and self.launcher.rank == 0:
-                from tensorboardX import SummaryWriter
-
-                self._board = SummaryWriter(logdir=str(self._rundir.logs))
-            else:
-                return NullWriter()
-        return self._board
-
     # -- schedule -------------------------------------------------------------------------------
     def exec_tasks(self, tasks: Any, launcher: Launcher) -> None:
         """Run a schedule (Tasks, Repeats, callables ``f()``, ``f(g)``, ``f(g, launcher)``) in this
-        process. ``HyperGraph.run`` calls it; call it directly to run without a run directory."""
+        process. ``HyperGraph.run`` calls it; call it directly to run without a run directory (a
+        state given to ``load_state_dict`` before is resumed)."""
         if not isinstance(launcher, Launcher):
             raise TypeError(f"exec_tasks needs an ice.Launcher, got {type(launcher).__name__}")
         entries = flatten_schedule(tasks)
-        if self._entries is not None:  # nested, from a schedule callable: progress stays the outer one
-            self._run_entries(entries, launcher, 0, None, track=False)
-            return
-        outer = self.launcher
+        ctx = self.context
+        outer = ctx.launcher
         if outer is None:
-            self.launcher = launcher
-            self._setup_amp(launcher.device)
+            ctx.launcher = launcher
+            ctx.precision.setup(launcher.device)
         try:
-            self._run_entries(entries, launcher, 0, None, track=True)
+            self._execute(entries, launcher, strict=True)
         finally:
             if outer is None:
-                self.launcher = None
+                ctx.launcher = None
 
-    def _run_entries(self, entries: list[ScheduleEntry], launcher: Launcher, start: int, resume: dict | None,
-                     track: bool) -> None:
-        if track:
-            self._entries = entries
-        try:
-            for i in range(start, len(entries)):
-                item = entries[i].item
-                if track:
-                    self._position = i
-                    self._entry_state = "pending"
-                    self._check_preemption(0)
-                try:
-                    if isinstance(item, Task):
-                        self._entry_state = "task-pending"
-                        self._running_task = item
-                        try:
-                            item.run(self, resume if i == start else None)
-                        finally:
-                            self._running_task = None
-                    else:
-                        self._entry_state = "callable"
-                        call_with_arity(item, self, launcher)
-                except StopAllTasks:
-                    logger.info("StopAllTasks raised in %s: the schedule ends here", entries[i].description)
-                    return
-                except StopTask:
-                    logger.info("StopTask raised in %s, outside a task: ignored", entries[i].description)
-            if track:
-                self._position = len(entries)
-        finally:
-            if track:
-                self._entries = None
-                self._entry_state = "idle"
-
-    def _progress(self, iteration_offset: int = 0) -> dict:
-        """Where the schedule continues if resumed from a checkpoint taken now (``iteration_offset``
-        -1: at an ITERATION_STARTED, before the iteration ran)."""
-        if self._entries is None:
-            return {"entry": 0, "task": None}
-        task = self._running_task
-        if self._entry_state == "callable":
-            return {"entry": self._position + 1, "task": None}
-        if task is not None and task._in_engine:
-            return {"entry": self._position, "task": task.progress(iteration_offset)}
-        if task is not None and task._engine_done:
-            return {"entry": self._position + 1, "task": None}
-        return {"entry": self._position, "task": None}
-
-    def _check_preemption(self, iteration_offset: int) -> None:
-        """At an iteration (offset -1) or schedule (0) boundary: after SIGTERM / SIGINT on any
-        rank, every rank checkpoints at the same boundary and raises Preempted."""
-        guard = self._guard
-        if guard is None:
+    def _execute(self, entries: list[ScheduleEntry], launcher: Launcher, strict: bool) -> None:
+        """Run ``entries``, from the position of a pending checkpoint state if there is one."""
+        if self._runner.entries is not None:  # nested, from a schedule callable
+            self._runner.run(entries, self._run_task, lambda item: call_with_arity(item, self, launcher))
             return
-        local = guard.requested is not None
-        agreed = self._agreed
-        if agreed is not None:
-            local = agreed.check(local) if iteration_offset else agreed.check_now(local)
-        if not local:
-            return
-        path = self._checkpointer.save(None, (DEFAULT_TAG,), self._progress(iteration_offset))
-        raise Preempted(guard.requested or signal.SIGTERM, path)
+        resume = None
+        if self._pending is not None:
+            (state, source), self._pending = self._pending, None
+            resume = self._checkpointer.restore(state, source, entries, strict)
+        self._checkpointer.entries = entries
+        session = self._session
+        self._runner.run(entries, lambda task, position: self._run_task(task, position, resume),
+                         lambda item: call_with_arity(item, self, launcher),
+                         start=resume.entry if resume is not None else 0,
+                         resume=resume.task if resume is not None else None,
+                         boundary=session.check_preemption_now if session is not None else None)
 
-    # -- run ------------------------------------------------------------------------------------
+    def _run_task(self, task: Task, position: dict | None, resume: Any = None) -> None:
+        task.engine.hypergraph = self
+        task.run(self.select_egraph(task.tags), self._attach, self._attach_on_handlers, position,
+                 resume.reload_epoch if resume is not None and position is not None else None)
+
+    def _attach(self, task: Task) -> None:
+        """Attach the run's own handlers to a starting task (inside its engine's ``internal()``)."""
+        checkpoint = (lambda: self.save_checkpoint()) if self._session is not None else None
+        task.engine.add_event_handler(StepEvents.OPTIM_STEP_COMPLETED, self.context.precision.after_optimizer_step)
+        self.nonfinite.attach(task, self.context, checkpoint)
+        if self._session is not None:
+            self._session.attach(task)
+
+    def _attach_on_handlers(self, task: Task) -> list:
+        """Attach the ``g.on`` handlers that apply to ``task``; returns their handles."""
+        return [task.engine.add_event_handler(event, handler) for event, handler, tags, train in self._handlers
+                if (train is None or train == task.train) and (tags == (DEFAULT_TAG,) or set(tags) <= set(task.tags))]
+
     def run(self, tasks: Any, devices: str = "auto", run_id: str | None = None,
             out_dir: "str | os.PathLike | None" = None, resume_from: "str | os.PathLike | None" = None,
             seed: int = 0, nnodes: str = "1:1", node_rank: int = 0, dist_backend: str = "auto",
             master_addr: str = "127.0.0.1", master_port: int | None = None, rdzv_endpoint: str = "",
             rdzv_backend: str = "static", max_restarts: int = 0, start_method: str = "spawn",
             launcher: Launcher | None = None, *, strict_resume: bool = True, n_saved: int | None = None,
-            log_every: int = 50, progress: bool = True, hparams: dict | None = None, timing: bool = False) -> Path:
+            log_every: int = 50, progress: bool = True, hparams: dict | None = None, timing: bool = False,
+            launch: LaunchOptions | None = None) -> Path:
         """Run the schedule ``tasks`` in a run directory ``out_dir/run_id``.
 
         Args:
@@ -546,6 +460,8 @@ class HyperGraph:
             hparams: hyper-parameters to record with the final metrics (TensorBoard's HParams).
             timing: time every node's forward, backward and update per task, and write
                 ``timing.csv`` and ``timing.png`` into the run directory.
+            launch: the launch options as one ``ice.LaunchOptions`` (instead of ``nnodes`` ...
+                ``start_method``).
 
         With several devices (or ``nnodes`` > 1) ``run`` starts one worker per device and, in
         ``spawn`` mode, exits when they are done; a worker's ``run`` (also under ``torchrun``,
@@ -557,139 +473,79 @@ class HyperGraph:
             The run directory.
         """
         entries = flatten_schedule(tasks)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {seed!r}")
-        if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
-            raise TypeError(f"resume_from must be None, 'auto' or a checkpoint path, got {resume_from!r}")
-        if n_saved is not None and (isinstance(n_saved, bool) or not isinstance(n_saved, int) or n_saved < 1):
-            raise ValueError(f"n_saved must be None (keep all) or an int >= 1, got {n_saved!r}")
-        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 0:
-            raise ValueError(f"log_every must be an int >= 0, got {log_every!r}")
-        if hparams is not None and not isinstance(hparams, dict):
-            raise TypeError(f"hparams must be a dict of hyper-parameters, got {type(hparams).__name__}")
-        if start_method not in ("spawn", "fork"):
-            raise ValueError(f"start_method must be 'spawn' (re-run the script) or 'fork', got {start_method!r}")
-        joined = False
+        if launch is None:
+            launch = LaunchOptions(nnodes=nnodes, node_rank=node_rank, dist_backend=dist_backend,
+                                   master_addr=master_addr, master_port=master_port, rdzv_endpoint=rdzv_endpoint,
+                                   rdzv_backend=rdzv_backend, max_restarts=max_restarts, start_method=start_method)
+        options = RunOptions(run_id=run_id, out_dir=out_dir, resume_from=resume_from, seed=seed,
+                             strict_resume=strict_resume, n_saved=n_saved, log_every=log_every, progress=progress,
+                             hparams=hparams, timing=timing)
+        joined = worker = False
         if launcher is None and in_worker():
-            launcher, joined = join(devices, dist_backend)
+            launcher, joined = join(devices, launch.dist_backend)
+            worker = True
         elif launcher is None:
             device_list = parse_devices(devices)
-            if len(device_list) > 1 or str(nnodes) not in ("1", "1:1"):
-                rundir = prepare_run_dir(out_dir, run_id, resume_from)
-                command = script_command() if start_method == "spawn" else None
-                fork = command is None  # no entry script to re-run (a notebook, python -c): fork
-
-                def worker() -> None:  # forked: the graph and its lambdas are inherited, not pickled
-                    self.run(tasks, devices=devices, run_id=rundir.run_id, out_dir=out_dir, resume_from=resume_from,
-                             seed=seed, dist_backend=dist_backend, strict_resume=strict_resume, n_saved=n_saved,
+            if len(device_list) > 1 or launch.several_nodes:
+                def worker(agreed_id: str) -> None:  # forked: the graph and its lambdas are inherited, not pickled
+                    self.run(tasks, devices=devices, launch=launch, run_id=agreed_id, out_dir=out_dir,
+                             resume_from=resume_from, seed=seed, strict_resume=strict_resume, n_saved=n_saved,
                              log_every=log_every, progress=progress, hparams=hparams, timing=timing)
 
-                os.environ[_RUN_ID_ENV] = rundir.run_id
-                try:
-                    launch(worker if fork else command, len(device_list), nnodes, node_rank, master_addr, master_port,
-                           rdzv_endpoint, rdzv_backend, max_restarts, "fork" if fork else "spawn",
-                           run_id=run_id or "ice_ignite")
-                except Preempted as e:
-                    print(f"ice_ignite: {e}", file=sys.stderr, flush=True)
-                    raise
-                finally:
-                    os.environ.pop(_RUN_ID_ENV, None)
-                if fork:
-                    return rundir.root
-                raise SystemExit(0)  # as under torchrun, the workers ran the whole script
+                return spawn_workers(worker, len(device_list), launch, options)
             launcher = Launcher(device=device_list[0])
-        if joined and resume_from is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-            resume_from = "auto"  # the elastic agent restarted the workers: continue the run
+        if worker and options.resume_from is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            options = RunOptions(**{**options.__dict__, "resume_from": "auto"})  # restarted workers continue
         try:
-            rundir = self._open_run_dir(out_dir, run_id, resume_from, launcher)
-            bars = progress and launcher.local_rank == 0 and sys.stderr.isatty()
-            with run_logging(rundir.logs, launcher.rank, bars), PreemptionGuard() as self._guard:
-                self._enter_run(launcher, rundir, seed, n_saved)
-                if launcher.rank == 0:
-                    self._board_logger = BoardLogger(self, log_every)
-                if progress and launcher.local_rank == 0:
-                    self._progress_view = Progress(sys.stderr)
-                self._timer = NodeTimer(launcher.device) if timing else None
-                start, task_resume = 0, None
-                if resume_from is not None:
-                    start, task_resume = self._checkpointer.resume(resume_from, entries, strict_resume)
-                self._run_entries(entries, launcher, start, task_resume, track=True)
-                if hparams is not None and self._board_logger is not None:
-                    self._board_logger.write_hparams(hparams)
-                if self._timer is not None and launcher.rank == 0:
-                    self._timer.write(rundir.root)
+            rundir = open_run_dir(options, launcher)
+            self._session = RunSession(self.context, self._checkpointer, launcher, rundir, options)
+            with self._session.active():
+                self._backup_sources()
+                if options.resume_from is not None:
+                    self._load_resume_state(options.resume_from)
+                self._execute(entries, launcher, options.strict_resume)
         except Preempted as e:
             logger.warning("%s", e)
             print(f"ice_ignite: rank {launcher.rank}: {e}", file=sys.stderr, flush=True)
             raise
         except Exception as e:
-            if joined:
-                _record_worker_error(e)
+            if worker:
+                record_worker_error(e)
             raise
         finally:
-            self._guard = None
-            self._exit_run()
+            self._session = None
+            self._pending = None
             leave(joined)
         return rundir.root
 
-    def _open_run_dir(self, out_dir: "str | os.PathLike | None", run_id: str | None, resume_from: Any,
-                      launcher: Launcher) -> RunDir:
-        """The run directory, prepared by global rank 0 and agreed by every rank."""
-        if launcher.world_size == 1:
-            return prepare_run_dir(out_dir, run_id, resume_from)
-        run_id = run_id or os.environ.get(_RUN_ID_ENV)
-        prepared, failure, answer = None, None, (None, None)
-        if launcher.rank == 0:
-            try:
-                prepared = prepare_run_dir(out_dir, run_id, resume_from)
-                answer = (prepared.run_id, None)
-            except Exception as e:
-                failure, answer = e, (None, f"{type(e).__name__}: {e}")
-        agreed_id, error = parallel.broadcast_object(answer)
-        if failure is not None:
-            raise failure
-        if error is not None:
-            raise RuntimeError(f"global rank 0 could not prepare the run directory: {error}")
-        if prepared is not None:
-            return prepared
-        rundir = RunDir(Path(out_dir if out_dir is not None else DEFAULT_OUT_DIR) / agreed_id)
-        rundir.create()  # on other machines too: each rank writes its own log there
-        return rundir
-
-    def _enter_run(self, launcher: Launcher, rundir: RunDir, seed: int, n_saved: int | None) -> None:
-        self.launcher = launcher
-        self._rundir = rundir
-        self.run_dir = rundir.root
-        self.run_id = rundir.run_id
-        self.seed = seed
-        seed_everything(seed + launcher.rank)
-        self._setup_amp(launcher.device)
-        self._agreed = parallel.AgreedFlag() if launcher.world_size > 1 else None
-        self._checkpointer.open(rundir, n_saved, writer=launcher.rank == 0)
-        self._backup_sources()
-
-    def _exit_run(self) -> None:
-        self._board_logger = self._progress_view = self._timer = None
-        if self._agreed is not None:
-            self._agreed.close()
-            self._agreed = None
-        if self._board is not None:
-            self._board.close()
-            self._board = None
-        self.launcher = None
-        self._rundir = None
+    def _load_resume_state(self, resume_from: Any) -> None:
+        """Read the checkpoint to resume (``"auto"``: the newest valid one of the run directory,
+        picked by global rank 0) and keep it for ``_execute``."""
+        ckpts = self._checkpointer.rundir.ckpts
+        where = self._checkpointer.map_location()
+        if str(resume_from) != "auto":
+            self._pending = (read_checkpoint(resume_from, map_location=where), str(resume_from))
+            return
+        found = latest_valid_checkpoint(ckpts, map_location=where) if self.context.rank == 0 else None
+        chosen = parallel.broadcast_object(str(found[0]) if found is not None else None)
+        if chosen is None:
+            logger.info("resume_from='auto': %s holds no checkpoint; starting from the beginning", ckpts.parent)
+            return
+        state = found[1] if found is not None else read_checkpoint(chosen, map_location=where)
+        self._pending = (state, chosen)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, save_to: "str | os.PathLike | None" = None, tags: "str | Iterable[str]" = DEFAULT_TAG
                         ) -> Path | None:
         """Write a checkpoint of the run: node states (of ``tags``; ``"*"``: every node), counters,
-        RNG streams, GradScaler and the schedule position. Call it on every rank; global rank 0
-        writes. Returns the file written (None on other ranks).
+        RNG streams, GradScaler, the schedule position, task engines and the stateful handlers
+        attached to them. Call it on every rank; global rank 0 writes. Returns the file written
+        (None on other ranks).
 
         Raises:
             CheckpointError: no run directory and no ``save_to``, or ``save_to`` exists.
         """
-        return self._checkpointer.save(save_to, normalize_tags(tags, what="save_checkpoint tags"), self._progress())
+        return self._checkpointer.save(save_to, normalize_tags(tags, what="save_checkpoint tags"))
 
     def load_checkpoint(self, resume_from: "str | os.PathLike", strict: bool = False,
                         tags: "str | Iterable[str]" = DEFAULT_TAG) -> dict:
@@ -703,8 +559,45 @@ class HyperGraph:
         state = read_checkpoint(resume_from, map_location=self._checkpointer.map_location())
         return self._checkpointer.load_nodes(state, tag_tuple, strict, str(resume_from))
 
-    def _save_best(self, node: Node, value: float, higher_better: bool, max_keep: int) -> Path | None:
-        return self._checkpointer.save_best(node, value, higher_better, max_keep)
+    def state_dict(self) -> dict:
+        """The whole resumable checkpoint, as ``save_checkpoint`` writes it, so that ignite's
+        ``Checkpoint({"graph": g}, DiskSaver(...))`` can save it from any task engine handler
+        (at an iteration, epoch or run boundary); ``run(..., resume_from=file)`` continues
+        from such a file exactly. Call it on every rank (a collective in multi-process runs).
+
+        Examples:
+            >>> import ice_ignite as ice
+            >>> sorted(ice.HyperGraph().state_dict())[:4]
+            ['counters', 'engines', 'format', 'grad_acc_steps']
+        """
+        return self._checkpointer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Keep ``state`` (from ``state_dict``, e.g. through ignite's ``Checkpoint.load_objects``)
+        to be resumed by the next ``run`` / ``exec_tasks``: everything is restored there and the
+        schedule continues where the state was taken.
+
+        Raises:
+            CheckpointError: ``state`` is not an ice_ignite checkpoint, or a schedule is running.
+        """
+        from ice_ignite.checkpoint import FORMAT
+
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise CheckpointError(f"HyperGraph.load_state_dict needs what HyperGraph.state_dict returned (a dict "
+                                  f"with format {FORMAT!r}), got {type(state).__name__}")
+        if self._runner.entries is not None:
+            raise CheckpointError("HyperGraph.load_state_dict cannot resume in the middle of a running schedule; call "
+                                  "it before run(), or use LoadCheckpointTask to load node states")
+        self._pending = (state, "the state given to load_state_dict")
+
+    def register_stateful(self, name: str, obj: Any) -> None:
+        """Checkpoint ``obj`` (anything with ``state_dict`` / ``load_state_dict`` that is not a
+        handler of a task engine, whose handlers are checkpointed already) under ``name``."""
+        check_name(name)
+        if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+            raise TypeError(f"register_stateful({name!r}, ...) needs an object with state_dict() and "
+                            f"load_state_dict(), got {type(obj).__name__}")
+        self._objects[name] = obj
 
     def backup_source_files(self, entrypoint: "str | os.PathLike") -> None:
         """Copy ``entrypoint`` (usually ``__file__``) and the local modules it imports into
@@ -714,6 +607,6 @@ class HyperGraph:
 
     def _backup_sources(self) -> None:
         """During a run, on global rank 0: copy the registered entry script's sources into ``src/``."""
-        if self._entrypoint is not None and self._rundir is not None and self.launcher is not None \
-                and self.launcher.rank == 0:
-            backup_sources(self._entrypoint, self._rundir.src)
+        ctx = self.context
+        if self._entrypoint is not None and ctx.run_dir is not None and ctx.rank == 0:
+            backup_sources(self._entrypoint, ctx.run_dir / "src")

@@ -115,7 +115,8 @@ class WorkerFailed(RuntimeError):
 
 def in_worker() -> bool:
     """Whether this process is one worker of a multi-process run: started by ``run``, by
-    ``torchrun`` or by SLURM, or with a process group already initialised."""
+    ``torchrun`` or by SLURM, or with a process group already initialised (by
+    ``idist.Parallel``, ``idist.initialize`` or ``torch.distributed.init_process_group``)."""
     import torch.distributed as dist
 
     env = os.environ
@@ -143,35 +144,106 @@ def _worker_device(devices: str, local_rank: int, local_world_size: int) -> torc
     )
 
 
-def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
-    """Join the process group of this worker, initialising it (from the environment that
-    ``torchrun``, the elastic agent or SLURM set) unless it exists. Returns the launcher and
-    whether the group was initialised here."""
+def _backend_names(backend: str) -> set[str]:
+    """The backends of a process group's backend string: ``'gloo'`` -> {gloo},
+    ``'cpu:gloo,cuda:nccl'`` -> {gloo, nccl}."""
+    return {part.rpartition(":")[2].strip().lower() for part in str(backend).split(",") if part.strip()}
+
+
+def _group_devices(devices: str, dist_backend: str, backend: str, local_rank: int,
+                   local_world_size: int) -> list[torch.device]:
+    """Every local worker's device in a process group that exists, with backend ``backend``;
+    raises ValueError where ``devices`` or ``dist_backend`` contradict the group."""
+    names = _backend_names(backend)
+    where = (f"this process is local rank {local_rank} of {local_world_size} in a process group with backend "
+             f"{backend!r} that was initialised before run (idist.Parallel, idist.initialize or "
+             "torch.distributed.init_process_group)")
+    if dist_backend != "auto":
+        default_backend([], dist_backend)  # the usual error for an unknown name
+        if dist_backend not in names:
+            raise ValueError(f"dist_backend={dist_backend!r}, but {where}; pass dist_backend='auto' (or "
+                             f"{sorted(names)[0]!r}), or initialise the group with {dist_backend!r}")
+    if not 0 <= local_rank < local_world_size:
+        raise ValueError(f"{where}: the local rank is out of range; set LOCAL_RANK (or call "
+                         "idist.set_local_rank) before initialising the group")
+    local_devices = [_worker_device(devices, r, local_world_size) for r in range(local_world_size)]
+    cuda = [d for d in local_devices if d.type == "cuda"]
+    if cuda:
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        missing = sorted({d.index for d in cuda if d.index >= available})
+        if missing:
+            raise ValueError(f"devices={devices!r} puts local ranks on CUDA device(s) {missing}, but this machine "
+                             f"has {available}; {where}")
+    if names == {"nccl"} and default_backend(local_devices) != "nccl":
+        raise ValueError(f"devices={devices!r} gives the local ranks {[str(d) for d in local_devices]}, but {where}: "
+                         "nccl needs one GPU of its own per process; use devices='auto' or 'cuda', or a gloo group")
+    return local_devices
+
+
+def _adopt_group(devices: str, dist_backend: str) -> Launcher:
+    """The launcher of a process in a process group that exists: its place (rank, local rank,
+    processes per node, node rank, backend) from ``ignite.distributed`` and ``torch.distributed``,
+    not from the environment (``idist.Parallel``'s spawned workers have no ``LOCAL_WORLD_SIZE``)."""
     import ignite.distributed as idist
     import torch.distributed as dist
 
+    # A group made with torch.distributed.init_process_group: ignite.distributed adopts it at its
+    # first call (idist.sync: collectives that every rank makes here).
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if (idist.get_rank(), idist.get_world_size()) != (rank, world_size):
+        raise RuntimeError(
+            f"torch.distributed says rank {rank} of {world_size}, ignite.distributed says rank {idist.get_rank()} "
+            f"of {idist.get_world_size()}: the group changed after ignite adopted it; call idist.sync() after "
+            "creating the new group"
+        )
+    backend = str(idist.backend() or dist.get_backend())
+    local_rank, local_world_size = idist.get_local_rank(), idist.get_nproc_per_node()
+    if not 1 <= local_world_size <= world_size:
+        raise RuntimeError(f"ignite.distributed counts {local_world_size} processes on this machine in a group of "
+                           f"{world_size}; call idist.sync() after creating the group")
+    device = _group_devices(devices, dist_backend, backend, local_rank, local_world_size)[local_rank]
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Launcher(rank=rank, local_rank=local_rank, world_size=world_size, local_world_size=local_world_size,
+                    node_rank=idist.get_node_rank(), device=device, backend=backend)
+
+
+def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
+    """Join the process group of this worker. A group that exists (``idist.Parallel``,
+    ``idist.initialize``, ``torch.distributed.init_process_group``) is used as it is: this process's
+    place in it comes from ``ignite.distributed``, and ``leave`` does not destroy it. Otherwise the
+    group is initialised from the environment that ``torchrun``, the elastic agent or SLURM set.
+    Returns the launcher and whether the group was initialised here."""
+    import ignite.distributed as idist
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return _adopt_group(devices, dist_backend), False
     env = os.environ
     local_rank = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0")))
     local_world_size = int(env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", "1")))
+    if not 0 <= local_rank < local_world_size:
+        raise RuntimeError(
+            f"this worker's local rank {local_rank} is not below the {local_world_size} processes per machine that "
+            "the environment gives (LOCAL_RANK / LOCAL_WORLD_SIZE, or SLURM_LOCALID / SLURM_NTASKS_PER_NODE); start "
+            "workers with torchrun, srun or idist.Parallel, or initialise the process group before run"
+        )
     # every local worker's device: nccl only when each process has a GPU of its own
     local_devices = [_worker_device(devices, r, local_world_size) for r in range(local_world_size)]
     device = local_devices[local_rank]
-    initialised_here = False
-    if not dist.is_initialized():
-        backend = default_backend(local_devices, dist_backend)
-        if backend == "nccl" and device.type == "cuda":
-            torch.cuda.set_device(device)
-        if "TORCHELASTIC_RESTART_COUNT" in env:
-            _init_elastic_worker(backend)
-        else:
-            idist.initialize(backend)
-        initialised_here = True
+    backend = default_backend(local_devices, dist_backend)
+    if backend == "nccl" and device.type == "cuda":
+        torch.cuda.set_device(device)
+    if "TORCHELASTIC_RESTART_COUNT" in env:
+        _init_elastic_worker(backend)
+    else:
+        idist.initialize(backend)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     launcher = Launcher(rank=idist.get_rank(), local_rank=idist.get_local_rank(), world_size=idist.get_world_size(),
                         local_world_size=idist.get_nproc_per_node(), node_rank=idist.get_node_rank(), device=device,
                         backend=idist.backend())
-    return launcher, initialised_here
+    return launcher, True
 
 
 def _init_elastic_worker(backend: str) -> None:
@@ -196,7 +268,8 @@ def _init_elastic_worker(backend: str) -> None:
 
 
 def leave(initialised_here: bool) -> None:
-    """Destroy the process group if ``join`` created it."""
+    """Destroy the process group if ``join`` created it. A group that existed before ``join``
+    (``idist.Parallel``'s, the user's) is left to whoever created it."""
     if initialised_here:
         import ignite.distributed as idist
 

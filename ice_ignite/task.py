@@ -1,83 +1,31 @@
-"""The schedule: ``Task`` (an ignite Engine running one selected graph), ``Repeat``, and the
-flattening that gives every schedule entry a position a checkpoint can record (B3)."""
+"""``Task``: one step of a schedule, an ignite Engine that runs one selected graph (B3)."""
 
 from __future__ import annotations
 
-import inspect
-import logging
-import weakref
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Events
 
-# ignite raises this private exception to leave a run through TERMINATE -> COMPLETED without
-# EPOCH_COMPLETED; raising it ourselves is the only way to end a run mid-iteration that way.
-from ignite.engine.engine import _EngineTerminateException
-
-from ice_ignite.errors import IceError, ResumeTaskFailed, ScheduleError, StopAllTasks, StopTask
+from ice_ignite.engine import EngineTerminate, TaskEngine
+from ice_ignite.errors import CheckpointError, ResumeTaskFailed, ScheduleError, StopAllTasks, StopTask
+from ice_ignite.graph import ExecutableGraph
 from ice_ignite.tags import DEFAULT_TAG, normalize_tags
 
-if TYPE_CHECKING:
-    from ice_ignite.graph import ExecutableGraph
-    from ice_ignite.hypergraph import HyperGraph
-
-__all__ = ["Task", "Repeat", "ScheduleEntry", "flatten_schedule", "call_with_arity"]
-
-
-class _TaskEngine(Engine):
-    """An ignite Engine in which ``StopTask`` / ``StopAllTasks`` raised by any handler end the
-    run like ``terminate()`` called mid-iteration: TERMINATE and COMPLETED fire, the epoch does
-    not complete."""
-
-    def __init__(self, task: "Task"):
-        super().__init__(task._process)
-        self._task_stop_all = False
-        self.task = task
-
-    @property
-    def hypergraph(self) -> "HyperGraph | None":
-        """The HyperGraph that runs (or last ran) this engine's task."""
-        return self.task._hypergraph
-
-    def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
-        # Engine._fire_event formats its debug message on every event, debug logging on or off: over
-        # half of ignite's dispatch cost per iteration. The same handler loop, formatting only when on.
-        if self.logger.isEnabledFor(logging.DEBUG):
-            self.logger.debug(f"{self.state.epoch} | {self.state.iteration}, Firing handlers for event {event_name}")
-        self.last_event_name = event_name
-        try:
-            for func, args, kwargs in self._event_handlers[event_name]:
-                kwargs.update(event_kwargs)
-                if args and isinstance(args[0], weakref.ref):  # handlers that take the engine hold a weakref
-                    engine = args[0]()
-                    if engine is None:
-                        raise RuntimeError("Engine reference not resolved. Cannot execute event handler.")
-                    func(engine, *event_args, *args[1:], **kwargs)
-                else:  # metrics' handlers do not take the engine
-                    func(*event_args, *args, **kwargs)
-        except (StopTask, StopAllTasks) as e:
-            self._task_stop_all |= isinstance(e, StopAllTasks)
-            if event_name in (Events.TERMINATE, Events.COMPLETED):
-                return
-            self.should_terminate = True
-            raise _EngineTerminateException() from None
-        except Exception as e:
-            if not isinstance(e, (_EngineTerminateException, IceError)) and not getattr(e, "_ice_noted", False):
-                name = getattr(event_name, "name", event_name)
-                e.add_note(f"raised by a handler of {name} on the engine of {self.task!r}")
-                e._ice_noted = True  # once, though events nest (a handler that fires another)
-            raise
+__all__ = ["Task"]
 
 
 class Task:
     """One step of a schedule: train or evaluate the nodes selected by ``tags`` for a number of
-    epochs or steps, as one ``Engine.run`` of ``task.engine``.
+    epochs or steps, as a run of ``task.engine``, an ignite ``Engine``.
 
-    Each time the schedule reaches the task, ``engine.run`` starts afresh (``state.iteration``
-    and ``state.epoch`` restart at 0; the HyperGraph's global counters do not). Handlers attached
-    to ``task.engine`` fire on every run, after ice_ignite's own handlers of the same event.
+    The engine continues across the task's repetitions: each time the schedule reaches the task
+    it runs ``epochs`` more epochs (or, counting ``steps``, one more epoch of ``steps × k``
+    iterations, k the gradient accumulation), so ``engine.state.epoch`` and ``iteration`` only
+    grow over a run and ignite handlers that read them (``global_step_from_engine``,
+    ``Checkpoint`` file names, schedulers) see monotone steps. STARTED and COMPLETED fire on every
+    repetition. Handlers attached to ``task.engine`` run after ice_ignite's own handlers of the same
+    event. ``engine.state.output`` is the iteration's node outputs by name (detached in train tasks).
 
     Args:
         train: train (forward, backward, optimizer steps) or evaluate (forward under no_grad).
@@ -114,18 +62,11 @@ class Task:
         self.steps = steps
         self.tags = normalize_tags(tags, what="Task tags")
         self.step_mode = steps > 0
-        self.engine: Engine = _TaskEngine(self)
-        # Registered now, before any user handler, so that ice_ignite's run first (B3).
-        self.engine.add_event_handler(Events.STARTED, self._on_started)
-        self.engine.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
-        self.engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration_completed)
-        self.engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_completed)
+        self.engine = TaskEngine(self._process)
+        self.engine.task_label = repr(self)
+        self.engine.task = self
         self._graph: ExecutableGraph | None = None
-        self._hypergraph: HyperGraph | None = None
-        self._resuming = False
         self._epoch_iter = 0
-        self._in_engine = False
-        self._engine_done = False
         self._closed_epoch = 0  # the last engine epoch whose EPOCH_COMPLETED work began
         self._close_epoch_on_start = False
 
@@ -150,12 +91,17 @@ class Task:
         return self.engine.state.epoch_length or 0 if self._graph is not None else 0
 
     @property
-    def graph(self) -> "ExecutableGraph | None":
+    def graph(self) -> ExecutableGraph | None:
         """The ExecutableGraph of the current run, or None when not running."""
         return self._graph
 
+    @property
+    def running(self) -> bool:
+        """Whether the task's engine is running."""
+        return self._graph is not None
+
     # -- running ------------------------------------------------------------------------------
-    def epoch_length(self, graph: "ExecutableGraph", grad_acc_steps: int) -> int:
+    def epoch_length(self, graph: ExecutableGraph, grad_acc_steps: int) -> int:
         """Iterations per engine epoch of this task on ``graph``."""
         if self.step_mode:
             return self.steps * (grad_acc_steps if self.train else 1)
@@ -177,233 +123,190 @@ class Task:
                                 "with fewer samples than batch_size)")
         return min(sizes.values())
 
-    def run(self, hypergraph: "HyperGraph", resume: dict | None = None) -> None:
-        """Run the task once on ``hypergraph`` (``resume``: engine state to continue from)."""
-        graph = hypergraph.select_egraph(self.tags)
-        length = self.epoch_length(graph, hypergraph.grad_acc_steps)
-        max_epochs = 1 if self.step_mode else self.epochs
-        engine = self.engine
-        engine._task_stop_all = False
-        self._in_engine = self._engine_done = False
-        iteration = pending_epoch_end = 0
+    def run(self, graph: ExecutableGraph, attach: Callable[["Task"], None] | None = None,
+            user_handlers: Callable[["Task"], list] | None = None, resume: dict | None = None,
+            reload_epoch: Callable[[], None] | None = None) -> bool:
+        """Run the task once more on ``graph``; returns whether it ran to its end.
+
+        ``attach(task)`` attaches the run's own handlers (before user handlers);
+        ``user_handlers(task)`` attaches user-level ones for this run and returns their handles;
+        ``resume`` is the position of a checkpoint taken inside this task (its engine
+        state is loaded); ``reload_epoch()`` restores a checkpointed mid-epoch state after the
+        resumed epoch's EPOCH_STARTED handlers ran (they reset metrics, as in ignite).
+        """
+        engine, state = self.engine, self.engine.state
+        length = self.epoch_length(graph, graph.context.grad_acc_steps)
+        engine.stop_all = False
         if resume is not None:
             if resume["epoch_length"] != length:
                 raise ResumeTaskFailed(
                     f"{self!r} was checkpointed with {resume['epoch_length']} iterations per epoch and now has "
                     f"{length}: the data or the gradient accumulation changed; resume with the same settings"
                 )
-            iteration = resume["iteration"]
+            iteration, max_epochs = resume["iteration"], resume["max_epochs"]
             # checkpointed after an epoch's last iteration but before its EPOCH_COMPLETED work
             pending_epoch_end = iteration > 0 and iteration % length == 0 and not resume["epoch_done"]
             if iteration >= length * max_epochs and not pending_epoch_end:
-                self._engine_done = True
-                return
+                return True
+        elif state.max_epochs is not None and state.epoch_length != length:
+            raise ScheduleError(
+                f"{self!r} ran with {state.epoch_length} iterations per epoch and now has {length} (its data or the "
+                "gradient accumulation changed between repetitions); its engine continues across repetitions, so "
+                "use a new Task for the new setting"
+            )
         if engine.should_terminate:
             # terminate() was called while the task was not running (e.g. by ignite's EarlyStopping
             # attached to an evaluation task): as in ignite, training ends, here with the schedule.
             engine.should_terminate = False
             raise StopAllTasks()
-        self._graph, self._hypergraph = graph, hypergraph
-        self._resuming, self._epoch_iter = False, 0
-        handles = hypergraph._observe(self)
+        self._graph, self._epoch_iter = graph, 0
+        handles: list = []
+        before = after = []
+        one_shot = None
         try:
-            graph.start(self)
-            self._in_engine = True
+            with engine.internal() as before:
+                engine.add_event_handler(Events.STARTED, self._on_started)
+                engine.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
+                engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_completed)
+            graph.start(self, engine)
+            with engine.internal() as after:
+                engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration_completed)
+                if attach is not None:
+                    attach(self)
+            handles = user_handlers(self) if user_handlers is not None else []
             with torch.set_grad_enabled(self.train):
                 if resume is not None:
                     engine.load_state_dict({"iteration": iteration, "epoch_length": length, "max_epochs": max_epochs})
                     self._epoch_iter = iteration % length
-                    self._resuming = self._epoch_iter != 0
                     self._closed_epoch = iteration // length - (1 if pending_epoch_end else 0)
+                    if self._epoch_iter and reload_epoch is not None:
+                        one_shot = engine.add_event_handler(Events.EPOCH_STARTED, _once(reload_epoch))
                     if pending_epoch_end and iteration >= length * max_epochs:
                         self._finish_last_epoch(engine)
                     else:
                         self._close_epoch_on_start = pending_epoch_end
                         engine.run(None)
                 else:
-                    self._closed_epoch = 0
-                    engine.state.max_epochs = None  # forces a fresh run, also after a StopTask
-                    engine.state.max_iters = None
-                    engine.run(None, max_epochs=max_epochs, epoch_length=length)
-            self._engine_done = True
+                    self._closed_epoch = state.epoch if state.max_epochs is not None else 0
+                    more = 1 if self.step_mode else self.epochs
+                    engine.run(None, max_epochs=self._closed_epoch + more, epoch_length=length)
+            done = not engine.should_terminate
         finally:
-            self._in_engine = False
-            self._graph = None
-            for handle in handles:
+            for handle in handles + ([one_shot] if one_shot is not None else []):
                 handle.remove()
-            engine.should_terminate = False  # what terminated this run does not reach the next one
-            graph.finish()
-        if engine._task_stop_all:
+            engine.remove_internal(before)
+            engine.remove_internal(after)
+            try:
+                graph.finish(engine)
+            finally:
+                self._graph = None
+                if engine.should_terminate:  # StopTask: the unfinished epoch does not count
+                    state.epoch = self._closed_epoch
+                    state.iteration = self._closed_epoch * length
+                engine.should_terminate = False  # what terminated this run does not reach the next one
+        if engine.stop_all:
             raise StopAllTasks()
+        return done
 
-    def _process(self, engine: Engine, batch: None) -> dict:
+    def _process(self, engine: TaskEngine, batch: None) -> Any:
+        graph = self._graph
         try:
-            if self.train:
-                length = engine.state.epoch_length
-                return self._graph.train_iteration((engine.state.iteration - 1) % length, length)
-            return self._graph.eval_iteration()
+            return graph.train_step(engine, batch) if self.train else graph.eval_step(engine, batch)
         except (StopTask, StopAllTasks) as e:
-            engine._task_stop_all |= isinstance(e, StopAllTasks)
+            engine.stop_all |= isinstance(e, StopAllTasks)
             engine.should_terminate = True
-            raise _EngineTerminateException() from None
+            raise EngineTerminate() from None
 
-    def _finish_last_epoch(self, engine: Engine) -> None:
+    def _finish_last_epoch(self, engine: TaskEngine) -> None:
         """Resuming after the last iteration of the task but before its epoch ended: fire the
         rest of the run's events (ignite would start a new run on a finished state)."""
         try:
             for event in (Events.STARTED, Events.EPOCH_COMPLETED, Events.COMPLETED):
                 engine.fire_event(event)
-        except _EngineTerminateException:
+        except EngineTerminate:
             engine.fire_event(Events.TERMINATE)
             engine.fire_event(Events.COMPLETED)
 
-    def _on_started(self, engine: Engine) -> None:
+    def _on_started(self, engine: TaskEngine) -> None:
         if self._close_epoch_on_start:  # see run(): the checkpointed epoch still has to end
             self._close_epoch_on_start = False
             engine.fire_event(Events.EPOCH_COMPLETED)
 
-    def progress(self, iteration_offset: int = 0) -> dict:
-        """The position of the running engine, as a checkpoint records it."""
-        state = self.engine.state
-        iteration = int(state.iteration) + iteration_offset
-        length = int(state.epoch_length)
-        done = iteration % length != 0 or iteration // length <= self._closed_epoch
-        return {"iteration": iteration, "epoch_length": length, "epoch_done": done}
+    def _on_epoch_started(self, engine: TaskEngine) -> None:
+        if engine.state.iteration % engine.state.epoch_length == 0:  # not a resumed mid-epoch start
+            self._epoch_iter = 0
 
-    def _on_epoch_started(self, engine: Engine) -> None:
-        if self._resuming:  # continuing a checkpointed epoch: its data position and metrics are loaded
-            self._resuming = False
-            self._graph.apply_hooks("epoch_start")
-            return
-        self._epoch_iter = 0
-        self._graph.apply("epoch_start")
-
-    def on_iteration_started(self, engine: Engine) -> None:
-        """Checkpoint and stop at this iteration boundary if the run was asked to (SIGTERM /
-        SIGINT); attached for runs that watch for preemption."""
-        self._hypergraph._check_preemption(-1)
-
-    def _on_iteration_completed(self, engine: Engine) -> None:
+    def _on_iteration_completed(self, engine: TaskEngine) -> None:
         self._epoch_iter += 1
-        hg = self._hypergraph
-        steps = hg.global_counters.steps
+        steps = self._graph.context.counters.steps
         if not self.train:
             steps.eval += 1
         elif self._graph.step_now:
             steps.train += 1
-        if hg._stop_after_iteration:  # the non-finite policy "stop"
-            hg._stop_after_iteration = False
-            if hg._rundir is not None:  # in a run: a directory to write to
-                hg.save_checkpoint()
-            raise StopAllTasks()
 
-    def _on_epoch_completed(self, engine: Engine) -> None:
+    def _on_epoch_completed(self, engine: TaskEngine) -> None:
         self._closed_epoch = engine.state.epoch
-        if self.train and self._hypergraph.nonfinite_policy == "raise":
-            self._graph.check_losses_finite()
         if not self.step_mode:
-            epochs = self._hypergraph.global_counters.epochs
+            epochs = self._graph.context.counters.epochs
             if self.train:
                 epochs.train += 1
             else:
                 epochs.eval += 1
-        self._graph.apply("epoch_end")
 
+    # -- checkpoints --------------------------------------------------------------------------
+    def position(self) -> dict:
+        """Where a checkpoint taken now continues this running task (at an iteration, epoch or
+        run boundary of its engine).
 
-class Repeat:
-    """Run ``tasks`` (Tasks, Repeats, callables) ``times`` times in a row.
-
-    The same Task objects run on every repetition, so handlers attached to their engines fire
-    each time.
-
-    Examples:
-        >>> import ice_ignite as ice
-        >>> train = ice.Task(train=True, epochs=1, tags="train")
-        >>> val = ice.Task(train=False, epochs=1, tags="val")
-        >>> ice.Repeat([train, val, ice.SaveCheckpointTask()], times=10)
-        Repeat([Task(train=True, epochs=1, tags='train'), Task(train=False, epochs=1, tags='val'), SaveCheckpointTask()], times=10)
-    """
-
-    def __init__(self, tasks: Sequence[Any], times: int):
-        if isinstance(tasks, (Task, Repeat)) or callable(tasks):
-            tasks = [tasks]
-        if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence):
-            raise TypeError(f"Repeat takes a list of tasks, got {type(tasks).__name__} {tasks!r}")
-        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-            raise ValueError(f"Repeat times must be an int >= 1, got {times!r}")
-        self.tasks = list(tasks)
-        self.times = times
-        flatten_schedule(self.tasks)  # validates the items now, where the mistake was made
-
-    def __repr__(self) -> str:
-        return f"Repeat([{', '.join(map(describe, self.tasks))}], times={self.times})"
-
-
-def describe(item: Any) -> str:
-    """A stable description of a schedule item, compared when a checkpoint is resumed."""
-    if isinstance(item, (Task, Repeat)) or hasattr(type(item), "__ice_schedule_item__"):
-        return repr(item)
-    return f"callable {getattr(item, '__qualname__', type(item).__qualname__)}"
-
-
-@dataclass
-class ScheduleEntry:
-    """One flattened step of a schedule: a Task or a callable, with its path in nested lists."""
-
-    item: Any
-    path: tuple[int, ...]
-    description: str
-
-
-def _arity(fn: Callable) -> int | None:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return 1
-    for n in (2, 1, 0):
-        try:
-            sig.bind(*range(n))
-            return n
-        except TypeError:
-            continue
-    return None
-
-
-def call_with_arity(fn: Callable, hypergraph: "HyperGraph", launcher: Any) -> Any:
-    """Call a schedule callable as ``f(g, launcher)``, ``f(g)`` or ``f()``, by its signature."""
-    return fn(*(hypergraph, launcher)[: _arity(fn)])
-
-
-def flatten_schedule(tasks: Any, path: tuple[int, ...] = ()) -> list[ScheduleEntry]:
-    """Unroll Repeats into a flat list of entries; raise ``ScheduleError`` on a bad item."""
-    if isinstance(tasks, (Task, Repeat)) or (callable(tasks) and not isinstance(tasks, type)):
-        tasks = [tasks]
-    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence):
-        raise ScheduleError(f"a schedule is a list of Tasks, Repeats and callables, got {type(tasks).__name__}")
-    entries: list[ScheduleEntry] = []
-    for i, item in enumerate(tasks):
-        where = "schedule[" + "][".join(map(str, path + (i,))) + "]"
-        if isinstance(item, Repeat):
-            for rep in range(item.times):
-                entries.extend(flatten_schedule(item.tasks, path + (i, rep)))
-        elif isinstance(item, Task):
-            entries.append(ScheduleEntry(item, path + (i,), describe(item)))
-        elif isinstance(item, type):
-            raise ScheduleError(
-                f"{where} is the class {item.__name__}, not an instance: call it, e.g. {item.__name__}(...)"
+        Raises:
+            CheckpointError: called inside an iteration (a forward, a hook of ``StepEvents``).
+        """
+        state = self.engine.state
+        if self._graph is not None and self._graph.in_step:
+            raise CheckpointError(
+                f"a checkpoint was asked for inside an iteration of {self!r} (from a forward or a StepEvents "
+                "handler), where half of the iteration has run; take it at an iteration boundary: a handler of "
+                "ITERATION_STARTED / ITERATION_COMPLETED / EPOCH_* events, or between tasks"
             )
-        elif isinstance(item, (list, tuple)):
-            entries.extend(flatten_schedule(item, path + (i,)))
-        elif callable(item):
-            if _arity(item) is None:
-                raise ScheduleError(
-                    f"{where} = {describe(item)} takes more than 2 arguments; schedule callables are "
-                    "f(), f(g) or f(g, launcher)"
-                )
-            entries.append(ScheduleEntry(item, path + (i,), describe(item)))
-        else:
-            raise ScheduleError(
-                f"{where} is {type(item).__name__} {item!r}, which is not a Task, Repeat or callable; "
-                "remove it or wrap the action in a function f(g)"
-            )
-    return entries
+        offset = -1 if self.engine.last_event_name == Events.ITERATION_STARTED else 0  # it has not run yet
+        iteration, length = int(state.iteration) + offset, int(state.epoch_length)
+        done = iteration % length != 0 or iteration // length <= self._closed_epoch
+        return {"iteration": iteration, "epoch_length": length, "max_epochs": int(state.max_epochs),
+                "epoch_done": done}
+
+    def engine_state(self) -> dict | None:
+        """The engine's progress over the run, as checkpoints hold it (None before its first run)."""
+        state = self.engine.state
+        if state.max_epochs is None:
+            return None
+        out = {"iteration": int(state.iteration), "epoch": int(state.epoch), "epoch_length": int(state.epoch_length),
+               "max_epochs": int(state.max_epochs), "optim_step": int(state.optim_step),
+               "terminate": bool(self.engine.should_terminate and not self.running)}
+        if self.running:
+            position = self.position()
+            out["iteration"], out["epoch"] = position["iteration"], position["iteration"] // position["epoch_length"]
+        return out
+
+    def load_engine_state(self, saved: dict | None) -> None:
+        """Restore what ``engine_state`` returned."""
+        engine = self.engine
+        if saved is None:
+            engine.state.max_epochs = None
+            engine.state.iteration = engine.state.epoch = engine.state.optim_step = 0
+            return
+        engine.load_state_dict({"iteration": saved["iteration"], "epoch_length": saved["epoch_length"],
+                                "max_epochs": saved["max_epochs"]})
+        engine.state.optim_step = saved["optim_step"]
+        engine.should_terminate = bool(saved["terminate"])
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` as a handler that acts only the first time it fires."""
+    pending = [True]
+
+    def handler() -> None:
+        if pending[0]:
+            pending[0] = False
+            fn()
+
+    return handler

@@ -49,6 +49,27 @@ class NodeTimer:
             if self._nested:
                 self._nested[-1] += elapsed
 
+    def attach(self, task: Any) -> None:
+        """Time the summed loss's backward and the optimizer steps of a starting task run (inside
+        its engine's ``internal()`` block); forwards and hooks are timed where they run."""
+        from ice_ignite.events import StepEvents
+
+        self.task = task.label
+        engine, start = task.engine, [0.0]
+
+        def begin() -> None:
+            start[0] = self.now()
+
+        def end(what: str, phase: str) -> Callable[[], None]:
+            return lambda: self.add(what, phase, self.now() - start[0])
+
+        for first, last, what, phase in ((StepEvents.BACKWARD_STARTED, StepEvents.BACKWARD_COMPLETED,
+                                          "(summed loss)", "backward"),
+                                         (StepEvents.OPTIM_STEP_STARTED, StepEvents.OPTIM_STEP_COMPLETED,
+                                          "(optimizers)", "update")):
+            engine.add_event_handler(first, begin)
+            engine.add_event_handler(last, end(what, phase))
+
     def write(self, out_dir: Path) -> list[Path]:
         """``timing.csv`` and, with matplotlib, ``timing.png`` in ``out_dir``."""
         grand = sum(self.totals.values()) or 1.0

@@ -102,11 +102,15 @@ def test_a_checkpoint_holds_everything_needed_to_resume(tmp_path):
     g, net, _ = run_experiment(tmp_path, "ref", 0, save_every_iteration=True)
     state = torch.load(sorted((tmp_path / "ref" / "ckpts").glob("ckpt-*.pt"))[3], weights_only=True)
     assert state["format"] == "ice_ignite.checkpoint.v1"
-    assert set(state) >= {"schedule", "progress", "nodes", "counters", "ranks", "seed", "grad_scaler"}
+    assert set(state) >= {"schedule", "progress", "nodes", "counters", "ranks", "seed", "grad_scaler", "engines",
+                          "handlers", "objects"}
     assert len(state["ranks"]) == 1 and set(state["ranks"][0]["rng"]) >= {"torch", "python", "numpy"}
     assert set(state["nodes"]) == {"train/data", "val/data", "*/net", "*/ce", "val/acc", "*/rec"}
     assert state["nodes"]["train/data"] == {"pass_index": 0, "position": 4, "pass_open": True}
-    assert state["progress"] == {"entry": 0, "task": {"iteration": 4, "epoch_length": 7, "epoch_done": True}}
+    assert state["progress"] == {"entry": 0, "task": {"iteration": 4, "epoch_length": 7, "max_epochs": 2,
+                                                      "epoch_done": True}}
+    assert state["engines"]["task0"] == {"iteration": 4, "epoch": 0, "epoch_length": 7, "max_epochs": 2,
+                                         "optim_step": 2, "terminate": False}
     assert set(state["nodes"]["*/net"]) == {"module", "optimizers", "lr_schedulers"}
     assert state["ranks"][0]["grads"] == {}  # iteration 4 ends a cycle of 2
     mid = torch.load(sorted((tmp_path / "ref" / "ckpts").glob("ckpt-*.pt"))[2], weights_only=True)

@@ -2,6 +2,7 @@
 
 import io
 import logging
+import sys
 
 import ice_ignite as ice
 from ice_ignite.progress import Progress
@@ -14,22 +15,22 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_a_bar_per_task_shows_kind_tags_epoch_iterations_and_loss():
+def test_a_bar_per_task_shows_kind_tags_epoch_iterations_and_loss(tmp_path, monkeypatch):
     g = linear_graph()
     screen = Terminal()
-    g._progress_view = Progress(screen)
-    g.exec_tasks([ice.Task(train=True, epochs=2, tags="train"), ice.Task(train=False, epochs=1, tags="val")],
-                 ice.Launcher())
+    monkeypatch.setattr(sys, "stderr", screen)
+    g.run([ice.Task(train=True, epochs=2, tags="train"), ice.Task(train=False, epochs=1, tags="val")],
+          devices="cpu", out_dir=tmp_path)
     text = screen.getvalue()
     assert "train[train] [1/2]" in text and "train[train] [2/2]" in text and "/5]" in text and "mse=" in text
     assert "eval[val]" in text and "/3]" in text
 
 
-def test_without_a_terminal_progress_is_a_periodic_line(caplog):
+def test_without_a_terminal_progress_is_a_periodic_line(tmp_path, caplog, monkeypatch):
     g = linear_graph()
-    g._progress_view = Progress(io.StringIO(), every_seconds=0.0)
+    monkeypatch.setattr(Progress, "line_every", 0.0)
     with caplog.at_level(logging.INFO, logger="ice_ignite"):
-        g.exec_tasks([ice.Task(train=True, epochs=1, tags="train")], ice.Launcher())
+        g.run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp_path)
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("train[train] epoch 1/1 iteration 3/5 mse ") and "it/s" in line for line in lines)
     assert any(line.startswith("train[train] epoch 1/1 done: mse ") for line in lines)

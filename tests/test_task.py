@@ -37,7 +37,7 @@ def test_task_arguments_are_checked():
 def test_each_task_owns_an_engine_from_construction():
     t1, t2 = ice.Task(train=True, epochs=1), ice.Task(train=True, epochs=1)
     assert t1.engine is not t2.engine
-    assert t1.engine.has_event_handler(t1._on_iteration_completed, Events.ITERATION_COMPLETED)
+    assert all(t1.engine.has_registered_events(e) for e in ice.StepEvents)
 
 
 def test_epoch_ends_on_the_shortest_dataset_and_each_epoch_is_a_fresh_pass():
@@ -68,13 +68,13 @@ def test_an_epoch_task_after_a_step_task_starts_a_fresh_pass():
     assert seen == [0, 2, 0, 2, 4, 0]
 
 
-def test_each_run_restarts_engine_state_but_not_global_counters():
+def test_engine_state_continues_across_repetitions_like_global_counters():
     g = linear_graph()
     train = ice.Task(train=True, epochs=2, tags="train")
     iterations = []
     train.engine.add_event_handler(Events.COMPLETED, lambda e: iterations.append((e.state.epoch, e.state.iteration)))
     g.exec_tasks([ice.Repeat([train], times=3)], ice.Launcher())
-    assert iterations == [(2, 10), (2, 10), (2, 10)]
+    assert iterations == [(2, 10), (4, 20), (6, 30)]  # B3 (revised): each repetition runs 2 epochs more
     assert g.global_counters.steps.train == 30 and g.global_counters.epochs.train == 6
 
 
@@ -184,14 +184,15 @@ def test_user_epoch_completed_handler_sees_this_epochs_metrics_and_output_is_det
     train.engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(dict(e.state.metrics)))
     outputs = []
     train.engine.add_event_handler(Events.ITERATION_COMPLETED,
-                                   lambda e: outputs.append((e.state.output, e.state.batch)))
+                                   lambda e: outputs.append((dict(e.state.output), e.state.batch)))
     losses = []
     g.add("rec", ice.Node(update=lambda n: losses.append(n.egraph.cache._values["mse"].item())), tags="train")
     g.exec_tasks([train], ice.Launcher())
     assert len(seen) == 2 and seen[0]["mse"] != seen[1]["mse"]
     assert seen[0]["mse"] == pytest.approx(sum(losses[:5]) / 5, rel=1e-6)  # equal batches of 8
     out, batch = outputs[0]
-    assert set(out) == {"mse"} and not out["mse"].requires_grad and batch is None
+    assert set(out) == {"data", "net", "mse", "rec"} and batch is None  # every node's output, by name
+    assert not out["mse"].requires_grad and not out["net"].requires_grad  # detached in train tasks
 
 
 def test_node_properties_describe_the_running_task():
@@ -261,4 +262,4 @@ def test_task_engines_dispatch_handlers_like_ignite_and_log_events_only_when_deb
     assert "Firing handlers" not in caplog.text
     with caplog.at_level("DEBUG", logger=task.engine.logger.name):
         g.exec_tasks([task], ice.Launcher())
-    assert "1 | 2, Firing handlers for event Events.ITERATION_COMPLETED" in caplog.text
+    assert "2 | 4, Firing handlers for event Events.ITERATION_COMPLETED" in caplog.text  # the engine continued

@@ -16,7 +16,7 @@ def test_timing_writes_a_table_and_a_chart(tmp_path, svg_backend):
     rows = list(csv.DictReader(open(run_dir / "timing.csv")))
     keys = {(r["task"], r["node"], r["phase"]) for r in rows}
     assert {("train[train]", "train/data", "forward"), ("train[train]", "*/net", "forward"),
-            ("train[train]", "(summed loss)", "backward"), ("train[train]", "*/net", "update"),
+            ("train[train]", "(summed loss)", "backward"), ("train[train]", "(optimizers)", "update"),
             ("eval[val]", "val/data", "forward")} <= keys
     calls = {(r["task"], r["node"], r["phase"]): int(r["calls"]) for r in rows}
     assert calls[("train[train]", "*/net", "forward")] == 10 and calls[("eval[val]", "*/mse", "forward")] == 3

@@ -4,17 +4,14 @@ so that a run can resume in the middle of an epoch with the same batches (B3, B7
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ice_ignite.errors import GraphError
-from ice_ignite.nodes.node import Node, check_callable
+from ice_ignite.nodes.node import Node, OutputCache, check_callable
 from ice_ignite.seeding import derive_seed, reseed_sample
-
-if TYPE_CHECKING:
-    from ice_ignite.graph import GraphOutputCache
 
 __all__ = ["DatasetNode", "move_to"]
 
@@ -182,17 +179,15 @@ class DatasetNode(Node):
 
     @property
     def _rank(self) -> int:
-        launcher = self.launcher if self.hypergraph is not None else None
-        return launcher.rank if launcher is not None else 0
+        return self.context.rank if self.context is not None else 0
 
     @property
     def _world_size(self) -> int:
-        launcher = self.launcher if self.hypergraph is not None else None
-        return launcher.world_size if launcher is not None else 1
+        return self.context.world_size if self.context is not None else 1
 
     @property
     def _seed(self) -> int:
-        return self.hypergraph.seed if self.hypergraph is not None else 0
+        return self.context.seed if self.context is not None else 0
 
     # -- sizes and sharding ----------------------------------------------------------------
     # A pass is a sequence of global batches (batch_size * world size samples, or batch_size with
@@ -297,7 +292,7 @@ class DatasetNode(Node):
         self._iterator = iterator
         return iterator
 
-    def forward_impl(self, x: "GraphOutputCache") -> Any:
+    def forward_impl(self, x: OutputCache) -> Any:
         iterator = self._iterator
         if iterator is None:
             iterator = self._open()

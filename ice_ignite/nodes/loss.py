@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from ignite.metrics import Loss
 
 from ice_ignite.errors import GraphError
-from ice_ignite.nodes.node import Node, check_callable
-
-if TYPE_CHECKING:
-    from ice_ignite.graph import GraphOutputCache
+from ice_ignite.nodes.node import Node, OutputCache, check_callable
 
 __all__ = ["LossMode", "LossNode", "batch_length"]
 
@@ -30,13 +27,6 @@ def _passthrough(loss: torch.Tensor, n: int) -> torch.Tensor:
 
 def _count(n: int) -> int:
     return n
-
-
-def _accumulate(metric: Loss, loss: torch.Tensor, n: int) -> None:
-    """What ``Loss.update((loss, n))`` does here, in one in-place add: its per-call argument checks
-    and wrappers cost more than the addition (``reset`` and ``compute`` stay ignite's)."""
-    metric._sum.add_(loss.detach(), alpha=n)
-    metric._num_examples += n
 
 
 def batch_length(batch: Any) -> int:
@@ -60,10 +50,12 @@ class LossNode(Node):
     tasks they are computed (validation loss).
 
     ``forward(n, x)`` returns a scalar tensor, or ``(loss, aux)`` with ``aux`` a dict of tensors
-    computed in the same forward and never differentiated. Each LossNode reports like
-    ``ignite.metrics.Loss``: ``task.engine.state.metrics[name]`` is the epoch average of the
-    unweighted loss, weighted by batch size (the length of the first tensor of the first
-    DatasetNode the loss depends on), and ``metrics[f"{name}/{key}"]`` the same per aux value.
+    computed in the same forward and never differentiated. Each LossNode *is* an
+    ``ignite.metrics.Loss`` (``n.metric``) attached to the task engine, whose ``output_transform``
+    picks the node's value from ``engine.state.output`` and the batch size (the length of the first
+    tensor of the first DatasetNode the loss depends on): ``task.engine.state.metrics[name]`` is
+    the epoch average of the unweighted loss, weighted by batch size, and
+    ``metrics[f"{name}/{key}"]`` the same per aux value.
 
     Args:
         forward: ``forward(n, x) -> loss`` or ``(loss, {key: tensor})``.
@@ -80,7 +72,7 @@ class LossNode(Node):
 
     def __init__(
         self,
-        forward: Callable[["LossNode", "GraphOutputCache"], Any],
+        forward: Callable[["LossNode", OutputCache], Any],
         weight: float = 1.0,
         loss_mode: LossMode = LossMode.MANUAL,
         **resources: Any,
@@ -96,11 +88,16 @@ class LossNode(Node):
         self.loss_mode = loss_mode
         #: the aux values of the current iteration (detached), or an empty dict
         self.aux: dict[str, torch.Tensor] = {}
-        self.metric: Loss | None = None
+        #: the ignite ``Loss`` that averages the loss over an epoch
+        self._metric_device = torch.device("cpu")
+        self.metric: Loss = self._new_metric(self._metric_device)
+        #: an ignite ``Loss`` per aux key
         self.aux_metrics: dict[str, Loss] = {}
+        self._engine: Any = None
+        self._late: list = []  # handlers of aux metrics attached during a run
         super().__init__(forward=forward, **resources)
 
-    def forward_impl(self, x: "GraphOutputCache") -> torch.Tensor:
+    def forward_impl(self, x: OutputCache) -> torch.Tensor:
         autocast = self.egraph.autocast if self.egraph is not None else None
         if autocast is None:
             out = self._forward_fn(self, x)
@@ -131,54 +128,69 @@ class LossNode(Node):
                     "to scalar tensors"
                 )
             out[key] = value.detach()
+            if key not in self.aux_metrics and self._engine is not None:
+                self._attach_aux(key)
         return out
 
-    # -- graph behaviour ----------------------------------------------------------------------
-    def _new_metric(self) -> Loss:
-        device = self.device if self.hypergraph is not None else torch.device("cpu")
-        return Loss(_passthrough, batch_size=_count, device=device)
+    # -- ignite metrics ---------------------------------------------------------------------
+    def _new_metric(self, device: torch.device, key: str | None = None) -> Loss:
+        pick = self._loss_input if key is None else (lambda output: self._aux_input(key))
+        return Loss(_passthrough, output_transform=pick, batch_size=_count, device=device)
 
-    def _on_update(self) -> None:
+    def _aux_input(self, key: str) -> tuple[torch.Tensor, int]:
+        if key not in self.aux:
+            raise GraphError(f"LossNode {self.uid!r} returned aux[{key!r}] before but not in this iteration; "
+                             "return the same aux keys in every iteration")
+        return self.aux[key], self._batch_size()
+
+    def _loss_input(self, output: Mapping) -> tuple[torch.Tensor, int]:
+        return output[self._name], self._batch_size()
+
+    def _batch_size(self) -> int:
         egraph = self.egraph
-        values = egraph.cache._values
         source = egraph.batch_source(self._name)
-        n = batch_length(values[source._name]) if source is not None else 1
-        if self.metric is None:
-            self.metric = self._new_metric()
-        _accumulate(self.metric, values[self._name], n)
-        for key, value in self.aux.items():
-            metric = self.aux_metrics.get(key)
-            if metric is None:
-                metric = self.aux_metrics[key] = self._new_metric()
-            _accumulate(metric, value, n)
+        return batch_length(egraph.cache.value(source.name)) if source is not None else 1
 
-    def _on_epoch_start(self) -> None:
-        for metric in (self.metric, *self.aux_metrics.values()):
-            if metric is not None:
-                metric.reset()
+    def _moved(self, metric: Loss, device: torch.device, key: str | None = None) -> Loss:
+        moved = self._new_metric(device, key)
+        moved.load_state_dict({k: v.to(device) if isinstance(v, torch.Tensor) else v
+                               for k, v in metric.state_dict().items()})
+        return moved
 
-    def _on_epoch_end(self) -> None:
-        engine = self.task.engine
-        if self.metric is not None and self.metric._num_examples:
-            self.metric.completed(engine, self._name)
+    def _attach_engine(self, engine: Any) -> None:
+        """Attach the loss (and aux) metrics to a starting task's engine (ice_ignite's handlers)."""
+        device = self.device
+        if device != self._metric_device:  # accumulate where the loss is: no copy per iteration
+            self.metric = self._moved(self.metric, device)
+            self.aux_metrics = {k: self._moved(m, device, k) for k, m in self.aux_metrics.items()}
+            self._metric_device = device
+        self.metric.attach(engine, self._name)
         for key, metric in self.aux_metrics.items():
-            if metric._num_examples:
-                metric.completed(engine, f"{self._name}/{key}")
+            metric.attach(engine, f"{self._name}/{key}")
+        self._engine = engine
+
+    def _attach_aux(self, key: str) -> None:
+        # an aux value seen for the first time, mid-run: attach its metric now and start its epoch
+        metric = self.aux_metrics[key] = self._new_metric(self._metric_device, key)
+        with self._engine.internal() as added:
+            metric.attach(self._engine, f"{self._name}/{key}")
+        self._late.extend(added)
+        metric.started(self._engine)
+
+    def _detach_engine(self, engine: Any) -> None:
+        engine.remove_internal(self._late)
+        self._engine = None
 
     # -- checkpoint ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The epoch accumulators of the loss and of each aux value."""
-        state = {"aux": {k: m.state_dict() for k, m in self.aux_metrics.items()}}
-        if self.metric is not None:
-            state["loss"] = self.metric.state_dict()
-        return state
+        return {"loss": self.metric.state_dict(), "aux": {k: m.state_dict() for k, m in self.aux_metrics.items()}}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Restore the accumulators."""
         if "loss" in state:
-            self.metric = self.metric or self._new_metric()
             self.metric.load_state_dict(state["loss"])
         for key, sub in state.get("aux", {}).items():
-            metric = self.aux_metrics.get(key) or self._new_metric()
+            metric = self.aux_metrics.get(key) or self._new_metric(self._metric_device, key)
             metric.load_state_dict(sub)
             self.aux_metrics[key] = metric

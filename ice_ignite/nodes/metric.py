@@ -1,22 +1,18 @@
-"""``MetricNode``: any ignite ``Metric``, fed by a forward, computed at every epoch end (B5)."""
+"""``MetricNode``: any ignite ``Metric``, attached to the task engine the ignite way and fed
+by the node's forward (B5)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from ignite.metrics import Metric
 
-from ice_ignite.nodes.node import Node, check_callable
-
-if TYPE_CHECKING:
-    from ice_ignite.graph import GraphOutputCache
+from ice_ignite.nodes.node import Node, OutputCache, check_callable
 
 __all__ = ["MetricNode"]
-
-_NO_GRAD = torch.no_grad()  # reusable; saves building a context manager every iteration
 
 
 def _plain(value: Any) -> Any:
@@ -29,14 +25,19 @@ def _plain(value: Any) -> Any:
 class MetricNode(Node):
     """An ignite ``Metric`` in the graph.
 
-    ``forward(n, x)`` returns what ``metric.update`` takes, e.g. ``(y_pred, y)``; a dict is turned
-    into a tuple by the metric's ``required_output_keys`` as ignite does. The metric is reset at
-    every epoch start; at epoch end ``task.engine.state.metrics[name]`` holds ``metric.compute()``
-    (dict results flattened as ``name/key``), then ``epoch_end(n)`` is called.
+    ``forward(n, x)`` returns the metric's input *before* its ``output_transform``, e.g.
+    ``(y_pred, y)`` or a dict for ``required_output_keys``. The metric is attached to the task
+    engine with its own ``attach`` (its default usage: ``RunningAverage`` updates every
+    iteration), and its handlers see the node's output as ``engine.state.output``, so
+    ``output_transform``, ``required_output_keys``, ``device``, ``skip_unrolling``,
+    ``MetricsLambda`` and metric arithmetic behave as in ignite; metrics that share a base metric
+    (``cm``, ``IoU(cm)``, ``mIoU(cm)``) update it once per iteration. At epoch end
+    ``task.engine.state.metrics[name]`` holds the value (dict results also flattened as
+    ``name/key``), then ``epoch_end(n)`` is called.
 
     Args:
         metric: any ``ignite.metrics.Metric``.
-        forward: ``forward(n, x) -> update arguments``.
+        forward: ``forward(n, x) -> metric input``.
         epoch_end: ``epoch_end(n)``, called after the metric is computed.
         resources: extra attributes or hooks (see ``Node``).
 
@@ -50,7 +51,7 @@ class MetricNode(Node):
     def __init__(
         self,
         metric: Metric,
-        forward: Callable[["MetricNode", "GraphOutputCache"], Any],
+        forward: Callable[["MetricNode", OutputCache], Any],
         epoch_end: Callable[["MetricNode"], Any] | None = None,
         **resources: Any,
     ):
@@ -63,53 +64,49 @@ class MetricNode(Node):
                 "e.g. MetricNode(Accuracy(), forward=lambda n, x: (x['net'], x['data'][1]))"
             )
         if forward is None:
-            raise TypeError("MetricNode needs a forward returning the metric's update arguments")
+            raise TypeError("MetricNode needs a forward returning the metric's input")
         check_callable(forward, 2, "forward of MetricNode", "forward=lambda n, x: (x['net'], x['data'][1])")
         self.metric = metric
         #: best records of ``save_best``: a list of ``(value, checkpoint file name)``
         self.best_records: list[tuple[float, str]] = []
+        self._value: Any = None
+        self._added: list = []
         super().__init__(forward=forward, epoch_end=epoch_end, **resources)
 
     @property
     def value(self) -> Any:
-        """The metric's value computed at the last epoch end (``state.metrics[name]``)."""
-        task = self.task
-        if task is None:
-            return None
-        return task.engine.state.metrics.get(self._name)
+        """The metric's value computed last (``state.metrics[name]``); kept after the task ends."""
+        return self._value
 
-    def _on_update(self) -> None:
-        out = self.egraph.cache._values[self._name]
-        metric = self.metric
-        if type(out) is not tuple and isinstance(out, Mapping):
-            keys = metric.required_output_keys
-            if keys is None:
-                raise TypeError(f"MetricNode {self.uid!r} returned a dict, but its metric takes no keys: return a tuple")
-            missing = [k for k in keys if k not in out]
-            if missing:
-                raise ValueError(f"MetricNode {self.uid!r} returned a dict without key(s) {missing}: return {keys}")
-            out = tuple(out[k] for k in keys)
-        if torch.is_grad_enabled():
-            with _NO_GRAD:
-                metric.update(out)
-        else:
-            metric.update(out)
+    # -- the ignite metric path ---------------------------------------------------------------
+    def _attach_engine(self, engine: Any) -> None:
+        """Attach the metric to a starting task's engine; its handlers see this node's output."""
+        with engine.internal(view=self) as added:
+            self.metric.attach(engine, self._name)
+        self._added = added
 
-    def _on_epoch_start(self) -> None:
-        self.metric.reset()
+    def _detach_engine(self, engine: Any) -> None:
+        engine.remove_internal(self._added)
 
-    def _on_epoch_end(self) -> None:
-        # Like Metric.completed, except that dict results are flattened as "name/key" (ignite
-        # writes bare keys, which collide between MetricNodes).
-        metrics = self.task.engine.state.metrics
-        result = self.metric.compute()
+    def output(self, output: Any) -> Any:
+        """What the metric's handlers see as ``engine.state.output``: this node's output."""
+        return output.get(self._name) if isinstance(output, Mapping) else None  # None between iterations
+
+    def merge(self, written: dict, metrics: dict) -> None:
+        """Put what the metric wrote into the engine's metrics: its value under the node's name,
+        a dict result also as ``name/key`` (ignite would write bare keys, which collide)."""
+        name = self._name
+        result = written.get(name)
         if isinstance(result, Mapping):
             result = {key: _plain(value) for key, value in result.items()}
             for key, value in result.items():
-                metrics[f"{self._name}/{key}"] = value
-        else:
-            result = _plain(result)
-        metrics[self._name] = result
+                metrics[f"{name}/{key}"] = value
+        for key, value in written.items():
+            if key != name and not (isinstance(result, Mapping) and key in result):
+                metrics[f"{name}/{key}"] = _plain(value)
+        if name in written:
+            metrics[name] = result
+            self._value = result
 
     def save_best(self, value: Any, higher_better: bool = True, max_keep: int = 3) -> "Path | None":
         """Save a checkpoint when ``value`` is among the ``max_keep`` best seen so far, and delete
@@ -120,11 +117,13 @@ class MetricNode(Node):
         checkpoints, so the best ``max_keep`` are kept across resumes. Returns the file written
         (None when ``value`` does not qualify, and on ranks other than 0).
         """
-        if self.hypergraph is None:
-            raise RuntimeError("MetricNode.save_best needs the node to be added to a HyperGraph first")
+        save = self.context.save_best if self.context is not None else None
+        if save is None:
+            raise RuntimeError(f"MetricNode {self.uid!r}: save_best needs a run directory: call it during "
+                               "HyperGraph.run")
         if isinstance(value, torch.Tensor):
             value = value.item()
-        return self.hypergraph._save_best(self, value, higher_better, max_keep)
+        return save(self, value, higher_better, max_keep)
 
     def state_dict(self) -> dict:
         """The metric's accumulators and the best records."""

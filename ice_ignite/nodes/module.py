@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from ice_ignite import parallel
 from ice_ignite.errors import GraphError
-from ice_ignite.nodes.node import Node, check_callable
+from ice_ignite.nodes.node import Node, OutputCache, check_callable
 from ice_ignite.optimizer import Optimizer, step_scheduler
-
-if TYPE_CHECKING:
-    from ice_ignite.graph import GraphOutputCache
 
 __all__ = ["ModuleNode"]
 
@@ -35,7 +32,7 @@ class _ForwardProxy(torch.nn.Module):
         self.module = node.module
         object.__setattr__(self, "_node", node)  # a plain reference, not a registered submodule
 
-    def forward(self, x: "GraphOutputCache") -> Any:
+    def forward(self, x: OutputCache) -> Any:
         node = self._node
         return node._forward_fn(node, x)
 
@@ -79,7 +76,7 @@ class ModuleNode(Node):
     def __init__(
         self,
         module: torch.nn.Module,
-        forward: Callable[["ModuleNode", "GraphOutputCache"], Any],
+        forward: Callable[["ModuleNode", OutputCache], Any],
         optimizers: "Optimizer | Mapping[PatternKey, Optimizer] | None" = None,
         weight_init_fn: Callable[[torch.nn.Module], Any] | None = None,
         *,
@@ -206,7 +203,7 @@ class ModuleNode(Node):
             opt.zero_grad(set_to_none=True)
 
     # -- graph behaviour ----------------------------------------------------------------------
-    def forward_impl(self, x: "GraphOutputCache") -> Any:
+    def forward_impl(self, x: OutputCache) -> Any:
         egraph = self.egraph
         ddp = self.ddp if egraph.training else None  # evaluation needs no gradient synchronisation
         autocast = egraph.autocast
@@ -240,12 +237,14 @@ class ModuleNode(Node):
             "leave them out of the optimizer patterns to freeze them, or pass unused_parameters='zero' to the ModuleNode"
         )
 
-    def _on_update(self) -> None:
-        egraph = self.egraph
-        if not (egraph.training and egraph.step_now):
+    def step(self) -> None:
+        """Step every optimizer (through the GradScaler, clipping first) and its scheduler; called
+        by the train step at the end of an accumulation cycle."""
+        if not self._steps:
             return
         self._check_unused()
-        scaler = self.hypergraph.grad_scaler
+        precision = self.context.precision
+        scaler = precision.grad_scaler
         for opt, spec, sched, params in self._steps:
             if scaler is not None:
                 # GradScaler asserts when an optimizer saw no gradient at all (ice-learn bug 17).
@@ -255,7 +254,7 @@ class ModuleNode(Node):
                     scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(params, spec.grad_clip_norm)
                 scaler.step(opt)
-                self.hypergraph._scaler_stepped = True
+                precision.scaler_stepped = True
             else:
                 if spec.grad_clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, spec.grad_clip_norm)

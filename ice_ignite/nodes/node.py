@@ -5,15 +5,16 @@ from __future__ import annotations
 import inspect
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
-if TYPE_CHECKING:  # imported for type hints only: nodes know the graph, not the other way round
-    from ice_ignite.graph import ExecutableGraph, GraphOutputCache
-    from ice_ignite.hypergraph import HyperGraph
-    from ice_ignite.launcher import Launcher
-    from ice_ignite.task import Task
+from ice_ignite.context import RunContext, RunningTask
+from ice_ignite.launcher import Launcher
+
+# x in forward(n, x): the iteration's output cache (ice_ignite.graph.GraphOutputCache); nodes do not
+# import the graph, which imports them.
+OutputCache = Any
 
 __all__ = ["Node", "HOOKS"]
 
@@ -54,13 +55,14 @@ class Node:
     hook (``epoch_start``, ``epoch_end``, ``prepare``, ``clean_up``, ``backward``, ``update``) is
     that hook, called as ``hook(n)``. Subclasses override ``forward_impl(x)`` and the hooks.
 
-    Hooks run after the built-in behaviour of the node kinds (a ModuleNode's optimizer step, a
-    MetricNode's ``compute``), so a user hook can never switch that behaviour off:
+    Hooks are handlers of the task engine's events, run after the built-in behaviour of the node
+    kinds (a DatasetNode's new pass, a MetricNode's ``compute``) and before user handlers of the
+    same event, so a user hook can never switch that behaviour off:
 
-    * ``prepare`` / ``clean_up``: at the start / end of every task run that selects the node;
-    * ``epoch_start`` / ``epoch_end``: around every engine epoch (step-mode tasks included);
-    * ``backward``: in train iterations, after the summed loss's backward (gradients exist);
-    * ``update``: every iteration, after the optimizers stepped.
+    * ``prepare`` / ``clean_up``: ``STARTED`` / ``COMPLETED`` of every task run that selects the node;
+    * ``epoch_start`` / ``epoch_end``: ``EPOCH_STARTED`` / ``EPOCH_COMPLETED`` (step-mode tasks included);
+    * ``backward``: ``StepEvents.BACKWARD_COMPLETED`` in train iterations (gradients exist);
+    * ``update``: ``ITERATION_COMPLETED``, after the optimizers stepped.
 
     Args:
         forward: ``forward(n, x) -> output``; a node without one outputs ``None``.
@@ -74,12 +76,16 @@ class Node:
         3
     """
 
-    def __init__(self, forward: Callable[["Node", "GraphOutputCache"], Any] | None = None, **resources: Any):
+    def __init__(self, forward: Callable[["Node", OutputCache], Any] | None = None, **resources: Any):
         self._name: str | None = None
         self._uid: str | None = None
         self._tags: tuple[str, ...] = ()
-        self.hypergraph: HyperGraph | None = None
-        self.egraph: ExecutableGraph | None = None
+        #: the HyperGraph the node was added to (None before ``add``)
+        self.hypergraph: Any = None
+        #: what the node sees of the run (set by ``HyperGraph.add``)
+        self.context: RunContext | None = None
+        #: the ExecutableGraph of the task that runs (or last ran) the node
+        self.egraph: Any = None
         if forward is not None:
             check_callable(forward, 2, f"forward of {type(self).__name__}", "forward=lambda n, x: x['data'][0]")
         self._forward_fn = forward
@@ -102,20 +108,20 @@ class Node:
             )
         setattr(self, key, value)
 
-    def _attach(self, hypergraph: "HyperGraph", name: str, uid: str, tags: tuple[str, ...]) -> None:
+    def _attach(self, hypergraph: Any, context: RunContext, name: str, uid: str, tags: tuple[str, ...]) -> None:
         """Called by ``HyperGraph.add``."""
-        if self.hypergraph is not None:
+        if self.context is not None:
             raise ValueError(
                 f"this {type(self).__name__} is already in a HyperGraph as {self._uid!r}; a node is added "
                 "once: create another node (several ModuleNodes may share one nn.Module)"
             )
-        self.hypergraph, self._name, self._uid, self._tags = hypergraph, name, uid, tags
+        self.hypergraph, self.context, self._name, self._uid, self._tags = hypergraph, context, name, uid, tags
 
     def _detach(self) -> None:
-        self.hypergraph, self.egraph, self._name, self._uid, self._tags = None, None, None, None, ()
+        self.hypergraph, self.context, self.egraph, self._name, self._uid, self._tags = None, None, None, None, None, ()
 
     # -- computation --------------------------------------------------------------------------
-    def forward_impl(self, x: "GraphOutputCache") -> Any:
+    def forward_impl(self, x: OutputCache) -> Any:
         """Compute this node's output for the current iteration. Override in subclasses."""
         if self._forward_fn is None:
             return None
@@ -123,11 +129,12 @@ class Node:
 
     def forward(self) -> Any:
         """This node's output for the current iteration (computed once, then cached)."""
-        if self.egraph is None:
-            raise RuntimeError(f"node {self._uid!r} is not part of a running task: forward() works inside one")
+        if self.egraph is None or self.egraph.task is None:
+            raise RuntimeError(f"node {self._uid!r} is not part of a running task: forward() works inside one, "
+                               "from a forward, a hook or a handler of the task's engine")
         return self.egraph.cache[self._name]
 
-    # Hooks: no-ops here. The graph only calls the ones a node defines (see ExecutableGraph).
+    # Hooks: no-ops here. The graph attaches only the ones a node defines (see ExecutableGraph).
     def prepare(self) -> None:
         """At the start of every task run that selects this node."""
 
@@ -146,13 +153,19 @@ class Node:
     def update(self) -> None:
         """Every iteration, after the optimizers stepped."""
 
-    # Built-in behaviour of node kinds, run before the matching hook. Not for users.
+    # Built-in behaviour of node kinds, attached before the matching hooks. Not for users.
     _on_prepare = None
     _on_clean_up = None
     _on_epoch_start = None
     _on_epoch_end = None
     _on_backward = None
     _on_update = None
+
+    def _attach_engine(self, engine: Any) -> None:
+        """Attach the node kind's ignite handlers (metrics) to a starting task's engine. Not for users."""
+
+    def _detach_engine(self, engine: Any) -> None:
+        """Remove what ``_attach_engine`` attached, at the end of the task run. Not for users."""
 
     def state_dict(self) -> dict:
         """Checkpointable state: tensors, numbers, strings, lists and dicts only."""
@@ -181,7 +194,7 @@ class Node:
         return self._tags
 
     @property
-    def task(self) -> "Task | None":
+    def task(self) -> RunningTask | None:
         """The running task, or None outside one."""
         return self.egraph.task if self.egraph is not None else None
 
@@ -212,57 +225,56 @@ class Node:
     @property
     def global_auto_steps(self) -> int:
         """``steps.train`` in train tasks, ``steps.eval`` in eval tasks."""
-        counters = self._hg("global_auto_steps").global_counters
+        counters = self._ctx("global_auto_steps").counters
         return counters.steps.train if self.training else counters.steps.eval
 
     @property
     def global_train_steps(self) -> int:
         """Optimizer steps taken so far (``global_counters.steps.train``)."""
-        return self._hg("global_train_steps").global_counters.steps.train
+        return self._ctx("global_train_steps").counters.steps.train
 
     @property
     def global_train_epochs(self) -> int:
         """Completed train epochs (``global_counters.epochs.train``)."""
-        return self._hg("global_train_epochs").global_counters.epochs.train
+        return self._ctx("global_train_epochs").counters.epochs.train
 
     @property
     def grad_acc_steps(self) -> int:
         """Micro-batches per optimizer step (``HyperGraph.set_gradient_accumulate``)."""
-        return self._hg("grad_acc_steps").grad_acc_steps
+        return self._ctx("grad_acc_steps").grad_acc_steps
 
     @property
     def grad_scaler(self) -> "torch.amp.GradScaler | None":
         """The run's GradScaler, or None when it is disabled."""
-        return self._hg("grad_scaler").grad_scaler
+        return self._ctx("grad_scaler").precision.grad_scaler
 
     @property
-    def launcher(self) -> "Launcher | None":
+    def launcher(self) -> Launcher | None:
         """The process's launcher (rank, world size, device), or None outside a run."""
-        return self._hg("launcher").launcher
+        return self._ctx("launcher").launcher
 
     @property
     def device(self) -> torch.device:
         """The device of this process (CPU outside a run)."""
-        launcher = self._hg("device").launcher
-        return launcher.device if launcher is not None else torch.device("cpu")
+        return self._ctx("device").device
 
     @property
     def board(self):
         """A tensorboardX ``SummaryWriter`` into the run's ``logs/`` on global rank 0; a no-op
         writer on other ranks and outside a run."""
-        return self._hg("board").board
+        return self._ctx("board").board
 
     @property
     def out_dir(self) -> Path | None:
         """The run directory ``out_dir/run_id``, or None outside a run."""
-        return self._hg("out_dir").run_dir
+        return self._ctx("out_dir").run_dir
 
     @property
     def run_id(self) -> str | None:
         """The run's id (the run directory's name), or None outside a run."""
-        return self._hg("run_id").run_id
+        return self._ctx("run_id").run_id
 
-    def _hg(self, what: str) -> "HyperGraph":
-        if self.hypergraph is None:
+    def _ctx(self, what: str) -> RunContext:
+        if self.context is None:
             raise RuntimeError(f"{type(self).__name__}.{what} needs the node to be added to a HyperGraph first")
-        return self.hypergraph
+        return self.context

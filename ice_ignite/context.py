@@ -1,0 +1,78 @@
+"""``RunContext``: what the nodes of a HyperGraph see of the run they are in (counters, the
+process's launcher, precision, the board, the run directory, the running task) — and nothing
+else of the HyperGraph. The upper layers fill it in; nodes only read it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from ice_ignite.board import NullWriter
+from ice_ignite.counters import GlobalCounters
+from ice_ignite.launcher import Launcher
+from ice_ignite.precision import Precision
+from ice_ignite.timing import NodeTimer
+
+__all__ = ["RunContext", "RunningTask"]
+
+
+class RunningTask(Protocol):
+    """What a node sees of the running task (an ``ice.Task``)."""
+
+    train: bool
+    step_mode: bool
+    engine: Any
+
+    @property
+    def epoch_steps(self) -> int: ...
+
+    @property
+    def epoch_size(self) -> int: ...
+
+
+class RunContext:
+    """The shared state of one HyperGraph that its nodes may read.
+
+    Examples:
+        >>> ctx = RunContext()
+        >>> ctx.device, ctx.counters.steps.train, bool(ctx.board)
+        (device(type='cpu'), 0, False)
+    """
+
+    def __init__(self) -> None:
+        #: global step and epoch counters (``g.global_counters``)
+        self.counters = GlobalCounters()
+        #: autocast settings and the GradScaler
+        self.precision = Precision()
+        #: micro-batches per optimizer step
+        self.grad_acc_steps = 1
+        #: this process's place in the run, or None outside a run
+        self.launcher: Launcher | None = None
+        #: the run's base seed
+        self.seed = 0
+        #: the run directory and its name, None outside a run
+        self.run_dir: Path | None = None
+        self.run_id: str | None = None
+        #: a tensorboardX SummaryWriter on global rank 0 of a run, else a NullWriter
+        self.board: Any = NullWriter()
+        #: per-node timing of the run (``run(timing=True)``), else None
+        self.timer: NodeTimer | None = None
+        #: ``save_best(node, value, higher_better, max_keep)`` of the run, None outside one
+        self.save_best: Callable[..., Any] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """The device of this process (CPU outside a run)."""
+        return self.launcher.device if self.launcher is not None else torch.device("cpu")
+
+    @property
+    def rank(self) -> int:
+        """Global rank (0 outside a run)."""
+        return self.launcher.rank if self.launcher is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the run (1 outside a run)."""
+        return self.launcher.world_size if self.launcher is not None else 1

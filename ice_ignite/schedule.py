@@ -1,0 +1,203 @@
+"""The schedule: ``Repeat``, the flattening that gives every schedule entry a position a
+checkpoint can record, and ``ScheduleRunner``, which runs the entries and knows that position (B3)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ice_ignite.errors import ScheduleError, StopAllTasks, StopTask
+from ice_ignite.task import Task
+
+__all__ = ["Repeat", "ScheduleEntry", "ScheduleRunner", "flatten_schedule", "call_with_arity", "describe",
+           "task_keys"]
+
+logger = logging.getLogger("ice_ignite")
+
+
+class Repeat:
+    """Run ``tasks`` (Tasks, Repeats, callables) ``times`` times in a row.
+
+    The same Task objects run on every repetition, so handlers attached to their engines fire
+    each time.
+
+    Examples:
+        >>> import ice_ignite as ice
+        >>> train = ice.Task(train=True, epochs=1, tags="train")
+        >>> val = ice.Task(train=False, epochs=1, tags="val")
+        >>> ice.Repeat([train, val, ice.SaveCheckpointTask()], times=10)
+        Repeat([Task(train=True, epochs=1, tags='train'), Task(train=False, epochs=1, tags='val'), SaveCheckpointTask()], times=10)
+    """
+
+    def __init__(self, tasks: Sequence[Any], times: int):
+        if isinstance(tasks, (Task, Repeat)) or callable(tasks):
+            tasks = [tasks]
+        if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence):
+            raise TypeError(f"Repeat takes a list of tasks, got {type(tasks).__name__} {tasks!r}")
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ValueError(f"Repeat times must be an int >= 1, got {times!r}")
+        self.tasks = list(tasks)
+        self.times = times
+        flatten_schedule(self.tasks)  # validates the items now, where the mistake was made
+
+    def __repr__(self) -> str:
+        return f"Repeat([{', '.join(map(describe, self.tasks))}], times={self.times})"
+
+
+def describe(item: Any) -> str:
+    """A stable description of a schedule item, compared when a checkpoint is resumed."""
+    if isinstance(item, (Task, Repeat)) or hasattr(type(item), "__ice_schedule_item__"):
+        return repr(item)
+    return f"callable {getattr(item, '__qualname__', type(item).__qualname__)}"
+
+
+@dataclass
+class ScheduleEntry:
+    """One flattened step of a schedule: a Task or a callable, with its path in nested lists."""
+
+    item: Any
+    path: tuple[int, ...]
+    description: str
+
+
+def _arity(fn: Callable) -> int | None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return 1
+    for n in (2, 1, 0):
+        try:
+            sig.bind(*range(n))
+            return n
+        except TypeError:
+            continue
+    return None
+
+
+def call_with_arity(fn: Callable, hypergraph: Any, launcher: Any) -> Any:
+    """Call a schedule callable as ``f(g, launcher)``, ``f(g)`` or ``f()``, by its signature."""
+    return fn(*(hypergraph, launcher)[: _arity(fn)])
+
+
+def flatten_schedule(tasks: Any, path: tuple[int, ...] = ()) -> list[ScheduleEntry]:
+    """Unroll Repeats into a flat list of entries; raise ``ScheduleError`` on a bad item."""
+    if isinstance(tasks, (Task, Repeat)) or (callable(tasks) and not isinstance(tasks, type)):
+        tasks = [tasks]
+    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence):
+        raise ScheduleError(f"a schedule is a list of Tasks, Repeats and callables, got {type(tasks).__name__}")
+    entries: list[ScheduleEntry] = []
+    for i, item in enumerate(tasks):
+        where = "schedule[" + "][".join(map(str, path + (i,))) + "]"
+        if isinstance(item, Repeat):
+            for rep in range(item.times):
+                entries.extend(flatten_schedule(item.tasks, path + (i, rep)))
+        elif isinstance(item, Task):
+            entries.append(ScheduleEntry(item, path + (i,), describe(item)))
+        elif isinstance(item, type):
+            raise ScheduleError(
+                f"{where} is the class {item.__name__}, not an instance: call it, e.g. {item.__name__}(...)"
+            )
+        elif isinstance(item, (list, tuple)):
+            entries.extend(flatten_schedule(item, path + (i,)))
+        elif callable(item):
+            if _arity(item) is None:
+                raise ScheduleError(
+                    f"{where} = {describe(item)} takes more than 2 arguments; schedule callables are "
+                    "f(), f(g) or f(g, launcher)"
+                )
+            entries.append(ScheduleEntry(item, path + (i,), describe(item)))
+        else:
+            raise ScheduleError(
+                f"{where} is {type(item).__name__} {item!r}, which is not a Task, Repeat or callable; "
+                "remove it or wrap the action in a function f(g)"
+            )
+    return entries
+
+
+def task_keys(entries: list[ScheduleEntry]) -> dict[int, str]:
+    """``{id(task): "task<i>"}``: the distinct Tasks of a schedule numbered in order of first
+    appearance, the stable keys under which checkpoints hold their engines and handlers."""
+    keys: dict[int, str] = {}
+    for entry in entries:
+        if isinstance(entry.item, Task) and id(entry.item) not in keys:
+            keys[id(entry.item)] = f"task{len(keys)}"
+    return keys
+
+
+class ScheduleRunner:
+    """Runs flattened schedule entries in order and knows where a checkpoint taken now continues.
+
+    ``run_task(task, resume)`` runs a Task, ``call(item)`` a callable; ``boundary()`` is called
+    before each entry (the run's preemption check). A nested run (``exec_tasks`` from a schedule
+    callable) does not move the position: a checkpoint taken inside it resumes after the callable.
+    """
+
+    def __init__(self) -> None:
+        #: the entries of the running schedule, or None
+        self.entries: list[ScheduleEntry] | None = None
+        self.index = 0
+        self.task: Task | None = None
+        self._in_callable = False
+        self._nested = 0
+
+    def run(self, entries: list[ScheduleEntry], run_task: Callable[[Task, dict | None], Any],
+            call: Callable[[Any], Any], start: int = 0, resume: dict | None = None,
+            boundary: Callable[[], None] | None = None) -> None:
+        """Run ``entries[start:]`` (``resume``: the position inside the first one)."""
+        if self.entries is not None:  # nested, from a schedule callable: progress stays the outer one
+            self._nested += 1
+            try:
+                self._loop(entries, run_task, call, 0, None, None, track=False)
+            finally:
+                self._nested -= 1
+            return
+        self.entries = entries
+        try:
+            self._loop(entries, run_task, call, start, resume, boundary, track=True)
+        finally:
+            self.entries, self.task, self._in_callable = None, None, False
+
+    def _loop(self, entries: list[ScheduleEntry], run_task: Callable, call: Callable, start: int,
+              resume: dict | None, boundary: Callable[[], None] | None, track: bool) -> None:
+        for i in range(start, len(entries)):
+            item = entries[i].item
+            if track:
+                self.index = i
+                if boundary is not None:
+                    boundary()
+            try:
+                if isinstance(item, Task):
+                    outer, self.task = self.task, item
+                    try:
+                        run_task(item, resume if i == start else None)
+                    finally:
+                        self.task = outer
+                else:
+                    outer_call, self._in_callable = self._in_callable, True
+                    try:
+                        call(item)
+                    finally:
+                        self._in_callable = outer_call
+            except StopAllTasks:
+                logger.info("StopAllTasks raised in %s: the schedule ends here", entries[i].description)
+                if track:
+                    self.index = len(entries)
+                return
+            except StopTask:
+                logger.info("StopTask raised in %s, outside a task: ignored", entries[i].description)
+        if track:
+            self.index = len(entries)
+
+    def progress(self) -> dict:
+        """``{"entry": i, "task": position in it or None}``: where the schedule continues if
+        resumed from a checkpoint taken now."""
+        if self.entries is None:
+            return {"entry": 0, "task": None}
+        if self._in_callable:  # a checkpoint inside a callable resumes after it
+            return {"entry": self.index + 1, "task": None}
+        task = self.task
+        if task is not None and task.running:
+            return {"entry": self.index, "task": task.position()}
+        return {"entry": self.index, "task": None}
