@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ice_ignite.graph import ExecutableGraph
 
-__all__ = ["to_dot", "to_mermaid", "render", "graph_edges"]
+__all__ = ["to_dot", "to_mermaid", "render", "graph_edges", "draw_graph"]
+
+logger = logging.getLogger("ice_ignite")
 
 # kind -> (Graphviz shape, fill colour)
 _STYLE = {
@@ -122,3 +125,24 @@ def render(graph: "ExecutableGraph", path: Path) -> str | None:
     except ImportError:
         return None
     return "matplotlib"
+
+
+def draw_graph(graph: "ExecutableGraph", path: "str | Path | None", run_dir: Path | None) -> list[Path]:
+    """Write ``graph`` as DOT and Mermaid text beside ``path`` and, for a ``.png`` / ``.svg`` path, as
+    a picture when Graphviz or matplotlib is installed (see ``HyperGraph.draw``). Returns the files."""
+    if path is None:
+        if run_dir is None:
+            raise ValueError("draw needs path=... outside a run (there is no run directory to draw into)")
+        path = run_dir / f"graph-{','.join(graph.tags).replace('*', 'default')}.png"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = [path.with_suffix(".dot"), path.with_suffix(".mmd")]
+    written[0].write_text(to_dot(graph))
+    written[1].write_text(to_mermaid(graph))
+    if path.suffix.lower() in (".png", ".svg"):
+        if render(graph, path) is not None:
+            written.append(path)
+        else:
+            logger.warning("draw: neither Graphviz's dot nor matplotlib is installed; wrote %s and %s only",
+                           written[0], written[1])
+    return written

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from ignite.engine import Events
+from ignite.handlers import CosineAnnealingScheduler
 
 import ice_ignite as ice
 
@@ -60,6 +61,9 @@ def main() -> None:
     node = g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]), optimizers=spec))
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
     train = ice.Task(train=True, epochs=2, tags="train")
+    # an ignite scheduler attached the ignite way: its state travels in the checkpoints (B8)
+    cosine = CosineAnnealingScheduler(node.optimizers[".*"], "weight_decay", 0.0, 0.05, cycle_size=17)
+    train.engine.add_event_handler(Events.ITERATION_STARTED, cosine)
     train.engine.add_event_handler(Events.ITERATION_COMPLETED(every=5), lambda e: g.save_checkpoint())
     train.engine.add_event_handler(Events.STARTED, lambda e: print("STARTED", flush=True))
     val = ice.Task(train=False, epochs=1, tags="val")
