@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 
 from ice_ignite.events import StepEvents
 
-__all__ = ["NullWriter", "LazyWriter", "BoardLogger"]
+__all__ = ["NullWriter", "BoardLogger"]
 
 _TAG_CHARS = re.compile(r"[^\w.\-/]")  # what TensorBoard keeps in a tag
 
@@ -46,28 +46,6 @@ def _scalars(prefix: str, value: Any) -> dict[str, float]:
             out.update(_scalars(f"{prefix}/{key}", sub))
         return out
     return {}
-
-
-class LazyWriter:
-    """A tensorboardX ``SummaryWriter`` into ``logdir``, created at its first use (a run that
-    logs nothing writes no event file)."""
-
-    def __init__(self, logdir: str):
-        self.logdir = logdir
-        self._writer: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._writer is None:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(logdir=self.logdir)
-        return getattr(self._writer, name)
-
-    def close(self) -> None:
-        """Close the writer if it was created."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
 
 class BoardLogger:

@@ -55,12 +55,33 @@ class RunContext:
         #: the run directory and its name, None outside a run
         self.run_dir: Path | None = None
         self.run_id: str | None = None
-        #: a tensorboardX SummaryWriter on global rank 0 of a run, else a NullWriter
-        self.board: Any = NullWriter()
+        self._board: Any = NullWriter()
+        self._board_dir: str | None = None
         #: per-node timing of the run (``run(timing=True)``), else None
         self.timer: NodeTimer | None = None
         #: ``save_best(node, value, higher_better, max_keep)`` of the run, None outside one
         self.save_best: Callable[..., Any] | None = None
+
+    @property
+    def board(self) -> Any:
+        """A tensorboardX SummaryWriter into the run's ``logs/`` on global rank 0 (created at its
+        first use), else a NullWriter."""
+        if self._board_dir is not None and isinstance(self._board, NullWriter):
+            from tensorboardX import SummaryWriter
+
+            self._board = SummaryWriter(logdir=self._board_dir)
+        return self._board
+
+    def open_board(self, logdir: str | None) -> None:
+        """Write the board into ``logdir`` from now on (None: nowhere)."""
+        self.close_board()
+        self._board_dir = logdir
+
+    def close_board(self) -> None:
+        """Close the board's writer, if one was created."""
+        if not isinstance(self._board, NullWriter):
+            self._board.close()
+        self._board, self._board_dir = NullWriter(), None
 
     @property
     def device(self) -> torch.device:

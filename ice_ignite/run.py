@@ -4,7 +4,6 @@ what a run attaches around its schedule (logging, board, progress, timing, preem
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -16,7 +15,7 @@ from typing import Any, Callable, Iterator
 from ignite.engine import Events
 
 from ice_ignite import parallel
-from ice_ignite.board import BoardLogger, LazyWriter, NullWriter
+from ice_ignite.board import BoardLogger
 from ice_ignite.checkpointer import Checkpointer
 from ice_ignite.context import RunContext
 from ice_ignite.launcher import Launcher, launch, script_command
@@ -109,7 +108,7 @@ def spawn_workers(worker: Callable[[str], Any], nproc: int, launch_options: Laun
     o = launch_options
     os.environ[RUN_ID_ENV] = rundir.run_id
     try:
-        launch(functools.partial(worker, rundir.run_id) if fork else command, nproc, o.nnodes, o.node_rank, o.master_addr, o.master_port,
+        launch((lambda: worker(rundir.run_id)) if fork else command, nproc, o.nnodes, o.node_rank, o.master_addr, o.master_port,
                o.rdzv_endpoint, o.rdzv_backend, o.max_restarts, "fork" if fork else "spawn",
                run_id=options.run_id or "ice_ignite")
     except Preempted as e:
@@ -173,7 +172,7 @@ class RunSession:
             ctx.launcher, ctx.run_dir, ctx.run_id, ctx.seed = launcher, self.rundir.root, self.rundir.run_id, options.seed
             seed_everything(options.seed + launcher.rank)
             ctx.precision.setup(launcher.device)
-            ctx.board = LazyWriter(str(self.rundir.logs)) if launcher.rank == 0 else NullWriter()
+            ctx.open_board(str(self.rundir.logs) if launcher.rank == 0 else None)
             ctx.timer = NodeTimer(launcher.device) if options.timing else None
             ctx.save_best = self.checkpointer.save_best
             self._agreed = parallel.AgreedFlag() if launcher.world_size > 1 else None
@@ -197,10 +196,8 @@ class RunSession:
         if self._agreed is not None:
             self._agreed.close()
             self._agreed = None
-        board = ctx.board
-        if isinstance(board, LazyWriter):
-            board.close()
-        ctx.board, ctx.timer, ctx.save_best = NullWriter(), None, None
+        ctx.close_board()
+        ctx.timer, ctx.save_best = None, None
         ctx.launcher = None
         self.checkpointer.close()
 
