@@ -252,3 +252,19 @@ def test_registered_objects_are_checkpointed_by_name(tmp_path):
     assert c.n == 7
     with pytest.raises(TypeError, match="needs an object with state_dict"):
         g.register_stateful("bad", object())
+
+
+def test_tensorboard_optimizer_params_handler_on_a_repeat_logs_monotone_steps(tmp_path):
+    from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, TensorboardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    g = linear_graph()
+    train = ice.Task(train=True, epochs=1, tags="train")
+    tb = TensorboardLogger(log_dir=str(tmp_path))
+    tb.attach(train.engine, log_handler=OptimizerParamsHandler(g["*/net"].optimizers[".*"], tag="opt"),
+              event_name=Events.ITERATION_STARTED)
+    g.exec_tasks([ice.Repeat([train, ice.Task(train=False, epochs=1, tags="val")], times=3)], ice.Launcher())
+    tb.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("opt/lr/group_0")] == list(range(1, 16))  # 3 rounds of 5, no repeats
