@@ -140,6 +140,21 @@ def iterable(tmp):
 
 
 # id -> (action, exception type, words naming the culprit, words saying what to do)
+def checkpoint_in_forward(tmp_path):
+    g = linear_graph()
+    g.add("saver", ice.Node(forward=lambda n, x: g.save_checkpoint()), tags="train")
+    run_one(g, tmp_path)
+
+
+def epoch_length_changed(tmp_path):
+    g = linear_graph()
+    train = ice.Task(train=True, epochs=1, tags="train")
+    g.exec_tasks([train], ice.Launcher())
+    g.set_gradient_accumulate(1)
+    g["train/data"].batch_size = 16  # 40 samples: 5 batches of 8, now 3 of 16
+    g.exec_tasks([train], ice.Launcher())
+
+
 CASES = {
     # constructors
     "node-forward-not-callable": (lambda t: ice.Node(forward=3), TypeError, "forward of Node", "e.g. forward=lambda n, x"),
@@ -227,6 +242,14 @@ CASES = {
     "autocast-dtype": (lambda t: ice.HyperGraph().init_autocast(autocast_dtype=torch.int8), ValueError, "int8",
                        "torch.float16, torch.bfloat16 or None"),
     "handler-not-callable": (lambda t: ice.HyperGraph().on(Events.STARTED, 42), TypeError, "42", "callable handler"),
+    "checkpoint-inside-iteration": (checkpoint_in_forward, CheckpointError, "inside an iteration",
+                                    "at an iteration boundary"),
+    "epoch-length-changed": (epoch_length_changed, ScheduleError, "ran with 5 iterations per epoch and now has 3",
+                             "use a new Task"),
+    "state-not-a-checkpoint": (lambda t: ice.HyperGraph().load_state_dict({"x": 1}), CheckpointError, "got dict",
+                               "what HyperGraph.state_dict returned"),
+    "stateful-object": (lambda t: ice.HyperGraph().register_stateful("ema", 3), TypeError, "'ema'",
+                        "state_dict() and load_state_dict()"),
     "print-no-names": (lambda t: linear_graph().print_forward_output(), TypeError, "()", "needs node names"),
     # devices and processes
     "device-kind": (lambda t: run_one(linear_graph(), t, devices="gpu"), ValueError, "'gpu'", "'cpu', 'cuda' or 'auto'"),
