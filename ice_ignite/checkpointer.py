@@ -24,7 +24,7 @@ from ice_ignite.checkpoint import (
 from ice_ignite.context import RunContext
 from ice_ignite.errors import CheckpointError, ResumeTaskFailed
 from ice_ignite.rundir import RunDir
-from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, task_keys
+from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, keyed_tasks
 from ice_ignite.seeding import rng_state, set_rng_state
 from ice_ignite.tags import DEFAULT_TAG
 from ice_ignite.task import Task
@@ -85,9 +85,7 @@ class Checkpointer:
         return self.context.device
 
     def _tasks(self) -> dict[str, Task]:
-        entries = self.runner.entries if self.runner.entries is not None else self.entries
-        keys = task_keys(entries)
-        return {keys[id(e.item)]: e.item for e in entries if isinstance(e.item, Task) and id(e.item) in keys}
+        return keyed_tasks(self.runner.entries if self.runner.entries is not None else self.entries)
 
     # -- the state --------------------------------------------------------------------------
     def state_dict(self, tags: tuple[str, ...] = (DEFAULT_TAG,)) -> dict:
@@ -236,8 +234,7 @@ class Checkpointer:
     def _load_run_state(self, state: dict, source: str, entries: list[ScheduleEntry], engines: bool = True) -> None:
         """Node states, task engines, handler and registered-object states, and this rank's RNG."""
         self.load_nodes(state, (DEFAULT_TAG,), True, source)
-        keys = task_keys(entries)
-        tasks = {keys[id(e.item)]: e.item for e in entries if isinstance(e.item, Task)}
+        tasks = keyed_tasks(entries)
         saved_handlers = dict(state.get("handlers", {}))
         for key, task in tasks.items():
             if engines:

@@ -3,6 +3,7 @@ the entry points that run a schedule on them (``exec_tasks``, ``run``) or checkp
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -360,7 +361,7 @@ class HyperGraph(NodeRegistry):
                 return spawn_workers(worker, len(device_list), launch, options)
             launcher = Launcher(device=device_list[0])
         if worker and options.resume_from is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-            options = RunOptions(**{**options.__dict__, "resume_from": "auto"})  # restarted workers continue
+            options = dataclasses.replace(options, resume_from="auto")  # restarted workers continue
         try:
             rundir = open_run_dir(options, launcher)
             self._session = RunSession(self.context, self._checkpointer, launcher, rundir, options)

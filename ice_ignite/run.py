@@ -108,8 +108,8 @@ def spawn_workers(worker: Callable[[str], Any], nproc: int, launch_options: Laun
     o = launch_options
     os.environ[RUN_ID_ENV] = rundir.run_id
     try:
-        launch((lambda: worker(rundir.run_id)) if fork else command, nproc, o.nnodes, o.node_rank, o.master_addr, o.master_port,
-               o.rdzv_endpoint, o.rdzv_backend, o.max_restarts, "fork" if fork else "spawn",
+        launch((lambda: worker(rundir.run_id)) if fork else command, nproc, o.nnodes, o.node_rank, o.master_addr,
+               o.master_port, o.rdzv_endpoint, o.rdzv_backend, o.max_restarts, "fork" if fork else "spawn",
                run_id=options.run_id or "ice_ignite")
     except Preempted as e:
         print(f"ice_ignite: {e}", file=sys.stderr, flush=True)
@@ -214,28 +214,22 @@ class RunSession:
             timer.attach(task)
 
     def check_preemption(self) -> None:
-        """At an iteration or schedule boundary: after SIGTERM / SIGINT on any rank, every rank
-        checkpoints at the same boundary and raises Preempted."""
+        """At an iteration boundary: after SIGTERM / SIGINT on any rank, every rank checkpoints at
+        the same boundary and raises Preempted (the agreement overlaps the next iteration)."""
+        self._preempt_if_asked(blocking=False)
+
+    def check_preemption_now(self) -> None:
+        """Between schedule entries: a blocking agreement, so that every rank stops at the same entry."""
+        self._preempt_if_asked(blocking=True)
+
+    def _preempt_if_asked(self, blocking: bool) -> None:
         guard = self._guard
         if guard is None:
             return
         local = guard.requested is not None
         agreed = self._agreed
         if agreed is not None:
-            local = agreed.check(local)
-        if not local:
-            return
-        path = self.checkpointer.save(None, (DEFAULT_TAG,))
-        raise Preempted(guard.requested or signal.SIGTERM, path)
-
-    def check_preemption_now(self) -> None:
-        """Between schedule entries: a blocking agreement, so that every rank stops at the same entry."""
-        guard = self._guard
-        if guard is None:
-            return
-        local = guard.requested is not None
-        if self._agreed is not None:
-            local = self._agreed.check_now(local)
+            local = agreed.check_now(local) if blocking else agreed.check(local)
         if local:
             path = self.checkpointer.save(None, (DEFAULT_TAG,))
             raise Preempted(guard.requested or signal.SIGTERM, path)

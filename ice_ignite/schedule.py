@@ -12,7 +12,7 @@ from ice_ignite.errors import ScheduleError, StopAllTasks, StopTask
 from ice_ignite.task import Task
 
 __all__ = ["Repeat", "ScheduleEntry", "ScheduleRunner", "flatten_schedule", "call_with_arity", "describe",
-           "task_keys"]
+           "keyed_tasks"]
 
 logger = logging.getLogger("ice_ignite")
 
@@ -116,14 +116,16 @@ def flatten_schedule(tasks: Any, path: tuple[int, ...] = ()) -> list[ScheduleEnt
     return entries
 
 
-def task_keys(entries: list[ScheduleEntry]) -> dict[int, str]:
-    """``{id(task): "task<i>"}``: the distinct Tasks of a schedule numbered in order of first
+def keyed_tasks(entries: list[ScheduleEntry]) -> dict[str, Task]:
+    """``{"task<i>": task}``: the distinct Tasks of a schedule numbered in order of first
     appearance, the stable keys under which checkpoints hold their engines and handlers."""
-    keys: dict[int, str] = {}
+    tasks: dict[str, Task] = {}
+    seen: set[int] = set()
     for entry in entries:
-        if isinstance(entry.item, Task) and id(entry.item) not in keys:
-            keys[id(entry.item)] = f"task{len(keys)}"
-    return keys
+        if isinstance(entry.item, Task) and id(entry.item) not in seen:
+            seen.add(id(entry.item))
+            tasks[f"task{len(tasks)}"] = entry.item
+    return tasks
 
 
 class ScheduleRunner:
@@ -140,18 +142,13 @@ class ScheduleRunner:
         self.index = 0
         self.task: Task | None = None
         self._in_callable = False
-        self._nested = 0
 
     def run(self, entries: list[ScheduleEntry], run_task: Callable[[Task, dict | None], Any],
             call: Callable[[Any], Any], start: int = 0, resume: dict | None = None,
             boundary: Callable[[], None] | None = None) -> None:
         """Run ``entries[start:]`` (``resume``: the position inside the first one)."""
         if self.entries is not None:  # nested, from a schedule callable: progress stays the outer one
-            self._nested += 1
-            try:
-                self._loop(entries, run_task, call, 0, None, None, track=False)
-            finally:
-                self._nested -= 1
+            self._loop(entries, run_task, call, 0, None, None, track=False)
             return
         self.entries = entries
         try:

@@ -125,8 +125,8 @@ class Task:
 
     def run(self, graph: ExecutableGraph, attach: Callable[["Task"], None] | None = None,
             user_handlers: Callable[["Task"], list] | None = None, resume: dict | None = None,
-            reload_epoch: Callable[[], None] | None = None) -> bool:
-        """Run the task once more on ``graph``; returns whether it ran to its end.
+            reload_epoch: Callable[[], None] | None = None) -> None:
+        """Run the task once more on ``graph``.
 
         ``attach(task)`` attaches the run's own handlers (before user handlers);
         ``user_handlers(task)`` attaches user-level ones for this run and returns their handles;
@@ -147,7 +147,7 @@ class Task:
             # checkpointed after an epoch's last iteration but before its EPOCH_COMPLETED work
             pending_epoch_end = iteration > 0 and iteration % length == 0 and not resume["epoch_done"]
             if iteration >= length * max_epochs and not pending_epoch_end:
-                return True
+                return
         elif state.max_epochs is not None and state.epoch_length != length:
             raise ScheduleError(
                 f"{self!r} ran with {state.epoch_length} iterations per epoch and now has {length} (its data or the "
@@ -190,7 +190,6 @@ class Task:
                     self._closed_epoch = state.epoch if state.max_epochs is not None else 0
                     more = 1 if self.step_mode else self.epochs
                     engine.run(None, max_epochs=self._closed_epoch + more, epoch_length=length)
-            done = not engine.should_terminate
         finally:
             for handle in handles + ([one_shot] if one_shot is not None else []):
                 handle.remove()
@@ -206,7 +205,6 @@ class Task:
                 engine.should_terminate = False  # what terminated this run does not reach the next one
         if engine.stop_all:
             raise StopAllTasks()
-        return done
 
     def _process(self, engine: TaskEngine, batch: None) -> Any:
         graph = self._graph
