@@ -148,8 +148,9 @@ class TaskEngine(Engine):
     def fire(self, event_name: Any) -> None:
         """Fire ``event_name`` (a registered event, e.g. a ``StepEvents``) from the process function:
         ``fire_event`` without its check that the event is registered, which compares with every
-        registered event on each call."""
-        self._fire_event(event_name)
+        registered event on each call. An event nobody handles costs one dictionary lookup."""
+        if self._event_handlers.get(event_name):
+            self._fire_event(event_name)
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
         # Engine._fire_event formats its debug message on every event, debug logging on or off: over

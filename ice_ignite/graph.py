@@ -47,9 +47,9 @@ def _describe_tags(tags: tuple[str, ...]) -> str:
 def detach(value: Any) -> Any:
     """``value`` with every tensor in it (nested lists, tuples, dicts) detached."""
     if isinstance(value, torch.Tensor):
-        return value.detach()
+        return value.detach() if value.requires_grad else value
     if isinstance(value, (list, tuple)):
-        items = [detach(v) for v in value]
+        items = [(v.detach() if v.requires_grad else v) if isinstance(v, torch.Tensor) else detach(v) for v in value]
         if isinstance(value, tuple):
             return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
         return items
@@ -226,6 +226,7 @@ class ExecutableGraph:
         self._names = list(nodes)
         self._batch_source: dict[str, DatasetNode | None] = {}
         self._cycle_len = 1
+        self._ddp: list[torch.nn.Module] = []
         self._cleaned = True
         #: True while the process function runs (no checkpoint can be taken then)
         self.in_step = False
@@ -280,6 +281,7 @@ class ExecutableGraph:
                 internal, hooks = self._phases[phase]
                 for node, fn in internal + hooks:
                     engine.add_event_handler(event, _handler(node, fn, phase, timer))
+            engine.add_event_handler(Events.STARTED, self._find_ddp)  # after the prepare hooks
             engine.add_event_handler(Events.COMPLETED, self._mark_cleaned)
         self._cleaned = False
 
@@ -325,16 +327,13 @@ class ExecutableGraph:
         self.cache.clear()
         self.in_step = True
         try:
-            with self._local_accumulation():
-                self.cache.compute_all(self._names)
-                total = self.loss = self._summed_loss()
-                engine.fire(StepEvents.BACKWARD_STARTED)
-                if total is not None:
-                    if self._cycle_len != 1:  # each micro-batch's share of the cycle's mean loss
-                        total = total / self._cycle_len
-                    scaler = self.context.precision.grad_scaler
-                    (total if scaler is None else scaler.scale(total)).backward()
-                engine.fire(StepEvents.BACKWARD_COMPLETED)
+            if self.step_now or not self._ddp:
+                self._forward_backward(engine)
+            else:
+                with contextlib.ExitStack() as stack:  # DDP's no_sync: no all-reduce until the step
+                    for ddp in self._ddp:
+                        stack.enter_context(ddp.no_sync())
+                    self._forward_backward(engine)
             if self.step_now:  # not skipped by a BACKWARD_COMPLETED handler (the non-finite policy)
                 state.optim_step += 1
                 engine.fire(StepEvents.OPTIM_STEP_STARTED)
@@ -344,6 +343,17 @@ class ExecutableGraph:
         finally:
             self.in_step = False
         return self.output
+
+    def _forward_backward(self, engine: TaskEngine) -> None:
+        self.cache.compute_all(self._names)
+        total = self.loss = self._summed_loss()
+        engine.fire(StepEvents.BACKWARD_STARTED)
+        if total is not None:
+            if self._cycle_len != 1:  # each micro-batch's share of the cycle's mean loss
+                total = total / self._cycle_len
+            scaler = self.context.precision.grad_scaler
+            (total if scaler is None else scaler.scale(total)).backward()
+        engine.fire(StepEvents.BACKWARD_COMPLETED)
 
     def eval_step(self, engine: TaskEngine, batch: None) -> IterationOutput:
         """One eval iteration: forward every node (under ``torch.no_grad``, set by the task)."""
@@ -364,15 +374,9 @@ class ExecutableGraph:
             for node in self.module_nodes:
                 node.zero_grad()
 
-    def _local_accumulation(self) -> contextlib.AbstractContextManager:
-        """DDP's ``no_sync`` on micro-batches that do not step: no all-reduce until the step."""
-        wrapped = [n.ddp for n in self.module_nodes if n.ddp is not None] if not self.step_now else None
-        if not wrapped:
-            return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        for ddp in wrapped:
-            stack.enter_context(ddp.no_sync())
-        return stack
+    def _find_ddp(self) -> None:
+        """After ``prepare``: the DistributedDataParallel wrappers of this task's modules."""
+        self._ddp = [n.ddp for n in self.module_nodes if n.ddp is not None]
 
     def _summed_loss(self) -> torch.Tensor | None:
         """``sum(weight * loss)`` over the LossNodes (None without any)."""

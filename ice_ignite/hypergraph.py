@@ -275,7 +275,8 @@ class HyperGraph(NodeRegistry):
     def _attach(self, task: Task) -> None:
         """Attach the run's own handlers to a starting task (inside its engine's ``internal()``)."""
         checkpoint = (lambda: self.save_checkpoint()) if self._session is not None else None
-        task.engine.add_event_handler(StepEvents.OPTIM_STEP_COMPLETED, self.context.precision.after_optimizer_step)
+        if self.context.precision.grad_scaler is not None:
+            task.engine.add_event_handler(StepEvents.OPTIM_STEP_COMPLETED, self.context.precision.after_optimizer_step)
         self.nonfinite.attach(task, self.context, checkpoint)
         if self._session is not None:
             self._session.attach(task)

@@ -59,7 +59,7 @@ class NonFinitePolicy:
         engine, graph = task.engine, task.graph
         self._finite_until = context.counters.steps.train
         if self.policy == "raise":
-            engine.add_event_handler(StepEvents.BACKWARD_COMPLETED, self._periodic_check, task, context)
+            engine.add_event_handler(StepEvents.BACKWARD_COMPLETED, self._periodic_check, task, graph, context)
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._check, task, context)
             return
         self._bad, self._stop = None, False  # a cycle cut short by StopTask does not reach the next run
@@ -67,8 +67,8 @@ class NonFinitePolicy:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop_if_asked, checkpoint)
 
     # -- "raise" ----------------------------------------------------------------------------
-    def _periodic_check(self, engine: Any, task: Any, context: Any) -> None:
-        if task.graph.step_now and (context.counters.steps.train + 1) % self.check_every == 0:
+    def _periodic_check(self, engine: Any, task: Any, graph: Any, context: Any) -> None:
+        if graph.step_now and (context.counters.steps.train + 1) % self.check_every == 0:
             self._check(engine, task, context, before_step=True)
 
     def _check(self, engine: Any, task: Any, context: Any, before_step: bool = False) -> None:

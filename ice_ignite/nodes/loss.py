@@ -144,7 +144,8 @@ class LossNode(Node):
         return self.aux[key], self._batch_size()
 
     def _loss_input(self, output: Mapping) -> tuple[torch.Tensor, int]:
-        return output[self._name], self._batch_size()
+        # this node's entry of ``output``, read from the cache without detaching: Loss.update detaches
+        return self.egraph.cache.value(self._name), self._batch_size()
 
     def _batch_size(self) -> int:
         egraph = self.egraph

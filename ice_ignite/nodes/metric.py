@@ -90,7 +90,10 @@ class MetricNode(Node):
 
     def output(self, output: Any) -> Any:
         """What the metric's handlers see as ``engine.state.output``: this node's output."""
-        return output.get(self._name) if isinstance(output, Mapping) else None  # None between iterations
+        try:
+            return output[self._name]
+        except (KeyError, TypeError):  # between iterations: no output (None), or none of this node yet
+            return None
 
     def merge(self, written: dict, metrics: dict) -> None:
         """Put what the metric wrote into the engine's metrics: its value under the node's name,
