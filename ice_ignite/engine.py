@@ -10,7 +10,7 @@ needed for a Task to behave like an ignite engine to the handlers users attach:
   mid-iteration (TERMINATE and COMPLETED fire, the epoch does not complete);
 * the objects users attach as handlers are remembered in attachment order, so that the stateful
   ones (``ParamScheduler``, ``EarlyStopping``, ``Checkpoint``, metrics) can be checkpointed;
-* no debug message is formatted per event unless debug logging is on.
+* no debug message is formatted per event unless debug logging was on when the run started.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import functools
 import logging
 import weakref
 from collections import defaultdict
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from ignite.engine import Engine, Events, EventsList, RemovableEventHandle
 
@@ -31,7 +31,7 @@ from ignite.engine.engine import _EngineTerminateException
 from ice_ignite.errors import IceError, StopAllTasks, StopTask
 from ice_ignite.events import STEP_EVENT_ATTRS, StepEvents
 
-__all__ = ["TaskEngine", "HandlerView", "stateful_object", "EngineTerminate"]
+__all__ = ["TaskEngine", "HandlerView", "StepListening", "stateful_object", "EngineTerminate"]
 
 EngineTerminate = _EngineTerminateException
 
@@ -76,6 +76,11 @@ class TaskEngine(Engine):
         self._session: list | None = None
         self._view: HandlerView | None = None
         self._user: list[tuple[Any, Any]] = []  # (event, handler) users attached, in order
+        #: which ``StepEvents`` have handlers (kept up to date by add/remove): the train step
+        #: fires only those, so an unhandled step event costs an attribute read
+        self.listening = StepListening()
+        self._lists: dict[int, list] = {}
+        self._handlers_changed()
 
     # -- handlers ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -95,6 +100,7 @@ class TaskEngine(Engine):
             handle = super().add_event_handler(event_name, handler, *args, **kwargs)
             if self._session is None and not isinstance(event_name, EventsList):
                 self._user.append((event_name, handler))
+            self._handlers_changed()
             return handle
         if self._view is not None:
             handler = _viewed(self, handler, self._view)
@@ -104,7 +110,17 @@ class TaskEngine(Engine):
         handlers.insert(self._n_internal[event_name], entry)
         self._n_internal[event_name] += 1
         self._session.append((event_name, entry))
+        self._handlers_changed()
         return handle
+
+    def _handlers_changed(self) -> None:
+        # ignite looks an event's handler list up by the event, hashing it in Python on every fire;
+        # keep the lists by the identity of the registered events too (ignite replaces a list when
+        # it removes a handler, so this runs after every add and remove). No key is added to
+        # _event_handlers: ignite reads "EXCEPTION_RAISED in _event_handlers" as "someone handles it".
+        self.listening.update(self._event_handlers)
+        handlers = self._event_handlers
+        self._lists = {id(event): handlers.get(event, ()) for event in self._allowed_events}
 
     def remove_internal(self, added: list) -> None:
         """Remove what an ``internal()`` block added."""
@@ -117,6 +133,7 @@ class TaskEngine(Engine):
                     self._n_internal[event_name] -= 1
                     break
         added.clear()
+        self._handlers_changed()
 
     def remove_event_handler(self, handler: Callable, event_name: Any) -> None:
         n = self._n_internal[event_name]
@@ -124,6 +141,7 @@ class TaskEngine(Engine):
         super().remove_event_handler(handler, event_name)
         self._n_internal[event_name] = n - hits
         self._user = [(e, h) for e, h in self._user if not (e == event_name and self._compare_handlers(handler, h))]
+        self._handlers_changed()
 
     def stateful_handlers(self) -> list[Any]:
         """Objects users attached as handlers that have ``state_dict`` / ``load_state_dict``,
@@ -136,6 +154,7 @@ class TaskEngine(Engine):
         return list(seen.values())
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
+        self._debug = self.logger.isEnabledFor(logging.DEBUG)  # read once a run, not once an event
         try:
             return super().run(*args, **kwargs)
         except BaseException:
@@ -145,21 +164,17 @@ class TaskEngine(Engine):
             raise
 
     # -- dispatch ---------------------------------------------------------------------------
-    def fire(self, event_name: Any) -> None:
-        """Fire ``event_name`` (a registered event, e.g. a ``StepEvents``) from the process function:
-        ``fire_event`` without its check that the event is registered, which compares with every
-        registered event on each call. An event nobody handles costs one dictionary lookup."""
-        if self._event_handlers.get(event_name):
-            self._fire_event(event_name)
-
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
         # Engine._fire_event formats its debug message on every event, debug logging on or off: over
         # half of ignite's dispatch cost per iteration. The same handler loop, formatting only when on.
-        if self.logger.isEnabledFor(logging.DEBUG):
+        if self._debug:
             self.logger.debug(f"{self.state.epoch} | {self.state.iteration}, Firing handlers for event {event_name}")
         self.last_event_name = event_name
+        handlers = self._lists.get(id(event_name))
+        if handlers is None:  # an event given by an equal object (a string, a filtered event)
+            handlers = self._event_handlers[event_name]
         try:
-            for func, args, kwargs in self._event_handlers[event_name]:
+            for func, args, kwargs in handlers:
                 kwargs.update(event_kwargs)
                 if args and isinstance(args[0], weakref.ref):  # handlers that take the engine hold a weakref
                     engine = args[0]()
@@ -181,8 +196,31 @@ class TaskEngine(Engine):
                 e._ice_noted = True  # once, though events nest (a handler that fires another)
             raise
 
+    #: ``fire(event)``: fire a registered event (e.g. a ``StepEvents``) from the process function;
+    #: ``fire_event`` without its check that the event is registered, which compares the event with
+    #: every registered one on each call. Test ``engine.listening`` first to skip unhandled ones.
+    fire = _fire_event
+
+    #: whether debug logging was on when the current run started (ignite's per-event debug message)
+    _debug = False
+
     #: how errors name the engine's task (set by the Task)
     task_label = "a task"
+
+
+class StepListening:
+    """Whether each ``StepEvents`` member has a handler on an engine, as plain attributes (reading
+    one costs no hashing of the event), e.g. ``engine.listening.backward_completed``."""
+
+    __slots__ = ("backward_started", "backward_completed", "optim_step_started", "optim_step_completed")
+
+    def __init__(self) -> None:
+        self.update({})
+
+    def update(self, handlers: Mapping) -> None:
+        """Re-read which step events have handlers in ``handlers`` (event -> handler list)."""
+        for event in StepEvents:
+            setattr(self, event.value, bool(handlers.get(event)))
 
 
 def _viewed(engine: TaskEngine, handler: Callable, view: HandlerView) -> Callable:

@@ -66,12 +66,13 @@ class GraphOutputCache:
     ``"name" in x`` tells whether the task selected that node.
     """
 
-    __slots__ = ("_graph", "_nodes", "_values", "_stack", "deps", "_timer")
+    __slots__ = ("_graph", "_nodes", "outputs", "_stack", "deps", "_timer")
 
     def __init__(self, graph: "ExecutableGraph"):
         self._graph = graph
         self._nodes = graph.nodes
-        self._values: dict[str, Any] = {}
+        #: this iteration's outputs by name, in the order computed (read it; the cache writes it)
+        self.outputs: dict[str, Any] = {}
         self._stack: list[str] = []
         self.deps: dict[str, dict[str, None]] = {name: {} for name in graph.nodes}
         self._timer: Any = None
@@ -80,7 +81,7 @@ class GraphOutputCache:
         stack = self._stack
         if stack:
             self.deps[stack[-1]][name] = None
-        values = self._values
+        values = self.outputs
         if name in values:
             return values[name]
         return self._compute(name)
@@ -90,15 +91,15 @@ class GraphOutputCache:
 
     def keys(self) -> Iterator[str]:
         """Names of the nodes computed so far this iteration."""
-        return iter(list(self._values))
+        return iter(list(self.outputs))
 
     def value(self, name: str) -> Any:
         """The output node ``name`` computed this iteration (no dependency recorded)."""
-        return self._values[name]
+        return self.outputs[name]
 
     def compute_all(self, names: list[str]) -> None:
         """Forward every node of ``names`` not computed yet, in order."""
-        values = self._values
+        values = self.outputs
         for name in names:
             if name not in values:
                 self._compute(name)
@@ -132,12 +133,12 @@ class GraphOutputCache:
             ) from e
         finally:
             stack.pop()
-        self._values[name] = out
+        self.outputs[name] = out
         return out
 
     def clear(self) -> None:
         """Release the outputs of the last iteration."""
-        self._values.clear()
+        self.outputs.clear()
         self._stack.clear()
 
 
@@ -225,6 +226,7 @@ class ExecutableGraph:
         self.dataset_nodes = [n for n in nodes.values() if isinstance(n, DatasetNode)]
         self._names = list(nodes)
         self._batch_source: dict[str, DatasetNode | None] = {}
+        self._loss_sources: list[DatasetNode | None] | None = None
         self._cycle_len = 1
         self._ddp: list[torch.nn.Module] = []
         self._cleaned = True
@@ -232,7 +234,7 @@ class ExecutableGraph:
         self.in_step = False
         #: phase -> (built-in behaviour of node kinds, user hooks), each in ``add`` order
         self._phases = {phase: self._collect(phase) for phase in HOOKS}
-        self.output = IterationOutput(self.cache._values, detached=False)
+        self.output = IterationOutput(self.cache.outputs, detached=False)
 
     # -- construction -------------------------------------------------------------------------
     def _collect(self, phase: str) -> tuple[list, list]:
@@ -270,7 +272,7 @@ class ExecutableGraph:
         self.autocast = self.context.precision.autocast
         timer = self.cache._timer = self.context.timer
         self.cache.clear()
-        self.output = IterationOutput(self.cache._values, detached=task.train)
+        self.output = IterationOutput(self.cache.outputs, detached=task.train)
         for node in self.nodes.values():
             node.egraph = self
         self._set_module_modes()
@@ -336,10 +338,12 @@ class ExecutableGraph:
                     self._forward_backward(engine)
             if self.step_now:  # not skipped by a BACKWARD_COMPLETED handler (the non-finite policy)
                 state.optim_step += 1
-                engine.fire(StepEvents.OPTIM_STEP_STARTED)
+                if engine.listening.optim_step_started:
+                    engine.fire(StepEvents.OPTIM_STEP_STARTED)
                 for node in self.module_nodes:
                     node.step()
-                engine.fire(StepEvents.OPTIM_STEP_COMPLETED)
+                if engine.listening.optim_step_completed:
+                    engine.fire(StepEvents.OPTIM_STEP_COMPLETED)
         finally:
             self.in_step = False
         return self.output
@@ -347,13 +351,15 @@ class ExecutableGraph:
     def _forward_backward(self, engine: TaskEngine) -> None:
         self.cache.compute_all(self._names)
         total = self.loss = self._summed_loss()
-        engine.fire(StepEvents.BACKWARD_STARTED)
+        if engine.listening.backward_started:
+            engine.fire(StepEvents.BACKWARD_STARTED)
         if total is not None:
             if self._cycle_len != 1:  # each micro-batch's share of the cycle's mean loss
                 total = total / self._cycle_len
             scaler = self.context.precision.grad_scaler
             (total if scaler is None else scaler.scale(total)).backward()
-        engine.fire(StepEvents.BACKWARD_COMPLETED)
+        if engine.listening.backward_completed:
+            engine.fire(StepEvents.BACKWARD_COMPLETED)
 
     def eval_step(self, engine: TaskEngine, batch: None) -> IterationOutput:
         """One eval iteration: forward every node (under ``torch.no_grad``, set by the task)."""
@@ -380,10 +386,12 @@ class ExecutableGraph:
 
     def _summed_loss(self) -> torch.Tensor | None:
         """``sum(weight * loss)`` over the LossNodes (None without any)."""
-        values, terms = self.cache._values, []
-        for node in self.loss_nodes:
+        values, terms = self.cache.outputs, []
+        sources = self._loss_sources
+        if sources is None:  # the first iteration of the task: its forwards recorded the dependencies
+            sources = self._loss_sources = [self.batch_source(node._name) for node in self.loss_nodes]
+        for node, source in zip(self.loss_nodes, sources):
             loss, weight = values[node._name], node.weight
-            source = self.batch_source(node._name)
             if source is not None and source.last_loss_scale != 1.0:
                 weight = weight * source.last_loss_scale  # unequal slices of a global batch across ranks
             terms.append(loss if weight == 1.0 else loss * weight)
@@ -391,12 +399,19 @@ class ExecutableGraph:
             return None
         total = terms[0] if len(terms) == 1 else functools.reduce(operator.add, terms)
         if not total.requires_grad:  # a frozen model or a detached loss: say so, not autograd
-            raise GraphError(
-                f"the losses of the train task with tags ({_describe_tags(self.tags)}) do not require "
-                f"grad ({', '.join(n.uid for n in self.loss_nodes)}): no trainable parameter reaches "
-                "them; give a ModuleNode optimizers, or make the task train=False"
-            )
+            raise self._no_grad_error()
         return total
+
+    def _no_grad_error(self) -> GraphError:
+        trained = [repr(n.uid) for n in self.module_nodes if n.trainable_parameters()]
+        losses = ", ".join(repr(n.uid) for n in self.loss_nodes)
+        head = f"the losses of the train task with tags ({_describe_tags(self.tags)}) do not require grad ({losses})"
+        if not trained:
+            return GraphError(f"{head}: no ModuleNode of this task has optimizers, so nothing trains; give a "
+                              "ModuleNode optimizers (optimizers=ice.Optimizer(...)), or make the task train=False")
+        return GraphError(f"{head}: they do not depend on any trainable parameter (of {', '.join(trained)}); the "
+                          "loss's forward uses detached values (.detach(), .item(), torch.no_grad, a frozen "
+                          "module) — compute it from the ModuleNodes' outputs, x['name']")
 
     # -- helpers for nodes --------------------------------------------------------------------
     def batch_source(self, name: str) -> DatasetNode | None:

@@ -172,5 +172,15 @@ def test_train_loss_without_trainable_parameters_is_a_clear_error():
     g = ice.HyperGraph()
     g.add("net", ice.ModuleNode(torch.nn.Linear(2, 1), forward=lambda n, x: n.module(torch.ones(1, 2))))
     g.add("l", ice.LossNode(forward=lambda n, x: x["net"].sum()))
-    with pytest.raises(GraphError, match="do not require grad .*give a ModuleNode optimizers"):
+    with pytest.raises(GraphError, match="do not require grad .*no ModuleNode of this task has optimizers"):
         run_steps(g, steps=1)
+
+
+def test_a_detached_loss_of_a_trained_module_says_it_depends_on_no_trainable_parameter():
+    g = ice.HyperGraph()
+    g.add("net", ice.ModuleNode(torch.nn.Linear(2, 1), forward=lambda n, x: n.module(torch.ones(1, 2)),
+                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1)))
+    g.add("l", ice.LossNode(forward=lambda n, x: x["net"].detach().sum()))
+    with pytest.raises(GraphError, match=r"do not depend on any trainable parameter \(of '\*/net'\).*detach") as e:
+        run_steps(g, steps=1)
+    assert "give a ModuleNode optimizers" not in str(e.value)

@@ -151,6 +151,43 @@ def test_step_events_fire_around_backward_and_only_on_iterations_that_step():
     assert every2 == [2] and train.engine.state.optim_step == 3
 
 
+def test_the_engine_knows_which_step_events_have_handlers_through_adds_and_removes():
+    engine = ice.Task(train=True, epochs=1).engine
+    assert not any(getattr(engine.listening, ev.value) for ev in ice.StepEvents)
+    handle = engine.add_event_handler(ice.StepEvents.OPTIM_STEP_COMPLETED(every=3), lambda e: None)
+    assert engine.listening.optim_step_completed and not engine.listening.backward_started
+    with engine.internal() as added:
+        engine.add_event_handler(ice.StepEvents.BACKWARD_STARTED, lambda: None)
+    assert engine.listening.backward_started
+    engine.remove_internal(added)
+    handle.remove()
+    assert not engine.listening.backward_started and not engine.listening.optim_step_completed
+    fired = []
+    engine.add_event_handler(ice.StepEvents.BACKWARD_COMPLETED, lambda e: fired.append(e.state.iteration))
+    assert engine.listening.backward_completed
+    g = linear_graph()
+    task = ice.Task(train=True, epochs=1, tags="train")
+    task.engine.add_event_handler(ice.StepEvents.BACKWARD_COMPLETED, lambda e: fired.append(e.state.iteration))
+    g.exec_tasks([task], ice.Launcher())
+    assert fired == [1, 2, 3, 4, 5]
+
+
+def test_an_error_propagates_unless_an_exception_raised_handler_takes_it_as_on_a_plain_engine():
+    def failing_graph():
+        g = linear_graph()
+        g.add("fault", ice.Node(forward=lambda n, x: 1 / 0 if n.task.engine.state.iteration == 2 else None),
+              tags="train")
+        return g
+
+    with pytest.raises(ice.NodeError, match="ZeroDivisionError"):  # nobody handles EXCEPTION_RAISED
+        failing_graph().exec_tasks([ice.Task(train=True, epochs=1, tags="train")], ice.Launcher())
+    seen = []
+    task = ice.Task(train=True, epochs=1, tags="train")
+    task.engine.add_event_handler(Events.EXCEPTION_RAISED, lambda e, err: seen.append(type(err).__name__))
+    failing_graph().exec_tasks([task], ice.Launcher())  # ignite hands the error to the handler
+    assert seen == ["NodeError"]
+
+
 # -- 7. engines continue across repetitions ------------------------------------------------------
 def test_global_step_from_engine_and_a_repeated_checkpoint_handler_see_monotone_steps(tmp_path):
     g = linear_graph()

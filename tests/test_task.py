@@ -186,7 +186,7 @@ def test_user_epoch_completed_handler_sees_this_epochs_metrics_and_output_is_det
     train.engine.add_event_handler(Events.ITERATION_COMPLETED,
                                    lambda e: outputs.append((dict(e.state.output), e.state.batch)))
     losses = []
-    g.add("rec", ice.Node(update=lambda n: losses.append(n.egraph.cache._values["mse"].item())), tags="train")
+    g.add("rec", ice.Node(update=lambda n: losses.append(n.egraph.cache.outputs["mse"].item())), tags="train")
     g.exec_tasks([train], ice.Launcher())
     assert len(seen) == 2 and seen[0]["mse"] != seen[1]["mse"]
     assert seen[0]["mse"] == pytest.approx(sum(losses[:5]) / 5, rel=1e-6)  # equal batches of 8

@@ -8,11 +8,15 @@ from typing import Any, Callable, Mapping
 
 import torch
 from ignite.metrics import Loss
+from ignite.metrics.metric import reinit__is_reduced
 
 from ice_ignite.errors import GraphError
 from ice_ignite.nodes.node import Node, OutputCache, check_callable
 
-__all__ = ["LossMode", "LossNode", "batch_length"]
+__all__ = ["LossMode", "LossNode", "LossAverage", "batch_length"]
+
+
+_UNKNOWN = object()
 
 
 class LossMode(enum.Enum):
@@ -27,6 +31,48 @@ def _passthrough(loss: torch.Tensor, n: int) -> torch.Tensor:
 
 def _count(n: int) -> int:
     return n
+
+
+class LossAverage(Loss):
+    """ignite's ``Loss`` of a loss already computed: ``output_transform`` gives ``(loss, batch_size)``
+    and the epoch value is the batch-size weighted mean, exactly as ``Loss(lambda loss, n: loss,
+    batch_size=lambda n: n)`` computes it (same arithmetic, same ``state_dict``).
+
+    Leaner per iteration than the general ``Loss``, which the train step pays on every
+    iteration: no loss function call, no ``torch.no_grad`` context (the loss is detached before
+    it is accumulated, so nothing is recorded), no unrolling of list outputs, and a float32 loss
+    is multiplied by a cached tensor holding the batch size rather than by a Python int (which
+    costs a fresh wrapped-number tensor each time; the product is the same float32 one).
+
+    Examples:
+        >>> m = LossAverage(output_transform=lambda out: out)
+        >>> m.reset(); m.update((torch.tensor(1.0), 2)); m.update((torch.tensor(4.0), 1)); m.compute()
+        2.0
+    """
+
+    def __init__(self, output_transform: Callable, device: torch.device | str = torch.device("cpu")):
+        super().__init__(_passthrough, output_transform=output_transform, batch_size=_count, device=device)
+        self._sizes: dict[int, torch.Tensor] = {}  # batch size -> float32 tensor of it on the device
+
+    def iteration_completed(self, engine: Any) -> None:
+        self.update(self._output_transform(engine.state.output))
+
+    @reinit__is_reduced
+    def update(self, output: tuple[torch.Tensor, int]) -> None:
+        loss, n = output
+        loss = loss.detach()
+        if loss.dim() != 0:
+            raise ValueError(f"a loss must be a scalar (0-dim) tensor, got shape {tuple(loss.shape)}")
+        if loss.device != self._device:
+            loss = loss.to(self._device)
+        if loss.dtype is torch.float32 and 0 < n < 2**24:  # n is exact in float32
+            size = self._sizes.get(n)
+            if size is None:
+                size = self._sizes[n] = torch.full((), n, dtype=torch.float32, device=self._device)
+            self._sum += loss * size
+        else:
+            self._sum += loss * n
+        self._num_examples += n
 
 
 def batch_length(batch: Any) -> int:
@@ -95,6 +141,7 @@ class LossNode(Node):
         self.aux_metrics: dict[str, Loss] = {}
         self._engine: Any = None
         self._late: list = []  # handlers of aux metrics attached during a run
+        self._source: Any = _UNKNOWN  # the name of the DatasetNode giving the batch size, per task
         super().__init__(forward=forward, **resources)
 
     def forward_impl(self, x: OutputCache) -> torch.Tensor:
@@ -133,9 +180,9 @@ class LossNode(Node):
         return out
 
     # -- ignite metrics ---------------------------------------------------------------------
-    def _new_metric(self, device: torch.device, key: str | None = None) -> Loss:
+    def _new_metric(self, device: torch.device, key: str | None = None) -> LossAverage:
         pick = self._loss_input if key is None else (lambda output: self._aux_input(key))
-        return Loss(_passthrough, output_transform=pick, batch_size=_count, device=device)
+        return LossAverage(output_transform=pick, device=device)
 
     def _aux_input(self, key: str) -> tuple[torch.Tensor, int]:
         if key not in self.aux:
@@ -144,13 +191,24 @@ class LossNode(Node):
         return self.aux[key], self._batch_size()
 
     def _loss_input(self, output: Mapping) -> tuple[torch.Tensor, int]:
-        # this node's entry of ``output``, read from the cache without detaching: Loss.update detaches
-        return self.egraph.cache.value(self._name), self._batch_size()
+        # this node's entry of ``output``, read from the cache without detaching: update detaches
+        outputs = self.egraph.cache.outputs
+        source = self._source
+        if source is _UNKNOWN:
+            source = self._find_source()
+        return outputs[self._name], (batch_length(outputs[source]) if source is not None else 1)
 
     def _batch_size(self) -> int:
-        egraph = self.egraph
-        source = egraph.batch_source(self._name)
-        return batch_length(egraph.cache.value(source.name)) if source is not None else 1
+        source = self._source
+        if source is _UNKNOWN:
+            source = self._find_source()
+        return batch_length(self.egraph.cache.outputs[source]) if source is not None else 1
+
+    def _find_source(self) -> str | None:
+        # once per task, after the first forward recorded the dependencies
+        found = self.egraph.batch_source(self._name)
+        self._source = found.name if found is not None else None
+        return self._source
 
     def _moved(self, metric: Loss, device: torch.device, key: str | None = None) -> Loss:
         moved = self._new_metric(device, key)
@@ -165,6 +223,7 @@ class LossNode(Node):
             self.metric = self._moved(self.metric, device)
             self.aux_metrics = {k: self._moved(m, device, k) for k, m in self.aux_metrics.items()}
             self._metric_device = device
+        self._source = _UNKNOWN
         self.metric.attach(engine, self._name)
         for key, metric in self.aux_metrics.items():
             metric.attach(engine, f"{self._name}/{key}")

@@ -93,3 +93,24 @@ def test_accumulators_round_trip_through_state_dict():
     other = ice.LossNode(forward=lambda n, x: 0)
     other.load_state_dict(node.state_dict())
     assert other.metric._num_examples == 4 and torch.equal(other.metric._sum, node.metric._sum)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_loss_metric_accumulates_bit_for_bit_as_ignites_loss(dtype):
+    # LossAverage multiplies a float32 loss by a cached tensor of the batch size, not by the int
+    reference = Loss(lambda loss, n: loss, batch_size=lambda n: n)
+    lean = ice.nodes.loss.LossAverage(output_transform=lambda out: out)
+    assert isinstance(lean, Loss)
+    reference.reset(), lean.reset()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        loss = (torch.rand((), generator=g) * 5).to(dtype).requires_grad_()
+        n = int(torch.randint(1, 300, (), generator=g))
+        reference.update((loss, n))
+        lean.update((loss, n))
+        assert torch.equal(reference._sum, lean._sum) and reference._num_examples == lean._num_examples
+        assert not lean._sum.requires_grad  # nothing is recorded without torch.no_grad
+    assert lean.compute() == reference.compute()
+    assert lean.state_dict().keys() == reference.state_dict().keys()
+    with pytest.raises(ValueError, match="scalar"):
+        lean.update((torch.ones(2), 2))
