@@ -6,12 +6,13 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from ignite.handlers import DiskSaver
 
 from ice_ignite.errors import CheckpointError
+from ice_ignite.transfer import LoadSpec
 
 __all__ = ["FORMAT", "checkpoint_filename", "best_filename", "best_files", "next_sequence", "list_checkpoints",
            "prune_checkpoints", "remove_partial_writes", "write_checkpoint", "read_checkpoint",
@@ -164,26 +165,36 @@ class SaveCheckpointTask:
 
 
 class LoadCheckpointTask:
-    """A schedule step that calls ``g.load_checkpoint(resume_from, strict, tags)``: node states
-    only, e.g. pretrained weights before fine-tuning.
+    """A schedule step that calls ``g.load_checkpoint(resume_from, strict, tags, ...)``: module
+    weights and buffers only by default (pretrained weights before fine-tuning), with optimizer
+    and other node state on request, nodes chosen by ``tags`` and ``nodes`` (names or uids), and a
+    ``rename`` map ``{source in the checkpoint: destination in this graph}``. The options are
+    checked when the task is built; see ``HyperGraph.load_checkpoint``.
 
     Examples:
         >>> import ice_ignite as ice
         >>> ice.LoadCheckpointTask("runs/pretrain/ckpts/ckpt-000009-E10S300.pt", tags="backbone")
         LoadCheckpointTask('runs/pretrain/ckpts/ckpt-000009-E10S300.pt', tags='backbone')
+        >>> ice.LoadCheckpointTask("pre.pt", rename={"pretrain/encoder": "finetune/encoder"})
+        LoadCheckpointTask('pre.pt', rename={'pretrain/encoder': 'finetune/encoder'})
     """
 
     __ice_schedule_item__ = True
 
-    def __init__(self, resume_from: "str | Path", strict: bool = False, tags: Any = "*"):
+    def __init__(self, resume_from: "str | Path", strict: bool = False, tags: Any = "*", *,
+                 nodes: "str | Iterable[str] | None" = None, rename: "dict[str, str] | None" = None,
+                 weights: bool = True, optimizers: bool = False, other: bool = False):
         if not isinstance(resume_from, (str, Path)):
             raise TypeError(f"LoadCheckpointTask needs a checkpoint path, got {resume_from!r}")
         self.resume_from = resume_from
         self.strict = strict
         self.tags = tags
+        self.spec = LoadSpec(weights=weights, optimizers=optimizers, other=other, nodes=nodes, rename=rename)
 
-    def __call__(self, g: Any) -> None:
-        g.load_checkpoint(self.resume_from, self.strict, self.tags)
+    def __call__(self, g: Any) -> dict:
+        s = self.spec
+        return g.load_checkpoint(self.resume_from, self.strict, self.tags, nodes=s.nodes, rename=s.rename,
+                                 weights=s.weights, optimizers=s.optimizers, other=s.other)
 
     def __repr__(self) -> str:
         args = [repr(str(self.resume_from))]
@@ -191,4 +202,9 @@ class LoadCheckpointTask:
             args.append("strict=True")
         if self.tags != "*":
             args.append(f"tags={self.tags!r}")
+        s = self.spec
+        args += [f"nodes={s.nodes!r}"] if s.nodes is not None else []
+        args += [f"rename={s.rename!r}"] if s.rename else []
+        args += [f"{part}={getattr(s, part)!r}" for part in ("weights", "optimizers", "other")
+                 if getattr(s, part) != (part == "weights")]
         return f"LoadCheckpointTask({', '.join(args)})"

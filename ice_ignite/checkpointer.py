@@ -23,11 +23,14 @@ from ice_ignite.checkpoint import (
 )
 from ice_ignite.context import RunContext
 from ice_ignite.errors import CheckpointError, ResumeTaskFailed
+from ice_ignite.nodes.dataset import DatasetNode
+from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.rundir import RunDir
 from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, keyed_tasks
 from ice_ignite.seeding import rng_state, set_rng_state
 from ice_ignite.tags import DEFAULT_TAG
 from ice_ignite.task import Task
+from ice_ignite.transfer import LoadSpec, check_optimizer_kinds, has_state, load_node_states
 
 __all__ = ["Checkpointer", "Resume"]
 
@@ -54,7 +57,8 @@ class Checkpointer:
     gradients of an unfinished accumulation cycle, the global counters, every RNG stream (per
     rank), the base seed, the GradScaler, every task engine's state and the state of the stateful
     handlers attached to task engines (``ParamScheduler``, ``EarlyStopping``, ``Checkpoint``,
-    metrics) and of the objects registered by name.
+    metrics) and of the objects registered by name, and the DatasetNode settings an exact resume
+    needs (checked on resume).
     """
 
     def __init__(self, nodes: Nodes, context: RunContext, runner: ScheduleRunner, objects: dict[str, Any]):
@@ -100,6 +104,8 @@ class Checkpointer:
             "schedule": [e.description for e in runner.entries] if runner.entries is not None else [],
             "progress": progress,
             "nodes": {uid: node.state_dict() for uid, node in self.nodes(*tags).items()},
+            "data_settings": {uid: node.resume_settings() for uid, node in self.nodes(*tags).items()
+                              if isinstance(node, DatasetNode)},
             # what differs between ranks, in rank order (gathered on rank 0, the writer; the other
             # ranks build the rest too, as ignite's Checkpoint does: a sharded state_dict is a collective)
             "ranks": parallel.gather_objects({"rng": rng_state(), "grads": self._mid_cycle_grads(progress)}),
@@ -175,26 +181,12 @@ class Checkpointer:
         return path
 
     # -- loading ----------------------------------------------------------------------------
-    def load_nodes(self, state: dict, tags: tuple[str, ...], strict: bool, source: str) -> dict:
-        """Load node states of ``tags``; uids on one side only are reported, not errors."""
-        selected = self.nodes(*tags)
-        every = self.nodes(DEFAULT_TAG)
-        saved = state["nodes"]
-        report = {
-            "loaded": [uid for uid in selected if uid in saved],
-            "only_in_checkpoint": [uid for uid in saved if uid not in selected and uid not in every],
-            "only_in_graph": [uid for uid in selected if uid not in saved],
-        }
-        for uid in report["loaded"]:
-            try:
-                selected[uid].load_state_dict(saved[uid], strict=strict)
-            except Exception as e:
-                raise CheckpointError(f"loading node {uid!r} from {source} failed: {e}") from e
-        for key, what in (("only_in_checkpoint", "absent from this graph"),
-                          ("only_in_graph", "absent from the checkpoint")):
-            if report[key]:
-                warnings.warn(f"{source}: node(s) {', '.join(report[key])} {what}; left as they are", stacklevel=4)
-        return report
+    def load_nodes(self, state: dict, tags: tuple[str, ...], strict: bool, source: str,
+                   spec: LoadSpec | None = None) -> dict:
+        """Load the parts ``spec`` asks for (default: module weights and buffers) of the saved node
+        states into the nodes of ``tags``; see ``transfer.load_node_states`` for the report."""
+        return load_node_states(state["nodes"], self.nodes(DEFAULT_TAG), self.nodes(*tags), spec or LoadSpec(), strict,
+                                source)
 
     def restore(self, state: dict, source: str, entries: list[ScheduleEntry], strict: bool) -> Resume:
         """Restore everything from a checkpoint's ``state`` for a run of ``entries``; returns where
@@ -205,6 +197,7 @@ class Checkpointer:
                 f"checkpoint {source!r} was written by {state['world_size']} process(es), this run has {world}; "
                 "resume with the same number of processes"
             )
+        self._check_graph(state, source, strict)
         mismatch = self._check_schedule(source, state["schedule"], [e.description for e in entries], strict)
         self._load_run_state(state, source, entries)
         ctx = self.context
@@ -233,7 +226,7 @@ class Checkpointer:
 
     def _load_run_state(self, state: dict, source: str, entries: list[ScheduleEntry], engines: bool = True) -> None:
         """Node states, task engines, handler and registered-object states, and this rank's RNG."""
-        self.load_nodes(state, (DEFAULT_TAG,), True, source)
+        self._restore_nodes(state, source)
         tasks = keyed_tasks(entries)
         saved_handlers = dict(state.get("handlers", {}))
         for key, task in tasks.items():
@@ -262,6 +255,54 @@ class Checkpointer:
             else:
                 warnings.warn(f"{source}: registered object {name!r} has no saved state", stacklevel=5)
         set_rng_state(state["ranks"][self.context.rank]["rng"])
+
+    def _restore_nodes(self, state: dict, source: str) -> None:
+        """Load every saved node state whose uid is in the graph, whole and strictly."""
+        every = self.nodes(DEFAULT_TAG)
+        for uid, saved in state["nodes"].items():
+            node = every.get(uid)
+            if node is None:
+                continue
+            if isinstance(node, ModuleNode):
+                check_optimizer_kinds(node, saved, source, uid, "resume with the optimizers of the run that wrote "
+                                      "the checkpoint, or load its weights only with g.load_checkpoint(path) and "
+                                      "start a new run")
+            try:
+                node.load_state_dict(saved, strict=True)
+            except Exception as e:
+                raise CheckpointError(f"loading node {uid!r} from {source} failed: {e}") from e
+
+    def _check_graph(self, state: dict, source: str, strict: bool) -> None:
+        """Whether the graph is the one that wrote the checkpoint: the same stateful nodes, and
+        DatasetNodes with the same settings; else ``ResumeTaskFailed`` (``strict``) or a warning."""
+        every = self.nodes(DEFAULT_TAG)
+        saved = state["nodes"]
+        gone = [uid for uid, s in saved.items() if uid not in every and s]
+        new = [uid for uid, node in every.items() if uid not in saved and has_state(node)]
+        problems = [f"node {uid!r} is in the checkpoint but not in this graph" for uid in gone]
+        problems += [f"node {uid!r} is in this graph but not in the checkpoint" for uid in new]
+        for uid, then in state.get("data_settings", {}).items():
+            node = every.get(uid)
+            if isinstance(node, DatasetNode):
+                now = node.resume_settings()
+                changed = [f"{key} was {then[key]!r} and is now {now[key]!r}" for key in then
+                           if key in now and now[key] != then[key]]
+                if changed:
+                    problems.append(f"DatasetNode {uid!r}: {', '.join(changed)}")
+        if not problems:
+            return
+        msg = f"checkpoint {source!r} was written by another graph: {'; '.join(problems)}"
+        if strict:
+            hint = f"rename={{{gone[0]!r}: {new[0]!r}}}" if gone and new else "rename={'<old uid>': '<new uid>'}"
+            raise ResumeTaskFailed(
+                msg + ". A resume continues the same run exactly: give the nodes their names and the DatasetNodes "
+                "their settings of the run that wrote the checkpoint; or start a new run that loads its weights with "
+                f"g.load_checkpoint(path, {hint}) or LoadCheckpointTask; or pass strict_resume=False to resume anyway "
+                "(nodes absent from the checkpoint start afresh, changed DatasetNodes continue from their saved "
+                "position with the new settings)"
+            )
+        warnings.warn(msg + "; resuming anyway (strict_resume=False): nodes absent from the checkpoint start afresh, "
+                      "changed DatasetNodes continue from their saved position with the new settings", stacklevel=5)
 
     @staticmethod
     def _check_schedule(source: str, saved: list[str], new: list[str], strict: bool) -> bool:

@@ -4,6 +4,7 @@ the entry points that run a schedule on them (``exec_tasks``, ``run``) or checkp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ from ice_ignite.run import LaunchOptions, RunOptions, RunSession, open_run_dir, 
 from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, call_with_arity, flatten_schedule
 from ice_ignite.tags import DEFAULT_TAG, check_name, normalize_tags
 from ice_ignite.task import Task
+from ice_ignite.transfer import LoadSpec
 
 __all__ = ["HyperGraph"]
 
@@ -265,7 +267,7 @@ class HyperGraph(NodeRegistry):
                          lambda item: call_with_arity(item, self, launcher),
                          start=resume.entry if resume is not None else 0,
                          resume=resume.task if resume is not None else None,
-                         boundary=session.check_preemption_now if session is not None else None)
+                         boundary=functools.partial(session.check_preemption, blocking=True) if session is not None else None)
 
     def _run_task(self, task: Task, position: dict | None, resume: Any = None) -> None:
         task.engine.hypergraph = self
@@ -293,8 +295,11 @@ class HyperGraph(NodeRegistry):
             rdzv_backend: str = "static", max_restarts: int = 0, start_method: str = "spawn",
             launcher: Launcher | None = None, *, strict_resume: bool = True, n_saved: int | None = None,
             log_every: int = 50, progress: bool = True, hparams: dict | None = None, timing: bool = False,
+            rdzv_configs: "dict | str | None" = None, standalone: bool = False, monitor_interval: float = 0.1,
+            redirects: "str | int" = "0", tee: "str | int" = "0", omp_num_threads: int | None = None,
             launch: LaunchOptions | None = None) -> Path:
-        """Run the schedule ``tasks`` in a run directory ``out_dir/run_id``.
+        """Run the schedule ``tasks`` in a run directory ``out_dir/run_id``, which the run holds
+        (an OS lock on ``run.lock``) until it ends: another run of it fails at once.
 
         Args:
             tasks: a list of Tasks, Repeats and callables.
@@ -317,9 +322,10 @@ class HyperGraph(NodeRegistry):
                 ``"fork"``: workers are forked from this process (the default where there is
                 no entry script: a notebook, ``python -c``, pytest).
             launcher: run in this process with this Launcher, starting or joining nothing.
-            strict_resume: a resumed checkpoint whose schedule is not a prefix of ``tasks`` raises
-                ``ResumeTaskFailed`` (True) or warns and restarts the schedule with the loaded
-                states (False).
+            strict_resume: a resumed checkpoint whose schedule is not a prefix of ``tasks``, that
+                holds a node this graph lacks (or lacks a node with state), or whose DatasetNode
+                settings differ raises ``ResumeTaskFailed`` (True), or warns (False): the
+                schedule restarts with the loaded states, new nodes start afresh.
             n_saved: keep only the newest ``n_saved`` periodic checkpoints (None: keep all).
             log_every: write losses, learning rates and the grad scale to the board every this
                 many optimizer steps (0: only epoch values); the only host reads logging adds.
@@ -327,8 +333,15 @@ class HyperGraph(NodeRegistry):
             hparams: hyper-parameters to record with the final metrics (TensorBoard's HParams).
             timing: time every node's forward, backward and update per task, and write
                 ``timing.csv`` and ``timing.png`` into the run directory.
+            rdzv_configs, standalone, monitor_interval: torchrun's options (``--rdzv-conf``, a
+                dict or ``'k=v,...'``; ``--standalone``; ``--monitor-interval`` in seconds).
+            redirects, tee: torchrun's ``--redirects`` / ``--tee`` (``'0'``-``'3'`` or
+                ``'0:3,1:0'``): per-rank ``stdout.log`` / ``stderr.log`` files under
+                ``<run dir>/logs/workers/``.
+            omp_num_threads: ``OMP_NUM_THREADS`` of the workers (None: 1 with several workers
+                per machine, unless the environment sets it, as torchrun).
             launch: the launch options as one ``ice.LaunchOptions`` (instead of ``nnodes`` ...
-                ``start_method``).
+                ``start_method``, ``rdzv_configs`` ... ``omp_num_threads``).
 
         With several devices (or ``nnodes`` > 1) ``run`` starts one worker per device and, in
         ``spawn`` mode, exits when they are done; a worker's ``run`` (also under ``torchrun``,
@@ -337,13 +350,24 @@ class HyperGraph(NodeRegistry):
         raise ``Preempted`` (a ``SystemExit`` with code 128 + signal number).
 
         Returns:
-            The run directory.
+            The run directory, a ``Path`` that also says which process this was: ``.rank`` and
+            ``.is_main`` (global rank 0), ``.launcher``. After ``run`` the process group is gone
+            (``idist.get_rank()`` is 0 everywhere): write files after the run only where
+            ``run_dir.is_main``. In the launching process of forked workers (no entry script)
+            the graph did not train: there ``.launcher`` is None and ``.is_main`` False.
         """
         entries = flatten_schedule(tasks)
+        keywords = LaunchOptions(nnodes=nnodes, node_rank=node_rank, dist_backend=dist_backend,
+                                 master_addr=master_addr, master_port=master_port, rdzv_endpoint=rdzv_endpoint,
+                                 rdzv_backend=rdzv_backend, max_restarts=max_restarts, start_method=start_method,
+                                 rdzv_configs=rdzv_configs, standalone=standalone, monitor_interval=monitor_interval,
+                                 redirects=redirects, tee=tee, omp_num_threads=omp_num_threads)
         if launch is None:
-            launch = LaunchOptions(nnodes=nnodes, node_rank=node_rank, dist_backend=dist_backend,
-                                   master_addr=master_addr, master_port=master_port, rdzv_endpoint=rdzv_endpoint,
-                                   rdzv_backend=rdzv_backend, max_restarts=max_restarts, start_method=start_method)
+            launch = keywords
+        elif keywords != LaunchOptions():
+            given = [f.name for f in dataclasses.fields(keywords) if getattr(keywords, f.name) != f.default]
+            raise TypeError(f"run got launch=LaunchOptions(...) and the launch keywords {given} too; pass the "
+                            "launch options in one place: the keywords, or launch=ice.LaunchOptions(...)")
         options = RunOptions(run_id=run_id, out_dir=out_dir, resume_from=resume_from, seed=seed,
                              strict_resume=strict_resume, n_saved=n_saved, log_every=log_every, progress=progress,
                              hparams=hparams, timing=timing)
@@ -365,8 +389,8 @@ class HyperGraph(NodeRegistry):
             options = dataclasses.replace(options, resume_from="auto")  # restarted workers continue
         try:
             rundir = open_run_dir(options, launcher)
-            self._session = RunSession(self.context, self._checkpointer, launcher, rundir, options)
-            with self._session.active():
+            self._session = session = RunSession(self.context, self._checkpointer, launcher, rundir, options)
+            with session.active():
                 self._backup_sources()
                 if options.resume_from is not None:
                     self._load_resume_state(options.resume_from)
@@ -383,7 +407,7 @@ class HyperGraph(NodeRegistry):
             self._session = None
             self._pending = None
             leave(joined)
-        return rundir.root
+        return session.run_path()
 
     def _load_resume_state(self, resume_from: Any) -> None:
         """Read the checkpoint to resume (``"auto"``: the newest valid one of the run directory,
@@ -415,16 +439,44 @@ class HyperGraph(NodeRegistry):
         return self._checkpointer.save(save_to, normalize_tags(tags, what="save_checkpoint tags"))
 
     def load_checkpoint(self, resume_from: "str | os.PathLike", strict: bool = False,
-                        tags: "str | Iterable[str]" = DEFAULT_TAG) -> dict:
-        """Restore node states (of ``tags``) from a checkpoint, e.g. pretrained weights before
-        fine-tuning. Counters, RNG streams and schedule progress are left alone.
+                        tags: "str | Iterable[str]" = DEFAULT_TAG, *, nodes: "str | Iterable[str] | None" = None,
+                        rename: "dict[str, str] | None" = None, weights: bool = True, optimizers: bool = False,
+                        other: bool = False) -> dict:
+        """Load node states from a checkpoint, e.g. pretrained weights before fine-tuning. By
+        default only module weights and buffers load: the graph keeps its own optimizers (and
+        learning rates), data positions and loss / metric accumulators. Counters, RNG streams and
+        schedule progress are never touched (``run(resume_from=...)`` restores those).
+
+        Args:
+            resume_from: the checkpoint file.
+            strict: module weights (and, with ``optimizers``, optimizer states) must match the
+                saved keys exactly.
+            tags: the nodes that receive state, as a task's tags (``"*"``: every node).
+            nodes: names or uids of the nodes that receive state, among those of ``tags``.
+            rename: ``{source in the checkpoint: destination in this graph}``, names or uids,
+                e.g. ``{"pretrain/encoder": "finetune/encoder"}``.
+            weights: load ModuleNodes' module weights and buffers.
+            optimizers: also load ModuleNodes' optimizer and LR scheduler states (same kind of
+                optimizer only).
+            other: also load every other node state: DatasetNode positions, LossNode / MetricNode
+                accumulators and best records, your own Node subclasses' states.
 
         Returns:
-            ``{"loaded": [...uids], "only_in_checkpoint": [...], "only_in_graph": [...]}``.
+            A report: ``loaded`` (uids that received state), ``parts`` (what each received:
+            ``"weights"``, ``"optimizers"``, ``"other"``), ``left`` (saved parts not asked for, by
+            uid), ``renamed``, ``not_selected`` (uids with saved state left out by ``tags`` /
+            ``nodes``), ``only_in_checkpoint`` and ``only_in_graph`` (one-sided uids; a warning
+            names those that hold or could receive a part asked for).
+
+        Raises:
+            CheckpointError: the file is not a loadable checkpoint; a name in ``nodes`` or
+                ``rename`` is not in the graph or the checkpoint, or is ambiguous; a saved state
+                does not fit its node; an optimizer state is another kind of optimizer's.
         """
         tag_tuple = normalize_tags(tags, what="load_checkpoint tags")
+        spec = LoadSpec(weights=weights, optimizers=optimizers, other=other, nodes=nodes, rename=rename)
         state = read_checkpoint(resume_from, map_location=self._checkpointer.map_location())
-        return self._checkpointer.load_nodes(state, tag_tuple, strict, str(resume_from))
+        return self._checkpointer.load_nodes(state, tag_tuple, strict, str(resume_from), spec)
 
     def state_dict(self) -> dict:
         """The whole resumable checkpoint, as ``save_checkpoint`` writes it, so that ignite's
@@ -435,7 +487,7 @@ class HyperGraph(NodeRegistry):
         Examples:
             >>> import ice_ignite as ice
             >>> sorted(ice.HyperGraph().state_dict())[:4]
-            ['counters', 'engines', 'format', 'grad_acc_steps']
+            ['counters', 'data_settings', 'engines', 'format']
         """
         return self._checkpointer.state_dict()
 

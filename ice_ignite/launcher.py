@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Launcher", "parse_devices", "default_backend", "in_worker", "join", "leave", "launch", "WorkerFailed",
-           "script_command", "free_port"]
+__all__ = ["Launcher", "LaunchOptions", "parse_devices", "default_backend", "in_worker", "join", "leave", "launch",
+           "launch_config", "WorkerFailed", "script_command", "free_port"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,104 @@ class Launcher:
     def is_main(self) -> bool:
         """Whether this is global rank 0."""
         return self.rank == 0
+
+
+def _std(name: str, value: "str | int") -> Any:
+    """torchrun's ``--redirects`` / ``--tee`` value as torch's ``Std`` (or a map by local rank)."""
+    from torch.distributed.elastic.multiprocessing.api import Std
+
+    try:
+        return Std.from_str(str(value))
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: write torchrun's form, '0' (nothing), '1' (stdout), '2' (stderr), "
+                         f"'3' (both), or one per local rank such as '0:3,1:2'") from None
+
+
+def _rdzv_configs(value: "dict[str, Any] | str | None") -> dict[str, Any]:
+    """``rdzv_configs`` as a dict: a dict as it is, or torchrun's ``--rdzv-conf`` text ``'k=v,k2=v2'``."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return dict(value)
+    if isinstance(value, str):
+        pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+        if all(eq and key.strip() for key, eq, _ in pairs):
+            return {key.strip(): v.strip() for key, _, v in pairs}
+    raise ValueError(f"rdzv_configs={value!r}: pass a dict such as {{'timeout': 1800}} or torchrun's "
+                     "--rdzv-conf text 'timeout=1800,read_timeout=120'")
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How ``run`` starts the processes of a multi-process run: torchrun's options, passed to
+    torch's elastic agent (``torch.distributed.launcher.api.LaunchConfig``). A run that joins
+    (a worker, a script under torchrun) starts nothing and ignores them.
+
+    * ``nnodes``, ``node_rank``, ``master_addr``, ``master_port``, ``rdzv_endpoint``,
+      ``rdzv_backend``, ``rdzv_configs`` (a dict or ``'k=v,...'``), ``max_restarts``,
+      ``monitor_interval`` (seconds), ``standalone``: torchrun's options of those names.
+      One machine always gets a rendezvous of its own on a free port, as ``--standalone``.
+    * ``redirects`` / ``tee``: ``'0'`` (none), ``'1'`` (stdout), ``'2'`` (stderr), ``'3'`` (both),
+      or per local rank (``'0:3,1:0'``): write those streams of every worker to
+      ``<run dir>/logs/workers/<rendezvous id>/attempt_<n>/<local rank>/{stdout,stderr}.log``
+      (``tee``: and to the console).
+    * ``omp_num_threads``: ``OMP_NUM_THREADS`` of the workers. None: torchrun's rule, 1 when a
+      machine runs several workers and the environment sets none.
+    * ``dist_backend``: ``"auto"``, ``"gloo"``, ``"nccl"`` or ``"mpi"``; ``start_method``:
+      ``"spawn"`` (re-run the script) or ``"fork"``.
+
+    Examples:
+        >>> LaunchOptions(tee="3", omp_num_threads=2, rdzv_configs="timeout=60").rdzv_config_dict()
+        {'timeout': '60'}
+    """
+
+    nnodes: str = "1:1"
+    node_rank: int = 0
+    dist_backend: str = "auto"
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None
+    rdzv_endpoint: str = ""
+    rdzv_backend: str = "static"
+    max_restarts: int = 0
+    start_method: str = "spawn"
+    rdzv_configs: "dict[str, Any] | str | None" = None
+    standalone: bool = False
+    monitor_interval: float = 0.1
+    redirects: "str | int" = "0"
+    tee: "str | int" = "0"
+    omp_num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.start_method not in ("spawn", "fork"):
+            raise ValueError(f"start_method must be 'spawn' (re-run the script) or 'fork', got {self.start_method!r}")
+        _nodes(self.nnodes)
+        _std("redirects", self.redirects)
+        _std("tee", self.tee)
+        self.rdzv_config_dict()
+        m = self.monitor_interval
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
+            raise ValueError(f"monitor_interval must be a number of seconds > 0, got {m!r}")
+        n = self.omp_num_threads
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"omp_num_threads must be None (torchrun's default) or an int >= 1, got {n!r}")
+        if self.standalone and (self.several_nodes or self.rdzv_endpoint or self.rdzv_backend != "static"):
+            raise ValueError(f"standalone=True runs on one machine with a rendezvous of its own, but nnodes="
+                             f"{self.nnodes!r}, rdzv_backend={self.rdzv_backend!r}, rdzv_endpoint="
+                             f"{self.rdzv_endpoint!r}; drop standalone=True, or these options")
+
+    @property
+    def several_nodes(self) -> bool:
+        """Whether the run spans more than one machine."""
+        return _nodes(self.nnodes)[1] > 1
+
+    def rdzv_config_dict(self) -> dict[str, Any]:
+        """``rdzv_configs`` as a dict."""
+        return _rdzv_configs(self.rdzv_configs)
+
+    @property
+    def writes_worker_logs(self) -> bool:
+        """Whether ``redirects`` or ``tee`` send a stream of some worker to a file."""
+        return bool(_std("redirects", self.redirects) or _std("tee", self.tee))
 
 
 _RANGE = re.compile(r"^\d+(-\d+)?$")
@@ -248,11 +346,13 @@ def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
 
 def _init_elastic_worker(backend: str) -> None:
     """Initialise the process group of a worker of torch's elastic agent, its store keys
-    prefixed by the restart attempt.
+    prefixed by the restart attempt and by how many groups this rank joined before.
 
-    The agent keeps one store for all attempts and ``env://`` adds no prefix, so workers of a
-    restarted group may read the addresses their predecessors published and fail to connect
-    (seen with torch 2.13). ignite then adopts the group (``idist.sync``).
+    The agent keeps one store for all attempts and all the runs of a script, and ``env://`` adds
+    no prefix, so the workers of a restarted group, or of a script's second ``run``, read the
+    addresses that the previous group published and fail to connect or hang (seen with torch
+    2.13). Every rank runs the same script, so the count agrees. ignite then adopts the group
+    (``idist.sync``).
     """
     import ignite.distributed as idist
     import torch.distributed as dist
@@ -262,7 +362,9 @@ def _init_elastic_worker(backend: str) -> None:
     rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
     timeout = dist.default_pg_timeout
     store = _create_c10d_store(env["MASTER_ADDR"], int(env["MASTER_PORT"]), rank, world_size, timeout)
-    store = dist.PrefixStore(f"ice_ignite/attempt_{env['TORCHELASTIC_RESTART_COUNT']}", store)
+    attempt = f"ice_ignite/attempt_{env['TORCHELASTIC_RESTART_COUNT']}"
+    joins = store.add(f"{attempt}/joins_of_rank_{rank}", 1)  # 1 at this rank's first run, 2 at its second...
+    store = dist.PrefixStore(f"{attempt}/run_{joins}", store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     idist.sync()
 
@@ -320,13 +422,84 @@ def script_command() -> list[str] | None:
     return ["-u", os.path.abspath(path), *sys.argv[1:]]
 
 
-def launch(entrypoint: "Callable[[], Any] | list[str]", nproc_per_node: int, nnodes: "str | int" = "1:1",
-           node_rank: int = 0, master_addr: str = "127.0.0.1", master_port: int | None = None,
-           rdzv_endpoint: str = "", rdzv_backend: str = "static", max_restarts: int = 0,
-           start_method: str = "spawn", run_id: str = "ice_ignite") -> None:
+def _omp_threads(options: LaunchOptions, nproc_per_node: int) -> str | None:
+    """The ``OMP_NUM_THREADS`` the workers get (None: the environment's)."""
+    current = os.environ.get("OMP_NUM_THREADS")
+    if options.omp_num_threads is None:
+        return "1" if current is None and nproc_per_node > 1 else None  # torchrun's rule
+    if current is not None and current != str(options.omp_num_threads):
+        raise ValueError(f"omp_num_threads={options.omp_num_threads}, but the environment sets OMP_NUM_THREADS="
+                         f"{current}; unset OMP_NUM_THREADS or drop omp_num_threads")
+    return str(options.omp_num_threads)
+
+
+def _forked(entrypoint: Callable[[], Any]) -> Callable[[], Any]:
+    """``entrypoint`` for a forked worker, which inherits torch's threads from the launching
+    process instead of reading ``OMP_NUM_THREADS`` at start-up."""
+    def worker() -> Any:
+        threads = os.environ.get("OMP_NUM_THREADS")
+        if threads and threads.isdigit() and int(threads) > 0:
+            torch.set_num_threads(int(threads))
+        return entrypoint()
+
+    return worker
+
+
+def launch_config(nproc_per_node: int, options: LaunchOptions | None = None, start_method: str = "spawn",
+                  run_id: str = "ice_ignite", log_dir: "str | os.PathLike | None" = None) -> Any:
+    """The ``torch.distributed.launcher.api.LaunchConfig`` of torch's elastic agent for
+    ``nproc_per_node`` workers on this machine with ``options``; ``log_dir`` receives the per-rank
+    files of ``options.redirects`` / ``options.tee``.
+
+    Examples:
+        >>> config = launch_config(2, LaunchOptions(monitor_interval=0.5, rdzv_configs={"join_timeout": 60}))
+        >>> config.rdzv_backend, config.monitor_interval, config.rdzv_configs["join_timeout"]
+        ('c10d', 0.5, 60)
+    """
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.launcher.api import LaunchConfig
+
+    o = options if options is not None else LaunchOptions()
+    min_nodes, max_nodes = _nodes(o.nnodes)
+    rdzv_backend, rdzv_endpoint, configs = o.rdzv_backend, o.rdzv_endpoint, o.rdzv_config_dict()
+    if rdzv_backend == "static" and max_nodes == 1:
+        # One machine (or standalone=True): a c10d rendezvous on a free local port, as `torchrun
+        # --standalone`. torch's static rendezvous keeps its store across restarts of the workers
+        # (and so does c10d on port 0), and restarted workers then read the previous attempt's
+        # gloo addresses.
+        import uuid
+
+        rdzv_backend, rdzv_endpoint = "c10d", f"127.0.0.1:{free_port()}"
+        run_id = f"{run_id}-{uuid.uuid4().hex[:8]}"
+    if rdzv_backend == "static":
+        if min_nodes != max_nodes:
+            raise ValueError(f"nnodes={o.nnodes!r}: a static rendezvous needs a fixed number of nodes; use "
+                             "rdzv_backend='c10d' for an elastic range")
+        if o.master_port is None:  # several machines: one machine went to c10d above
+            raise ValueError("a run on several machines needs master_port= (the same on every machine), or a "
+                             "c10d rendezvous: rdzv_backend='c10d', rdzv_endpoint='host:port'")
+        endpoint, configs = f"{o.master_addr}:{o.master_port}", {**configs, "rank": o.node_rank}
+    else:
+        if not rdzv_endpoint:
+            raise ValueError(f"rdzv_backend={rdzv_backend!r} needs rdzv_endpoint='host:port'")
+        endpoint = rdzv_endpoint
+    logs = None
+    if o.writes_worker_logs:
+        logs = DefaultLogsSpecs(log_dir=str(log_dir) if log_dir is not None else None,
+                                redirects=_std("redirects", o.redirects), tee=_std("tee", o.tee))
+    return LaunchConfig(min_nodes=min_nodes, max_nodes=max_nodes, nproc_per_node=nproc_per_node, run_id=run_id,
+                        rdzv_endpoint=endpoint, rdzv_backend=rdzv_backend, rdzv_configs=configs,
+                        max_restarts=o.max_restarts, monitor_interval=float(o.monitor_interval),
+                        start_method=start_method, logs_specs=logs)
+
+
+def launch(entrypoint: "Callable[[], Any] | list[str]", nproc_per_node: int, options: LaunchOptions | None = None,
+           start_method: str = "spawn", run_id: str = "ice_ignite", log_dir: "str | os.PathLike | None" = None
+           ) -> None:
     """Start ``nproc_per_node`` workers on this machine through torch's elastic agent (what
-    ``torchrun`` uses) and wait for them. ``entrypoint`` is a callable that forked workers call,
-    or the python arguments each worker is started with (``script_command()``: re-run the script).
+    ``torchrun`` uses) with ``options`` (see ``launch_config``), and wait for them.
+    ``entrypoint`` is a callable that forked workers call, or the python arguments each worker
+    is started with (``script_command()``: re-run the script).
 
     Raises:
         WorkerFailed: a worker failed (after ``max_restarts`` restarts of the group); the message
@@ -334,44 +507,30 @@ def launch(entrypoint: "Callable[[], Any] | list[str]", nproc_per_node: int, nno
     """
     import sys
 
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    min_nodes, max_nodes = _nodes(nnodes)
-    if rdzv_backend == "static" and max_nodes == 1:
-        # One machine: a c10d rendezvous on a free local port, as `torchrun --standalone`. torch's
-        # static rendezvous keeps its store across restarts of the workers (and so does c10d on
-        # port 0), and restarted workers then read the previous attempt's gloo addresses.
-        import uuid
-
-        rdzv_backend, rdzv_endpoint = "c10d", f"127.0.0.1:{free_port()}"
-        run_id = f"{run_id}-{uuid.uuid4().hex[:8]}"
-    if rdzv_backend == "static":
-        if min_nodes != max_nodes:
-            raise ValueError(f"nnodes={nnodes!r}: a static rendezvous needs a fixed number of nodes; use "
-                             "rdzv_backend='c10d' for an elastic range")
-        if master_port is None:  # several machines: one machine went to c10d above
-            raise ValueError("a run on several machines needs master_port= (the same on every machine), or a "
-                             "c10d rendezvous: rdzv_backend='c10d', rdzv_endpoint='host:port'")
-        endpoint, configs = f"{master_addr}:{master_port}", {"rank": node_rank}
-    else:
-        if not rdzv_endpoint:
-            raise ValueError(f"rdzv_backend={rdzv_backend!r} needs rdzv_endpoint='host:port'")
-        endpoint, configs = rdzv_endpoint, {}
-    config = LaunchConfig(min_nodes=min_nodes, max_nodes=max_nodes, nproc_per_node=nproc_per_node, run_id=run_id,
-                          rdzv_endpoint=endpoint, rdzv_backend=rdzv_backend, rdzv_configs=configs,
-                          max_restarts=max_restarts, monitor_interval=0.1, start_method=start_method)
-    if isinstance(entrypoint, list):
-        target, args = sys.executable, entrypoint
-    else:
-        target, args = entrypoint, []
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
 
     from ice_ignite.preemption import Preempted
 
+    o = options if options is not None else LaunchOptions()
+    threads = _omp_threads(o, nproc_per_node)
+    config = launch_config(nproc_per_node, o, start_method, run_id, log_dir)
+    if isinstance(entrypoint, list):
+        target, args = sys.executable, entrypoint
+    else:
+        target, args = _forked(entrypoint), []
+    before = os.environ.get("OMP_NUM_THREADS")
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = threads  # the agent passes it on to the workers
     try:
         elastic_launch(config, target)(*args)
     except ChildFailedError as e:
         raise WorkerFailed(f"a worker of the run failed:\n{e}") from None
     except SignalException as e:  # the agent stopped the workers, which checkpointed first
         raise Preempted(int(e.sigval), None) from None
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before

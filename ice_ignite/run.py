@@ -18,45 +18,59 @@ from ice_ignite import parallel
 from ice_ignite.board import BoardLogger
 from ice_ignite.checkpointer import Checkpointer
 from ice_ignite.context import RunContext
-from ice_ignite.launcher import Launcher, launch, script_command
+from ice_ignite.launcher import Launcher, LaunchOptions, launch, script_command
 from ice_ignite.logs import run_logging
 from ice_ignite.preemption import Preempted, PreemptionGuard
 from ice_ignite.progress import Progress
-from ice_ignite.rundir import DEFAULT_OUT_DIR, RunDir, prepare_run_dir
+from ice_ignite.rundir import DEFAULT_OUT_DIR, RunDir, check_run_id, prepare_run_dir
 from ice_ignite.seeding import seed_everything
 from ice_ignite.tags import DEFAULT_TAG
 from ice_ignite.timing import NodeTimer
 
-__all__ = ["LaunchOptions", "RunOptions", "RunSession", "spawn_workers", "open_run_dir", "record_worker_error"]
+__all__ = ["LaunchOptions", "RunOptions", "RunPath", "RunSession", "spawn_workers", "open_run_dir",
+           "record_worker_error"]
 
 logger = logging.getLogger("ice_ignite")
 
-# the run directory's name, passed from the launching process to its workers
+# the run directory's name, passed from the launching process to the first run of its workers
 RUN_ID_ENV = "ICE_IGNITE_RUN_ID"
+# the run directory whose lock the launching process holds for its workers
+LOCKED_DIR_ENV = "ICE_IGNITE_LOCKED_RUN_DIR"
 
 
-@dataclass(frozen=True)
-class LaunchOptions:
-    """How ``run`` starts the processes of a multi-process run (torchrun's options)."""
+class RunPath(type(Path())):  # Path itself can be subclassed only from Python 3.12
+    """The run directory, as ``HyperGraph.run`` returns it, with this process's place in the
+    run it ran: code after ``run`` in a worker knows its rank (the process group is gone by
+    then, and ``idist.get_rank()`` says 0 on every worker). Paths made from it (``run_dir /
+    "ckpts"``) carry no launcher.
 
-    nnodes: str = "1:1"
-    node_rank: int = 0
-    dist_backend: str = "auto"
-    master_addr: str = "127.0.0.1"
-    master_port: int | None = None
-    rdzv_endpoint: str = ""
-    rdzv_backend: str = "static"
-    max_restarts: int = 0
-    start_method: str = "spawn"
+    ``launcher`` is None, and ``is_main`` False, in a process that only started the workers
+    (forked workers, where there is no entry script): its graph did not train.
 
-    def __post_init__(self) -> None:
-        if self.start_method not in ("spawn", "fork"):
-            raise ValueError(f"start_method must be 'spawn' (re-run the script) or 'fork', got {self.start_method!r}")
+    Examples:
+        >>> run_dir = RunPath.of("runs/exp", Launcher(rank=1, world_size=2))
+        >>> run_dir.rank, run_dir.is_main, run_dir == Path("runs/exp")
+        (1, False, True)
+    """
+
+    launcher: Launcher | None = None
+
+    @classmethod
+    def of(cls, path: "str | os.PathLike", launcher: Launcher | None) -> "RunPath":
+        """``path`` with ``launcher``."""
+        run_path = cls(path)
+        run_path.launcher = launcher
+        return run_path
 
     @property
-    def several_nodes(self) -> bool:
-        """Whether the run spans more than one machine."""
-        return str(self.nnodes) not in ("1", "1:1")
+    def rank(self) -> int | None:
+        """This process's global rank in the run (None: it only started the workers)."""
+        return self.launcher.rank if self.launcher is not None else None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process was global rank 0 of the run: the one to write files after it."""
+        return self.launcher is not None and self.launcher.rank == 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,7 @@ class RunOptions:
     timing: bool = False
 
     def __post_init__(self) -> None:
+        check_run_id(self.run_id)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         if self.resume_from is not None and not isinstance(self.resume_from, (str, os.PathLike)):
@@ -98,42 +113,59 @@ def record_worker_error(e: BaseException) -> None:
 
 
 def spawn_workers(worker: Callable[[str], Any], nproc: int, launch_options: LaunchOptions, options: RunOptions
-                  ) -> Path:
+                  ) -> RunPath:
     """Start the workers of a multi-process run from this (launching) process. In ``spawn`` mode
     they re-run the entry script and this process exits when they are done (as under
-    ``torchrun``); forked workers call ``worker(run_id)`` and the run directory is returned."""
-    rundir = prepare_run_dir(options.out_dir, options.run_id, options.resume_from)
-    command = script_command() if launch_options.start_method == "spawn" else None
-    fork = command is None  # no entry script to re-run (a notebook, python -c): fork
+    ``torchrun``); forked workers call ``worker(run_id)`` and the run directory is returned.
+
+    On one machine this process holds the run directory's lock until the workers are done (its
+    workers do not take it again); on several, global rank 0 takes it (which machine gets that
+    rank is known only once the workers meet)."""
     o = launch_options
+    rundir = prepare_run_dir(options.out_dir, options.run_id, options.resume_from, lock=not o.several_nodes)
+    command = script_command() if o.start_method == "spawn" else None
+    fork = command is None  # no entry script to re-run (a notebook, python -c): fork
     os.environ[RUN_ID_ENV] = rundir.run_id
+    if rundir.lock.held:
+        os.environ[LOCKED_DIR_ENV] = str(rundir.root.resolve())
     try:
-        launch((lambda: worker(rundir.run_id)) if fork else command, nproc, o.nnodes, o.node_rank, o.master_addr,
-               o.master_port, o.rdzv_endpoint, o.rdzv_backend, o.max_restarts, "fork" if fork else "spawn",
-               run_id=options.run_id or "ice_ignite")
+        launch((lambda: worker(rundir.run_id)) if fork else command, nproc, o, "fork" if fork else "spawn",
+               run_id=options.run_id or "ice_ignite", log_dir=rundir.logs / "workers")
     except Preempted as e:
         print(f"ice_ignite: {e}", file=sys.stderr, flush=True)
         raise
     finally:
         os.environ.pop(RUN_ID_ENV, None)
+        os.environ.pop(LOCKED_DIR_ENV, None)
+        rundir.lock.release()
     if fork:
-        return rundir.root
+        return RunPath.of(rundir.root, None)
     raise SystemExit(0)  # as under torchrun, the workers ran the whole script
 
 
 def open_run_dir(options: RunOptions, launcher: Launcher) -> RunDir:
-    """The run directory, prepared by global rank 0 and agreed by every rank."""
+    """The run directory, prepared (and locked, until ``rundir.lock.release()``) by global rank 0
+    and agreed by every rank."""
+    # The id the launching process chose is for the first run of its workers only: a script's
+    # later runs with run_id=None get fresh directories.
+    inherited = os.environ.pop(RUN_ID_ENV, None)
+    run_id = options.run_id or inherited
+    held = os.environ.get(LOCKED_DIR_ENV)
     if launcher.world_size == 1:
-        return prepare_run_dir(options.out_dir, options.run_id, options.resume_from)
-    run_id = options.run_id or os.environ.get(RUN_ID_ENV)
+        return prepare_run_dir(options.out_dir, run_id, options.resume_from, held_by_launcher=held)
     prepared, failure, answer = None, None, (None, None)
     if launcher.rank == 0:
         try:
-            prepared = prepare_run_dir(options.out_dir, run_id, options.resume_from)
+            prepared = prepare_run_dir(options.out_dir, run_id, options.resume_from, held_by_launcher=held)
             answer = (prepared.run_id, None)
         except Exception as e:
             failure, answer = e, (None, f"{type(e).__name__}: {e}")
-    agreed_id, error = parallel.broadcast_object(answer)
+    try:
+        agreed_id, error = parallel.broadcast_object(answer)
+    except BaseException:
+        if prepared is not None:
+            prepared.lock.release()
+        raise
     if failure is not None:
         raise failure
     if error is not None:
@@ -165,7 +197,16 @@ class RunSession:
 
     @contextlib.contextmanager
     def active(self) -> Iterator["RunSession"]:
-        """Enter the run: logging, signal handling, context, board; restored on exit."""
+        """Enter the run: logging, signal handling, context, board; restored on exit, and the run
+        directory's lock released (however the run ends)."""
+        try:
+            with self._entered():
+                yield self
+        finally:
+            self.rundir.lock.release()
+
+    @contextlib.contextmanager
+    def _entered(self) -> Iterator[None]:
         launcher, ctx, options = self.launcher, self.context, self.options
         bars = options.progress and launcher.local_rank == 0 and sys.stderr.isatty()
         with run_logging(self.rundir.logs, launcher.rank, bars), PreemptionGuard() as self._guard:
@@ -182,13 +223,18 @@ class RunSession:
             if options.progress and launcher.local_rank == 0:
                 self.progress = Progress(sys.stderr)
             try:
-                yield self
+                yield
+                self.rundir.check_present()
                 if options.hparams is not None and self.board_logger is not None:
                     self.board_logger.write_hparams(options.hparams)
                 if ctx.timer is not None and launcher.rank == 0:
                     ctx.timer.write(self.rundir.root)
             finally:
                 self._close()
+
+    def run_path(self) -> RunPath:
+        """The run directory, with this process's launcher: what ``HyperGraph.run`` returns."""
+        return RunPath.of(self.rundir.root, self.launcher)
 
     def _close(self) -> None:
         ctx = self.context
@@ -205,6 +251,7 @@ class RunSession:
         """Attach the run's handlers to a starting task's engine (inside its ``internal()`` block)."""
         engine = task.engine
         engine.add_event_handler(Events.ITERATION_STARTED, self.check_preemption)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.rundir.check_present)
         if self.board_logger is not None:
             self.board_logger.attach(task)
         if self.progress is not None:
@@ -213,16 +260,11 @@ class RunSession:
         if timer is not None:
             timer.attach(task)
 
-    def check_preemption(self) -> None:
-        """At an iteration boundary: after SIGTERM / SIGINT on any rank, every rank checkpoints at
-        the same boundary and raises Preempted (the agreement overlaps the next iteration)."""
-        self._preempt_if_asked(blocking=False)
-
-    def check_preemption_now(self) -> None:
-        """Between schedule entries: a blocking agreement, so that every rank stops at the same entry."""
-        self._preempt_if_asked(blocking=True)
-
-    def _preempt_if_asked(self, blocking: bool) -> None:
+    def check_preemption(self, *, blocking: bool = False) -> None:
+        """After SIGTERM / SIGINT on any rank, every rank checkpoints at the same boundary and
+        raises Preempted. At an iteration boundary (an engine handler) the agreement overlaps the
+        next iteration; ``blocking=True`` (between schedule entries) agrees at once, so that every
+        rank stops at the same entry."""
         guard = self._guard
         if guard is None:
             return

@@ -3,9 +3,11 @@ workers), under torchrun, or with `python -c` (forked workers).
 
     python distributed_child.py OUT_DIR RUN_ID [--devices cpu:0-1] [--fail-rank R] [--max-restarts N]
         [--die-at-step S] [--nnodes N --node-rank R --master-port P] [--rdzv-endpoint H:P]
+        [--tee T] [--omp-num-threads N]
 
 Trains a small classifier with a global batch of 8 (batch_size_in_total) and evaluates it; global
-rank 0 writes OUT_DIR/RUN_ID-result.pt with the final weights and the eval metrics.
+rank 0 writes OUT_DIR/RUN_ID-result.pt with the final weights and the eval metrics. Every process
+that gets past run() prints what run returned (its rank, whether it is the main process).
 """
 
 import argparse
@@ -70,6 +72,8 @@ def main():
     p.add_argument("--accumulate", type=int, default=1)
     p.add_argument("--slow", type=float, default=0.0, help="seconds of sleep per train iteration")
     p.add_argument("--unused", choices=["error", "zero"], default=None)
+    p.add_argument("--tee", default="0")
+    p.add_argument("--omp-num-threads", type=int, default=None)
     args = p.parse_args()
 
     g, net = build(args)
@@ -100,16 +104,21 @@ def main():
         checksum = sum(p.double().sum().item() for p in net.parameters())
         print(f"rank {launcher.rank} of {launcher.world_size} (local {launcher.local_rank} of "
               f"{launcher.local_world_size}, node {launcher.node_rank}) on {launcher.device} with {launcher.backend}: done; all-reduces {allreduces[0] if allreduces else 0}; "
-              f"board {type(g.board).__name__}; weights {checksum:.12f}", flush=True)
+              f"board {type(g.board).__name__}; threads {torch.get_num_threads()}; weights {checksum:.12f}",
+              flush=True)
         if launcher.rank == 0:
+            print(f"lock: {(g.run_dir / 'run.lock').read_text().strip()}; I am pid {os.getpid()}, child of "
+                  f"{os.getppid()}", flush=True)
             torch.save({"module": net.state_dict(), "metrics": dict(val.engine.state.metrics),
                         "steps": g.global_counters.steps.train, "world_size": launcher.world_size},
                        Path(args.out_dir) / f"{args.run_id}-result.pt")
 
-    g.run([train, val, ice.SaveCheckpointTask(), save_result], devices=args.devices, out_dir=args.out_dir,
-          run_id=args.run_id, resume_from="auto", max_restarts=args.max_restarts, nnodes=args.nnodes,
-          node_rank=args.node_rank, master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint,
-          rdzv_backend="c10d" if args.rdzv_endpoint else "static")
+    run_dir = g.run([train, val, ice.SaveCheckpointTask(), save_result], devices=args.devices, out_dir=args.out_dir,
+                    run_id=args.run_id, resume_from="auto", max_restarts=args.max_restarts, nnodes=args.nnodes,
+                    node_rank=args.node_rank, master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint,
+                    rdzv_backend="c10d" if args.rdzv_endpoint else "static", tee=args.tee,
+                    omp_num_threads=args.omp_num_threads)
+    print(f"after run: pid {os.getpid()} rank {run_dir.rank} main {run_dir.is_main}", flush=True)
 
 
 if __name__ == "__main__":

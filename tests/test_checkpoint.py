@@ -261,8 +261,10 @@ def test_load_checkpoint_restores_only_the_selected_nodes_and_reports_the_rest(t
     other.remove("mse")
     other.add("extra", ice.Node(), tags="val")
     with pytest.warns(UserWarning) as warned:
-        report = other.load_checkpoint(path, tags="val")
-    assert report == {"loaded": ["val/data", "*/net"], "only_in_checkpoint": ["*/mse"],
+        report = other.load_checkpoint(path, tags="val", other=True)
+    assert report == {"loaded": ["val/data", "*/net"], "parts": {"val/data": ["other"], "*/net": ["weights"]},
+                      "left": {"*/net": ["optimizers"]}, "renamed": {}, "not_selected": ["train/data"],
+                      "only_in_checkpoint": ["*/mse"],
                       "only_in_graph": ["val/extra"]}
     assert any("*/mse absent from this graph" in str(w.message) for w in warned)
     assert torch.equal(other["*/net"].module.weight, g["*/net"].module.weight)

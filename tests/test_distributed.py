@@ -2,6 +2,7 @@
 failures, elastic restarts, gradient accumulation and preemption (API.md B9). Every test starts
 real processes (gloo on CPU) with a timeout."""
 
+import os
 import re
 import signal
 import subprocess
@@ -63,6 +64,13 @@ def spawned(out):
     return proc, result(out, "spawned")
 
 
+def lock_holder(stdout):
+    """The pid the run directory's lock file named during the run, and rank 0's pid and parent's."""
+    holder, me, parent = re.search(r"lock: host \S+, pid (\d+), started \S+; I am pid (\d+), child of (\d+)",
+                                   stdout).groups()
+    return int(holder), int(me), int(parent)
+
+
 def weights_by_rank(stdout):
     # workers print concurrently: their lines may run into each other
     return dict(re.findall(r"rank (\d+) of \d+ .*?; weights (-?\d+\.\d{12})", stdout))
@@ -76,12 +84,20 @@ def test_run_starts_one_gloo_worker_per_device_and_matches_one_process(single, s
     assert "board SummaryWriter" in proc.stdout and "board NullWriter" in proc.stdout  # rank 0 writes, rank 1 not
     assert len(set(weights_by_rank(proc.stdout).values())) == 1
     assert_same_training(two, single)
+    holder, rank0, parent = lock_holder(proc.stdout)
+    assert holder == parent != rank0  # the launching process holds the run directory for its workers
+    # code after run() knows its rank from what run returned (idist.get_rank() is 0 there)
+    assert re.search(r"after run: pid \d+ rank 0 main True", proc.stdout)
+    assert re.search(r"after run: pid \d+ rank 1 main False", proc.stdout)
     assert max_diff(two, single) > 0  # really two processes: the sums ran in another order
 
 
 def test_the_same_script_under_torchrun(out, spawned):
     proc = child(out, "torchrun", via=torchrun("--nproc_per_node=2"))
     assert proc.returncode == 0, proc.stderr
+    holder, rank0, _ = lock_holder(proc.stdout)
+    assert holder == rank0  # no launching process of ours: global rank 0 holds the run directory
+    assert "rank 1 main False" in proc.stdout and "rank 0 main True" in proc.stdout
     assert max_diff(result(out, "torchrun"), spawned[1]) == 0
 
 
@@ -106,12 +122,22 @@ def test_two_machines_on_loopback(out, spawned, how):
 
 
 def test_forked_workers_when_there_is_no_entry_script(out, spawned):
-    code = (f"import sys; sys.argv = ['-c', {str(out)!r}, 'forked']; sys.path.insert(0, {str(CHILD.parent)!r})\n"
+    """Also torchrun's options passed through: per-rank log files (tee) and OMP_NUM_THREADS."""
+    code = (f"import sys; sys.argv = ['-c', {str(out)!r}, 'forked', '--tee', '3', '--omp-num-threads', '2']; "
+            f"sys.path.insert(0, {str(CHILD.parent)!r})\n"
             "import distributed_child; distributed_child.main(); print('the launching process goes on')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "the launching process goes on" in proc.stdout and "rank 1 of 2" in proc.stdout
     assert max_diff(result(out, "forked"), spawned[1]) == 0
+    # code after run() runs only here, in the launching process, whose graph did not train
+    assert re.findall(r"after run: pid \d+ rank (\S+) main (\S+)", proc.stdout) == [("None", "False")]
+    holder, rank0, parent = lock_holder(proc.stdout)
+    assert holder == parent != rank0
+    for rank in (0, 1):
+        (log,) = (out / "forked" / "logs" / "workers").glob(f"*/attempt_0/{rank}/stdout.log")
+        assert re.search(rf"rank {rank} of 2 .* threads 2;", log.read_text())
 
 
 def test_a_failing_rank_ends_the_run_quickly_naming_the_rank_and_its_traceback(out):
