@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
+import reprlib
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
+import torch.utils.checkpoint
 
-from ice_ignite import parallel
+from ice_ignite import parallel as parallel_mod
 from ice_ignite.errors import GraphError
-from ice_ignite.nodes.node import Node, OutputCache, check_callable
+from ice_ignite.nodes.node import HOOKS, Node, OutputCache, check_callable
 from ice_ignite.optimizer import Optimizer, step_scheduler
 
 __all__ = ["ModuleNode"]
@@ -18,8 +22,87 @@ __all__ = ["ModuleNode"]
 PatternKey = "str | tuple[str, ...]"
 
 
+#: ModuleNode's own options: a resource named within two edits of one is a typo (``module`` and
+#: ``forward`` are required, so Python reports theirs)
+_OPTIONS = ("optimizers", "weight_init_fn", "find_unused_parameters", "static_graph",
+            "broadcast_buffers", "unused_parameters", "ddp_kwargs", "sync_batchnorm", "parallel", "fsdp_policy",
+            "fsdp_kwargs", "compile", "activation_checkpointing")
+#: names other libraries give to a ModuleNode option (ignite's ``idist.auto_model(sync_bn=...)``)
+_ALIASES = {"sync_bn": "sync_batchnorm"}
+#: DDP options too generic to tell from a resource: ``dim`` is the dimension DataParallel scatters
+#: inputs along, which a ModuleNode never does
+_GENERIC_DDP_OPTIONS = ("dim",)
+#: the DDP options ModuleNode has keywords for (not in ``ddp_kwargs``)
+_OWN_DDP_OPTIONS = ("find_unused_parameters", "static_graph", "broadcast_buffers")
+_UNUSED_POLICIES = ("error", "zero", "skip")
+_PARALLEL = ("ddp", "fsdp", "none")
+
+
 def _key_name(key: "PatternKey") -> str:
     return key if isinstance(key, str) else " | ".join(key)
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions that turn ``a`` into ``b``."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def _closest(name: str, options: Iterable[str]) -> str | None:
+    """The option within two edits of ``name`` (the closest), or None."""
+    near = [(_edit_distance(name, o), o) for o in options if abs(len(o) - len(name)) <= 2]
+    near = [pair for pair in near if pair[0] <= 2]
+    return min(near)[1] if near else None
+
+
+def _check_resources(resources: Mapping[str, Any], what: str) -> None:
+    """A resource that is a DDP option, or a near miss of a ModuleNode or DDP option, is an error:
+    it would otherwise become an attribute nobody reads."""
+    ddp = [o for o in parallel_mod.ddp_options() if o not in _GENERIC_DDP_OPTIONS]
+    for key, value in resources.items():
+        if key in HOOKS:
+            continue
+        got = f"{what} got {key}={reprlib.repr(value)}"
+        resource = "a keyword that is no option becomes a resource attribute: rename it if it is one"
+        if key in _ALIASES:
+            raise TypeError(f"{got}: did you mean {_ALIASES[key]}? ({resource})")
+        if key in ddp:
+            if key in parallel_mod.DDP_SET_HERE:
+                raise TypeError(f"{got}, a DistributedDataParallel option: {parallel_mod.DDP_SET_HERE[key]}")
+            raise TypeError(f"{got}, a DistributedDataParallel option: DDP options go in ddp_kwargs, "
+                            f"e.g. ddp_kwargs={{{key!r}: {reprlib.repr(value)}}}")
+        option = _closest(key, _OPTIONS)
+        if option is not None:
+            raise TypeError(f"{got}: did you mean {option}? (DDP's other options go in ddp_kwargs={{...}}; {resource})")
+        option = _closest(key, [o for o in ddp if o not in parallel_mod.DDP_SET_HERE])
+        if option is not None:
+            raise TypeError(f"{got}: did you mean the DistributedDataParallel option {option}? DDP options go in "
+                            f"ddp_kwargs={{{option!r}: ...}} ({resource})")
+
+
+def _checkpoint_activations(module: torch.nn.Module, pick: Callable[[torch.nn.Module], bool]) -> None:
+    """Run the outermost submodules of ``module`` that ``pick`` selects under torch's
+    non-reentrant activation checkpoint (``torch.utils.checkpoint.checkpoint(use_reentrant=False)``)
+    by wrapping their ``forward`` in place: names, parameters and module hooks (FSDP's) unchanged,
+    and ``torch.compile`` traces it (composable hook-based checkpointing recomputes wrongly there)."""
+    done: list[torch.nn.Module] = []
+    for sub in module.modules():
+        if pick(sub) and not any(any(s is sub for s in d.modules()) for d in done):
+            sub.forward = _checkpointed(sub.forward)
+            done.append(sub)
+
+
+def _checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(forward)
+    def checkpointed(*args: Any, **kwargs: Any) -> Any:
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return checkpointed
 
 
 class _ForwardProxy(torch.nn.Module):
@@ -35,6 +118,21 @@ class _ForwardProxy(torch.nn.Module):
     def forward(self, x: OutputCache) -> Any:
         node = self._node
         return node._forward_fn(node, x)
+
+
+class _ShardedProxy(_ForwardProxy):
+    """The ``_ForwardProxy`` FSDP2 shards as the root: ``no_sync()`` is DDP's interface for the
+    train step's gradient accumulation (no reduce-scatter until the cycle's last micro-batch)."""
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Backward passes inside accumulate unsharded gradients without a reduce-scatter."""
+        self._node._unsynced_grads = True
+        self.set_requires_gradient_sync(False)  # a method of the FSDPModule this becomes
+        try:
+            yield
+        finally:
+            self.set_requires_gradient_sync(True)
 
 
 class ModuleNode(Node):
@@ -56,13 +154,43 @@ class ModuleNode(Node):
         broadcast_buffers: a DistributedDataParallel option.
         unused_parameters: what happens to a trainable parameter that got no gradient in an
             optimizer step: ``"error"`` (the default: a clear error naming every such parameter;
-            an unused trainable parameter is almost always a bug) or ``"zero"`` (it gets an explicit
-            zero gradient, so that momentum, weight decay and DistributedDataParallel treat it
-            like the others; DDP then runs with ``find_unused_parameters=True``).
+            an unused trainable parameter is almost always a bug), ``"zero"`` (it gets an explicit
+            zero gradient, so that momentum and weight decay move it like the others) or ``"skip"``
+            (PyTorch's own behaviour: its optimizer skips it, weights and optimizer state untouched;
+            for heads used by some tasks only). With ``"zero"`` and ``"skip"`` DDP runs with
+            ``find_unused_parameters=True``.
+        ddp_kwargs: further DistributedDataParallel options (``bucket_cap_mb``,
+            ``gradient_as_bucket_view``, ...), checked against its signature; used when the node is
+            wrapped in a multi-process run.
+        parallel: how a multi-process train task spreads the module: ``"ddp"`` (the default: a
+            DistributedDataParallel replica per process), ``"fsdp"`` (sharded with FSDP2's
+            ``fully_shard``: each process holds 1/world of the parameters, gradients and optimizer
+            state; evaluation after a sharded train task runs sharded too) or ``"none"`` (not
+            wrapped: each process trains its own copy, gradients are not synchronised).
+        fsdp_policy: with ``parallel="fsdp"``, the blocks sharded (and gathered) one by one, inside
+            out, before the whole module: a module class, a tuple of them, or a callable
+            ``module -> bool``; None shards the module as one unit.
+        fsdp_kwargs: further ``fully_shard`` options (``offload_policy=CPUOffloadPolicy()``,
+            ``reshard_after_forward``, ``mp_policy``...), checked against its signature. Without
+            ``mp_policy``, a run with autocast gathers parameters in the autocast dtype and reduces
+            gradients in float32.
+        compile: ``True`` or a dict of ``torch.compile`` options (``backend``, ``mode``,
+            ``fullgraph``, ``dynamic``...): ``n.module.forward`` runs compiled (``torch.compile`` of the
+            forward, in place: parameter and checkpoint names stay those of the module).
+        activation_checkpointing: the submodules whose activations are recomputed in the backward
+            instead of kept (torch's non-reentrant ``torch.utils.checkpoint.checkpoint`` around their
+            forward; names unchanged): ``True`` (the whole module), a module class, a tuple of
+            them, or a callable ``module -> bool``.
+        sync_batchnorm: in multi-process train tasks, convert the module's BatchNorm layers to
+            ``torch.nn.SyncBatchNorm`` (statistics over the global batch; GPUs only, torch cannot
+            train it on the CPU). Nothing happens in a single process. Without it, BatchNorm layers
+            that train in a multi-process run use per-process statistics, and a warning says so once.
         resources: extra attributes or hooks (see ``Node``).
 
     Raises:
         ValueError: a parameter is matched twice, or a pattern matches nothing.
+        TypeError: a resource is a DDP option (use ``ddp_kwargs``) or within two edits of a
+            ModuleNode or DDP option (a typo); ``ddp_kwargs`` names no DDP option.
 
     Examples:
         >>> import torch, ice_ignite as ice
@@ -84,6 +212,13 @@ class ModuleNode(Node):
         static_graph: bool = False,
         broadcast_buffers: bool = True,
         unused_parameters: str = "error",
+        ddp_kwargs: Mapping[str, Any] | None = None,
+        sync_batchnorm: bool = False,
+        parallel: str = "ddp",
+        fsdp_policy: Any = None,
+        fsdp_kwargs: Mapping[str, Any] | None = None,
+        compile: "bool | Mapping[str, Any]" = False,
+        activation_checkpointing: Any = None,
         **resources: Any,
     ):
         if not isinstance(module, torch.nn.Module):
@@ -92,20 +227,68 @@ class ModuleNode(Node):
             raise TypeError("ModuleNode needs a forward, e.g. forward=lambda n, x: n.module(x['data'][0])")
         check_callable(forward, 2, "forward of ModuleNode", "forward=lambda n, x: n.module(x['data'][0])")
         for flag, value in (("find_unused_parameters", find_unused_parameters), ("static_graph", static_graph),
-                            ("broadcast_buffers", broadcast_buffers)):
+                            ("broadcast_buffers", broadcast_buffers), ("sync_batchnorm", sync_batchnorm)):
             if not isinstance(value, bool):
                 raise TypeError(f"ModuleNode {flag} must be True or False, got {value!r}")
-        if unused_parameters not in ("error", "zero"):
-            raise ValueError(f"ModuleNode unused_parameters must be 'error' or 'zero', got {unused_parameters!r}")
+        if unused_parameters not in _UNUSED_POLICIES:
+            raise ValueError(
+                f"ModuleNode unused_parameters must be 'error', 'zero' or 'skip', got {unused_parameters!r}")
         what = f"ModuleNode({type(module).__name__})"
+        _check_resources(resources, what)
+        if parallel not in _PARALLEL:
+            raise ValueError(f"{what} parallel must be 'ddp', 'fsdp' or 'none', got {parallel!r}")
+        if parallel != "fsdp" and (fsdp_policy is not None or fsdp_kwargs):
+            raise TypeError(f"{what} got fsdp_policy/fsdp_kwargs with parallel={parallel!r}: they apply to "
+                            "parallel='fsdp' only; pass parallel='fsdp' or leave them out")
+        explicit_ddp = [k for k, v in (("find_unused_parameters", find_unused_parameters),
+                                       ("static_graph", static_graph), ("broadcast_buffers", not broadcast_buffers))
+                        if v] + (["ddp_kwargs"] if ddp_kwargs else [])
+        if parallel != "ddp" and explicit_ddp:
+            raise TypeError(f"{what} got DistributedDataParallel options ({', '.join(explicit_ddp)}) with "
+                            f"parallel={parallel!r}: they apply to parallel='ddp' only; leave them out")
+        #: "ddp", "fsdp" or "none": how multi-process train tasks spread the module
+        self.parallel = parallel
+        self._fsdp_pick = parallel_mod.module_policy(fsdp_policy, "fsdp_policy", what)
+        #: the ``fully_shard`` options given in ``fsdp_kwargs``
+        self.fsdp_kwargs = parallel_mod.check_wrapper_kwargs(
+            fsdp_kwargs, argument="fsdp_kwargs", wrapper="fully_shard", valid=parallel_mod.fsdp_options(),
+            reserved=parallel_mod.FSDP_SET_HERE, where=what)
+        if isinstance(compile, bool):
+            compile_kwargs = {} if compile else None
+        elif isinstance(compile, Mapping):
+            compile_kwargs = parallel_mod.check_wrapper_kwargs(
+                compile, argument="compile", wrapper="torch.compile", valid=parallel_mod.compile_options(),
+                reserved={}, where=what)
+        else:
+            raise TypeError(f"{what} compile must be True, False or a dict of torch.compile options, got "
+                            f"{compile!r}; e.g. compile={{'backend': 'inductor', 'mode': 'max-autotune'}}")
+        checkpointed = parallel_mod.module_policy(activation_checkpointing, "activation_checkpointing", what)
+        reserved = {**parallel_mod.DDP_SET_HERE,
+                    **{o: f"pass it to the ModuleNode itself: ModuleNode(..., {o}=...)" for o in _OWN_DDP_OPTIONS}}
+        #: the DistributedDataParallel options given in ``ddp_kwargs``
+        self.ddp_kwargs = parallel_mod.check_wrapper_kwargs(
+            ddp_kwargs, argument="ddp_kwargs", wrapper="DistributedDataParallel", valid=parallel_mod.ddp_options(),
+            reserved=reserved, where=what)
         if weight_init_fn is not None:
             check_callable(weight_init_fn, 1, f"weight_init_fn of {what}", "weight_init_fn=lambda m: ...")
             with torch.no_grad():
                 weight_init_fn(module)
+        if checkpointed is not None:
+            _checkpoint_activations(module, checkpointed)
+        if compile_kwargs is not None:
+            # the forward, in place: no ``_orig_mod.`` in parameter or state_dict names, and module hooks
+            # (FSDP's, activation checkpointing's) stay outside the compiled code. (``nn.Module.compile``
+            # compiles ``_call_impl``, which torch 2.13's dynamo skips as torch code: nothing compiles.)
+            module.forward = torch.compile(module.forward, **compile_kwargs)
+        #: the ``torch.compile`` options (None: not compiled)
+        self.compile_kwargs = compile_kwargs
         self.module = module
         self.unused_parameters = unused_parameters
-        self.ddp_kwargs = dict(find_unused_parameters=find_unused_parameters or unused_parameters == "zero",
-                               static_graph=static_graph, broadcast_buffers=broadcast_buffers)
+        self.sync_batchnorm = sync_batchnorm
+        flags = {"find_unused_parameters": find_unused_parameters or unused_parameters != "error",
+                 "static_graph": static_graph, "broadcast_buffers": broadcast_buffers}
+        # only options that differ from DDP's defaults: passing broadcast_buffers at all warns in torch 2.13
+        self._ddp_flags = {k: v for k, v in flags.items() if v != (k == "broadcast_buffers")}
         specs = self._normalize_optimizers(optimizers, what)
         groups = self._match(module, specs, what)
         #: the built torch optimizers, by pattern key
@@ -125,8 +308,12 @@ class ModuleNode(Node):
             self._steps.append((opt, spec, sched, [p for _, p in named]))
             self._trainable.extend(named)
         self._device: torch.device | None = None
-        #: the DistributedDataParallel wrapper of a multi-process run (None otherwise)
+        #: the wrapper of a multi-process run: DistributedDataParallel (``parallel="ddp"``) or the
+        #: FSDP2 root (``"fsdp"``), both with ``no_sync()``; None otherwise
         self.ddp: torch.nn.Module | None = None
+        self._unsynced_grads = False
+        self._batchnorm_hooks: list[Any] = []
+        self._batchnorm_warned = False
         super().__init__(forward=forward, **resources)
 
     @staticmethod
@@ -201,11 +388,13 @@ class ModuleNode(Node):
         """Drop the gradients of this node's optimizers (``set_to_none``)."""
         for opt, _, _, _ in self._steps:
             opt.zero_grad(set_to_none=True)
+        self._unsynced_grads = False
 
     # -- graph behaviour ----------------------------------------------------------------------
     def forward_impl(self, x: OutputCache) -> Any:
         egraph = self.egraph
-        ddp = self.ddp if egraph.training else None  # evaluation needs no gradient synchronisation
+        # evaluation needs no gradient synchronisation, but sharded parameters are gathered by the FSDP root
+        ddp = self.ddp if egraph.training or self.parallel == "fsdp" else None
         autocast = egraph.autocast
         if autocast is None:
             return ddp(x) if ddp is not None else self._forward_fn(self, x)
@@ -217,14 +406,69 @@ class ModuleNode(Node):
         if self._device != device:
             self.module.to(device)
             self._device = device
-        if self.ddp is None and self._trainable and self.egraph.training and parallel.world_size() > 1:
+        if not self.egraph.training or parallel_mod.world_size() == 1:
+            return
+        if self.sync_batchnorm:  # before DDP is built, as torch's SyncBatchNorm asks
+            self.module = parallel_mod.sync_batchnorm(self.module, device, f"ModuleNode {self.uid!r}")
+        elif not self._batchnorm_warned and not self._batchnorm_hooks:
+            for _, layer in parallel_mod.batchnorm_layers(self.module):
+                self._batchnorm_hooks.append(layer.register_forward_pre_hook(self._batchnorm_forward))
+        if self.ddp is None and self._trainable:
             # built in the first train task, with that task's trainable parameters
-            # only options that differ from DDP's defaults: passing broadcast_buffers at all warns in torch 2.13
-            options = {k: v for k, v in self.ddp_kwargs.items() if v != (k == "broadcast_buffers")}
-            self.ddp = parallel.wrap_ddp(_ForwardProxy(self), **options)
+            if self.parallel == "ddp":
+                self.ddp = parallel_mod.wrap_ddp(_ForwardProxy(self), **self._ddp_flags, **self.ddp_kwargs)
+            elif self.parallel == "fsdp":
+                self.ddp = self._shard(device)
+
+    def _shard(self, device: torch.device) -> torch.nn.Module:
+        """Shard the module with FSDP2 and point the optimizers at the sharded parameters (their
+        state, if any was loaded, sharded the same way)."""
+        names = {id(p): name for name, p in self.module.named_parameters()}
+        root = parallel_mod.shard_fsdp(_ShardedProxy(self), self.module, self._fsdp_pick, device, self.egraph.autocast,
+                                       f"ModuleNode {self.uid!r}", **self.fsdp_kwargs)
+        sharded = dict(self.module.named_parameters())
+        new = {pid: sharded[name] for pid, name in names.items()}
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                for i, old in enumerate(group["params"]):
+                    param = group["params"][i] = new[id(old)]  # in place: schedulers keep their optimizer
+                    if old in opt.state:
+                        opt.state[param] = {k: self._shard_state(v, param) for k, v in opt.state.pop(old).items()}
+        self._trainable = [(name, sharded[name]) for name, _ in self._trainable]
+        self._steps = [(opt, spec, sched, [new[id(p)] for p in params]) for opt, spec, sched, params in self._steps]
+        return root
+
+    @staticmethod
+    def _shard_state(value: Any, param: torch.Tensor) -> Any:
+        """An optimizer state value of ``param`` sharded as ``param`` (tensors of its shape only)."""
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) == tuple(param.shape):
+            return parallel_mod.shard_like(value, param)
+        return value
+
+    def _batchnorm_forward(self, layer: torch.nn.Module, args: Any) -> None:
+        """The first BatchNorm forward of a multi-process train task without sync_batchnorm: say
+        once which layers train with per-process statistics (after the prepare hooks, which may
+        have frozen them)."""
+        for handle in self._batchnorm_hooks:
+            handle.remove()
+        self._batchnorm_hooks = []
+        training = [f"{name or '<the module>'} ({type(m).__name__})"
+                    for name, m in parallel_mod.batchnorm_layers(self.module) if m.training]
+        if not training or not self.training or parallel_mod.world_size() == 1:
+            return
+        self._batchnorm_warned = True
+        if self.launcher is None or self.launcher.local_rank == 0:
+            warnings.warn(
+                f"ModuleNode {self.uid!r}: BatchNorm layer(s) {', '.join(training)} of {type(self.module).__name__} "
+                f"train with per-process batch statistics in this {parallel_mod.world_size()}-process run. Pass "
+                "sync_batchnorm=True to the ModuleNode to compute them over the global batch (GPUs only), or keep "
+                "per-process statistics knowingly (put the layers in eval mode to freeze them)", stacklevel=2)
 
     def _check_unused(self) -> None:
-        missing = [(name, p) for name, p in self._trainable if p.grad is None and p.requires_grad]
+        missing = []
+        for name, p in self._trainable:  # a loop, not a comprehension: no frame of its own per step
+            if p.grad is None and p.requires_grad:
+                missing.append((name, p))
         if not missing:
             return
         if self.unused_parameters == "zero":
@@ -234,22 +478,24 @@ class ModuleNode(Node):
         raise GraphError(
             f"ModuleNode {self.uid!r}: trainable parameter(s) got no gradient in optimizer step "
             f"{self.global_train_steps + 1}: {', '.join(name for name, _ in missing)}. Use them in the forward, "
-            "leave them out of the optimizer patterns to freeze them, or pass unused_parameters='zero' to the ModuleNode"
+            "leave them out of the optimizer patterns to freeze them, or pass unused_parameters='zero' (a zero "
+            "gradient) or 'skip' (the optimizer skips them) to the ModuleNode"
         )
 
     def step(self) -> None:
         """Step every optimizer (through the GradScaler, clipping first) and its scheduler; called
         by the train step at the end of an accumulation cycle."""
+        self._unsynced_grads = False
         if not self._steps:
             return
-        self._check_unused()
+        if self.unused_parameters != "skip":  # "skip": torch's optimizers skip parameters whose grad is None
+            self._check_unused()
         precision = self.context.precision
         scaler = precision.grad_scaler
         for opt, spec, sched, params in self._steps:
-            if scaler is not None:
-                # GradScaler asserts when an optimizer saw no gradient at all (ice-learn bug 17).
-                if not any(p.grad is not None for p in params):
-                    continue
+            # GradScaler.step asserts when an optimizer saw no gradient at all (ice-learn bug 17); such an
+            # optimizer steps without it, which changes nothing but keeps its scheduler in step
+            if scaler is not None and any(p.grad is not None for p in params):
                 if spec.grad_clip_norm is not None:
                     scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(params, spec.grad_clip_norm)
@@ -263,17 +509,49 @@ class ModuleNode(Node):
                 step_scheduler(sched)
 
     # -- checkpoint ---------------------------------------------------------------------------
+    @property
+    def sharded(self) -> bool:
+        """Whether the module is sharded with FSDP2 now (after the first multi-process train task)."""
+        return self.parallel == "fsdp" and self.ddp is not None
+
     def state_dict(self) -> dict:
-        """``{"module", "optimizers", "lr_schedulers"}``, optimizers and schedulers by pattern key."""
-        return {
+        """``{"module", "optimizers", "lr_schedulers"}``, optimizers and schedulers by pattern key.
+
+        Sharded (``parallel="fsdp"``), the tensors are gathered into full ones (a collective: every
+        rank calls it), so the state has the layout of an unsharded run and loads into any.
+
+        Raises:
+            GraphError: sharded, in the middle of an accumulation cycle (the gradients gathered so
+                far are held unsharded inside FSDP and would be lost).
+        """
+        if self.sharded and self._unsynced_grads:
+            raise GraphError(
+                f"ModuleNode {self.uid!r}: a checkpoint in the middle of a gradient accumulation cycle of a "
+                "parallel='fsdp' module would lose the gradients accumulated so far (FSDP holds them unsharded); "
+                "checkpoint at the end of a cycle (after a multiple of grad_acc_steps iterations) or use "
+                "parallel='ddp'")
+        state = {
             "module": self.module.state_dict(),
             "optimizers": {_key_name(k): opt.state_dict() for k, opt in self.optimizers.items()},
             "lr_schedulers": {_key_name(k): s.state_dict() for k, s in self.lr_schedulers.items()},
         }
+        return parallel_mod.full_tensors(state) if self.sharded else state
+
+    def _sharded_optimizer_state(self, opt: torch.optim.Optimizer, saved: dict) -> dict:
+        """``saved`` (an optimizer state_dict of full tensors) with each parameter's state sharded as
+        the parameter is."""
+        params = [p for group in opt.param_groups for p in group["params"]]
+        state = {i: {k: self._shard_state(v, params[i]) for k, v in values.items()}
+                 if isinstance(i, int) and 0 <= i < len(params) else values for i, values in saved["state"].items()}
+        return {**saved, "state": state}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Restore module, optimizers and schedulers; non-strict loading warns about what differs."""
-        result = self.module.load_state_dict(state["module"], strict=strict)
+        weights = state["module"]
+        if self.sharded:  # full tensors into sharded parameters: each rank keeps its piece
+            current = self.module.state_dict()
+            weights = {k: parallel_mod.shard_like(v, current[k]) if k in current else v for k, v in weights.items()}
+        result = self.module.load_state_dict(weights, strict=strict)
         if not strict and (result.missing_keys or result.unexpected_keys):
             warnings.warn(
                 f"{self.uid}: module weights loaded non-strictly; missing {result.missing_keys}, "
@@ -284,7 +562,10 @@ class ModuleNode(Node):
             for key, obj in objects.items():
                 name = _key_name(key)
                 if name in saved:
-                    obj.load_state_dict(saved.pop(name))
+                    value = saved.pop(name)
+                    if self.sharded and kind == "optimizers":
+                        value = self._sharded_optimizer_state(obj, value)
+                    obj.load_state_dict(value)
                 elif strict:
                     raise KeyError(f"{self.uid}: the checkpoint has no state for {kind[:-1]} {name!r}")
                 else:

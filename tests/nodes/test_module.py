@@ -6,6 +6,8 @@ import torch.nn.functional as F
 
 import ice_ignite as ice
 
+from conftest import regression_set
+
 
 def two_layer():
     torch.manual_seed(0)
@@ -134,3 +136,132 @@ def test_load_state_dict_reports_missing_optimizer_state():
         node.load_state_dict(state, strict=True)
     with pytest.warns(UserWarning, match="no state for optimizer"):
         node.load_state_dict(state, strict=False)
+
+
+# -- options that must not vanish into resources (issue 14, item 4) ------------------------------------
+@pytest.mark.parametrize("keyword, meant", [("find_unused_parameter", "find_unused_parameters"),
+                                            ("static_graf", "static_graph"), ("optimizer", "optimizers"),
+                                            ("unused_parameter", "unused_parameters"), ("sync_bn", "sync_batchnorm"),
+                                            ("bucket_cap_m", "the DistributedDataParallel option bucket_cap_mb")])
+def test_a_misspelt_option_is_an_error_naming_the_option_meant(keyword, meant):
+    with pytest.raises(TypeError, match=rf"ModuleNode\(Sequential\) got {keyword}=True: did you mean {meant}\?"):
+        ice.ModuleNode(two_layer(), forward=fwd, **{keyword: True})
+
+
+@pytest.mark.parametrize("keyword, value", [("bucket_cap_mb", 25), ("gradient_as_bucket_view", True)])
+def test_a_ddp_option_as_a_plain_keyword_says_to_use_ddp_kwargs(keyword, value):
+    with pytest.raises(TypeError, match=rf"got {keyword}={value}, a DistributedDataParallel option: DDP options go "
+                                        rf"in ddp_kwargs, e.g. ddp_kwargs={{'{keyword}': {value}}}"):
+        ice.ModuleNode(two_layer(), forward=fwd, **{keyword: value})
+
+
+@pytest.mark.parametrize("ddp_kwargs, words", [
+    ({"bucket_cap": 25}, r"'bucket_cap', which is not a DistributedDataParallel option: did you mean 'bucket_cap_mb'\? "
+                         r"valid options are .*gradient_as_bucket_view"),
+    ({"find_unused_parameters": True}, r"sets 'find_unused_parameters': pass it to the ModuleNode itself"),
+    ({"device_ids": [0]}, r"sets 'device_ids': ice_ignite sets it to the process's device"),
+    ([("bucket_cap_mb", 25)], r"must be a dict of DistributedDataParallel options by name")])
+def test_ddp_kwargs_are_checked_against_the_signature_of_distributed_data_parallel(ddp_kwargs, words):
+    with pytest.raises(TypeError, match=words):
+        ice.ModuleNode(two_layer(), forward=fwd, ddp_kwargs=ddp_kwargs)
+
+
+def test_valid_ddp_kwargs_are_kept_and_resources_far_from_any_option_stay_resources():
+    node = ice.ModuleNode(two_layer(), forward=fwd, ddp_kwargs={"bucket_cap_mb": 1, "gradient_as_bucket_view": True},
+                          find_unused_parameters=True, static_graph=False, dim=128, model="resnet", scale=2.0)
+    assert node.ddp_kwargs == {"bucket_cap_mb": 1, "gradient_as_bucket_view": True}
+    assert (node.dim, node.model, node.scale) == (128, "resnet", 2.0)
+
+
+# -- sync_batchnorm (issue 14, item 5; the multi-process side is in tests/test_module_distributed.py) ----------
+def test_sync_batchnorm_changes_nothing_in_one_process(recwarn):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    node = ice.ModuleNode(net, forward=fwd, optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1), sync_batchnorm=True)
+    assert node.sync_batchnorm is True
+    train_one_step([("net", node, "*")], steps=2)
+    assert type(net[1]) is torch.nn.BatchNorm1d and node.module is net
+    assert net[1].num_batches_tracked.item() == 2
+    assert not [w for w in recwarn if "BatchNorm" in str(w.message)]
+    with pytest.raises(TypeError, match="sync_batchnorm must be True or False"):
+        ice.ModuleNode(net, forward=fwd, sync_batchnorm="yes")
+
+
+# -- unused_parameters="skip" (issue 14, item 10) ----------------------------------------------------------
+class TwoHeads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Linear(3, 4)
+        self.head1 = torch.nn.Linear(4, 1)
+        self.head2 = torch.nn.Linear(4, 1)
+
+    def forward(self, x, head):
+        return (self.head1 if head == 1 else self.head2)(torch.tanh(self.trunk(x)))
+
+
+def two_task_graph(policy, optimizers=None):
+    """Task "b" trains trunk and head 2, task "a" trunk and head 1: one ModuleNode, one module."""
+    torch.manual_seed(0)
+    net = TwoHeads()
+    g = ice.HyperGraph()
+    g.add("data", ice.DatasetNode(regression_set(16), batch_size=4))
+    g.add("head", ice.Node(forward=lambda n, x: 1), tags="a")
+    g.add("head", ice.Node(forward=lambda n, x: 2), tags="b")
+    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0], x["head"]), unused_parameters=policy,
+                                optimizers=optimizers or ice.Optimizer(torch.optim.Adam, lr=0.1, weight_decay=0.1)))
+    g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
+    return g, net
+
+
+def adam_state(node, param):
+    (opt,) = node.optimizers.values()
+    return {k: v.clone() for k, v in opt.state[param].items()}
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_skip_leaves_a_head_and_its_optimizer_state_untouched_by_the_other_tasks_steps(accumulate):
+    g, net = two_task_graph("skip")
+    g.set_gradient_accumulate(accumulate)
+    g.exec_tasks([ice.Task(train=True, steps=2, tags="b")], ice.Launcher())
+    node = g["*/net"]
+    head2, state2 = net.head2.weight.detach().clone(), adam_state(node, net.head2.weight)
+    head1, trunk = net.head1.weight.detach().clone(), net.trunk.weight.detach().clone()
+    assert state2["step"].item() == 2
+    g.exec_tasks([ice.Task(train=True, steps=3, tags="a")], ice.Launcher())
+    assert torch.equal(net.head2.weight, head2)  # no momentum, no weight decay: the optimizer skipped it
+    after = adam_state(node, net.head2.weight)
+    assert after.keys() == state2.keys() and all(torch.equal(after[k], state2[k]) for k in after)
+    assert net.head2.weight.grad is None  # dropped (set_to_none) at the cycle's start, never zero-filled
+    assert not torch.equal(net.head1.weight, head1) and not torch.equal(net.trunk.weight, trunk)
+    assert adam_state(node, net.head1.weight)["step"].item() == 3
+    assert g.global_counters.steps.train == 5
+
+
+def test_zero_moves_the_unused_head_by_momentum_and_weight_decay_where_skip_does_not():
+    heads = {}
+    for policy in ("zero", "skip"):
+        g, net = two_task_graph(policy)
+        g.exec_tasks([ice.Task(train=True, steps=2, tags="b")], ice.Launcher())
+        state2 = adam_state(g["*/net"], net.head2.weight)
+        g.exec_tasks([ice.Task(train=True, steps=3, tags="a")], ice.Launcher())
+        heads[policy] = net.head2.weight.detach().clone()
+        after = adam_state(g["*/net"], net.head2.weight)
+        if policy == "zero":
+            assert after["step"].item() == 5 and not torch.equal(after["exp_avg"], state2["exp_avg"])
+            assert torch.equal(net.head2.weight.grad, torch.zeros_like(net.head2.weight))
+        else:
+            assert after["step"].item() == 2 and torch.equal(after["exp_avg"], state2["exp_avg"])
+    assert not torch.equal(heads["zero"], heads["skip"])  # same task "b" before: task "a" moved it under "zero" only
+
+
+def test_skip_with_a_grad_scaler_and_an_optimizer_per_head_steps_the_heads_scheduler_like_the_others():
+    def spec():
+        return ice.Optimizer(torch.optim.SGD, lr=0.1, momentum=0.9,
+                             lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    g, net = two_task_graph("skip", {r"trunk\..*": spec(), r"head1\..*": spec(), r"head2\..*": spec()})
+    g.init_grad_scaler(torch.amp.GradScaler("cpu", init_scale=4.0))
+    head2 = net.head2.weight.detach().clone()
+    g.exec_tasks([ice.Task(train=True, steps=3, tags="a")], ice.Launcher())  # head 2's optimizer sees no gradient
+    assert torch.equal(net.head2.weight, head2) and net.head2.weight.grad is None
+    assert not g["*/net"].optimizers[r"head2\..*"].state  # no momentum buffer
+    assert g["*/net"].learning_rates() == {r"trunk\..*": [0.0125], r"head1\..*": [0.0125], r"head2\..*": [0.0125]}

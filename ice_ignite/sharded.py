@@ -1,0 +1,166 @@
+"""Sharded checkpoints of ModuleNodes through ``torch.distributed.checkpoint`` (DCP).
+
+Every process writes its own shards of the modules and optimizer states of the given ModuleNodes
+(``get_state_dict``), into one directory that appears only once complete (written under a
+temporary name, renamed by rank 0 after every rank finished). Loading (``set_state_dict``) reads
+what each process needs for the layout it has now, whatever the number of processes that wrote it:
+2 -> 1 and 1 -> 2 reshard. ``export`` writes a consolidated single-file state dict for inference.
+
+These are the building blocks; ``HyperGraph.save_checkpoint`` still writes one file of full
+tensors (``ModuleNode.state_dict`` gathers them).
+
+Examples:
+    >>> import tempfile, torch, ice_ignite as ice
+    >>> from ice_ignite import sharded
+    >>> node = ice.ModuleNode(torch.nn.Linear(2, 1), forward=lambda n, x: n.module(x),
+    ...                       optimizers=ice.Optimizer(torch.optim.Adam, lr=0.1))
+    >>> d = tempfile.mkdtemp()
+    >>> path = sharded.save(f"{d}/ckpt", {"*/net": node}, meta={"step": 3})
+    >>> sharded.load(path, {"*/net": node})
+    {'step': 3}
+    >>> sorted(torch.load(sharded.export(path, f"{d}/full.pt"), weights_only=True)["*/net"])
+    ['module', 'optimizers']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from ice_ignite.errors import CheckpointError
+from ice_ignite.nodes.module import ModuleNode
+
+__all__ = ["save", "load", "export", "META"]
+
+#: the file of a sharded checkpoint directory that holds what is not sharded (``weights_only``-safe)
+META = "meta.pt"
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns that it assumes a single process when there is no process group: that is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+def _states(nodes: Mapping[str, ModuleNode]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Each node's module and optimizer states as DCP wants them (keyed by parameter name,
+    DTensors where the module is sharded), and the keys of the optimizers that held no state.
+
+    ``get_state_dict`` gives an optimizer without state one (a step with zero gradients and a zero
+    learning rate); that state is dropped again here, so saving never changes a run."""
+    out, empty = {}, {}
+    for uid, node in nodes.items():
+        optimizers = {" | ".join(k) if isinstance(k, tuple) else k: o for k, o in node.optimizers.items()}
+        empty[uid] = [key for key, opt in optimizers.items() if not opt.state]
+        model, optim = get_state_dict(node.module, list(optimizers.values()))
+        for key in empty[uid]:
+            optimizers[key].state.clear()
+        out[uid] = {"module": model, "optimizers": optim}
+    return out, empty
+
+
+def _clear(nodes: Mapping[str, ModuleNode], empty: Mapping[str, list[str]]) -> None:
+    for uid, node in nodes.items():
+        optimizers = {" | ".join(k) if isinstance(k, tuple) else k: o for k, o in node.optimizers.items()}
+        for key in empty.get(uid, []):
+            optimizers[key].state.clear()
+
+
+def save(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode], meta: dict | None = None) -> Path:
+    """Write the sharded states of ``nodes`` (by uid) and ``meta`` (plain data: ints, floats,
+    strings, tensors, lists and dicts of them, e.g. the nodes' scheduler states) to ``directory``,
+    published atomically. Call it on every process.
+
+    Raises:
+        CheckpointError: ``directory`` exists.
+    """
+    final = Path(directory)
+    if final.exists():
+        raise CheckpointError(f"sharded checkpoint {str(final)!r} exists already; give a new directory")
+    partial = final.with_name(f".{final.name}.partial")
+    if _rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # a save that died before publishing
+        partial.mkdir(parents=True)
+    _barrier()
+    states, empty = _states(nodes)
+    with _single_process_quiet():
+        dcp.save(states, checkpoint_id=partial, no_dist=not _distributed())
+    if _rank() == 0:
+        schedulers = {uid: {key: s.state_dict() for key, s in _named_schedulers(node).items()}
+                      for uid, node in nodes.items()}
+        torch.save({"meta": meta or {}, "lr_schedulers": schedulers, "empty_optimizers": empty}, partial / META)
+    _barrier()
+    if _rank() == 0:
+        os.replace(partial, final)
+    _barrier()
+    return final
+
+
+def _named_schedulers(node: ModuleNode) -> dict[str, Any]:
+    return {" | ".join(k) if isinstance(k, tuple) else k: s for k, s in node.lr_schedulers.items()}
+
+
+def load(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode]) -> dict:
+    """Load the sharded states ``save`` wrote into ``nodes`` (by uid), resharded for the present
+    layout (any number of processes, sharded or not); returns the ``meta`` saved with them. Call it
+    on every process.
+
+    Raises:
+        CheckpointError: ``directory`` is no published sharded checkpoint, or lacks a node.
+    """
+    path = Path(directory)
+    if not (path / META).is_file():
+        raise CheckpointError(f"{str(path)!r} is not a sharded checkpoint (no {META}: not written by "
+                              "ice_ignite.sharded.save, or its save did not finish)")
+    saved = torch.load(path / META, weights_only=True)
+    missing = [uid for uid in nodes if uid not in saved["lr_schedulers"]]
+    if missing:
+        raise CheckpointError(f"sharded checkpoint {str(path)!r} holds no state for {', '.join(missing)} "
+                              f"(it holds {', '.join(saved['lr_schedulers']) or 'no node'})")
+    states, _ = _states(nodes)  # the present layout: DCP reads into it, resharding what it must
+    with _single_process_quiet():
+        dcp.load(states, checkpoint_id=path, no_dist=not _distributed())
+    for uid, node in nodes.items():
+        set_state_dict(node.module, list(node.optimizers.values()), model_state_dict=states[uid]["module"],
+                       optim_state_dict=states[uid]["optimizers"])
+        for key, sched in _named_schedulers(node).items():
+            sched.load_state_dict(saved["lr_schedulers"][uid][key])
+    _clear(nodes, saved["empty_optimizers"])  # saved before their first step: no state
+    return saved["meta"]
+
+
+def export(directory: "str | os.PathLike", file: "str | os.PathLike") -> Path:
+    """Consolidate a sharded checkpoint into one ``torch.save`` file of full tensors,
+    ``{uid: {"module": state_dict, "optimizers": ...}}`` (one process; no process group needed).
+
+    Examples:
+        ``torch.load(export("ckpts/sharded", "model.pt"))["*/net"]["module"]`` loads into the
+        plain module with ``load_state_dict``.
+    """
+    dcp_to_torch_save(directory, file)
+    return Path(file)
