@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test docs bench bench-instructions install clean
+.PHONY: demo test docs bench bench-data bench-instructions install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ $(BENCH_STAMP): $(STAMP)
 # Wall-clock benchmarks against hand-written code (PyTorch Lightning, an optional extra, included).
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/large.py
+
+# The data-bound epoch alone (DatasetNode against a plain DataLoader loop), kept with the other results.
+bench-data: $(BENCH_STAMP)
+	$(PY) benchmarks/bench.py --data-bound-only
 
 # Instructions per iteration under valgrind's callgrind (Debian's valgrind): slow, about 15 minutes.
 bench-instructions: $(BENCH_STAMP)

@@ -19,6 +19,25 @@ NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
 
 logger = logging.getLogger("ice_ignite")
 
+#: descriptors of the run locks this process holds
+_HELD: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    # A forked child (a DataLoader worker) shares the holder's flock through its copy of the
+    # descriptor: after a SIGKILL of the holder, orphaned workers would keep the run directory
+    # locked for seconds. Closing the copy leaves the holder's lock as it is.
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
 
 def check_run_id(run_id: object) -> None:
     """Raise unless ``run_id`` is None or a name that can be a directory of ``out_dir``.
@@ -47,8 +66,9 @@ def check_run_id(run_id: object) -> None:
 class RunLock:
     """An exclusive OS lock (``fcntl.flock``) on ``<run dir>/run.lock`` for the life of a run, so
     that two runs never share a run directory. The kernel releases it when its holder exits,
-    however it exits (an exception, SIGKILL, a crash), so it is never stale. The file records the
-    holder (host, pid, start time) for the error that another run gets.
+    however it exits (an exception, SIGKILL, a crash), so it is never stale; processes forked from
+    the holder (DataLoader workers) close their copy at the fork, so orphans do not keep it. The
+    file records the holder (host, pid, start time) for the error that another run gets.
 
     Examples:
         >>> import tempfile
@@ -65,6 +85,7 @@ class RunLock:
     def __init__(self, path: Path):
         self.path = path
         self._fd: int | None = None
+        self._pid = 0
 
     @property
     def held(self) -> bool:
@@ -102,13 +123,15 @@ class RunLock:
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, started {started}\n".encode(), 0)
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
+        _HELD.add(fd)
 
     def release(self) -> None:
         """Release the lock (idempotent)."""
         fd, self._fd = self._fd, None
-        if fd is None:
+        if fd is None or self._pid != os.getpid():  # a forked child's copy: closed at the fork
             return
+        _HELD.discard(fd)
         import fcntl
 
         try:

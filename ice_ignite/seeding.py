@@ -3,9 +3,10 @@ snapshot a checkpoint carries."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -14,7 +15,7 @@ try:
 except ImportError:  # numpy is optional for torch; its stream is simply absent then
     np = None
 
-__all__ = ["derive_seed", "seed_everything", "reseed_sample", "rng_state", "set_rng_state"]
+__all__ = ["derive_seed", "seed_everything", "reseed_batch", "seeded_streams", "rng_state", "set_rng_state"]
 
 
 def derive_seed(*parts: Any) -> int:
@@ -36,12 +37,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def reseed_sample(seed: int) -> None:
-    """Seed the streams a dataset's ``__getitem__`` may draw from (used in DataLoader workers)."""
+def reseed_batch(seed: int) -> None:
+    """Seed the CPU streams a dataset's ``__getitem__`` may draw from (torch, numpy, python), once
+    per batch in DataLoader workers.
+
+    ``torch.default_generator.manual_seed`` rather than ``torch.manual_seed``: the latter also
+    visits every accelerator backend and costs hundreds of µs a call, the former about 1 µs.
+    """
+    torch.default_generator.manual_seed(seed)
     random.seed(seed)
     if np is not None:
         np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_streams(seed: int) -> Iterator[None]:
+    """Run a block with the CPU streams (torch, numpy, python) seeded from ``seed``, and leave them
+    as they were afterwards.
+
+    Examples:
+        >>> with seeded_streams(3):
+        ...     a = torch.rand(1)
+        >>> with seeded_streams(3):
+        ...     b = torch.rand(1)
+        >>> bool(a == b)
+        True
+    """
+    torch_state = torch.get_rng_state()
+    python_state = random.getstate()
+    numpy_state = np.random.get_state() if np is not None else None
+    try:
+        reseed_batch(seed)
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+        if np is not None:
+            np.random.set_state(numpy_state)
 
 
 def rng_state() -> dict:

@@ -12,6 +12,8 @@ from ignite.engine import Events
 from ignite.metrics import Accuracy
 
 import ice_ignite as ice
+from ice_ignite import parallel as ice_parallel
+from ice_ignite import sharded as ice_sharded
 from ice_ignite import CheckpointError, GraphError, NodeError, NodeNotSelectedError, ResumeTaskFailed, ScheduleError
 
 from conftest import linear_graph, regression_set, saved_checkpoint
@@ -79,6 +81,24 @@ def reused_run_dir(tmp):
     linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp, run_id="src")
 
 
+def resumed_with(g, tmp):
+    saved_checkpoint(tmp)
+    g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu", out_dir=tmp,
+          run_id="src", resume_from="auto")
+
+
+def with_net(name="net", optimizer=torch.optim.SGD):
+    g = linear_graph()
+    g.remove("net")
+    g.add(name, ice.ModuleNode(torch.nn.Linear(3, 1), forward=fwd, optimizers=ice.Optimizer(optimizer, lr=0.1)))
+    return g
+
+
+def loaded_with(tmp, g=None, **options):
+    _, path = saved_checkpoint(tmp)
+    (g or linear_graph()).load_checkpoint(path, **options)
+
+
 def different_schedule(tmp):
     saved_checkpoint(tmp)
     linear_graph().run([ice.Task(train=False, epochs=1, tags="val")], devices="cpu", out_dir=tmp, run_id="src",
@@ -131,6 +151,35 @@ def vector_loss(tmp):
     exec_one(g, ice.Task(train=True, steps=1, tags="train"))
 
 
+def detached_loss(tmp):
+    g = ice.HyperGraph()
+    g.add("net", ice.ModuleNode(net(), fwd, optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1)))
+    g.add("data", ice.DatasetNode(regression_set(), batch_size=5))
+    g.add("l", ice.LossNode(forward=lambda n, x: x["net"].detach().mean()))
+    exec_one(g, ice.Task(train=True, steps=1))
+
+
+def loss_without_optimizers(tmp):
+    g = ice.HyperGraph()
+    g.add("net", ice.ModuleNode(net(), fwd))
+    g.add("data", ice.DatasetNode(regression_set(), batch_size=5))
+    g.add("l", ice.LossNode(forward=lambda n, x: x["net"].mean()))
+    exec_one(g, ice.Task(train=True, steps=1))
+
+
+class OwnRandomSampler(torch.utils.data.Sampler):
+    """A sampler with a random generator of its own, which a DatasetNode cannot seed."""
+
+    def __init__(self):
+        self.rng = torch.Generator().manual_seed(0)
+
+    def __len__(self):
+        return 4
+
+    def __iter__(self):
+        return iter(torch.randperm(4, generator=self.rng).tolist())
+
+
 def iterable(tmp):
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self):
@@ -173,7 +222,40 @@ CASES = {
         r"0\..*": ice.Optimizer(torch.optim.SGD, lr=1), r".*\.weight": ice.Optimizer(torch.optim.SGD, lr=1)}),
         ValueError, "parameter '0.weight'", "give each parameter to one optimizer"),
     "module-unused-policy": (lambda t: ice.ModuleNode(net(), fwd, unused_parameters="warn"), ValueError, "'warn'",
-                             "'error' or 'zero'"),
+                             "'error', 'zero' or 'skip'"),
+    "module-option-typo": (lambda t: ice.ModuleNode(net(), fwd, find_unused_parameter=True), TypeError,
+                           "find_unused_parameter=True", "did you mean find_unused_parameters?"),
+    "module-ddp-option-as-keyword": (lambda t: ice.ModuleNode(net(), fwd, bucket_cap_mb=25), TypeError,
+                                     "bucket_cap_mb=25", "ddp_kwargs={'bucket_cap_mb': 25}"),
+    "module-ddp-kwargs-unknown": (lambda t: ice.ModuleNode(net(), fwd, ddp_kwargs={"bucket_cap": 25}), TypeError,
+                                  "'bucket_cap'", "did you mean 'bucket_cap_mb'? valid options are"),
+    "module-ddp-kwargs-reserved": (lambda t: ice.ModuleNode(net(), fwd, ddp_kwargs={"static_graph": True}), TypeError,
+                                   "'static_graph'", "ModuleNode(..., static_graph=...)"),
+    "module-sync-batchnorm-cpu": (lambda t: ice_parallel.sync_batchnorm(torch.nn.BatchNorm1d(4), torch.device("cpu"),
+                                                                        "ModuleNode '*/net'"), GraphError,
+                                  "ModuleNode '*/net'", "Run on GPUs (devices='cuda'), or drop sync_batchnorm=True"),
+    "module-parallel-mode": (lambda t: ice.ModuleNode(net(), fwd, parallel="zero3"), ValueError,
+                             "ModuleNode(Sequential) parallel", "'ddp', 'fsdp' or 'none', got 'zero3'"),
+    "module-fsdp-options-without-fsdp": (lambda t: ice.ModuleNode(net(), fwd, fsdp_kwargs={"reshard_after_forward": 1}),
+                                         TypeError, "ModuleNode(Sequential)", "pass parallel='fsdp' or leave them out"),
+    "module-ddp-options-without-ddp": (lambda t: ice.ModuleNode(net(), fwd, parallel="fsdp", static_graph=True),
+                                       TypeError, "(static_graph) with parallel='fsdp'", "apply to parallel='ddp' only"),
+    "module-fsdp-kwargs-unknown": (lambda t: ice.ModuleNode(net(), fwd, parallel="fsdp", fsdp_kwargs={"cpu_offload": 1}),
+                                   TypeError, "fsdp_kwargs of ModuleNode(Sequential)", "not a fully_shard option"),
+    "module-fsdp-kwargs-reserved": (lambda t: ice.ModuleNode(net(), fwd, parallel="fsdp", fsdp_kwargs={"mesh": None}),
+                                    TypeError, "sets 'mesh'", "shards over all processes of the run"),
+    "module-module-policy": (lambda t: ice.ModuleNode(net(), fwd, activation_checkpointing="Linear"), TypeError,
+                             "activation_checkpointing of ModuleNode(Sequential)",
+                             "a torch.nn.Module class, a tuple of them or a callable module -> bool"),
+    "module-compile-options": (lambda t: ice.ModuleNode(net(), fwd, compile={"mode": "max-autotune", "backnd": "x"}),
+                               TypeError, "compile of ModuleNode(Sequential) has 'backnd'",
+                               "did you mean 'backend'?"),
+    "sharded-exists": (lambda t: ice_sharded.save(t, {}), CheckpointError, "sharded checkpoint",
+                       "exists already; give a new directory"),
+    "sharded-not-a-checkpoint": (lambda t: ice_sharded.load(t, {}), CheckpointError, "is not a sharded checkpoint",
+                                 "not written by ice_ignite.sharded.save, or its save did not finish"),
+    "sharded-missing-node": (lambda t: ice_sharded.load(ice_sharded.save(t / "c", {}), {"*/net": ice.ModuleNode(
+        net(), fwd)}), CheckpointError, "holds no state for */net", "(it holds no node)"),
     "optimizer-instance": (lambda t: ice.Optimizer(torch.optim.SGD(net().parameters(), lr=1)), TypeError, "SGD",
                            "ice.Optimizer(torch.optim.Adam, lr=1e-3)"),
     "optimizer-bad-kwargs": (lambda t: ice.ModuleNode(net(), fwd, optimizers=ice.Optimizer(torch.optim.SGD, lr=-1)),
@@ -193,8 +275,12 @@ CASES = {
     "dataset-not-a-dataset": (lambda t: ice.DatasetNode(42), TypeError, "int", "__getitem__ and __len__"),
     "dataset-batch-size": (lambda t: ice.DatasetNode(regression_set(4), batch_size=0), ValueError, "batch_size",
                            ">= 1"),
-    "dataset-sampler": (lambda t: ice.DatasetNode(regression_set(4), sampler=None), TypeError, "'sampler'",
-                        "pass shuffle=True/False"),
+    "dataset-sampler": (lambda t: ice.DatasetNode(regression_set(4), sampler=torch.utils.data.BatchSampler(
+        range(4), 2, False)), TypeError, "BatchSampler", "batch_size=..."),
+    "dataset-sampler-not-resumable": (lambda t: ice.DatasetNode(regression_set(4), sampler=OwnRandomSampler()),
+                                      ValueError, "OwnRandomSampler", "Let it draw from a `generator` attribute"),
+    "dataset-workers-option": (lambda t: ice.DatasetNode(regression_set(4), prefetch_factor=4), ValueError,
+                               "prefetch_factor=4", "pass num_workers=... >= 1"),
     "dataset-unknown-kwarg": (lambda t: ice.DatasetNode(regression_set(4), suffle=True), TypeError, "'suffle'",
                               "options it passes on"),
     "dataset-shuffle-iterable": (lambda t: ice.DatasetNode(iterable(t), shuffle=True), ValueError, "IterableDataset",
@@ -235,6 +321,8 @@ CASES = {
     # running
     "forward-raises": (raising_forward, NodeError, "'train/bad'", "in forward"),
     "loss-not-scalar": (vector_loss, GraphError, "'train/bad'", "reduce it"),
+    "loss-detached": (detached_loss, GraphError, "'*/l'", "do not depend on any trainable parameter (of '*/net')"),
+    "loss-nothing-trains": (loss_without_optimizers, GraphError, "'*/l'", "give a ModuleNode optimizers"),
     "dataset-non-tensors": (dataset_of_objects, GraphError, "'*/data'", "pass a collate_fn"),
     "accumulate": (lambda t: ice.HyperGraph().set_gradient_accumulate(0), ValueError, "0", "int >= 1"),
     "nonfinite-policy": (lambda t: ice.HyperGraph().set_nonfinite_policy("warn"), ValueError, "'warn'",
@@ -266,6 +354,32 @@ CASES = {
     "out-dir-is-a-file": (file_as_out_dir, NotADirectoryError, "file", "pass a directory"),
     "out-dir-not-creatable": (out_dir_below_a_file, PermissionError, "runs", "pass a writable out_dir"),
     "run-dir-has-checkpoints": (reused_run_dir, FileExistsError, "src", "resume_from='auto'"),
+    "run-id-type": (lambda t: run_one(linear_graph(), t, run_id=5), TypeError, "int 5", "pass run_id='5'"),
+    "run-id-name": (lambda t: run_one(linear_graph(), t, run_id="a\0b"), ValueError, "'a\\x00b'",
+                    "pass a plain name"),
+    "run-id-too-long": (lambda t: run_one(linear_graph(), t, run_id="x" * 300), ValueError, "300 bytes",
+                        "pass a shorter run_id"),
+    "run-dir-locked": (lambda t: linear_graph().run([lambda: run_one(linear_graph(), t, run_id="busy")],
+                                                    devices="cpu", out_dir=t, run_id="busy"), RuntimeError,
+                       "busy' is in use by another run (host", "pass another run_id"),
+    "run-dir-not-writable": (lambda t: [(t / "r").mkdir(), (t / "r" / "ckpts").write_text("a file"),
+                                        run_one(linear_graph(), t, run_id="r")], PermissionError, "r/ckpts'",
+                             "pass another out_dir / run_id"),
+    "run-dir-deleted": (lambda t: linear_graph().run([ice.Task(train=True, epochs=1, tags="train"),
+                                                      lambda: (t / "gone").rename(t / "moved")], devices="cpu",
+                                                     out_dir=t, run_id="gone"), FileNotFoundError, "gone'",
+                        "Keep a run directory until its run ends"),
+    "launch-std": (lambda t: run_one(linear_graph(), t, tee="7"), ValueError, "tee='7'", "'0:3,1:2'"),
+    "launch-rdzv-configs": (lambda t: run_one(linear_graph(), t, rdzv_configs="timeout"), ValueError,
+                            "rdzv_configs='timeout'", "pass a dict"),
+    "launch-standalone": (lambda t: run_one(linear_graph(), t, standalone=True, nnodes=2), ValueError, "nnodes=2",
+                          "drop standalone=True"),
+    "launch-omp-threads": (lambda t: run_one(linear_graph(), t, omp_num_threads=0), ValueError, "got 0",
+                           "None (torchrun's default)"),
+    "launch-monitor-interval": (lambda t: run_one(linear_graph(), t, monitor_interval=-1), ValueError, "got -1",
+                                "seconds > 0"),
+    "launch-options-twice": (lambda t: run_one(linear_graph(), t, launch=ice.LaunchOptions(), tee="3"), TypeError,
+                             "['tee']", "in one place"),
     # checkpoints
     "resume-missing-file": (lambda t: run_one(linear_graph(), t, resume_from=t / "nope.pt"), CheckpointError,
                             "nope.pt", "check the path"),
@@ -277,6 +391,28 @@ CASES = {
                               "evil.pt", "only a file you trust"),
     "resume-other-schedule": (different_schedule, ResumeTaskFailed, "entry 0", "strict_resume=False"),
     "checkpoint-of-another-graph": (other_graph_checkpoint, CheckpointError, "'*/net'", "size mismatch"),
+    "resume-renamed-node": (lambda t: resumed_with(with_net("encoder"), t), ResumeTaskFailed, "'*/net'",
+                            "strict_resume=False"),
+    "resume-dataset-settings": (lambda t: resumed_with(linear_graph(batch_size=9), t), ResumeTaskFailed,
+                                "'train/data': batch_size was 8 and is now 9", "strict_resume=False"),
+    "resume-other-optimizer": (lambda t: resumed_with(with_net(optimizer=torch.optim.AdamW), t), CheckpointError,
+                               "'*/net'", "load its weights only"),
+    "load-other-optimizer": (lambda t: loaded_with(t, with_net(optimizer=torch.optim.AdamW), optimizers=True),
+                             CheckpointError, "'*/net'", "optimizers=False"),
+    "load-options": (lambda t: ice.LoadCheckpointTask("x.pt", rename=["net"]), TypeError, "['net']",
+                     "{'pretrain/encoder': 'finetune/encoder'}"),
+    "load-unknown-node": (lambda t: loaded_with(t, nodes="backbone"), CheckpointError, "'backbone'",
+                          "name one of its nodes"),
+    "load-rename-unknown-source": (lambda t: loaded_with(t, rename={"backbone": "net"}), CheckpointError,
+                                   "'backbone'", "name one of its nodes"),
+    "load-rename-unknown-destination": (lambda t: loaded_with(t, rename={"net": "encoder"}), CheckpointError,
+                                        "'encoder'", "name one of its nodes"),
+    "load-rename-conflict": (lambda t: loaded_with(t, rename={"net": "net", "mse": "net"}), CheckpointError,
+                             "'*/net'", "rename one saved state onto each node"),
+    "load-ambiguous-name": (lambda t: loaded_with(t, rename={"data": "train/data"}), CheckpointError, "'data'",
+                            "write one uid instead"),
+    "load-not-a-module-state": (lambda t: loaded_with(t, rename={"train/data": "net", "net": "mse"}),
+                                CheckpointError, "'train/data'", "rename a ModuleNode of the checkpoint onto it"),
     "save-without-run-dir": (lambda t: linear_graph().save_checkpoint(), CheckpointError, "save_checkpoint",
                              "pass save_to=path"),
     "save-over-a-file": (lambda t: [(t / "x.pt").write_text("x"), linear_graph().save_checkpoint(t / "x.pt")],

@@ -4,24 +4,28 @@ so that a run can resume in the middle of an epoch with the same batches (B3, B7
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from ice_ignite import parallel
 from ice_ignite.errors import GraphError
 from ice_ignite.nodes.node import Node, OutputCache, check_callable
-from ice_ignite.seeding import derive_seed, reseed_sample
+from ice_ignite.nodes.sampling import SeededBatches, check_sampler, sampler_order
+from ice_ignite.seeding import derive_seed
+from ice_ignite.streams import is_resumable_stream
 
 __all__ = ["DatasetNode", "move_to"]
 
 _MANAGED = {
-    "sampler": "pass shuffle=True/False: the DatasetNode orders samples itself, so that resume is exact",
-    "batch_sampler": "pass batch_size=...: the DatasetNode batches samples itself",
+    "batch_sampler": "pass batch_size=... (and sampler=... for another order): the DatasetNode batches samples "
+                     "itself, so that resume is exact",
     "generator": "the DatasetNode seeds its own generator from run(seed=...)",
 }
-_PASSED = {"timeout", "worker_init_fn", "multiprocessing_context", "prefetch_factor", "persistent_workers",
-           "pin_memory_device", "in_order"}
+_PASSED = {"timeout", "worker_init_fn", "multiprocessing_context", "persistent_workers", "pin_memory_device",
+           "in_order"}
 
 
 def move_to(data: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -38,25 +42,9 @@ def move_to(data: Any, device: torch.device, non_blocking: bool = False) -> Any:
     return data
 
 
-class _SeededDataset(Dataset):
-    """Reseeds the random streams before each sample, from a seed that depends on the sample's
-    place in the run, so that random augmentation in DataLoader workers does not depend on which
-    worker loads the sample or on where the run resumed."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: tuple[int, int]) -> Any:
-        index, seed = item
-        reseed_sample(seed)
-        return self.dataset[index]
-
-
 class _PassBatchSampler:
-    """Yields the batches of the node's current pass, from its current position on."""
+    """Yields the batches of the node's current pass, from its current position on: lists of
+    indices, or ``(seed, indices)`` for ``SeededBatches`` when DataLoader workers load them."""
 
     def __init__(self, node: "DatasetNode"):
         self.node = node
@@ -64,20 +52,19 @@ class _PassBatchSampler:
     def __len__(self) -> int:
         return self.node.batches_per_pass()
 
-    def __iter__(self) -> Iterator[list]:
+    def __iter__(self) -> Iterator[list | tuple[int, list]]:
         node = self.node
         return self._batches(node._pass_order(node.pass_index), node.pass_index, node.position)
 
-    def _batches(self, order: list[int], pass_index: int, start: int) -> Iterator[list]:
+    def _batches(self, order: list[int], pass_index: int, start: int) -> Iterator[list | tuple[int, list]]:
         node = self.node
         stop = node.batches_per_pass()
         seeded = node.num_workers > 0
         single, b = node._world_size == 1, node.batch_size
         for i in range(start, stop):
             chunk = order[i * b:(i + 1) * b] if single else node._rank_slice(order, i)
-            if seeded:
-                base = derive_seed(node._seed, node.uid, node._rank, pass_index, i)
-                yield [(index, (base + j) % 2**63) for j, index in enumerate(chunk)]
+            if seeded:  # SeededBatches reseeds the worker's streams once for the batch
+                yield derive_seed(node._seed, node.uid, node._rank, pass_index, i), chunk
             else:
                 yield chunk
 
@@ -85,26 +72,44 @@ class _PassBatchSampler:
 class DatasetNode(Node):
     """A dataset and the DataLoader that feeds it to the graph, one batch per iteration.
 
-    The output is the batch moved to the node's device. In epoch-mode tasks every engine epoch
-    starts a fresh pass over the data; in step-mode tasks the data cycles and the position carries
-    over to the next step-mode task. The shuffle order of a pass is a pure function of
-    ``(run seed, node uid, rank, pass number)`` and the DataLoader gets its own generator, so
-    creating an iterator never draws from the global RNG. With ``num_workers > 0`` each sample is
-    loaded with random streams seeded from its place in the run, so random augmentation is the
-    same whichever worker loads it.
+    The output is the batch moved to the node's device (on the CPU: the collated batch itself, no
+    copy). In epoch-mode tasks every engine epoch starts a fresh pass over the data; in step-mode
+    tasks the data cycles and the position carries over to the next step-mode task. The order of a
+    pass (shuffled, or drawn from ``sampler``) is a pure function of ``(run seed, node uid, pass
+    number)``, each process takes its slice of it, and the DataLoader gets its own generator, so
+    creating an iterator never draws from the global RNG. With ``num_workers > 0`` the torch, numpy
+    and python streams of the worker that loads a batch are seeded from the batch's place in the
+    run, once per batch, so random augmentation is the same whichever worker loads it. An
+    ``IterableDataset`` with ``state_dict()`` / ``load_state_dict()`` resumes from its saved
+    position (torchdata's ``StatefulDataLoader``, each worker's position kept); other streams
+    replay the batches they had yielded.
 
     Args:
         dataset: a map-style ``Dataset`` (with ``__len__``), or an ``IterableDataset`` (which shards
-            itself across ranks; without a length only in step-mode tasks).
+            itself across processes and workers, e.g. with ``ice_ignite.streams.stream_shard()``;
+            without a length only in step-mode tasks).
         batch_size: samples per batch on each process, or in total with ``batch_size_in_total``.
         shuffle: shuffle every pass.
         num_workers: DataLoader worker processes.
-        pin_memory: pin batches in page-locked memory (CUDA runs).
+        pin_memory: on CUDA, collate batches in page-locked memory, so that their copies to the GPU
+            are asynchronous (``non_blocking=True``); ignored on the CPU.
         drop_last: drop the last, incomplete batch of each pass.
         collate_fn: merges samples into a batch (DataLoader's default when None).
         batch_size_in_total: ``batch_size`` is the global batch, split across processes.
+        sampler: draws the order of each pass instead of ``shuffle`` (``WeightedRandomSampler``,
+            ``SubsetRandomSampler``, your own ``Sampler`` of indices with a ``__len__``). It draws
+            from a generator the node seeds per pass (its ``generator`` attribute, on a copy) and
+            from the global streams seeded alike for the draw, so a resumed pass has the same order.
+        prefetch_factor: batches each worker loads ahead (DataLoader's default, 2, when None);
+            needs ``num_workers > 0``.
         dataloader_kwargs: other DataLoader options (``timeout``, ``worker_init_fn``,
-            ``prefetch_factor``, ``persistent_workers``, ``multiprocessing_context``, ...).
+            ``persistent_workers``, ``multiprocessing_context``, ``pin_memory_device``, ``in_order``).
+
+    Raises:
+        TypeError: a sampler that is not one of sample indices with a length, or that cannot be
+            combined with the other arguments.
+        ValueError: a sampler whose order does not follow from the streams the node seeds (it
+            cannot be resumed); ``prefetch_factor`` or ``persistent_workers`` without workers.
 
     Examples:
         >>> import torch, ice_ignite as ice
@@ -124,6 +129,9 @@ class DatasetNode(Node):
         drop_last: bool = False,
         collate_fn: Callable[[list], Any] | None = None,
         batch_size_in_total: bool = False,
+        *,
+        sampler: Sampler | None = None,
+        prefetch_factor: int | None = None,
         **dataloader_kwargs: Any,
     ):
         self.iterable = isinstance(dataset, IterableDataset)
@@ -142,6 +150,21 @@ class DatasetNode(Node):
                 raise TypeError(f"DatasetNode {name} must be True or False, got {value!r}")
         if self.iterable and shuffle:
             raise ValueError("DatasetNode cannot shuffle an IterableDataset: shuffle inside the dataset")
+        if sampler is not None:
+            if self.iterable or shuffle:
+                raise TypeError(f"DatasetNode takes sampler= ({type(sampler).__name__}) for a map-style dataset "
+                                "without shuffle=True: " + ("an IterableDataset orders itself; drop sampler="
+                                                            if self.iterable else "the sampler orders the samples; "
+                                                            "drop shuffle=True"))
+            check_sampler(sampler)
+        if prefetch_factor is not None and (isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int)
+                                            or prefetch_factor < 1):
+            raise ValueError(f"DatasetNode prefetch_factor must be an int >= 1 or None, got {prefetch_factor!r}")
+        for name, value in (("prefetch_factor", prefetch_factor),
+                            ("persistent_workers", dataloader_kwargs.get("persistent_workers"))):
+            if value not in (None, False) and num_workers == 0:
+                raise ValueError(f"DatasetNode {name}={value!r} needs worker processes: pass num_workers=... >= 1, "
+                                 f"or drop {name}")
         if collate_fn is not None:
             check_callable(collate_fn, 1, "collate_fn of DatasetNode", "collate_fn=lambda samples: ...")
         for key in dataloader_kwargs:
@@ -160,7 +183,11 @@ class DatasetNode(Node):
         self.drop_last = drop_last
         self.collate_fn = collate_fn
         self.batch_size_in_total = batch_size_in_total
+        self.sampler = sampler
+        self.prefetch_factor = prefetch_factor
         self.dataloader_kwargs = dataloader_kwargs
+        #: an IterableDataset that resumes from a saved position (``state_dict`` / ``load_state_dict``)
+        self.resumable_stream = self.iterable and is_resumable_stream(dataset)
         #: passes started so far minus one (the index of the current pass)
         self.pass_index = -1
         #: batches taken from the current pass
@@ -173,6 +200,7 @@ class DatasetNode(Node):
         self._move = False
         self._loader_key: tuple | None = None
         self._sharded = False
+        self._stream_state: dict | None = None  # where this rank's stream continues the open pass
         #: ``loss_scale`` of the last batch (multi-process runs)
         self.last_loss_scale = 1.0
         super().__init__()
@@ -220,10 +248,15 @@ class DatasetNode(Node):
                 return None
             b = self.batch_size
         else:
-            n, b = len(self.dataset), self._global_batch()
+            n, b = self._samples_per_pass(), self._global_batch()
         return n // b if self.drop_last else math.ceil(n / b)
 
+    def _samples_per_pass(self) -> int:
+        return len(self.sampler) if self.sampler is not None else len(self.dataset)
+
     def _pass_order(self, pass_index: int) -> list[int]:
+        if self.sampler is not None:
+            return sampler_order(self.sampler, derive_seed(self._seed, self.uid, "sampler", pass_index))
         n = len(self.dataset)
         if not self.shuffle:
             return list(range(n))
@@ -253,7 +286,7 @@ class DatasetNode(Node):
         if ws == 1:
             return 1.0
         g = self._global_batch()
-        size = max(min(g, len(self.dataset) - position * g), ws)
+        size = max(min(g, self._samples_per_pass() - position * g), ws)
         return ws * self._split(size)[self._rank] / size
 
     # -- graph behaviour ----------------------------------------------------------------------
@@ -273,9 +306,18 @@ class DatasetNode(Node):
         generator.manual_seed(derive_seed(self._seed, self.uid, self._rank, "loader"))
         kwargs = dict(num_workers=self.num_workers, collate_fn=self.collate_fn, generator=generator,
                       pin_memory=self.pin_memory and device.type == "cuda", **self.dataloader_kwargs)
+        if self.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        if self.resumable_stream:
+            from torchdata.stateful_dataloader import StatefulDataLoader
+
+            with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecates
+                warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+                return StatefulDataLoader(self.dataset, batch_size=self.local_batch_size, drop_last=self.drop_last,
+                                          **kwargs)
         if self.iterable:
             return DataLoader(self.dataset, batch_size=self.local_batch_size, drop_last=self.drop_last, **kwargs)
-        dataset = _SeededDataset(self.dataset) if self.num_workers > 0 else self.dataset
+        dataset = SeededBatches(self.dataset) if self.num_workers > 0 else self.dataset
         return DataLoader(dataset, batch_sampler=_PassBatchSampler(self), **kwargs)
 
     def _open(self) -> Iterator:
@@ -283,10 +325,15 @@ class DatasetNode(Node):
             self.pass_index += 1
             self.position = 0
             self.pass_open = True
+            self._stream_state = None
         if self._loader is None:
             raise RuntimeError(f"DatasetNode {self.uid!r} is used outside a task run")
+        resume = self._stream_state
+        if self.resumable_stream and resume is not None:
+            self._loader.load_state_dict(resume["loader"])
+            self._stream_state = None
         iterator = iter(self._loader)
-        if self.iterable:  # an IterableDataset cannot seek: fetch and drop what was consumed
+        if self.iterable and resume is None:  # a stream without a saved state: fetch and drop what was consumed
             for _ in range(self.position):
                 next(iterator)
         self._iterator = iterator
@@ -331,24 +378,70 @@ class DatasetNode(Node):
     def _on_epoch_start(self) -> None:
         if not self.step_mode:  # every epoch of an epoch-mode task is a fresh pass
             self.pass_open = False
-            self._iterator = None
+            self._release()
 
     def _on_epoch_end(self) -> None:
         if not self.step_mode:
             self.pass_open = False
-            self._iterator = None
+            self._release()
 
     def _on_clean_up(self) -> None:
-        self._iterator = None  # releases DataLoader workers; the position is kept
+        if self.resumable_stream and self._iterator is not None and self.pass_open:
+            self._stream_state = self._stream_position()
+        self._release()  # the position is kept
+
+    def _release(self) -> None:
+        """Drop the iterator, which stops its DataLoader workers (unless they persist)."""
+        self._iterator = None
+        if self.resumable_stream and self._loader is not None and not self._loader.persistent_workers:
+            self._loader.load_state_dict({})  # a StatefulDataLoader holds its iterator: {} drops it
+
+    def _stream_position(self) -> dict | None:
+        """Where this rank's resumable stream continues the open pass (None: nothing to continue)."""
+        if not self.pass_open:
+            return None
+        if self._iterator is not None:
+            return {"num_workers": self.num_workers, "loader": self._loader.state_dict()}
+        return self._stream_state
 
     # -- checkpoint ---------------------------------------------------------------------------
+    def resume_settings(self) -> dict:
+        """The settings that decide which samples each batch holds, recorded in checkpoints: a
+        resume with other values would not continue the same run (``strict_resume``)."""
+        try:
+            size = len(self.dataset)
+        except TypeError:  # an unsized IterableDataset
+            size = None
+        sampler = None if self.sampler is None else f"{type(self.sampler).__name__} of {len(self.sampler)}"
+        return {"batch_size": self.batch_size, "batch_size_in_total": self.batch_size_in_total,
+                "shuffle": self.shuffle, "drop_last": self.drop_last, "len(dataset)": size, "sampler": sampler}
+
     def state_dict(self) -> dict:
-        """``{"pass_index", "position", "pass_open"}``: where the next batch comes from."""
-        return {"pass_index": self.pass_index, "position": self.position, "pass_open": self.pass_open}
+        """``{"pass_index", "position", "pass_open"}``: where the next batch comes from; for a
+        resumable stream also ``"streams"``, every rank's stream position in rank order (gathered
+        on rank 0, the writer: a collective in multi-process runs)."""
+        state = {"pass_index": self.pass_index, "position": self.position, "pass_open": self.pass_open}
+        if self.resumable_stream:
+            state["streams"] = parallel.gather_objects(self._stream_position())
+        return state
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Continue from the saved position at the next forward."""
+        """Continue from the saved position at the next forward.
+
+        Raises:
+            ValueError: a resumable stream's position was saved with another ``num_workers``
+                (each worker keeps its own position).
+        """
+        streams = state.get("streams") if self.resumable_stream else None
+        mine = streams[self._rank] if streams and state["pass_open"] else None
+        if mine is not None and mine["num_workers"] != self.num_workers:
+            raise ValueError(
+                f"DatasetNode {self.uid!r}: the stream's position was saved with num_workers={mine['num_workers']} "
+                f"and this node has num_workers={self.num_workers}; each worker keeps its own position of the "
+                f"stream: resume with num_workers={mine['num_workers']}"
+            )
         self.pass_index = int(state["pass_index"])
         self.position = int(state["position"])
         self.pass_open = bool(state["pass_open"])
-        self._iterator = None
+        self._release()
+        self._stream_state = mine
