@@ -49,6 +49,19 @@ class Model(torch.nn.Module):
         return self.head(self.blocks(x))
 
 
+def timed_steps(loader, model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
+    """A hand-written training loop over ``loader``: seconds per step after ``WARMUP`` steps."""
+    start, steps = None, 0
+    for i, (x, y) in enumerate(loader):
+        if i == WARMUP:
+            start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+        steps = i + 1
+    return (time.perf_counter() - start) / (steps - WARMUP)
+
+
 def dataset(n: int) -> torch.utils.data.TensorDataset:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, WIDTH, generator=g)
@@ -63,14 +76,7 @@ def hand(steps: int, backend: str | None) -> float:
         model.forward = torch.compile(model.forward, backend=backend)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(dataset(BATCH * steps), batch_size=BATCH)
-    start = None
-    for i, (x, y) in enumerate(loader):
-        if i == WARMUP:
-            start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        F.mse_loss(model(x), y).backward()
-        opt.step()
-    return (time.perf_counter() - start) / (steps - WARMUP)
+    return timed_steps(loader, model, opt)
 
 
 def ice(steps: int, backend: str | None, devices: str = "cpu", parallel: str = "ddp") -> float:
@@ -119,15 +125,9 @@ def hand_fsdp_worker(rank: int, steps: int, port: int) -> None:
     data = dataset(BATCH * steps)
     sampler = torch.utils.data.DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
     loader = torch.utils.data.DataLoader(data, batch_size=BATCH // 2, sampler=sampler)
-    start = None
-    for i, (x, y) in enumerate(loader):
-        if i == WARMUP:
-            start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        F.mse_loss(model(x), y).backward()
-        opt.step()
+    seconds = timed_steps(loader, model, opt)
     if rank == 0:
-        print(json.dumps({"s_per_step": (time.perf_counter() - start) / (steps - WARMUP)}), flush=True)
+        print(json.dumps({"s_per_step": seconds}), flush=True)
     dist.destroy_process_group()
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import ice_ignite as ice
 
 from conftest import regression_set
+from module_child import TwoHeads  # the two-process tests train the same model
 
 
 def two_layer():
@@ -188,15 +189,6 @@ def test_sync_batchnorm_changes_nothing_in_one_process(recwarn):
 
 
 # -- unused_parameters="skip" (issue 14, item 10) ----------------------------------------------------------
-class TwoHeads(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.trunk = torch.nn.Linear(3, 4)
-        self.head1 = torch.nn.Linear(4, 1)
-        self.head2 = torch.nn.Linear(4, 1)
-
-    def forward(self, x, head):
-        return (self.head1 if head == 1 else self.head2)(torch.tanh(self.trunk(x)))
 
 
 def two_task_graph(policy, optimizers=None):
