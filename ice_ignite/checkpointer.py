@@ -18,13 +18,17 @@ from ice_ignite.checkpoint import (
     checkpoint_filename,
     next_sequence,
     prune_checkpoints,
+    remove_checkpoint,
     remove_partial_writes,
     write_checkpoint,
+    write_sharded_checkpoint,
 )
 from ice_ignite.context import RunContext
 from ice_ignite.errors import CheckpointError, ResumeTaskFailed
 from ice_ignite.nodes.dataset import DatasetNode
+from ice_ignite.nodes.loss import LossNode
 from ice_ignite.nodes.module import ModuleNode
+from ice_ignite.resize import adapt_state, comparable_data_settings
 from ice_ignite.rundir import RunDir
 from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, keyed_tasks
 from ice_ignite.seeding import rng_state, set_rng_state
@@ -92,8 +96,10 @@ class Checkpointer:
         return keyed_tasks(self.runner.entries if self.runner.entries is not None else self.entries)
 
     # -- the state --------------------------------------------------------------------------
-    def state_dict(self, tags: tuple[str, ...] = (DEFAULT_TAG,)) -> dict:
-        """Everything a resumable checkpoint holds (a collective in multi-process runs)."""
+    def state_dict(self, tags: tuple[str, ...] = (DEFAULT_TAG,), full: bool = True) -> dict:
+        """Everything a resumable checkpoint holds (a collective in multi-process runs); with
+        ``full=False`` the states of sharded ModuleNodes keep their tensors sharded (each process
+        its own pieces, for ``write_sharded_checkpoint``)."""
         ctx, runner = self.context, self.runner
         progress = runner.progress()
         tasks = self._tasks()
@@ -103,7 +109,8 @@ class Checkpointer:
             "seq": self.seq,
             "schedule": [e.description for e in runner.entries] if runner.entries is not None else [],
             "progress": progress,
-            "nodes": {uid: node.state_dict() for uid, node in self.nodes(*tags).items()},
+            "nodes": {uid: node.state_dict(full=False) if not full and self._is_sharded(node) else node.state_dict()
+                      for uid, node in self.nodes(*tags).items()},
             "data_settings": {uid: node.resume_settings() for uid, node in self.nodes(*tags).items()
                               if isinstance(node, DatasetNode)},
             # what differs between ranks, in rank order (gathered on rank 0, the writer; the other
@@ -132,22 +139,37 @@ class Checkpointer:
                 for node in task.graph.module_nodes}
 
     # -- writing ----------------------------------------------------------------------------
+    @staticmethod
+    def _is_sharded(node: Any) -> bool:
+        return isinstance(node, ModuleNode) and node.sharded
+
+    def _sharded_uids(self, tags: tuple[str, ...]) -> list[str]:
+        """The ModuleNodes of ``tags`` that are FSDP-sharded now: a checkpoint of them is a directory."""
+        return [uid for uid, node in self.nodes(*tags).items() if self._is_sharded(node)]
+
     def save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...]) -> Path | None:
-        """Collect the state (on every rank) and write it (global rank 0); returns the file."""
+        """Collect the state (on every rank) and write it: a file by global rank 0, or, when FSDP
+        sharded ModuleNodes are among ``tags``, a directory every rank writes its shards to (their
+        tensors are not gathered). Returns the path (None on other ranks)."""
         if save_to is None and self.rundir is None:
             raise CheckpointError(
                 "save_checkpoint needs a run directory: call it during HyperGraph.run, or pass save_to=path"
             )
-        state = self.state_dict(tags)
+        sharded = self._sharded_uids(tags)
+        state = self.state_dict(tags, full=not sharded)
         self.seq += 1
-        if self.context.rank != 0:
-            return None
         if save_to is None:
             counters = self.context.counters
-            path = self.rundir.ckpts / checkpoint_filename(state["seq"], counters.epochs.train, counters.steps.train)
+            path = self.rundir.ckpts / checkpoint_filename(state["seq"], counters.epochs.train, counters.steps.train,
+                                                           sharded=bool(sharded))
         else:
             path = Path(save_to)
-        write_checkpoint(state, path)
+        if sharded:
+            write_sharded_checkpoint(state, sharded, path)
+        if self.context.rank != 0:
+            return None
+        if not sharded:
+            write_checkpoint(state, path)
         logger.info("saved checkpoint %s", path)
         if save_to is None and self.n_saved is not None:
             prune_checkpoints(self.rundir.ckpts, self.n_saved)
@@ -168,7 +190,8 @@ class Checkpointer:
         if len(records) >= max_keep and worse(value, records[-1][0]):
             return None
         counters = self.context.counters
-        name = best_filename(self.seq, counters.epochs.train, counters.steps.train, node.name, value)
+        name = best_filename(self.seq, counters.epochs.train, counters.steps.train, node.name, value,
+                             sharded=bool(self._sharded_uids((DEFAULT_TAG,))))
         records.append((value, name))
         records.sort(key=lambda r: -r[0] if higher_better else r[0])
         del records[max_keep:]
@@ -177,7 +200,7 @@ class Checkpointer:
             keep = {f for _, f in records}
             for old in best_files(self.rundir.ckpts, node.name):
                 if old.name not in keep:
-                    old.unlink(missing_ok=True)
+                    remove_checkpoint(old)
         return path
 
     # -- loading ----------------------------------------------------------------------------
@@ -191,14 +214,10 @@ class Checkpointer:
     def restore(self, state: dict, source: str, entries: list[ScheduleEntry], strict: bool) -> Resume:
         """Restore everything from a checkpoint's ``state`` for a run of ``entries``; returns where
         it continues."""
-        world = self.context.world_size
-        if state["world_size"] != world:
-            raise ResumeTaskFailed(
-                f"checkpoint {source!r} was written by {state['world_size']} process(es), this run has {world}; "
-                "resume with the same number of processes"
-            )
         self._check_graph(state, source, strict)
         mismatch = self._check_schedule(source, state["schedule"], [e.description for e in entries], strict)
+        if state["world_size"] != self.context.world_size:
+            state = self._resize(state, source, entries, strict)
         self._load_run_state(state, source, entries)
         ctx = self.context
         ctx.counters.load_state_dict(state["counters"])
@@ -224,6 +243,18 @@ class Checkpointer:
 
         return Resume(state["progress"]["entry"], state["progress"]["task"], reload_epoch)
 
+    def _resize(self, state: dict, source: str, entries: list[ScheduleEntry], strict: bool) -> dict:
+        """``state`` adapted to this run's number of processes (``resize.adapt_state``)."""
+        task = state["progress"]["task"]
+        running_key, running_nodes = None, {}
+        if task is not None and (task["iteration"] % task["epoch_length"] or not task["epoch_done"]):
+            item = entries[state["progress"]["entry"]].item if state["progress"]["entry"] < len(entries) else None
+            running_key = next((key for key, t in keyed_tasks(entries).items() if t is item), None)
+            running_nodes = self.nodes(*item.tags) if isinstance(item, Task) else {}
+        losses = [uid for uid, node in self.nodes(DEFAULT_TAG).items() if isinstance(node, LossNode)]
+        return adapt_state(state, self.context.world_size, running_task=running_key, running_nodes=running_nodes,
+                           loss_nodes=losses, strict=strict, source=source)
+
     def _load_run_state(self, state: dict, source: str, entries: list[ScheduleEntry], engines: bool = True) -> None:
         """Node states, task engines, handler and registered-object states, and this rank's RNG."""
         self._restore_nodes(state, source)
@@ -244,17 +275,21 @@ class Checkpointer:
                         f"{type(obj).__name__}; attach the same handlers to task engines in the same order as the "
                         "run that wrote the checkpoint"
                     )
-                obj.load_state_dict(entry["state"])
+                if entry["state"] is not None:  # None: accumulators of a finished epoch (resize)
+                    obj.load_state_dict(entry["state"])
         if saved_handlers:
             warnings.warn(f"{source}: saved state of handler(s) {', '.join(sorted(saved_handlers))} has no handler in "
                           "this run; left unused", stacklevel=5)
         saved_objects = state.get("objects", {})
         for name, obj in self.objects.items():
             if name in saved_objects:
-                obj.load_state_dict(saved_objects[name])
+                if saved_objects[name] is not None:
+                    obj.load_state_dict(saved_objects[name])
             else:
                 warnings.warn(f"{source}: registered object {name!r} has no saved state", stacklevel=5)
-        set_rng_state(state["ranks"][self.context.rank]["rng"])
+        rng = state["ranks"][self.context.rank]["rng"]
+        if rng is not None:  # None: a process the checkpoint did not have keeps this run's streams
+            set_rng_state(rng)
 
     def _restore_nodes(self, state: dict, source: str) -> None:
         """Load every saved node state whose uid is in the graph, whole and strictly."""
@@ -281,12 +316,19 @@ class Checkpointer:
         new = [uid for uid, node in every.items() if uid not in saved and has_state(node)]
         problems = [f"node {uid!r} is in the checkpoint but not in this graph" for uid in gone]
         problems += [f"node {uid!r} is in this graph but not in the checkpoint" for uid in new]
+        worlds = (state["world_size"], self.context.world_size)
         for uid, then in state.get("data_settings", {}).items():
             node = every.get(uid)
             if isinstance(node, DatasetNode):
                 now = node.resume_settings()
+                if worlds[0] != worlds[1]:  # per-process batches may change; the global batch may not
+                    then, now = comparable_data_settings(then, worlds[0]), comparable_data_settings(now, worlds[1])
                 changed = [f"{key} was {then[key]!r} and is now {now[key]!r}" for key in then
                            if key in now and now[key] != then[key]]
+                if "global batch" in then and then["global batch"] != now["global batch"]:
+                    changed[0] += (f" ({worlds[0]} process(es) then, {worlds[1]} now: keep the global batch, with "
+                                   f"batch_size={then['global batch']} and batch_size_in_total=True, or with a "
+                                   "per-process batch_size of global batch / processes)")
                 if changed:
                     problems.append(f"DatasetNode {uid!r}: {', '.join(changed)}")
         if not problems:

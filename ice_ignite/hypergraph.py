@@ -430,8 +430,9 @@ class HyperGraph(NodeRegistry):
                         ) -> Path | None:
         """Write a checkpoint of the run: node states (of ``tags``; ``"*"``: every node), counters,
         RNG streams, GradScaler, the schedule position, task engines and the stateful handlers
-        attached to them. Call it on every rank; global rank 0 writes. Returns the file written
-        (None on other ranks).
+        attached to them. Call it on every rank; global rank 0 writes. With FSDP-sharded
+        ModuleNodes the checkpoint is a ``.dcp`` directory in which every rank writes its own shards.
+        Returns the file (or directory) written (None on other ranks).
 
         Raises:
             CheckpointError: no run directory and no ``save_to``, or ``save_to`` exists.
@@ -448,7 +449,7 @@ class HyperGraph(NodeRegistry):
         schedule progress are never touched (``run(resume_from=...)`` restores those).
 
         Args:
-            resume_from: the checkpoint file.
+            resume_from: the checkpoint file, or sharded checkpoint directory.
             strict: module weights (and, with ``optimizers``, optimizer states) must match the
                 saved keys exactly.
             tags: the nodes that receive state, as a task's tags (``"*"``: every node).

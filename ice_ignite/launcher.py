@@ -528,7 +528,7 @@ def launch(entrypoint: "Callable[[], Any] | list[str]", nproc_per_node: int, opt
     except ChildFailedError as e:
         raise WorkerFailed(f"a worker of the run failed:\n{e}") from None
     except SignalException as e:  # the agent stopped the workers, which checkpointed first
-        raise Preempted(int(e.sigval), None) from None
+        raise Preempted(int(e.sigval), None, launcher=True) from None
     finally:
         if before is None:
             os.environ.pop("OMP_NUM_THREADS", None)

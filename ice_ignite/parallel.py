@@ -165,7 +165,8 @@ def shard_fsdp(root: torch.nn.Module, module: torch.nn.Module, pick: Callable[[t
     gathered in that dtype, gradients reduced in float32; an ``mp_policy`` in ``fsdp_kwargs`` wins.
 
     Raises:
-        GraphError: ``module`` is sharded already (a module shared by two ModuleNodes).
+        GraphError: ``module`` is sharded already (a module shared by two ModuleNodes); CPU
+            offload on the CPU.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -175,6 +176,10 @@ def shard_fsdp(root: torch.nn.Module, module: torch.nn.Module, pick: Callable[[t
         raise GraphError(f"{where}: parallel='fsdp', but its module is sharded already (by another ModuleNode that "
                          "shares it); give the module to one ModuleNode with parallel='fsdp', or use parallel='ddp'")
     options = dict(fsdp_kwargs)
+    if device.type == "cpu" and type(options.get("offload_policy")).__name__ == "CPUOffloadPolicy":
+        raise GraphError(f"{where}: fsdp_kwargs offload_policy=CPUOffloadPolicy() moves parameters, gradients and "
+                         "optimizer state from an accelerator to the CPU, and this run's device is the CPU already; "
+                         "drop the offload_policy (or run on GPUs)")
     if "mp_policy" not in options and autocast is not None:
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=autocast[1], reduce_dtype=torch.float32)
     mesh = init_device_mesh(device.type, (world_size(),))

@@ -18,15 +18,23 @@ class Preempted(SystemExit):
     Resume with ``run(..., resume_from="auto")``.
     """
 
-    def __init__(self, signum: int, checkpoint: Path | None):
+    def __init__(self, signum: int, checkpoint: Path | None, launcher: bool = False):
         super().__init__(128 + signum)
         self.signum = signum
         self.checkpoint = checkpoint
+        #: raised by the launching process, which does not know whether its workers checkpointed
+        self.launcher = launcher
 
     def __str__(self) -> str:
         name = signal.Signals(self.signum).name
-        where = (f"checkpoint saved to {self.checkpoint}" if self.checkpoint
-                 else "the checkpoint is written by global rank 0")
+        if self.launcher:
+            where = ("the workers were asked to checkpoint at their next iteration boundary, and stopped (a worker "
+                     "that never reached one, e.g. stuck in a hang, wrote nothing: the newest checkpoint in the run's "
+                     "ckpts/ is where a resume continues)")
+        elif self.checkpoint:
+            where = f"checkpoint saved to {self.checkpoint}"
+        else:
+            where = "the checkpoint is written by global rank 0"
         return f"preempted by {name}: {where}; resume with run(..., resume_from='auto')"
 
 

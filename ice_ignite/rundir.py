@@ -12,7 +12,7 @@ from pathlib import Path
 
 __all__ = ["RunDir", "RunLock", "prepare_run_dir", "check_run_id", "CKPT_GLOB", "DEFAULT_OUT_DIR", "LOCK_NAME"]
 
-CKPT_GLOB = "ckpt-*.pt"
+CKPT_GLOB = "ckpt-*"  # files (.pt) and sharded directories (.dcp)
 DEFAULT_OUT_DIR = "runs"
 LOCK_NAME = "run.lock"
 NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems

@@ -6,8 +6,9 @@ temporary name, renamed by rank 0 after every rank finished). Loading (``set_sta
 what each process needs for the layout it has now, whatever the number of processes that wrote it:
 2 -> 1 and 1 -> 2 reshard. ``export`` writes a consolidated single-file state dict for inference.
 
-These are the building blocks; ``HyperGraph.save_checkpoint`` still writes one file of full
-tensors (``ModuleNode.state_dict`` gathers them).
+``HyperGraph.save_checkpoint`` writes such directories by itself when the graph holds sharded
+ModuleNodes (``ckpt-000123-E3S117.dcp``, with the whole resumable state); ``export`` turns one into
+a single checkpoint file. These functions carry module, optimizer and scheduler states only.
 
 Examples:
     >>> import tempfile, torch, ice_ignite as ice
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -37,6 +37,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from ice_ignite.checkpoint import STATE, publish_directory, read_checkpoint, write_checkpoint
 from ice_ignite.errors import CheckpointError
 from ice_ignite.nodes.module import ModuleNode
 
@@ -60,11 +61,6 @@ def _single_process_quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         yield
-
-
-def _barrier() -> None:
-    if _distributed():
-        dist.barrier()
 
 
 def _states(nodes: Mapping[str, ModuleNode]) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -97,28 +93,19 @@ def save(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode], meta: 
     published atomically. Call it on every process.
 
     Raises:
-        CheckpointError: ``directory`` exists.
+        CheckpointError: ``directory`` exists, or a process's write failed.
     """
-    final = Path(directory)
-    if final.exists():
-        raise CheckpointError(f"sharded checkpoint {str(final)!r} exists already; give a new directory")
-    partial = final.with_name(f".{final.name}.partial")
-    if _rank() == 0:
-        shutil.rmtree(partial, ignore_errors=True)  # a save that died before publishing
-        partial.mkdir(parents=True)
-    _barrier()
-    states, empty = _states(nodes)
-    with _single_process_quiet():
-        dcp.save(states, checkpoint_id=partial, no_dist=not _distributed())
-    if _rank() == 0:
-        schedulers = {uid: {key: s.state_dict() for key, s in _named_schedulers(node).items()}
-                      for uid, node in nodes.items()}
-        torch.save({"meta": meta or {}, "lr_schedulers": schedulers, "empty_optimizers": empty}, partial / META)
-    _barrier()
-    if _rank() == 0:
-        os.replace(partial, final)
-    _barrier()
-    return final
+
+    def write(partial: Path) -> None:
+        states, empty = _states(nodes)
+        with _single_process_quiet():
+            dcp.save(states, checkpoint_id=partial, no_dist=not _distributed())
+        if _rank() == 0:
+            schedulers = {uid: {key: s.state_dict() for key, s in _named_schedulers(node).items()}
+                          for uid, node in nodes.items()}
+            torch.save({"meta": meta or {}, "lr_schedulers": schedulers, "empty_optimizers": empty}, partial / META)
+
+    return publish_directory(directory, write, what="sharded checkpoint")
 
 
 def _named_schedulers(node: ModuleNode) -> dict[str, Any]:
@@ -155,12 +142,28 @@ def load(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode]) -> dic
 
 
 def export(directory: "str | os.PathLike", file: "str | os.PathLike") -> Path:
-    """Consolidate a sharded checkpoint into one ``torch.save`` file of full tensors,
-    ``{uid: {"module": state_dict, "optimizers": ...}}`` (one process; no process group needed).
+    """Consolidate a sharded checkpoint into one file of full tensors (one process; no process
+    group needed). A run's checkpoint directory (``ckpts/ckpt-...dcp``, written by
+    ``save_checkpoint``) becomes an ice_ignite checkpoint file, which ``run(resume_from=file)``,
+    ``load_checkpoint`` and ``LoadCheckpointTask`` take as they take the directory; a directory of
+    ``save`` becomes ``{uid: {"module": state_dict, "optimizers": ...}}``. Never overwrites.
 
     Examples:
         ``torch.load(export("ckpts/sharded", "model.pt"))["*/net"]["module"]`` loads into the
-        plain module with ``load_state_dict``.
+        plain module with ``load_state_dict``; ``export("ckpts/ckpt-000009-E3S90.dcp", "ckpt.pt")``
+        gives a checkpoint file.
+
+    Raises:
+        CheckpointError: ``file`` exists, or ``directory`` is no sharded checkpoint (or a broken one).
     """
-    dcp_to_torch_save(directory, file)
-    return Path(file)
+    source, target = Path(directory), Path(file)
+    if (source / STATE).is_file():
+        write_checkpoint(read_checkpoint(source), target)
+        return target
+    if not (source / META).is_file():
+        raise CheckpointError(f"{str(source)!r} is not a sharded checkpoint (no {STATE} or {META}: not written by "
+                              "save_checkpoint or ice_ignite.sharded.save, or its save did not finish)")
+    if target.exists():
+        raise CheckpointError(f"checkpoint {str(target)!r} exists; save to another path or delete it first")
+    dcp_to_torch_save(source, target)
+    return target

@@ -4,7 +4,7 @@
 
 MODE: "fsdp", "ddp" or "none" (the ModuleNodes' ``parallel``; in one process nothing is wrapped), or
 "fsdp-ac-compile": "fsdp" with the encoder's blocks under activation checkpointing and its forward
-compiled (backend aot_eager).
+compiled (backend aot_eager), or "fsdp-bf16": "fsdp" under bfloat16 autocast.
 Two ModuleNodes (an encoder of blocks sharded block by block, with two Adam optimizers over regex
 groups, and a head), gradient accumulation 2, clipping; 40 iterations (20 optimizer steps), then an
 checkpoint, an eval task. Every rank writes OUT_DIR/RUN_ID-rank{r}.pt: the global mean loss of each iteration, the
@@ -36,11 +36,11 @@ class Block(torch.nn.Module):
 
 
 class Encoder(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, width=12, depth=3):
         super().__init__()
-        self.inp = torch.nn.Linear(6, 12)
-        self.blocks = torch.nn.Sequential(*(Block(12) for _ in range(3)))
-        self.proj = torch.nn.Linear(12, 5)  # 5 rows: uneven shards over 2 processes
+        self.inp = torch.nn.Linear(6, width)
+        self.blocks = torch.nn.Sequential(*(Block(width) for _ in range(depth)))
+        self.proj = torch.nn.Linear(width, 5)  # 5 rows: uneven shards over 2 processes
 
     def forward(self, x):
         return self.proj(self.blocks(self.inp(x)))
@@ -58,6 +58,9 @@ def main():
     torch.manual_seed(0)
     enc, head = Encoder(), torch.nn.Linear(5, 1)
     fsdp = {"fsdp_policy": Block} if mode.startswith("fsdp") else {}
+    bf16 = mode == "fsdp-bf16"  # autocast: parameters gathered in bfloat16, gradients reduced in float32
+    if bf16:
+        mode = "fsdp"
     if mode == "fsdp-ac-compile":  # composed: blocks sharded and checkpointed, the encoder's forward compiled
         fsdp.update(activation_checkpointing=Block, compile={"backend": "aot_eager"})
         mode = "fsdp"
@@ -83,6 +86,8 @@ def main():
     g.add("record", ice.Node(forward=record(losses)), tags="train")
     g.add("record", ice.Node(forward=record(evals)), tags="val")
     g.set_gradient_accumulate(2)
+    if bf16:
+        g.init_autocast(True, torch.bfloat16)
     synced = []  # per train iteration: whether the sharded parameters hold gradients after the backward
 
     def after_backward(engine):

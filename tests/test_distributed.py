@@ -174,7 +174,8 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes_exactly(out,
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
-    assert "preempted by SIGTERM" in stderr
+    # the launching process does not claim a checkpoint it cannot see (a hung worker writes none)
+    assert "preempted by SIGTERM: the workers were asked to checkpoint at their next iteration boundary" in stderr
     resumed = child(out, "preempted")
     assert resumed.returncode == 0, resumed.stderr
     assert max_diff(result(out, "preempted"), spawned[1]) == 0

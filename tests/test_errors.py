@@ -1,6 +1,7 @@
 """Every bad input a user can make gets a clear error: the right type, a message that names the
 culprit and says what to do. docs/errors.md lists the same cases (checked at the end)."""
 
+import pickle
 import re
 import subprocess
 import sys
@@ -10,10 +11,12 @@ import pytest
 import torch
 from ignite.engine import Events
 from ignite.metrics import Accuracy
+from torch.distributed.fsdp import CPUOffloadPolicy
 
 import ice_ignite as ice
 from ice_ignite import parallel as ice_parallel
 from ice_ignite import sharded as ice_sharded
+from ice_ignite.checkpoint import read_checkpoint, write_sharded_checkpoint
 from ice_ignite import CheckpointError, GraphError, NodeError, NodeNotSelectedError, ResumeTaskFailed, ScheduleError
 
 from conftest import linear_graph, regression_set, saved_checkpoint
@@ -57,6 +60,15 @@ def foreign(tmp):
 def malicious(tmp):
     torch.save({"format": "ice_ignite.checkpoint.v1", "x": Payload()}, tmp / "evil.pt")
     return tmp / "evil.pt"
+
+
+def unsafe_directory(tmp):
+    """A checkpoint directory (as FSDP-sharded runs write them; here by one process) whose DCP
+    metadata pickles a call."""
+    _, path = saved_checkpoint(tmp)
+    directory = write_sharded_checkpoint(read_checkpoint(path), ["*/net"], tmp / "ckpt.dcp")
+    (directory / ".metadata").write_bytes(pickle.dumps(Payload()))
+    return directory
 
 
 def other_graph_checkpoint(tmp):
@@ -103,6 +115,24 @@ def different_schedule(tmp):
     saved_checkpoint(tmp)
     linear_graph().run([ice.Task(train=False, epochs=1, tags="val")], devices="cpu", out_dir=tmp, run_id="src",
                        resume_from="auto")
+
+
+def resumed_with_another_world_size(tmp):
+    """A checkpoint inside an accumulation cycle, rewritten as if 2 processes (batch in total) wrote it."""
+    g, task = linear_graph(), ice.Task(train=True, steps=2, tags="train")
+    g.set_gradient_accumulate(2)
+    task.engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda e: e.hypergraph.save_checkpoint())
+    g.run([task], devices="cpu", out_dir=tmp, run_id="src")
+    path = next((tmp / "src" / "ckpts").glob("ckpt-*.pt"))
+    state = torch.load(path, weights_only=True)
+    state.update(world_size=2, ranks=state["ranks"] * 2)
+    for settings in state["data_settings"].values():
+        settings["batch_size_in_total"] = True
+    torch.save(state, tmp / "two.pt")
+    g = linear_graph()
+    g.set_gradient_accumulate(2)
+    g.run([ice.Task(train=True, steps=2, tags="train")], devices="cpu", out_dir=tmp, run_id="dst",
+          resume_from=tmp / "two.pt")
 
 
 def raising_forward(tmp):
@@ -244,6 +274,9 @@ CASES = {
                                    TypeError, "fsdp_kwargs of ModuleNode(Sequential)", "not a fully_shard option"),
     "module-fsdp-kwargs-reserved": (lambda t: ice.ModuleNode(net(), fwd, parallel="fsdp", fsdp_kwargs={"mesh": None}),
                                     TypeError, "sets 'mesh'", "shards over all processes of the run"),
+    "module-fsdp-cpu-offload": (lambda t: ice_parallel.shard_fsdp(net(), net(), None, torch.device("cpu"), None,
+                                                               "ModuleNode 'x'", offload_policy=CPUOffloadPolicy()),
+                                GraphError, "ModuleNode 'x'", "drop the offload_policy"),
     "module-module-policy": (lambda t: ice.ModuleNode(net(), fwd, activation_checkpointing="Linear"), TypeError,
                              "activation_checkpointing of ModuleNode(Sequential)",
                              "a torch.nn.Module class, a tuple of them or a callable module -> bool"),
@@ -275,6 +308,8 @@ CASES = {
     "dataset-not-a-dataset": (lambda t: ice.DatasetNode(42), TypeError, "int", "__getitem__ and __len__"),
     "dataset-batch-size": (lambda t: ice.DatasetNode(regression_set(4), batch_size=0), ValueError, "batch_size",
                            ">= 1"),
+    "dataset-in-order": (lambda t: ice.DatasetNode(regression_set(), num_workers=2, in_order=False), ValueError,
+                         "in_order=False", "leave in_order=True"),
     "dataset-sampler": (lambda t: ice.DatasetNode(regression_set(4), sampler=torch.utils.data.BatchSampler(
         range(4), 2, False)), TypeError, "BatchSampler", "batch_size=..."),
     "dataset-sampler-not-resumable": (lambda t: ice.DatasetNode(regression_set(4), sampler=OwnRandomSampler()),
@@ -389,12 +424,19 @@ CASES = {
                             "foreign.pt", "pass a file written by save_checkpoint"),
     "resume-malicious-file": (lambda t: run_one(linear_graph(), t, resume_from=malicious(t)), CheckpointError,
                               "evil.pt", "only a file you trust"),
+    "resume-incomplete-directory": (lambda t: run_one(linear_graph(), t, resume_from=[(t / "ckpt.dcp").mkdir(),
+                                                                                      t / "ckpt.dcp"][1]),
+                                    CheckpointError, "ckpt.dcp", "resume from another checkpoint"),
+    "resume-unsafe-directory": (lambda t: run_one(linear_graph(), t, resume_from=unsafe_directory(t)),
+                                CheckpointError, "ckpt.dcp", "open only a checkpoint you trust"),
     "resume-other-schedule": (different_schedule, ResumeTaskFailed, "entry 0", "strict_resume=False"),
     "checkpoint-of-another-graph": (other_graph_checkpoint, CheckpointError, "'*/net'", "size mismatch"),
     "resume-renamed-node": (lambda t: resumed_with(with_net("encoder"), t), ResumeTaskFailed, "'*/net'",
                             "strict_resume=False"),
     "resume-dataset-settings": (lambda t: resumed_with(linear_graph(batch_size=9), t), ResumeTaskFailed,
                                 "'train/data': batch_size was 8 and is now 9", "strict_resume=False"),
+    "resume-other-world-size": (resumed_with_another_world_size, ResumeTaskFailed, "written by 2 process(es)",
+                                "resume with 2 process(es)"),
     "resume-other-optimizer": (lambda t: resumed_with(with_net(optimizer=torch.optim.AdamW), t), CheckpointError,
                                "'*/net'", "load its weights only"),
     "load-other-optimizer": (lambda t: loaded_with(t, with_net(optimizer=torch.optim.AdamW), optimizers=True),

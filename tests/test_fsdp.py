@@ -15,7 +15,8 @@ from ice_ignite.errors import CheckpointError
 CHILD = Path(__file__).with_name("fsdp_child.py")
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "large-models.md"
 RUNS = {"fsdp": ("fsdp", "cpu:0-1"), "ddp": ("ddp", "cpu:0-1"), "single": ("fsdp", "cpu"),
-        "composed": ("fsdp-ac-compile", "cpu:0-1")}
+        "composed": ("fsdp-ac-compile", "cpu:0-1"), "bf16": ("fsdp-bf16", "cpu:0-1"),
+        "bf16-single": ("fsdp-bf16", "cpu")}
 
 
 def start(out, run_id, mode, devices, *extra):
@@ -82,6 +83,18 @@ def test_fsdp_composes_with_activation_checkpointing_and_compile(runs):
 
 
 @pytest.mark.slow
+def test_fsdp_under_bf16_autocast_trains_as_one_process_does(runs):
+    _, r = runs
+    sharded, single = r["bf16"][0], r["bf16-single"][0]
+    assert sharded["sharded"] == [True, True] and single["sharded"] == [False, False]
+    # parameters gathered in bfloat16 and gradients reduced in float32 (the MixedPrecisionPolicy from
+    # autocast): the losses follow the single process's bf16 run to bf16 rounding, not the float32 run's
+    assert max(abs(a - b) for a, b in zip(sharded["losses"], single["losses"])) < 2e-2
+    assert max(abs(a - b) for a, b in zip(sharded["losses"], r["fsdp"][0]["losses"])) > 1e-5
+    assert max_diff(sharded["state"]["enc"]["module"], single["state"]["enc"]["module"]) < 2e-2
+
+
+@pytest.mark.slow
 def test_fsdp_holds_half_the_parameter_and_optimizer_bytes_of_ddp_per_rank(runs):
     _, r = runs
     for rank in (0, 1):
@@ -112,7 +125,7 @@ def test_an_fsdp_state_in_the_middle_of_an_accumulation_cycle_is_refused(runs):
 @pytest.mark.slow
 def test_an_fsdp_checkpoint_loads_into_one_process(runs):
     out, r = runs
-    ckpt = next((out / "fsdp" / "ckpts").glob("ckpt-*.pt"))
+    ckpt = next((out / "fsdp" / "ckpts").glob("ckpt-*.dcp"))  # sharded: a directory of per-process shards
     finish(start(out, "loaded", "none", "cpu", ckpt))
     loaded = load(out, "loaded", 1)[0]
     assert max(abs(a - b) for a, b in zip(loaded["evals"], r["fsdp"][0]["evals"])) < 1e-6

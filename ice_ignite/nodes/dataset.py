@@ -103,7 +103,8 @@ class DatasetNode(Node):
         prefetch_factor: batches each worker loads ahead (DataLoader's default, 2, when None);
             needs ``num_workers > 0``.
         dataloader_kwargs: other DataLoader options (``timeout``, ``worker_init_fn``,
-            ``persistent_workers``, ``multiprocessing_context``, ``pin_memory_device``, ``in_order``).
+            ``persistent_workers``, ``multiprocessing_context``, ``pin_memory_device``; ``in_order``
+            only True, its default: batches out of order would make a resume inexact).
 
     Raises:
         TypeError: a sampler that is not one of sample indices with a length, or that cannot be
@@ -165,6 +166,12 @@ class DatasetNode(Node):
             if value not in (None, False) and num_workers == 0:
                 raise ValueError(f"DatasetNode {name}={value!r} needs worker processes: pass num_workers=... >= 1, "
                                  f"or drop {name}")
+        if dataloader_kwargs.get("in_order", True) is not True:
+            raise ValueError(
+                f"DatasetNode in_order={dataloader_kwargs['in_order']!r}: out of order, DataLoader workers hand over "
+                "batches as they finish, so a checkpoint could not tell which batches of the pass were consumed and a "
+                "resume would repeat some and skip others; leave in_order=True (the default)"
+            )
         if collate_fn is not None:
             check_callable(collate_fn, 1, "collate_fn of DatasetNode", "collate_fn=lambda samples: ...")
         for key in dataloader_kwargs:

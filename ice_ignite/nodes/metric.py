@@ -116,7 +116,7 @@ class MetricNode(Node):
         the one that drops out. Call it on every rank, typically from ``epoch_end``:
         ``MetricNode(Accuracy(), forward, epoch_end=lambda n: n.save_best(n.value))``.
 
-        The files are ``ckpts/best-<seq>-E<e>S<s>-<name>=<value>.pt``; the records travel in
+        The files are ``ckpts/best-<seq>-E<e>S<s>-<name>=<value>.pt`` (``.dcp`` directories with FSDP); the records travel in
         checkpoints, so the best ``max_keep`` are kept across resumes. Returns the file written
         (None when ``value`` does not qualify, and on ranks other than 0).
         """

@@ -514,11 +514,13 @@ class ModuleNode(Node):
         """Whether the module is sharded with FSDP2 now (after the first multi-process train task)."""
         return self.parallel == "fsdp" and self.ddp is not None
 
-    def state_dict(self) -> dict:
+    def state_dict(self, full: bool = True) -> dict:
         """``{"module", "optimizers", "lr_schedulers"}``, optimizers and schedulers by pattern key.
 
         Sharded (``parallel="fsdp"``), the tensors are gathered into full ones (a collective: every
-        rank calls it), so the state has the layout of an unsharded run and loads into any.
+        rank calls it), so the state has the layout of an unsharded run and loads into any. With
+        ``full=False`` they stay sharded: DTensors, each rank holding its own pieces, no
+        communication (what a sharded checkpoint writes, each rank its part).
 
         Raises:
             GraphError: sharded, in the middle of an accumulation cycle (the gradients gathered so
@@ -535,7 +537,7 @@ class ModuleNode(Node):
             "optimizers": {_key_name(k): opt.state_dict() for k, opt in self.optimizers.items()},
             "lr_schedulers": {_key_name(k): s.state_dict() for k, s in self.lr_schedulers.items()},
         }
-        return parallel_mod.full_tensors(state) if self.sharded else state
+        return parallel_mod.full_tensors(state) if self.sharded and full else state
 
     def _sharded_optimizer_state(self, opt: torch.optim.Optimizer, saved: dict) -> dict:
         """``saved`` (an optimizer state_dict of full tensors) with each parameter's state sharded as
