@@ -45,8 +45,9 @@ def main():
     for i, (run_id, tasks) in enumerate(runs):
         run_dir = g.run(tasks, devices=args.devices, out_dir=out, run_id=run_id, progress=False)
         world = run_dir.launcher.world_size
-        print(f"run {i}: pid {os.getpid()} rank {run_dir.rank} of {world} main {run_dir.is_main} "
-              f"idist rank {idist.get_rank()} dir {run_dir.name}", flush=True)
+        line = (f"run {i}: pid {os.getpid()} rank {run_dir.rank} of {world} main {run_dir.is_main} "
+                f"idist rank {idist.get_rank()} dir {run_dir.name}\n")
+        os.write(1, line.encode())  # one write: the processes share the pipe (print may write text and newline apart)
         if run_dir.is_main:
             with open(out / f"export-{i}.txt", "x") as f:
                 f.write(f"{run_dir.name} {g['*/net'].module.weight.sum().item():.6f}\n")
