@@ -6,10 +6,12 @@ MODE: "fsdp", "ddp" or "none" (the ModuleNodes' ``parallel``; in one process not
 "fsdp-ac-compile": "fsdp" with the encoder's blocks under activation checkpointing and its forward
 compiled (backend aot_eager), or "fsdp-bf16": "fsdp" under bfloat16 autocast.
 Two ModuleNodes (an encoder of blocks sharded block by block, with two Adam optimizers over regex
-groups, and a head), gradient accumulation 2, clipping; 40 iterations (20 optimizer steps), then an
-checkpoint, an eval task. Every rank writes OUT_DIR/RUN_ID-rank{r}.pt: the global mean loss of each iteration, the
-eval loss, the full weights and optimizer states (``state_dict``), and the bytes of parameters and
-optimizer state this rank holds. With LOAD (a checkpoint file), the run loads its weights with
+groups, and a head), gradient accumulation 2, clipping; 40 iterations (20 optimizer steps), a
+checkpoint, an eval task; then 2 more optimizer steps without accumulation and another eval task. After the first eval
+every rank writes OUT_DIR/RUN_ID-rank{r}.pt: the global mean loss of each iteration, the eval
+loss, the full weights and optimizer states (``state_dict``), and the bytes of parameters and
+optimizer state this rank holds; at the end OUT_DIR/RUN_ID-after-rank{r}.pt, all losses and eval
+losses. With LOAD (a checkpoint file), the run loads its weights with
 ``g.load_checkpoint`` and only evaluates.
 """
 
@@ -120,10 +122,15 @@ def main():
                   "sharded": [node.sharded for node in nodes.values()], "wrapper": type(nodes["enc"].ddp).__name__}
         torch.save(result, Path(out_dir) / f"{run_id}-rank{rank}.pt")
 
+    def save_after(g):  # training again after an evaluation (a forward without backward through FSDP's root)
+        torch.save({"losses": losses, "evals": evals}, Path(out_dir) / f"{run_id}-after-rank{idist.get_rank()}.pt")
+
     if load is not None:
         g.load_checkpoint(load, tags="*")
     train = [] if load else [ice.Task(train=True, steps=20, tags="train"), lambda g: g.save_checkpoint()]
-    g.run([*train, ice.Task(train=False, epochs=1, tags="val"), save], devices=devices, out_dir=out_dir,
+    again = [] if load else [lambda g: g.set_gradient_accumulate(1), ice.Task(train=True, steps=2, tags="train"),
+                             ice.Task(train=False, epochs=1, tags="val"), save_after]
+    g.run([*train, ice.Task(train=False, epochs=1, tags="val"), save, *again], devices=devices, out_dir=out_dir,
           run_id=run_id, progress=False)
 
 

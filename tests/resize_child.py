@@ -3,7 +3,7 @@ resumed with another.
 
     python resize_child.py OUT_DIR RUN_ID DEVICES [RESUME_FROM]
 
-Two epochs of 64 samples in global batches of 16 (``batch_size=16, batch_size_in_total=True``:
+Two epochs, each followed by an eval task, of 64 samples in global batches of 16 (``batch_size=16, batch_size_in_total=True``:
 the same global batch whatever the number of processes), 4 iterations an epoch, a ModuleNode
 sharded with ``parallel="fsdp"`` (a plain module in one process), Adam; a checkpoint after
 iteration 6, in the middle of the second epoch. Rank 0 writes OUT_DIR/RUN_ID.pt: the global mean
@@ -23,9 +23,9 @@ import ice_ignite as ice
 from fsdp_child import Block  # the block of tests/test_fsdp.py
 
 
-def data():
+def data(n=64):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 8, generator=g)
+    x = torch.randn(n, 8, generator=g)
     return torch.utils.data.TensorDataset(x, x[:, :3].sum(1, keepdim=True))
 
 
@@ -36,6 +36,7 @@ def main():
     net = torch.nn.Sequential(Block(8), Block(8), torch.nn.Linear(8, 1))
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(data(), batch_size=16, batch_size_in_total=True, shuffle=True), tags="train")
+    g.add("data", ice.DatasetNode(data(16), batch_size=8, batch_size_in_total=True), tags="val")
     g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]), parallel="fsdp",
                                 fsdp_policy=Block, optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01)))
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
@@ -46,7 +47,7 @@ def main():
         losses[n.task.engine.state.iteration] = (idist.all_reduce(loss) / idist.get_world_size()).item()
 
     g.add("record", ice.Node(forward=record), tags="train")
-    train = ice.Task(train=True, epochs=2, tags="train")
+    train, val = ice.Task(train=True, epochs=1, tags="train"), ice.Task(train=False, epochs=1, tags="val")
 
     def on_iteration(engine):
         if engine.state.iteration == 6:
@@ -64,7 +65,7 @@ def main():
             torch.save({"losses": losses, "epochs": epochs, "state": state,
                         "counters": g.context.counters.state_dict()}, Path(out_dir) / f"{run_id}.pt")
 
-    g.run([train, report], devices=devices, out_dir=out_dir, run_id=run_id, progress=False,
+    g.run([ice.Repeat([train, val], times=2), report], devices=devices, out_dir=out_dir, run_id=run_id, progress=False,
           resume_from=resume_from)
 
 

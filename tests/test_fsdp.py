@@ -72,6 +72,16 @@ def test_fsdp_ddp_and_one_process_train_alike(runs):
 
 
 @pytest.mark.slow
+def test_fsdp_trains_after_an_evaluation_as_ddp_and_one_process_do(runs):
+    out, _ = runs
+    fsdp, ddp, single = (torch.load(out / f"{name}-after-rank0.pt") for name in ("fsdp", "ddp", "single"))
+    assert len(fsdp["losses"]) == 42 and len(fsdp["evals"]) == 4  # 2 more steps (no accumulation), eval again
+    for other in (ddp, single):
+        assert max(abs(a - b) for a, b in zip(fsdp["losses"], other["losses"])) < 1e-5
+        assert max(abs(a - b) for a, b in zip(fsdp["evals"], other["evals"])) < 1e-5
+
+
+@pytest.mark.slow
 def test_fsdp_composes_with_activation_checkpointing_and_compile(runs):
     _, r = runs
     composed, single = r["composed"][0], r["single"][0]

@@ -419,6 +419,10 @@ class ModuleNode(Node):
                 self.ddp = parallel_mod.wrap_ddp(_ForwardProxy(self), **self._ddp_flags, **self.ddp_kwargs)
             elif self.parallel == "fsdp":
                 self.ddp = self._shard(device)
+        elif self.sharded:
+            # FSDP2 keeps the root's parameters unsharded after a forward (it expects the backward):
+            # after an eval task's forwards they would be the ones the next backward gives gradients to
+            self.ddp.reshard()
 
     def _shard(self, device: torch.device) -> torch.nn.Module:
         """Shard the module with FSDP2 and point the optimizers at the sharded parameters (their
