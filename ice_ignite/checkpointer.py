@@ -253,7 +253,8 @@ class Checkpointer:
             running_nodes = self.nodes(*item.tags) if isinstance(item, Task) else {}
         losses = [uid for uid, node in self.nodes(DEFAULT_TAG).items() if isinstance(node, LossNode)]
         return adapt_state(state, self.context.world_size, running_task=running_key, running_nodes=running_nodes,
-                           loss_nodes=losses, strict=strict, source=source)
+                           loss_nodes=losses, strict=strict, source=source,
+                           task_names={key: repr(task) for key, task in keyed_tasks(entries).items()})
 
     def _load_run_state(self, state: dict, source: str, entries: list[ScheduleEntry], engines: bool = True) -> None:
         """Node states, task engines, handler and registered-object states, and this rank's RNG."""

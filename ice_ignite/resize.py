@@ -116,13 +116,15 @@ class _Walk:
 
 
 def adapt_state(state: dict, world_size: int, *, running_task: str | None, running_nodes: Iterable[str],
-                loss_nodes: Iterable[str], strict: bool, source: str) -> dict:
+                loss_nodes: Iterable[str], strict: bool, source: str, task_names: dict[str, str] | None = None
+                ) -> dict:
     """A copy of checkpoint ``state`` (written by ``state["world_size"]`` processes) for a run of
     ``world_size`` processes.
 
     ``running_task`` is the key (``"task<i>"``) of the task the checkpoint was taken inside, if it
     was taken inside an unfinished epoch, and ``running_nodes`` the uids that task runs;
-    ``loss_nodes`` are the LossNodes' uids (their accumulators are sums and merge).
+    ``loss_nodes`` are the LossNodes' uids (their accumulators are sums and merge);
+    ``task_names`` names the tasks by key in messages.
 
     Raises:
         ResumeTaskFailed: what the checkpoint holds per process cannot be carried over (every
@@ -141,7 +143,13 @@ def adapt_state(state: dict, world_size: int, *, running_task: str | None, runni
     out = dict(state)
     out["nodes"] = {uid: walk.resize(s, f"node {uid!r}", running_task is not None and uid in running,
                                      uid in losses) for uid, s in state["nodes"].items()}
-    out["handlers"] = {key: {**entry, "state": walk.resize(entry["state"], f"handler {entry['type']} ({key})",
+    names = task_names or {}
+
+    def handler(key: str, kind: str) -> str:
+        task, index = key.split("/")
+        return f"handler {kind} #{index} of {names.get(task, task)}"
+
+    out["handlers"] = {key: {**entry, "state": walk.resize(entry["state"], handler(key, entry["type"]),
                                                            key.split("/")[0] == running_task, False)}
                        for key, entry in state.get("handlers", {}).items()}
     out["objects"] = {name: walk.resize(s, f"object {name!r}", running_task is not None, False)
