@@ -69,6 +69,7 @@ class Task:
         self._epoch_iter = 0
         self._closed_epoch = 0  # the last engine epoch whose EPOCH_COMPLETED work began
         self._close_epoch_on_start = False
+        self._from_checkpoint = False  # the engine's state was loaded from a checkpoint, not run here
 
     @property
     def label(self) -> str:
@@ -149,11 +150,19 @@ class Task:
             if iteration >= length * max_epochs and not pending_epoch_end:
                 return
         elif state.max_epochs is not None and state.epoch_length != length:
+            if self._from_checkpoint:
+                raise ResumeTaskFailed(
+                    f"{self!r} ran with {state.epoch_length} iterations per epoch in the run that wrote the checkpoint "
+                    f"and now has {length} (its DatasetNodes' settings or the gradient accumulation changed); its "
+                    "engine continues from the checkpoint, so resume with the settings of that run, or start a new "
+                    "run that loads the checkpoint's weights with g.load_checkpoint(path)"
+                )
             raise ScheduleError(
                 f"{self!r} ran with {state.epoch_length} iterations per epoch and now has {length} (its data or the "
                 "gradient accumulation changed between repetitions); its engine continues across repetitions, so "
                 "use a new Task for the new setting"
             )
+        self._from_checkpoint = False
         if engine.should_terminate:
             # terminate() was called while the task was not running (e.g. by ignite's EarlyStopping
             # attached to an evaluation task): as in ignite, training ends, here with the schedule.
@@ -288,6 +297,7 @@ class Task:
     def load_engine_state(self, saved: dict | None) -> None:
         """Restore what ``engine_state`` returned."""
         engine = self.engine
+        self._from_checkpoint = saved is not None
         if saved is None:
             engine.state.max_epochs = None
             engine.state.iteration = engine.state.epoch = engine.state.optim_step = 0

@@ -99,6 +99,17 @@ def resumed_with(g, tmp):
           run_id="src", resume_from="auto")
 
 
+def resumed_with_a_new_epoch_length(tmp):
+    """A checkpoint after a repetition of a task, resumed leniently with a smaller batch and one more."""
+    def schedule(times):
+        return [ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], times=times)]
+
+    linear_graph().run(schedule(1), devices="cpu", out_dir=tmp, run_id="src")
+    with pytest.warns(UserWarning, match="batch_size was 8 and is now 4"):
+        linear_graph(batch_size=4).run(schedule(2), devices="cpu", out_dir=tmp, run_id="src", resume_from="auto",
+                                       strict_resume=False)
+
+
 def with_net(name="net", optimizer=torch.optim.SGD):
     g = linear_graph()
     g.remove("net")
@@ -369,6 +380,9 @@ CASES = {
                                     "at an iteration boundary"),
     "epoch-length-changed": (epoch_length_changed, ScheduleError, "ran with 5 iterations per epoch and now has 3",
                              "use a new Task"),
+    "resume-new-epoch-length": (resumed_with_a_new_epoch_length,
+                                ResumeTaskFailed, "ran with 5 iterations per epoch in the run that wrote the checkpoint",
+                                "resume with the settings of that run"),
     "state-not-a-checkpoint": (lambda t: ice.HyperGraph().load_state_dict({"x": 1}), CheckpointError, "got dict",
                                "what HyperGraph.state_dict returned"),
     "stateful-object": (lambda t: ice.HyperGraph().register_stateful("ema", 3), TypeError, "'ema'",

@@ -115,3 +115,12 @@ def test_a_state_given_to_load_state_dict_is_checked_too(tmp_path):
     other.load_state_dict(state)
     with pytest.raises(ResumeTaskFailed, match="batch_size was 8 and is now 5"):
         other.exec_tasks([ice.Task(train=True, epochs=1, tags="train")], ice.Launcher())
+
+
+def test_a_lenient_resume_into_a_new_epoch_length_says_what_changed_since_the_checkpoint(tmp_path):
+    first_run(tmp_path)
+    with pytest.warns(UserWarning, match="batch_size was 8 and is now 4"):
+        with pytest.raises(ResumeTaskFailed, match=r"ran with 5 iterations per epoch in the run that wrote the "
+                                                   r"checkpoint and now has 10 .*g.load_checkpoint\(path\)"):
+            graph(batch_size=4).run(schedule(4), devices="cpu", out_dir=tmp_path, run_id="r", resume_from="auto",
+                                    strict_resume=False)
