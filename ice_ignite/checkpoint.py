@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from ignite.handlers import DiskSaver
 from torch.distributed.checkpoint import metadata as dcp_metadata
@@ -157,12 +156,8 @@ def write_checkpoint(state: dict, path: Path) -> None:
         ) from None
 
 
-def _rank() -> int:
-    return dist.get_rank() if parallel.world_size() > 1 else 0
-
-
 @contextlib.contextmanager
-def _dcp_single_process_quiet() -> Iterator[None]:
+def quiet_single_process_dcp() -> Iterator[None]:
     """DCP warns that it assumes a single process when there is no process group: that is meant."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -183,7 +178,7 @@ def publish_directory(path: "str | os.PathLike", write: Callable[[Path], None], 
     if final.exists():
         raise CheckpointError(f"{what} {str(final)!r} exists already; give a new directory or delete it first")
     partial = partial_path(final)
-    first = _rank() == 0
+    first = parallel.rank() == 0
 
     def prepare(partial: Path) -> None:
         if first:
@@ -263,10 +258,10 @@ def write_sharded_checkpoint(state: dict, uids: Iterable[str], path: "str | os.P
     rest = {**state, "nodes": {**state["nodes"], **skeletons}, "sharded_nodes": uids}
 
     def write(partial: Path) -> None:
-        with _dcp_single_process_quiet():  # DCP first: a collective that reports a failure to every process
+        with quiet_single_process_dcp():  # DCP first: a collective that reports a failure to every process
             dcp.save({uid: t for uid, t in tensors.items() if _holds_tensors(t)}, checkpoint_id=partial,
                      no_dist=parallel.world_size() == 1)
-        if _rank() == 0:
+        if parallel.rank() == 0:
             torch.save(rest, partial / STATE)
 
     return publish_directory(path, write)
@@ -347,7 +342,7 @@ def _read_shards(path: Path, map_location: Any) -> dict:
     device = torch.device("cpu") if map_location is None else torch.device(map_location)
     flat = {fqn: torch.empty(entry.size, dtype=entry.properties.dtype, device=device) for fqn, entry in entries.items()}
     try:
-        with _dcp_single_process_quiet():
+        with quiet_single_process_dcp():
             dcp.load(flat, checkpoint_id=path, no_dist=True)  # every chunk of every process, into the full tensors
     except _DCP_ERRORS as e:
         raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its shards do not load "

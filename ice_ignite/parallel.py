@@ -49,6 +49,11 @@ def world_size() -> int:
     return idist.get_world_size()
 
 
+def rank() -> int:
+    """This process's global rank (0 without a process group)."""
+    return idist.get_rank()
+
+
 @functools.cache
 def ddp_options() -> tuple[str, ...]:
     """The keyword options of ``torch.nn.parallel.DistributedDataParallel`` (from its signature).
@@ -169,14 +174,14 @@ def shard_fsdp(root: torch.nn.Module, module: torch.nn.Module, pick: Callable[[t
             offload on the CPU.
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
     from torch.distributed.tensor import DTensor
 
     if any(isinstance(p, DTensor) for p in module.parameters()):
         raise GraphError(f"{where}: parallel='fsdp', but its module is sharded already (by another ModuleNode that "
                          "shares it); give the module to one ModuleNode with parallel='fsdp', or use parallel='ddp'")
     options = dict(fsdp_kwargs)
-    if device.type == "cpu" and type(options.get("offload_policy")).__name__ == "CPUOffloadPolicy":
+    if device.type == "cpu" and isinstance(options.get("offload_policy"), CPUOffloadPolicy):
         raise GraphError(f"{where}: fsdp_kwargs offload_policy=CPUOffloadPolicy() moves parameters, gradients and "
                          "optimizer state from an accelerator to the CPU, and this run's device is the CPU already; "
                          "drop the offload_policy (or run on GPUs)")

@@ -25,42 +25,24 @@ Examples:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ice_ignite.checkpoint import STATE, publish_directory, read_checkpoint, write_checkpoint
+from ice_ignite import parallel
+from ice_ignite.checkpoint import STATE, publish_directory, quiet_single_process_dcp, read_checkpoint, write_checkpoint
 from ice_ignite.errors import CheckpointError
-from ice_ignite.nodes.module import ModuleNode
+from ice_ignite.nodes.module import ModuleNode, key_name
 
 __all__ = ["save", "load", "export", "META"]
 
 #: the file of a sharded checkpoint directory that holds what is not sharded (``weights_only``-safe)
 META = "meta.pt"
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
-
-
-@contextlib.contextmanager
-def _single_process_quiet() -> Iterator[None]:
-    """DCP warns that it assumes a single process when there is no process group: that is meant."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-        yield
 
 
 def _states(nodes: Mapping[str, ModuleNode]) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -71,7 +53,7 @@ def _states(nodes: Mapping[str, ModuleNode]) -> tuple[dict[str, Any], dict[str, 
     learning rate); that state is dropped again here, so saving never changes a run."""
     out, empty = {}, {}
     for uid, node in nodes.items():
-        optimizers = {" | ".join(k) if isinstance(k, tuple) else k: o for k, o in node.optimizers.items()}
+        optimizers = _named(node.optimizers)
         empty[uid] = [key for key, opt in optimizers.items() if not opt.state]
         model, optim = get_state_dict(node.module, list(optimizers.values()))
         for key in empty[uid]:
@@ -82,7 +64,7 @@ def _states(nodes: Mapping[str, ModuleNode]) -> tuple[dict[str, Any], dict[str, 
 
 def _clear(nodes: Mapping[str, ModuleNode], empty: Mapping[str, list[str]]) -> None:
     for uid, node in nodes.items():
-        optimizers = {" | ".join(k) if isinstance(k, tuple) else k: o for k, o in node.optimizers.items()}
+        optimizers = _named(node.optimizers)
         for key in empty.get(uid, []):
             optimizers[key].state.clear()
 
@@ -98,18 +80,19 @@ def save(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode], meta: 
 
     def write(partial: Path) -> None:
         states, empty = _states(nodes)
-        with _single_process_quiet():
-            dcp.save(states, checkpoint_id=partial, no_dist=not _distributed())
-        if _rank() == 0:
-            schedulers = {uid: {key: s.state_dict() for key, s in _named_schedulers(node).items()}
+        with quiet_single_process_dcp():
+            dcp.save(states, checkpoint_id=partial, no_dist=parallel.world_size() == 1)
+        if parallel.rank() == 0:
+            schedulers = {uid: {key: s.state_dict() for key, s in _named(node.lr_schedulers).items()}
                           for uid, node in nodes.items()}
             torch.save({"meta": meta or {}, "lr_schedulers": schedulers, "empty_optimizers": empty}, partial / META)
 
     return publish_directory(directory, write, what="sharded checkpoint")
 
 
-def _named_schedulers(node: ModuleNode) -> dict[str, Any]:
-    return {" | ".join(k) if isinstance(k, tuple) else k: s for k, s in node.lr_schedulers.items()}
+def _named(objects: Mapping[Any, Any]) -> dict[str, Any]:
+    """A ModuleNode's optimizers or schedulers by the names checkpoints give their pattern keys."""
+    return {key_name(k): obj for k, obj in objects.items()}
 
 
 def load(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode]) -> dict:
@@ -130,12 +113,12 @@ def load(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode]) -> dic
         raise CheckpointError(f"sharded checkpoint {str(path)!r} holds no state for {', '.join(missing)} "
                               f"(it holds {', '.join(saved['lr_schedulers']) or 'no node'})")
     states, _ = _states(nodes)  # the present layout: DCP reads into it, resharding what it must
-    with _single_process_quiet():
-        dcp.load(states, checkpoint_id=path, no_dist=not _distributed())
+    with quiet_single_process_dcp():
+        dcp.load(states, checkpoint_id=path, no_dist=parallel.world_size() == 1)
     for uid, node in nodes.items():
         set_state_dict(node.module, list(node.optimizers.values()), model_state_dict=states[uid]["module"],
                        optim_state_dict=states[uid]["optimizers"])
-        for key, sched in _named_schedulers(node).items():
+        for key, sched in _named(node.lr_schedulers).items():
             sched.load_state_dict(saved["lr_schedulers"][uid][key])
     _clear(nodes, saved["empty_optimizers"])  # saved before their first step: no state
     return saved["meta"]

@@ -38,7 +38,8 @@ _UNUSED_POLICIES = ("error", "zero", "skip")
 _PARALLEL = ("ddp", "fsdp", "none")
 
 
-def _key_name(key: "PatternKey") -> str:
+def key_name(key: "PatternKey") -> str:
+    """The name of an optimizer / scheduler pattern key in checkpoints: ``"a | b"`` for a tuple."""
     return key if isinstance(key, str) else " | ".join(key)
 
 
@@ -299,7 +300,7 @@ class ModuleNode(Node):
         self._trainable: list[tuple[str, torch.nn.Parameter]] = []
         for key, spec in specs.items():
             named = groups[key]
-            where = f" for {what} pattern {_key_name(key)!r}"
+            where = f" for {what} pattern {key_name(key)!r}"
             opt = spec.build([p for _, p in named], where)
             sched = spec.build_scheduler(opt, where)
             self.optimizers[key] = opt
@@ -382,7 +383,7 @@ class ModuleNode(Node):
 
     def learning_rates(self) -> dict[str, list[float]]:
         """The learning rate of every parameter group of every optimizer, by pattern key."""
-        return {_key_name(k): [group["lr"] for group in opt.param_groups] for k, opt in self.optimizers.items()}
+        return {key_name(k): [group["lr"] for group in opt.param_groups] for k, opt in self.optimizers.items()}
 
     def zero_grad(self) -> None:
         """Drop the gradients of this node's optimizers (``set_to_none``)."""
@@ -538,8 +539,8 @@ class ModuleNode(Node):
                 "parallel='ddp'")
         state = {
             "module": self.module.state_dict(),
-            "optimizers": {_key_name(k): opt.state_dict() for k, opt in self.optimizers.items()},
-            "lr_schedulers": {_key_name(k): s.state_dict() for k, s in self.lr_schedulers.items()},
+            "optimizers": {key_name(k): opt.state_dict() for k, opt in self.optimizers.items()},
+            "lr_schedulers": {key_name(k): s.state_dict() for k, s in self.lr_schedulers.items()},
         }
         return parallel_mod.full_tensors(state) if self.sharded and full else state
 
@@ -566,7 +567,7 @@ class ModuleNode(Node):
         for kind, objects in (("optimizers", self.optimizers), ("lr_schedulers", self.lr_schedulers)):
             saved = dict(state.get(kind, {}))
             for key, obj in objects.items():
-                name = _key_name(key)
+                name = key_name(key)
                 if name in saved:
                     value = saved.pop(name)
                     if self.sharded and kind == "optimizers":
