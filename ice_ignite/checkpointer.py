@@ -322,14 +322,14 @@ class Checkpointer:
             node = every.get(uid)
             if isinstance(node, DatasetNode):
                 now = node.resume_settings()
+                hint = {}
                 if worlds[0] != worlds[1]:  # per-process batches may change; the global batch may not
                     then, now = comparable_data_settings(then, worlds[0]), comparable_data_settings(now, worlds[1])
-                changed = [f"{key} was {then[key]!r} and is now {now[key]!r}" for key in then
+                    hint["global batch"] = (f" ({worlds[0]} process(es) then, {worlds[1]} now: keep the global batch, "
+                                            f"with batch_size={then['global batch']} and batch_size_in_total=True, or "
+                                            "with a per-process batch_size of global batch / processes)")
+                changed = [f"{key} was {then[key]!r} and is now {now[key]!r}{hint.get(key, '')}" for key in then
                            if key in now and now[key] != then[key]]
-                if "global batch" in then and then["global batch"] != now["global batch"]:
-                    changed[0] += (f" ({worlds[0]} process(es) then, {worlds[1]} now: keep the global batch, with "
-                                   f"batch_size={then['global batch']} and batch_size_in_total=True, or with a "
-                                   "per-process batch_size of global batch / processes)")
                 if changed:
                     problems.append(f"DatasetNode {uid!r}: {', '.join(changed)}")
         if not problems:

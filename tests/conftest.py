@@ -46,6 +46,20 @@ def saved_checkpoint(out_dir, run_id: str = "src", epochs: int = 1) -> tuple[ice
     return g, next((Path(out_dir) / run_id / "ckpts").glob("ckpt-*.pt"))
 
 
+def max_diff(a, b):
+    """The largest absolute difference between two nested states of tensors (inf if they differ otherwise)."""
+    if isinstance(a, torch.Tensor):
+        assert a.shape == b.shape
+        return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        return max([max_diff(a[k], b[k]) for k in a] or [0.0])
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        return max([max_diff(x, y) for x, y in zip(a, b)] or [0.0])
+    return 0.0 if a == b else float("inf")
+
+
 @pytest.fixture
 def launcher() -> ice.Launcher:
     return ice.Launcher()

@@ -12,6 +12,8 @@ import torch
 import ice_ignite as ice
 from ice_ignite.errors import CheckpointError
 
+from conftest import max_diff
+
 CHILD = Path(__file__).with_name("fsdp_child.py")
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "large-models.md"
 RUNS = {"fsdp": ("fsdp", "cpu:0-1"), "ddp": ("ddp", "cpu:0-1"), "single": ("fsdp", "cpu"),
@@ -41,20 +43,6 @@ def runs(tmp_path_factory):
     for proc in procs.values():
         finish(proc)
     return out, {name: load(out, name, 2 if devices != "cpu" else 1) for name, (_, devices) in RUNS.items()}
-
-
-def max_diff(a, b):
-    """The largest absolute difference between two nested states of tensors (inf if they differ otherwise)."""
-    if isinstance(a, torch.Tensor):
-        assert a.shape == b.shape
-        return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        return max([max_diff(a[k], b[k]) for k in a] or [0.0])
-    if isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        return max([max_diff(x, y) for x, y in zip(a, b)] or [0.0])
-    return 0.0 if a == b else float("inf")
 
 
 @pytest.mark.slow
