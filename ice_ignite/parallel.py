@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ice_ignite.errors import GraphError
 
-__all__ = ["world_size", "ddp_options", "DDP_SET_HERE", "check_wrapper_kwargs", "wrap_ddp", "batchnorm_layers",
+__all__ = ["world_size", "rank", "ddp_options", "DDP_SET_HERE", "check_wrapper_kwargs", "wrap_ddp", "batchnorm_layers",
            "sync_batchnorm", "gather_objects", "broadcast_object", "any_rank", "AgreedFlag", "fsdp_options",
            "FSDP_SET_HERE", "compile_options", "module_policy", "shard_fsdp", "full_tensors", "shard_like",
            "local_bytes"]
