@@ -30,7 +30,7 @@ from ice_ignite.nodes.loss import LossNode
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.resize import adapt_state, comparable_data_settings
 from ice_ignite.rundir import RunDir
-from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, keyed_tasks
+from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, handler_label, keyed_tasks
 from ice_ignite.seeding import rng_state, set_rng_state
 from ice_ignite.tags import DEFAULT_TAG
 from ice_ignite.task import Task
@@ -279,8 +279,10 @@ class Checkpointer:
                 if entry["state"] is not None:  # None: accumulators of a finished epoch (resize)
                     obj.load_state_dict(entry["state"])
         if saved_handlers:
-            warnings.warn(f"{source}: saved state of handler(s) {', '.join(sorted(saved_handlers))} has no handler in "
-                          "this run; left unused", stacklevel=5)
+            labels = {key: repr(task) for key, task in tasks.items()}
+            names = [handler_label(key, entry["type"], labels) for key, entry in sorted(saved_handlers.items())]
+            warnings.warn(f"{source}: saved state of handler(s) {', '.join(names)} has no handler in this run; left "
+                          "unused", stacklevel=5)
         saved_objects = state.get("objects", {})
         for name, obj in self.objects.items():
             if name in saved_objects:

@@ -39,6 +39,7 @@ from typing import Any, Iterable
 import torch
 
 from ice_ignite.errors import ResumeTaskFailed
+from ice_ignite.schedule import handler_label
 
 __all__ = ["comparable_data_settings", "merge_sums", "adapt_state", "METRIC_KEY"]
 
@@ -143,15 +144,11 @@ def adapt_state(state: dict, world_size: int, *, running_task: str | None, runni
     out = dict(state)
     out["nodes"] = {uid: walk.resize(s, f"node {uid!r}", running_task is not None and uid in running,
                                      uid in losses) for uid, s in state["nodes"].items()}
-    names = task_names or {}
-
-    def handler(key: str, kind: str) -> str:
-        task, index = key.split("/")
-        return f"handler {kind} #{index} of {names.get(task, task)}"
-
-    out["handlers"] = {key: {**entry, "state": walk.resize(entry["state"], handler(key, entry["type"]),
-                                                           key.split("/")[0] == running_task, False)}
-                       for key, entry in state.get("handlers", {}).items()}
+    out["handlers"] = {}
+    for key, entry in state.get("handlers", {}).items():
+        where = "handler " + handler_label(key, entry["type"], task_names or {})
+        out["handlers"][key] = {**entry, "state": walk.resize(entry["state"], where,
+                                                              key.split("/")[0] == running_task, False)}
     out["objects"] = {name: walk.resize(s, f"object {name!r}", running_task is not None, False)
                       for name, s in state.get("objects", {}).items()}
     if held or walk.problems:

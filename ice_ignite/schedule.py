@@ -128,6 +128,18 @@ def keyed_tasks(entries: list[ScheduleEntry]) -> dict[str, Task]:
     return tasks
 
 
+def handler_label(key: str, kind: str, task_labels: dict[str, str]) -> str:
+    """``"Checkpoint #0 of Task(...)"``: the stateful handler a checkpoint holds under ``key``
+    (``"task<i>/<j>"``), for messages; ``task_labels`` names the tasks by key.
+
+    Examples:
+        >>> handler_label("task0/1", "Accuracy", {"task0": "Task(train=False, epochs=1, tags='val')"})
+        "Accuracy #1 of Task(train=False, epochs=1, tags='val')"
+    """
+    task, index = key.split("/")
+    return f"{kind} #{index} of {task_labels.get(task, task)}"
+
+
 class ScheduleRunner:
     """Runs flattened schedule entries in order and knows where a checkpoint taken now continues.
 

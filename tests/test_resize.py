@@ -169,3 +169,13 @@ def test_finished_epochs_carry_no_accumulators_across_a_resize(tmp_path):
     path, averages, _ = train_and_save(tmp_path, "whole", metric=True, at=Events.EPOCH_COMPLETED(once=1))
     resumed, _ = resume(tmp_path, as_if_two_processes(path, tmp_path), "resumed", g=graph(metric=True))
     assert resumed == pytest.approx(averages[1:], abs=1e-7)
+
+
+def test_a_saved_handler_state_without_its_handler_is_named_by_its_task(tmp_path):
+    g, task = graph(), ice.Task(train=True, epochs=2, tags="train")
+    Accuracy(output_transform=lambda out: (out["net"], out["data"][1])).attach(task.engine, "acc")
+    task.engine.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.hypergraph.save_checkpoint())
+    g.run([task], devices="cpu", out_dir=tmp_path, run_id="whole", progress=False)
+    with pytest.warns(UserWarning, match=r"saved state of handler\(s\) Accuracy #0 of Task\(train=True, epochs=2, "
+                                         r"tags='train'\) has no handler in this run"):
+        resume(tmp_path, next((tmp_path / "whole" / "ckpts").glob("ckpt-*.pt")), "resumed")
