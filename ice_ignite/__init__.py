@@ -19,7 +19,7 @@ from ice_ignite.errors import (
     StopTask,
 )
 from ice_ignite.events import StepEvents
-from ice_ignite.graph import ExecutableGraph, GraphOutputCache, IterationOutput
+from ice_ignite.graph import ExecutableGraph, GraphOutputCache
 from ice_ignite.hypergraph import HyperGraph
 from ice_ignite.launcher import Launcher
 from ice_ignite.nodes import DatasetNode, LossMode, LossNode, MetricNode, ModuleNode, Node
@@ -35,7 +35,6 @@ __all__ = [
     "HyperGraph",
     "ExecutableGraph",
     "GraphOutputCache",
-    "IterationOutput",
     "StepEvents",
     "LaunchOptions",
     "Node",

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import logging
 import operator
-from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
 import torch
@@ -22,7 +21,7 @@ from ice_ignite.nodes.loss import LossNode
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import HOOKS, Node
 
-__all__ = ["GraphOutputCache", "IterationOutput", "ExecutableGraph", "PHASE_EVENTS", "detach"]
+__all__ = ["GraphOutputCache", "ExecutableGraph", "PHASE_EVENTS", "detach"]
 
 logger = logging.getLogger("ice_ignite")
 
@@ -142,41 +141,6 @@ class GraphOutputCache:
         self._stack.clear()
 
 
-class IterationOutput(Mapping):
-    """``engine.state.output`` of a task engine: the iteration's node outputs by name, read-only,
-    detached in train tasks. Valid while the iteration's ``ITERATION_COMPLETED`` handlers run;
-    the outputs are released before the next forward.
-
-    Examples:
-        >>> out = IterationOutput({"net": torch.ones(2, requires_grad=True)}, detached=True)
-        >>> out["net"].requires_grad, list(out)
-        (False, ['net'])
-    """
-
-    __slots__ = ("_values", "_detached")
-
-    def __init__(self, values: dict[str, Any], detached: bool):
-        self._values = values
-        self._detached = detached
-
-    def __getitem__(self, name: str) -> Any:
-        try:
-            value = self._values[name]
-        except KeyError:
-            raise KeyError(f"engine.state.output has no node {name!r}; it holds the outputs of this iteration's "
-                           f"nodes: {', '.join(self._values) or 'none (no iteration is running)'}") from None
-        return detach(value) if self._detached else value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __repr__(self) -> str:
-        return f"IterationOutput({', '.join(self._values)})"
-
-
 def _handler(node: Node, fn: Callable[[], None], phase: str, timer: Any) -> Callable[[], None]:
     """``fn`` as an engine handler: an exception becomes a NodeError naming the node and phase."""
 
@@ -234,7 +198,9 @@ class ExecutableGraph:
         self.in_step = False
         #: phase -> (built-in behaviour of node kinds, user hooks), each in ``add`` order
         self._phases = {phase: self._collect(phase) for phase in HOOKS}
-        self.output = IterationOutput(self.cache.outputs, detached=False)
+        #: the batches the engine fetched for this iteration, by DatasetNode name
+        self.batch: dict | None = None
+        self._roots: list[torch.nn.Module] = []
 
     # -- construction -------------------------------------------------------------------------
     def _collect(self, phase: str) -> tuple[list, list]:
@@ -264,18 +230,27 @@ class ExecutableGraph:
 
     # -- task lifecycle -----------------------------------------------------------------------
     def start(self, task: Any, engine: TaskEngine) -> None:
-        """Bind the graph to a starting task run: module modes, then the nodes' metrics, built-in
-        behaviour and hooks as handlers of ``engine`` (before user handlers; ``finish`` removes them)."""
+        """Bind the graph to a starting task run and attach its handlers (``bind`` + ``attach``)."""
+        self.bind(task)
+        self.attach(engine)
+
+    def bind(self, task: Any) -> None:
+        """Make the graph the running one of ``task`` (at the start of every repetition): module
+        modes and trainable parameters, precision, the nodes' running graph."""
         self.task = task
         self.training = task.train
         self.step_now = False
         self.autocast = self.context.precision.autocast
-        timer = self.cache._timer = self.context.timer
+        self.cache._timer = self.context.timer
         self.cache.clear()
-        self.output = IterationOutput(self.cache.outputs, detached=task.train)
         for node in self.nodes.values():
             node.egraph = self
         self._set_module_modes()
+
+    def attach(self, engine: TaskEngine) -> None:
+        """Attach the nodes' metrics, built-in behaviour and hooks as ice_ignite handlers of
+        ``engine`` (they run before user handlers; ``finish`` removes them)."""
+        timer = self.context.timer
         with engine.internal() as self._added:
             for node in self.nodes.values():
                 node._attach_engine(engine)
@@ -286,6 +261,11 @@ class ExecutableGraph:
             engine.add_event_handler(Events.STARTED, self._find_ddp)  # after the prepare hooks
             engine.add_event_handler(Events.COMPLETED, self._mark_cleaned)
         self._cleaned = False
+
+    def suspend(self) -> None:
+        """Between two repetitions of a train task: release the last iteration's outputs."""
+        self.cache.clear()
+        self.batch = None
 
     def _mark_cleaned(self) -> None:
         self._cleaned = True
@@ -302,6 +282,7 @@ class ExecutableGraph:
             for node in self.nodes.values():
                 node._detach_engine(engine)
             self.cache.clear()
+            self.batch = None
             self.task = None
 
     def _set_module_modes(self) -> None:
@@ -311,6 +292,7 @@ class ExecutableGraph:
             for node in self.module_nodes:
                 node.module.eval()
             return
+        self._roots = list({id(n.module): n.module for n in self.module_nodes}.values())
         trainable: dict[int, tuple[torch.nn.Module, set[int]]] = {}
         for node in self.module_nodes:
             module, ids = trainable.setdefault(id(node.module), (node.module, set()))
@@ -321,10 +303,15 @@ class ExecutableGraph:
                 p.requires_grad_(id(p) in ids)
 
     # -- the process functions ----------------------------------------------------------------
-    def train_step(self, engine: TaskEngine, batch: None) -> IterationOutput:
+    def train_step(self, engine: TaskEngine, batch: Any) -> dict:
         """One train iteration: forward all, one backward of the summed loss, and at the end of
-        an accumulation cycle the optimizer steps, firing ``StepEvents`` around them."""
+        an accumulation cycle the optimizer steps, firing ``StepEvents`` around them. Returns the
+        node outputs by name, detached (``engine.state.output``)."""
         state = engine.state
+        for module in self._roots:
+            if not module.training:  # a handler switched it (e.g. an evaluator run from EPOCH_COMPLETED)
+                self._set_module_modes()
+                break
         self._begin_cycle((state.iteration - 1) % state.epoch_length, state.epoch_length)
         self.cache.clear()
         self.in_step = True
@@ -346,7 +333,7 @@ class ExecutableGraph:
                     engine.fire(StepEvents.OPTIM_STEP_COMPLETED)
         finally:
             self.in_step = False
-        return self.output
+        return {name: detach(value) for name, value in self.cache.outputs.items()}
 
     def _forward_backward(self, engine: TaskEngine) -> None:
         self.cache.compute_all(self._names)
@@ -361,15 +348,16 @@ class ExecutableGraph:
         if engine.listening.backward_completed:
             engine.fire(StepEvents.BACKWARD_COMPLETED)
 
-    def eval_step(self, engine: TaskEngine, batch: None) -> IterationOutput:
-        """One eval iteration: forward every node (under ``torch.no_grad``, set by the task)."""
+    def eval_step(self, engine: TaskEngine, batch: Any) -> dict:
+        """One eval iteration: forward every node (under ``torch.no_grad``, set by the task).
+        Returns the node outputs by name (``engine.state.output``)."""
         self.cache.clear()
         self.in_step = True
         try:
             self.cache.compute_all(self._names)
         finally:
             self.in_step = False
-        return self.output
+        return dict(self.cache.outputs)
 
     def _begin_cycle(self, position: int, epoch_length: int) -> None:
         k = self.context.grad_acc_steps

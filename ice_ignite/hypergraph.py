@@ -30,7 +30,7 @@ from ice_ignite.preemption import Preempted
 from ice_ignite.printing import PrintProbe
 from ice_ignite.registry import NodeRegistry
 from ice_ignite.run import LaunchOptions, RunOptions, RunSession, open_run_dir, record_worker_error, spawn_workers
-from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, call_with_arity, flatten_schedule
+from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, call_with_arity, flatten_schedule, keyed_tasks
 from ice_ignite.tags import DEFAULT_TAG, check_name, normalize_tags
 from ice_ignite.task import Task
 from ice_ignite.transfer import LoadSpec
@@ -263,16 +263,20 @@ class HyperGraph(NodeRegistry):
             resume = self._checkpointer.restore(state, source, entries, strict)
         self._checkpointer.entries = entries
         session = self._session
-        self._runner.run(entries, lambda task, position: self._run_task(task, position, resume),
+        if resume is None:  # a new schedule: a task terminated in an earlier one runs again, as in ignite
+            for task in keyed_tasks(entries).values():
+                if not task.engine.suspended:
+                    task.engine.should_terminate = False
+        self._runner.run(entries, lambda task, position, remaining: self._run_task(task, position, remaining, resume),
                          lambda item: call_with_arity(item, self, launcher),
                          start=resume.entry if resume is not None else 0,
                          resume=resume.task if resume is not None else None,
                          boundary=functools.partial(session.check_preemption, blocking=True) if session is not None else None)
 
-    def _run_task(self, task: Task, position: dict | None, resume: Any = None) -> None:
+    def _run_task(self, task: Task, position: dict | None, remaining: int = 1, resume: Any = None) -> bool:
         task.engine.hypergraph = self
-        task.run(self.select_egraph(task.tags), self._attach, self._attach_on_handlers, position,
-                 resume.reload_epoch if resume is not None and position is not None else None)
+        return task.run(self.select_egraph(task.tags), self._attach, self._attach_on_handlers, position,
+                        resume.reload_epoch if resume is not None and position is not None else None, remaining)
 
     def _attach(self, task: Task) -> None:
         """Attach the run's own handlers to a starting task (inside its engine's ``internal()``)."""

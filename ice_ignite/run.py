@@ -250,7 +250,9 @@ class RunSession:
     def attach(self, task: Any) -> None:
         """Attach the run's handlers to a starting task's engine (inside its ``internal()`` block)."""
         engine = task.engine
-        engine.add_event_handler(Events.ITERATION_STARTED, self.check_preemption)
+        # before the engine fetches the next batches (a task without DatasetNodes fetches none)
+        boundary = Events.GET_BATCH_STARTED if task.graph.dataset_nodes else Events.ITERATION_STARTED
+        engine.add_event_handler(boundary, self.check_preemption)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.rundir.check_present)
         if self.board_logger is not None:
             self.board_logger.attach(task)

@@ -12,7 +12,7 @@ from ice_ignite.errors import ScheduleError, StopAllTasks, StopTask
 from ice_ignite.task import Task
 
 __all__ = ["Repeat", "ScheduleEntry", "ScheduleRunner", "flatten_schedule", "call_with_arity", "describe",
-           "keyed_tasks"]
+           "keyed_tasks", "end_of_repeat"]
 
 logger = logging.getLogger("ice_ignite")
 
@@ -21,7 +21,10 @@ class Repeat:
     """Run ``tasks`` (Tasks, Repeats, callables) ``times`` times in a row.
 
     The same Task objects run on every repetition, so handlers attached to their engines fire
-    each time.
+    each time; a train task's engine is one ignite run over all of them. ``engine.terminate()``
+    on a train task's engine ends the innermost Repeat holding the task (at once when called
+    mid-epoch; at the task's next turn when called at an epoch's end, as validations still run
+    from a terminated ignite trainer's last EPOCH_COMPLETED).
 
     Examples:
         >>> import ice_ignite as ice
@@ -60,6 +63,8 @@ class ScheduleEntry:
     item: Any
     path: tuple[int, ...]
     description: str
+    #: the path of the innermost Repeat holding the entry (its entries' paths start with it), or None
+    repeat: tuple[int, ...] | None = None
 
 
 def _arity(fn: Callable) -> int | None:
@@ -81,7 +86,8 @@ def call_with_arity(fn: Callable, hypergraph: Any, launcher: Any) -> Any:
     return fn(*(hypergraph, launcher)[: _arity(fn)])
 
 
-def flatten_schedule(tasks: Any, path: tuple[int, ...] = ()) -> list[ScheduleEntry]:
+def flatten_schedule(tasks: Any, path: tuple[int, ...] = (), repeat: tuple[int, ...] | None = None
+                     ) -> list[ScheduleEntry]:
     """Unroll Repeats into a flat list of entries; raise ``ScheduleError`` on a bad item."""
     if isinstance(tasks, (Task, Repeat)) or (callable(tasks) and not isinstance(tasks, type)):
         tasks = [tasks]
@@ -92,22 +98,22 @@ def flatten_schedule(tasks: Any, path: tuple[int, ...] = ()) -> list[ScheduleEnt
         where = "schedule[" + "][".join(map(str, path + (i,))) + "]"
         if isinstance(item, Repeat):
             for rep in range(item.times):
-                entries.extend(flatten_schedule(item.tasks, path + (i, rep)))
+                entries.extend(flatten_schedule(item.tasks, path + (i, rep), repeat=path + (i,)))
         elif isinstance(item, Task):
-            entries.append(ScheduleEntry(item, path + (i,), describe(item)))
+            entries.append(ScheduleEntry(item, path + (i,), describe(item), repeat))
         elif isinstance(item, type):
             raise ScheduleError(
                 f"{where} is the class {item.__name__}, not an instance: call it, e.g. {item.__name__}(...)"
             )
         elif isinstance(item, (list, tuple)):
-            entries.extend(flatten_schedule(item, path + (i,)))
+            entries.extend(flatten_schedule(item, path + (i,), repeat))
         elif callable(item):
             if _arity(item) is None:
                 raise ScheduleError(
                     f"{where} = {describe(item)} takes more than 2 arguments; schedule callables are "
                     "f(), f(g) or f(g, launcher)"
                 )
-            entries.append(ScheduleEntry(item, path + (i,), describe(item)))
+            entries.append(ScheduleEntry(item, path + (i,), describe(item), repeat))
         else:
             raise ScheduleError(
                 f"{where} is {type(item).__name__} {item!r}, which is not a Task, Repeat or callable; "
@@ -128,6 +134,18 @@ def keyed_tasks(entries: list[ScheduleEntry]) -> dict[str, Task]:
     return tasks
 
 
+def end_of_repeat(entries: list[ScheduleEntry], i: int) -> int:
+    """The index of the first entry after the innermost Repeat holding ``entries[i]`` (``i + 1``
+    when no Repeat holds it)."""
+    repeat = entries[i].repeat
+    if repeat is None:
+        return i + 1
+    end = i + 1
+    while end < len(entries) and entries[end].path[:len(repeat)] == repeat:
+        end += 1
+    return end
+
+
 def handler_label(key: str, kind: str, task_labels: dict[str, str]) -> str:
     """``"Checkpoint #0 of Task(...)"``: the stateful handler a checkpoint holds under ``key``
     (``"task<i>/<j>"``), for messages; ``task_labels`` names the tasks by key.
@@ -143,9 +161,12 @@ def handler_label(key: str, kind: str, task_labels: dict[str, str]) -> str:
 class ScheduleRunner:
     """Runs flattened schedule entries in order and knows where a checkpoint taken now continues.
 
-    ``run_task(task, resume)`` runs a Task, ``call(item)`` a callable; ``boundary()`` is called
-    before each entry (the run's preemption check). A nested run (``exec_tasks`` from a schedule
-    callable) does not move the position: a checkpoint taken inside it resumes after the callable.
+    ``run_task(task, resume, remaining)`` runs a Task (``remaining``: how many of the entries from
+    this one on are that task) and returns True when the task's run was terminated, which ends the
+    innermost Repeat holding it; ``call(item)`` runs a callable; ``boundary()`` is called before
+    each entry (the run's preemption check). A nested run (``exec_tasks`` from a schedule callable)
+    does not move the position: a checkpoint taken inside it resumes after the callable. When the
+    entries end, train tasks whose runs are still suspended (repetitions skipped) are finished.
     """
 
     def __init__(self) -> None:
@@ -155,32 +176,47 @@ class ScheduleRunner:
         self.task: Task | None = None
         self._in_callable = False
 
-    def run(self, entries: list[ScheduleEntry], run_task: Callable[[Task, dict | None], Any],
+    def run(self, entries: list[ScheduleEntry], run_task: Callable[[Task, dict | None, int], bool],
             call: Callable[[Any], Any], start: int = 0, resume: dict | None = None,
             boundary: Callable[[], None] | None = None) -> None:
         """Run ``entries[start:]`` (``resume``: the position inside the first one)."""
         if self.entries is not None:  # nested, from a schedule callable: progress stays the outer one
-            self._loop(entries, run_task, call, 0, None, None, track=False)
+            self._guarded(entries, run_task, call, 0, None, None, track=False)
             return
         self.entries = entries
         try:
-            self._loop(entries, run_task, call, start, resume, boundary, track=True)
+            self._guarded(entries, run_task, call, start, resume, boundary, track=True)
         finally:
             self.entries, self.task, self._in_callable = None, None, False
 
+    def _guarded(self, entries: list[ScheduleEntry], run_task: Callable, call: Callable, start: int,
+                 resume: dict | None, boundary: Callable[[], None] | None, track: bool) -> None:
+        tasks = keyed_tasks(entries).values()
+        try:
+            self._loop(entries, run_task, call, start, resume, boundary, track)
+        except BaseException:
+            for task in tasks:  # an error: nothing more fires; the next run of a task starts a new ignite run
+                task.abandon()
+            raise
+        for task in tasks:
+            task.finish()
+
     def _loop(self, entries: list[ScheduleEntry], run_task: Callable, call: Callable, start: int,
               resume: dict | None, boundary: Callable[[], None] | None, track: bool) -> None:
-        for i in range(start, len(entries)):
+        i = start
+        while i < len(entries):
             item = entries[i].item
             if track:
                 self.index = i
                 if boundary is not None:
                     boundary()
+            ended = False
             try:
                 if isinstance(item, Task):
                     outer, self.task = self.task, item
                     try:
-                        run_task(item, resume if i == start else None)
+                        remaining = sum(1 for e in entries[i:] if e.item is item)
+                        ended = run_task(item, resume if i == start else None, remaining)
                     finally:
                         self.task = outer
                 else:
@@ -196,6 +232,13 @@ class ScheduleRunner:
                 return
             except StopTask:
                 logger.info("StopTask raised in %s, outside a task: ignored", entries[i].description)
+            if ended:
+                end = end_of_repeat(entries, i)
+                logger.info("the engine of %s was terminated: %s", entries[i].description,
+                            "the Repeat holding it ends" if entries[i].repeat is not None else "it does not run again")
+                i = end
+            else:
+                i += 1
         if track:
             self.index = len(entries)
 

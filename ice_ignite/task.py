@@ -19,13 +19,16 @@ class Task:
     """One step of a schedule: train or evaluate the nodes selected by ``tags`` for a number of
     epochs or steps, as a run of ``task.engine``, an ignite ``Engine``.
 
-    The engine continues across the task's repetitions: each time the schedule reaches the task
-    it runs ``epochs`` more epochs (or, counting ``steps``, one more epoch of ``steps × k``
-    iterations, k the gradient accumulation), so ``engine.state.epoch`` and ``iteration`` only
-    grow over a run and ignite handlers that read them (``global_step_from_engine``,
-    ``Checkpoint`` file names, schedulers) see monotone steps. STARTED and COMPLETED fire on every
-    repetition. Handlers attached to ``task.engine`` run after ice_ignite's own handlers of the same
-    event. ``engine.state.output`` is the iteration's node outputs by name (detached in train tasks).
+    Each time the schedule reaches the task it runs ``epochs`` more epochs (or, counting ``steps``,
+    one more epoch of ``steps × k`` iterations, k the gradient accumulation). A train task's engine
+    behaves as the trainer of the ignite script that does the same training: one ignite run over
+    all of its repetitions in the schedule (STARTED once, ``max_epochs`` their total, COMPLETED once;
+    between repetitions the run is interrupted with ``engine.interrupt()``, which fires INTERRUPT,
+    and continued). An eval task's engine behaves as an evaluator: a fresh run at every repetition.
+    ``engine.terminate()`` on a train task's engine ends its run and the innermost Repeat holding
+    it. Handlers attached to ``task.engine`` run after ice_ignite's own handlers of the same event.
+    ``engine.state.batch`` is the iteration's batches and ``engine.state.output`` its node outputs,
+    by name (detached in train tasks).
 
     Args:
         train: train (forward, backward, optimizer steps) or evaluate (forward under no_grad).
@@ -65,7 +68,11 @@ class Task:
         self.engine = TaskEngine(self._process)
         self.engine.task_label = repr(self)
         self.engine.task = self
-        self._graph: ExecutableGraph | None = None
+        self._graph: ExecutableGraph | None = None  # the graph of the running repetition
+        self._open_graph: ExecutableGraph | None = None  # the graph whose handlers the engine's run holds
+        self._open_handles: tuple = ((), (), ())
+        self._stop_at = 0  # the engine epoch at which the running repetition ends
+        self._fetched = False  # the engine fetched this iteration's batches and the iteration has not run
         self._epoch_iter = 0
         self._closed_epoch = 0  # the last engine epoch whose EPOCH_COMPLETED work began
         self._close_epoch_on_start = False
@@ -126,30 +133,46 @@ class Task:
 
     def run(self, graph: ExecutableGraph, attach: Callable[["Task"], None] | None = None,
             user_handlers: Callable[["Task"], list] | None = None, resume: dict | None = None,
-            reload_epoch: Callable[[], None] | None = None) -> None:
-        """Run the task once more on ``graph``.
+            reload_epoch: Callable[[], None] | None = None, remaining: int = 1) -> bool:
+        """Run one repetition of the task on ``graph``: ``epochs`` more epochs (or one epoch of
+        ``steps × k`` iterations) of its engine.
 
-        ``attach(task)`` attaches the run's own handlers (before user handlers);
-        ``user_handlers(task)`` attaches user-level ones for this run and returns their handles;
-        ``resume`` is the position of a checkpoint taken inside this task (its engine
-        state is loaded); ``reload_epoch()`` restores a checkpointed mid-epoch state after the
-        resumed epoch's EPOCH_STARTED handlers ran (they reset metrics, as in ignite).
+        A train task's engine is one ignite run over all of its repetitions: the first starts it
+        with ``max_epochs`` covering the ``remaining`` repetitions (this one included), each ends
+        with ``engine.interrupt()`` at its last epoch's end, and the next continues the run. An eval
+        task's engine is an evaluator: a fresh run at every repetition.
+
+        ``attach(task)`` attaches the run's own handlers (before user handlers, when an ignite run
+        starts); ``user_handlers(task)`` attaches user-level ones and returns their handles;
+        ``resume`` is the position of a checkpoint taken inside this task (its engine state is
+        loaded); ``reload_epoch()`` restores a checkpointed mid-epoch state after the resumed
+        epoch's EPOCH_STARTED handlers ran (they reset metrics, as in ignite).
+
+        Returns:
+            True when the task's run was terminated (``engine.terminate()``): the schedule then
+            ends the innermost Repeat holding the task.
         """
         engine, state = self.engine, self.engine.state
         length = self.epoch_length(graph, graph.context.grad_acc_steps)
-        engine.stop_all = False
+        more = 1 if self.step_mode else self.epochs
+        engine.stop_all = engine.stopped = False
+        if resume is None and self.train and engine.should_terminate:
+            self._finish_suspended(graph, terminate=False)  # terminated while suspended (e.g. by EarlyStopping)
+            return True
         if resume is not None:
             if resume["epoch_length"] != length:
                 raise ResumeTaskFailed(
                     f"{self!r} was checkpointed with {resume['epoch_length']} iterations per epoch and now has "
                     f"{length}: the data or the gradient accumulation changed; resume with the same settings"
                 )
-            iteration, max_epochs = resume["iteration"], resume["max_epochs"]
+            iteration = resume["iteration"]
+            stop_at = resume.get("stop_at", resume["max_epochs"])
+            target = stop_at + (remaining - 1) * more if self.train else resume["max_epochs"]
             # checkpointed after an epoch's last iteration but before its EPOCH_COMPLETED work
             pending_epoch_end = iteration > 0 and iteration % length == 0 and not resume["epoch_done"]
-            if iteration >= length * max_epochs and not pending_epoch_end:
-                return
-        elif state.max_epochs is not None and state.epoch_length != length:
+            if iteration >= length * stop_at and not pending_epoch_end:
+                return False
+        elif self.train and state.max_epochs is not None and state.epoch_length != length:
             if self._from_checkpoint:
                 raise ResumeTaskFailed(
                     f"{self!r} ran with {state.epoch_length} iterations per epoch in the run that wrote the checkpoint "
@@ -163,66 +186,136 @@ class Task:
                 "use a new Task for the new setting"
             )
         self._from_checkpoint = False
-        if engine.should_terminate:
-            # terminate() was called while the task was not running (e.g. by ignite's EarlyStopping
-            # attached to an evaluation task): as in ignite, training ends, here with the schedule.
-            engine.should_terminate = False
-            raise StopAllTasks()
+        if engine.suspended and (resume is not None or graph is not self._open_graph):
+            self.abandon()  # the graph changed between repetitions (nodes added or removed): a new ignite run
         self._graph, self._epoch_iter = graph, 0
-        handles: list = []
-        before = after = []
+        if engine.suspended:
+            graph.bind(self)
+        else:
+            self._open(graph, attach, user_handlers)
+        data = _Batches(self, graph.dataset_nodes) if graph.dataset_nodes else None
         one_shot = None
         try:
-            with engine.internal() as before:
-                engine.add_event_handler(Events.STARTED, self._on_started)
-                engine.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
-                engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_completed)
-            graph.start(self, engine)
-            with engine.internal() as after:
-                engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration_completed)
-                if attach is not None:
-                    attach(self)
-            handles = user_handlers(self) if user_handlers is not None else []
             with torch.set_grad_enabled(self.train):
                 if resume is not None:
-                    engine.load_state_dict({"iteration": iteration, "epoch_length": length, "max_epochs": max_epochs})
+                    engine.load_state_dict({"iteration": iteration, "epoch_length": length, "max_epochs": target,
+                                            **self._user_state(resume)})
                     self._epoch_iter = iteration % length
                     self._closed_epoch = iteration // length - (1 if pending_epoch_end else 0)
+                    self._stop_at = stop_at
                     if self._epoch_iter and reload_epoch is not None:
                         one_shot = engine.add_event_handler(Events.EPOCH_STARTED, _once(reload_epoch))
-                    if pending_epoch_end and iteration >= length * max_epochs:
+                    if pending_epoch_end and iteration >= length * target:
                         self._finish_last_epoch(engine)
                     else:
                         self._close_epoch_on_start = pending_epoch_end
-                        engine.run(None)
+                        engine.run_task(data)
                 else:
-                    self._closed_epoch = state.epoch if state.max_epochs is not None else 0
-                    more = 1 if self.step_mode else self.epochs
-                    engine.run(None, max_epochs=self._closed_epoch + more, epoch_length=length)
-        finally:
-            for handle in handles + ([one_shot] if one_shot is not None else []):
-                handle.remove()
-            engine.remove_internal(before)
-            engine.remove_internal(after)
-            try:
-                graph.finish(engine)
-            finally:
-                self._graph = None
-                if engine.should_terminate:  # StopTask: the unfinished epoch does not count
-                    state.epoch = self._closed_epoch
-                    state.iteration = self._closed_epoch * length
-                engine.should_terminate = False  # what terminated this run does not reach the next one
+                    if not self.train:
+                        state.max_epochs = None  # an evaluator: a fresh run every time (ignite's reset)
+                    start = state.epoch if state.max_epochs is not None else 0
+                    self._closed_epoch, self._stop_at = start, start + more
+                    target = self._stop_at + (remaining - 1) * more if self.train else more
+                    engine.run_task(data, max_epochs=target, epoch_length=length)
+        except BaseException:
+            if one_shot is not None:
+                one_shot.remove()
+            self._graph = None
+            self._close()
+            raise
+        if one_shot is not None:
+            one_shot.remove()
+        terminated = self.train and engine.should_terminate and not engine.stopped
+        if engine.stopped:  # StopTask: the unfinished epoch does not count, and the schedule goes on
+            state.epoch = self._closed_epoch
+            state.iteration = self._closed_epoch * length
+            engine.should_terminate = False
+        if engine.suspended:
+            graph.suspend()
+            self._graph = None
+        else:
+            self._graph = None
+            self._close()
         if engine.stop_all:
             raise StopAllTasks()
+        # terminated at an epoch's end, the rest of the round runs (as the validation a terminated
+        # ignite trainer still runs from its EPOCH_COMPLETED); mid-epoch, the Repeat ends now
+        return terminated and self._closed_epoch != state.epoch
 
-    def _process(self, engine: TaskEngine, batch: None) -> Any:
-        graph = self._graph
+    def _open(self, graph: ExecutableGraph, attach: Callable[["Task"], None] | None,
+              user_handlers: Callable[["Task"], list] | None) -> None:
+        """Attach the handlers of a new ignite run of the engine: the task's, the graph's, the
+        run's (``attach``), then user-level ones."""
+        engine = self.engine
+        graph.bind(self)
+        with engine.internal() as before:
+            engine.add_event_handler(Events.STARTED, self._on_started)
+            engine.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_completed)
+        graph.attach(engine)
+        with engine.internal() as after:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration_completed)
+            if attach is not None:
+                attach(self)
+        handles = user_handlers(self) if user_handlers is not None else []
+        self._open_graph, self._open_handles = graph, (before, after, handles)
+
+    def _close(self) -> None:
+        """Remove what ``_open`` attached and end the graph's run (``clean_up`` if COMPLETED did not fire)."""
+        graph, self._open_graph = self._open_graph, None
+        if graph is None:
+            return
+        before, after, handles = self._open_handles
+        for handle in handles:
+            handle.remove()
+        self.engine.remove_internal(before)
+        self.engine.remove_internal(after)
+        graph.finish(self.engine)
+
+    def _finish_suspended(self, graph: ExecutableGraph | None, terminate: bool) -> None:
+        """End a suspended run: TERMINATE, then COMPLETED, as a terminated ignite run ends."""
+        engine = self.engine
+        if not engine.suspended:
+            return
+        graph = self._open_graph if graph is None or graph is not self._open_graph else graph
+        if terminate:
+            engine.terminate()
+        self._graph = graph
+        graph.bind(self)
         try:
-            return graph.train_step(engine, batch) if self.train else graph.eval_step(engine, batch)
+            with torch.set_grad_enabled(self.train):
+                engine.fire_event(Events.TERMINATE)
+                engine.run_task(None)  # the interrupted run continues, sees should_terminate and completes
+        finally:
+            self._graph = None
+            self._close()
+
+    def finish(self) -> None:
+        """End the task's suspended run (TERMINATE, COMPLETED) at the end of a schedule that did not
+        run all of its repetitions."""
+        self._finish_suspended(None, terminate=True)
+
+    def abandon(self) -> None:
+        """Drop a suspended run without firing its events (after an error, or when its graph
+        changed): the next repetition starts a new ignite run that continues the engine's state."""
+        if self.engine.suspended:
+            self.engine.abandon()
+        self._graph = None
+        self._close()
+
+    def _process(self, engine: TaskEngine, batch: Any) -> Any:
+        graph = self._graph
+        graph.batch = batch
+        try:
+            out = graph.train_step(engine, batch) if self.train else graph.eval_step(engine, batch)
         except (StopTask, StopAllTasks) as e:
             engine.stop_all |= isinstance(e, StopAllTasks)
+            engine.stopped = True
             engine.should_terminate = True
             raise EngineTerminate() from None
+        finally:
+            self._fetched = False
+        return out
 
     def _finish_last_epoch(self, engine: TaskEngine) -> None:
         """Resuming after the last iteration of the task but before its epoch ended: fire the
@@ -234,16 +327,18 @@ class Task:
             engine.fire_event(Events.TERMINATE)
             engine.fire_event(Events.COMPLETED)
 
-    def _on_started(self, engine: TaskEngine) -> None:
+    # ice_ignite's handlers are fired from ``engine.inner`` (their engine argument): act on ``self.engine``
+    def _on_started(self) -> None:
         if self._close_epoch_on_start:  # see run(): the checkpointed epoch still has to end
             self._close_epoch_on_start = False
-            engine.fire_event(Events.EPOCH_COMPLETED)
+            self.engine.fire_event(Events.EPOCH_COMPLETED)
 
-    def _on_epoch_started(self, engine: TaskEngine) -> None:
-        if engine.state.iteration % engine.state.epoch_length == 0:  # not a resumed mid-epoch start
+    def _on_epoch_started(self) -> None:
+        state = self.engine.state
+        if state.iteration % state.epoch_length == 0:  # not a resumed mid-epoch start
             self._epoch_iter = 0
 
-    def _on_iteration_completed(self, engine: TaskEngine) -> None:
+    def _on_iteration_completed(self) -> None:
         self._epoch_iter += 1
         steps = self._graph.context.counters.steps
         if not self.train:
@@ -251,8 +346,11 @@ class Task:
         elif self._graph.step_now:
             steps.train += 1
 
-    def _on_epoch_completed(self, engine: TaskEngine) -> None:
-        self._closed_epoch = engine.state.epoch
+    def _on_epoch_completed(self) -> None:
+        engine, state = self.engine, self.engine.state
+        self._closed_epoch = state.epoch
+        if self.train and self._stop_at <= state.epoch < state.max_epochs:
+            engine.interrupt()  # this repetition ends here; the next one continues the run (ignite's resume)
         if not self.step_mode:
             epochs = self._graph.context.counters.epochs
             if self.train:
@@ -273,13 +371,37 @@ class Task:
             raise CheckpointError(
                 f"a checkpoint was asked for inside an iteration of {self!r} (from a forward or a StepEvents "
                 "handler), where half of the iteration has run; take it at an iteration boundary: a handler of "
-                "ITERATION_STARTED / ITERATION_COMPLETED / EPOCH_* events, or between tasks"
+                "ITERATION_COMPLETED / GET_BATCH_STARTED / EPOCH_* events, or between tasks"
             )
-        offset = -1 if self.engine.last_event_name == Events.ITERATION_STARTED else 0  # it has not run yet
+        if self._fetched:
+            raise CheckpointError(
+                f"a checkpoint was asked for after the engine of {self!r} fetched the batches of its next "
+                "iteration and before that iteration ran (at GET_BATCH_COMPLETED or ITERATION_STARTED): the "
+                "checkpoint could not say whether they were used; take it at an iteration boundary: a handler of "
+                "ITERATION_COMPLETED / GET_BATCH_STARTED / EPOCH_* events, or between tasks"
+            )
+        # without DatasetNodes nothing is fetched: at ITERATION_STARTED the iteration has not run yet
+        offset = -1 if self.engine.last_event_name == Events.ITERATION_STARTED else 0
         iteration, length = int(state.iteration) + offset, int(state.epoch_length)
         done = iteration % length != 0 or iteration // length <= self._closed_epoch
         return {"iteration": iteration, "epoch_length": length, "max_epochs": int(state.max_epochs),
-                "epoch_done": done}
+                "epoch_done": done, "stop_at": self._stop_at, **self._user_keys()}
+
+    def _user_keys(self) -> dict:
+        """``{"user": {key: value}}`` of ``engine.state_dict_user_keys`` (none: ``{}``)."""
+        keys = self.engine.state_dict_user_keys
+        return {"user": {key: getattr(self.engine.state, key) for key in keys}} if keys else {}
+
+    def _user_state(self, saved: dict) -> dict:
+        """The saved values of ``engine.state_dict_user_keys``, for ``Engine.load_state_dict``."""
+        missing = [key for key in self.engine.state_dict_user_keys if key not in saved.get("user", {})]
+        if missing:
+            raise ResumeTaskFailed(
+                f"the engine of {self!r} lists {', '.join(map(repr, missing))} in state_dict_user_keys, and the "
+                "checkpoint holds no value for them (it was written by a run without these keys); append the keys "
+                "after resuming, or resume from a checkpoint of a run that had them"
+            )
+        return dict(saved.get("user", {}))
 
     def engine_state(self) -> dict | None:
         """The engine's progress over the run, as checkpoints hold it (None before its first run)."""
@@ -288,7 +410,7 @@ class Task:
             return None
         out = {"iteration": int(state.iteration), "epoch": int(state.epoch), "epoch_length": int(state.epoch_length),
                "max_epochs": int(state.max_epochs), "optim_step": int(state.optim_step),
-               "terminate": bool(self.engine.should_terminate and not self.running)}
+               "terminate": bool(self.engine.should_terminate and not self.running), **self._user_keys()}
         if self.running:
             position = self.position()
             out["iteration"], out["epoch"] = position["iteration"], position["iteration"] // position["epoch_length"]
@@ -297,15 +419,33 @@ class Task:
     def load_engine_state(self, saved: dict | None) -> None:
         """Restore what ``engine_state`` returned."""
         engine = self.engine
+        self.abandon()
         self._from_checkpoint = saved is not None
         if saved is None:
             engine.state.max_epochs = None
             engine.state.iteration = engine.state.epoch = engine.state.optim_step = 0
             return
         engine.load_state_dict({"iteration": saved["iteration"], "epoch_length": saved["epoch_length"],
-                                "max_epochs": saved["max_epochs"]})
+                                "max_epochs": saved["max_epochs"], **self._user_state(saved)})
         engine.state.optim_step = saved["optim_step"]
         engine.should_terminate = bool(saved["terminate"])
+
+
+class _Batches:
+    """The data of a task's engine: each item is ``{DatasetNode name: batch}``, the next batch of
+    every DatasetNode the task selected, without end (the engine's ``epoch_length`` makes the
+    epochs; each DatasetNode starts its passes itself)."""
+
+    def __init__(self, task: Task, nodes: list):
+        self.task = task
+        self.nodes = nodes
+
+    def __iter__(self) -> "_Batches":
+        return self
+
+    def __next__(self) -> dict:
+        self.task._fetched = True
+        return {node.name: node.next_batch() for node in self.nodes}
 
 
 def _once(fn: Callable[[], None]) -> Callable[[], None]:

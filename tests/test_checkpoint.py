@@ -107,9 +107,10 @@ def test_a_checkpoint_holds_everything_needed_to_resume(tmp_path):
     assert len(state["ranks"]) == 1 and set(state["ranks"][0]["rng"]) >= {"torch", "python", "numpy"}
     assert set(state["nodes"]) == {"train/data", "val/data", "*/net", "*/ce", "val/acc", "*/rec"}
     assert state["nodes"]["train/data"] == {"pass_index": 0, "position": 4, "pass_open": True}
-    assert state["progress"] == {"entry": 0, "task": {"iteration": 4, "epoch_length": 7, "max_epochs": 2,
-                                                      "epoch_done": True}}
-    assert state["engines"]["task0"] == {"iteration": 4, "epoch": 0, "epoch_length": 7, "max_epochs": 2,
+    # one ignite run over the task's two repetitions: max_epochs is their total, this one ends at epoch 2
+    assert state["progress"] == {"entry": 0, "task": {"iteration": 4, "epoch_length": 7, "max_epochs": 4,
+                                                      "epoch_done": True, "stop_at": 2}}
+    assert state["engines"]["task0"] == {"iteration": 4, "epoch": 0, "epoch_length": 7, "max_epochs": 4,
                                          "optim_step": 2, "terminate": False}
     assert set(state["nodes"]["*/net"]) == {"module", "optimizers", "lr_schedulers"}
     assert state["ranks"][0]["grads"] == {}  # iteration 4 ends a cycle of 2

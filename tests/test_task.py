@@ -191,7 +191,8 @@ def test_user_epoch_completed_handler_sees_this_epochs_metrics_and_output_is_det
     assert len(seen) == 2 and seen[0]["mse"] != seen[1]["mse"]
     assert seen[0]["mse"] == pytest.approx(sum(losses[:5]) / 5, rel=1e-6)  # equal batches of 8
     out, batch = outputs[0]
-    assert set(out) == {"data", "net", "mse", "rec"} and batch is None  # every node's output, by name
+    assert set(out) == {"data", "net", "mse", "rec"}  # every node's output, by name
+    assert set(batch) == {"data"} and all(torch.equal(a, b) for a, b in zip(batch["data"], out["data"]))
     assert not out["mse"].requires_grad and not out["net"].requires_grad  # detached in train tasks
 
 
@@ -262,4 +263,6 @@ def test_task_engines_dispatch_handlers_like_ignite_and_log_events_only_when_deb
     assert "Firing handlers" not in caplog.text
     with caplog.at_level("DEBUG", logger=task.engine.logger.name):
         g.exec_tasks([task], ice.Launcher())
-    assert "2 | 4, Firing handlers for event Events.ITERATION_COMPLETED" in caplog.text  # the engine continued
+    # an eval task's engine is an evaluator: the second run starts afresh
+    assert "1 | 2, Firing handlers for event Events.ITERATION_COMPLETED" in caplog.text
+    assert "| 3, Firing" not in caplog.text

@@ -347,6 +347,16 @@ class DatasetNode(Node):
         return iterator
 
     def forward_impl(self, x: OutputCache) -> Any:
+        """The batch the task's engine fetched for this iteration (``engine.state.batch``), on the
+        node's device."""
+        batch = self.egraph.batch[self._name]
+        if self._move:
+            batch = move_to(batch, self._device, non_blocking=self.pin_memory)
+        return batch
+
+    def next_batch(self) -> Any:
+        """Dequeue the next batch (the task's engine calls it, between GET_BATCH_STARTED and
+        GET_BATCH_COMPLETED); a new pass starts where the last one ended."""
         iterator = self._iterator
         if iterator is None:
             iterator = self._open()
@@ -363,8 +373,6 @@ class DatasetNode(Node):
         self.position += 1
         if self._sharded:
             self.last_loss_scale = self.loss_scale(self.position - 1)
-        if self._move:
-            batch = move_to(batch, self._device, non_blocking=self.pin_memory)
         return batch
 
     def _next_pass(self) -> Any:
