@@ -52,7 +52,10 @@ def make_model(dropout: bool = False) -> torch.nn.Module:
 
 
 def loader(ds: torch.utils.data.Dataset, batch: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False)
+    """The canonical loader. Its own generator: a DataLoader without one draws its workers' base seed
+    from the global stream at every ``iter()``, which ice_ignite's DatasetNodes never do (B7), and
+    dropout would then see other random numbers."""
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, generator=torch.Generator())
 
 
 def cycle(data: Any):
