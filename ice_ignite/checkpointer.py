@@ -225,8 +225,9 @@ class Checkpointer:
         if state["grad_scaler"] is not None and scaler is not None:
             scaler.load_state_dict(state["grad_scaler"])
         if state["seed"] != ctx.seed:
-            warnings.warn(f"checkpoint {Path(source).name} was taken with seed={state['seed']}; continuing with it",
-                          stacklevel=4)
+            if ctx.seed_given:  # the default seed (torch.initial_seed()) silently gives way to the checkpoint's
+                warnings.warn(f"checkpoint {Path(source).name} was taken with seed={state['seed']}; continuing with "
+                              "it", stacklevel=4)
             ctx.seed = state["seed"]
         mine = state["ranks"][ctx.rank]
         for uid, grads in mine["grads"].items():

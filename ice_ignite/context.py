@@ -52,6 +52,8 @@ class RunContext:
         self.launcher: Launcher | None = None
         #: the run's base seed
         self.seed = 0
+        #: whether the run's seed was given (``run(seed=...)``) rather than taken from torch
+        self.seed_given = False
         #: the run directory and its name, None outside a run
         self.run_dir: Path | None = None
         self.run_id: str | None = None

@@ -267,16 +267,18 @@ class HyperGraph(NodeRegistry):
             for task in keyed_tasks(entries).values():
                 if not task.engine.suspended:
                     task.engine.should_terminate = False
-        self._runner.run(entries, lambda task, position, remaining: self._run_task(task, position, remaining, resume),
+        self._runner.run(entries, lambda task, position, remaining, hold: self._run_task(task, position, remaining, hold, resume),
                          lambda item: call_with_arity(item, self, launcher),
                          start=resume.entry if resume is not None else 0,
                          resume=resume.task if resume is not None else None,
                          boundary=functools.partial(session.check_preemption, blocking=True) if session is not None else None)
 
-    def _run_task(self, task: Task, position: dict | None, remaining: int = 1, resume: Any = None) -> bool:
+    def _run_task(self, task: Task, position: dict | None, remaining: int = 1, hold: bool = False,
+                  resume: Any = None) -> bool:
         task.engine.hypergraph = self
         return task.run(self.select_egraph(task.tags), self._attach, self._attach_on_handlers, position,
-                        resume.reload_epoch if resume is not None and position is not None else None, remaining)
+                        resume.reload_epoch if resume is not None and position is not None else None, remaining,
+                        hold)
 
     def _attach(self, task: Task) -> None:
         """Attach the run's own handlers to a starting task (inside its engine's ``internal()``)."""
@@ -294,7 +296,7 @@ class HyperGraph(NodeRegistry):
 
     def run(self, tasks: Any, devices: str = "auto", run_id: str | None = None,
             out_dir: "str | os.PathLike | None" = None, resume_from: "str | os.PathLike | None" = None,
-            seed: int = 0, nnodes: str = "1:1", node_rank: int = 0, dist_backend: str = "auto",
+            seed: int | None = None, nnodes: str = "1:1", node_rank: int = 0, dist_backend: str = "auto",
             master_addr: str = "127.0.0.1", master_port: int | None = None, rdzv_endpoint: str = "",
             rdzv_backend: str = "static", max_restarts: int = 0, start_method: str = "spawn",
             launcher: Launcher | None = None, *, strict_resume: bool = True, n_saved: int | None = None,
@@ -312,7 +314,10 @@ class HyperGraph(NodeRegistry):
             out_dir: where run directories live (default ``runs``).
             resume_from: a checkpoint path, or ``"auto"`` for the newest valid checkpoint of the
                 run directory; the run continues exactly where that checkpoint was taken.
-            seed: the base seed of every random stream of the run.
+            seed: the base seed of every random stream of the run; None (the default) takes
+                ``torch.initial_seed()`` of global rank 0, so ``torch.manual_seed`` or ignite's
+                ``manual_seed`` called before the run decide it, as in an ignite script. Logged and
+                checkpointed; a resume continues with the checkpoint's seed.
             nnodes: ``"N"`` or ``"MIN:MAX"`` machines (torchrun's ``--nnodes``).
             node_rank: this machine's rank (static rendezvous).
             master_addr: the address of node 0 (static rendezvous).

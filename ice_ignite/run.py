@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
 from ignite.engine import Events
 
 from ice_ignite import parallel
@@ -80,7 +81,7 @@ class RunOptions:
     run_id: str | None = None
     out_dir: "str | os.PathLike | None" = None
     resume_from: "str | os.PathLike | None" = None
-    seed: int = 0
+    seed: int | None = None
     strict_resume: bool = True
     n_saved: int | None = None
     log_every: int = 50
@@ -90,8 +91,8 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"seed must be an int, got {self.seed!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise TypeError(f"seed must be an int or None (torch.initial_seed()), got {self.seed!r}")
         if self.resume_from is not None and not isinstance(self.resume_from, (str, os.PathLike)):
             raise TypeError(f"resume_from must be None, 'auto' or a checkpoint path, got {self.resume_from!r}")
         n = self.n_saved
@@ -210,8 +211,13 @@ class RunSession:
         launcher, ctx, options = self.launcher, self.context, self.options
         bars = options.progress and launcher.local_rank == 0 and sys.stderr.isatty()
         with run_logging(self.rundir.logs, launcher.rank, bars), PreemptionGuard() as self._guard:
-            ctx.launcher, ctx.run_dir, ctx.run_id, ctx.seed = launcher, self.rundir.root, self.rundir.run_id, options.seed
-            seed_everything(options.seed + launcher.rank)
+            seed = options.seed
+            if seed is None:  # as an ignite script: torch.manual_seed before the run decides it (rank 0's)
+                seed = parallel.broadcast_object(torch.initial_seed() % 2**63)
+            ctx.launcher, ctx.run_dir, ctx.run_id, ctx.seed = launcher, self.rundir.root, self.rundir.run_id, seed
+            ctx.seed_given = options.seed is not None
+            logging.getLogger("ice_ignite").info("seed %d%s", seed, "" if ctx.seed_given else " (torch.initial_seed())")
+            seed_everything(seed + launcher.rank)
             ctx.precision.setup(launcher.device)
             ctx.open_board(str(self.rundir.logs) if launcher.rank == 0 else None)
             ctx.timer = NodeTimer(launcher.device) if options.timing else None

@@ -146,6 +146,15 @@ def end_of_repeat(entries: list[ScheduleEntry], i: int) -> int:
     return end
 
 
+def _validations_follow(entries: list[ScheduleEntry], i: int) -> bool:
+    """Whether entries follow ``entries[i]`` in its top-level schedule item and none trains: the
+    validations (and saves) an ignite trainer would run from its last EPOCH_COMPLETED, before its
+    COMPLETED."""
+    top = entries[i].path[0]
+    rest = [e.item for e in entries[i + 1:] if e.path[0] == top]
+    return bool(rest) and not any(isinstance(item, Task) and item.train for item in rest)
+
+
 def handler_label(key: str, kind: str, task_labels: dict[str, str]) -> str:
     """``"Checkpoint #0 of Task(...)"``: the stateful handler a checkpoint holds under ``key``
     (``"task<i>/<j>"``), for messages; ``task_labels`` names the tasks by key.
@@ -161,8 +170,10 @@ def handler_label(key: str, kind: str, task_labels: dict[str, str]) -> str:
 class ScheduleRunner:
     """Runs flattened schedule entries in order and knows where a checkpoint taken now continues.
 
-    ``run_task(task, resume, remaining)`` runs a Task (``remaining``: how many of the entries from
-    this one on are that task) and returns True when the task's run was terminated, which ends the
+    ``run_task(task, resume, remaining, hold)`` runs a Task (``remaining``: how many of the entries
+    from this one on are that task; ``hold``: keep a train task's run suspended after this last
+    repetition, to be completed when the top-level schedule item holding it ends, after the
+    validations that follow it there) and returns True when the task's run was terminated, which ends the
     innermost Repeat holding it; ``call(item)`` runs a callable; ``boundary()`` is called before
     each entry (the run's preemption check). A nested run (``exec_tasks`` from a schedule callable)
     does not move the position: a checkpoint taken inside it resumes after the callable. When the
@@ -203,8 +214,11 @@ class ScheduleRunner:
 
     def _loop(self, entries: list[ScheduleEntry], run_task: Callable, call: Callable, start: int,
               resume: dict | None, boundary: Callable[[], None] | None, track: bool) -> None:
+        held: dict[int, tuple[Task, int]] = {}  # train runs held after their last repetition, by the item ending them
         i = start
         while i < len(entries):
+            for key in [k for k, (_, top) in held.items() if entries[i].path[0] != top]:
+                held.pop(key)[0].finish()  # the top-level item of its last repetition ended
             item = entries[i].item
             if track:
                 self.index = i
@@ -216,7 +230,10 @@ class ScheduleRunner:
                     outer, self.task = self.task, item
                     try:
                         remaining = sum(1 for e in entries[i:] if e.item is item)
-                        ended = run_task(item, resume if i == start else None, remaining)
+                        hold = item.train and remaining == 1 and _validations_follow(entries, i)
+                        ended = run_task(item, resume if i == start else None, remaining, hold)
+                        if hold:
+                            held[id(item)] = (item, entries[i].path[0])
                     finally:
                         self.task = outer
                 else:

@@ -72,6 +72,7 @@ class Task:
         self._open_graph: ExecutableGraph | None = None  # the graph whose handlers the engine's run holds
         self._open_handles: tuple = ((), (), ())
         self._stop_at = 0  # the engine epoch at which the running repetition ends
+        self._hold = False  # interrupt after the last repetition too (finish() completes the run)
         self._fetched = False  # the engine fetched this iteration's batches and the iteration has not run
         self._epoch_iter = 0
         self._closed_epoch = 0  # the last engine epoch whose EPOCH_COMPLETED work began
@@ -133,7 +134,7 @@ class Task:
 
     def run(self, graph: ExecutableGraph, attach: Callable[["Task"], None] | None = None,
             user_handlers: Callable[["Task"], list] | None = None, resume: dict | None = None,
-            reload_epoch: Callable[[], None] | None = None, remaining: int = 1) -> bool:
+            reload_epoch: Callable[[], None] | None = None, remaining: int = 1, hold: bool = False) -> bool:
         """Run one repetition of the task on ``graph``: ``epochs`` more epochs (or one epoch of
         ``steps × k`` iterations) of its engine.
 
@@ -186,6 +187,7 @@ class Task:
                 "use a new Task for the new setting"
             )
         self._from_checkpoint = False
+        self._hold = hold
         if engine.suspended and (resume is not None or graph is not self._open_graph):
             self.abandon()  # the graph changed between repetitions (nodes added or removed): a new ignite run
         self._graph, self._epoch_iter = graph, 0
@@ -278,22 +280,24 @@ class Task:
         if not engine.suspended:
             return
         graph = self._open_graph if graph is None or graph is not self._open_graph else graph
-        if terminate:
+        if terminate or engine.should_terminate:
             engine.terminate()
         self._graph = graph
         graph.bind(self)
         try:
             with torch.set_grad_enabled(self.train):
-                engine.fire_event(Events.TERMINATE)
+                if engine.should_terminate:
+                    engine.fire_event(Events.TERMINATE)
                 engine.run_task(None)  # the interrupted run continues, sees should_terminate and completes
         finally:
             self._graph = None
             self._close()
 
     def finish(self) -> None:
-        """End the task's suspended run (TERMINATE, COMPLETED) at the end of a schedule that did not
-        run all of its repetitions."""
-        self._finish_suspended(None, terminate=True)
+        """Complete the task's suspended run: COMPLETED after its last repetition (held), or
+        TERMINATE and COMPLETED when the schedule ended before its other repetitions."""
+        state = self.engine.state
+        self._finish_suspended(None, terminate=not (state.max_epochs and state.epoch >= state.max_epochs))
 
     def abandon(self) -> None:
         """Drop a suspended run without firing its events (after an error, or when its graph
@@ -349,7 +353,7 @@ class Task:
     def _on_epoch_completed(self) -> None:
         engine, state = self.engine, self.engine.state
         self._closed_epoch = state.epoch
-        if self.train and self._stop_at <= state.epoch < state.max_epochs:
+        if self.train and self._stop_at <= state.epoch and (state.epoch < state.max_epochs or self._hold):
             engine.interrupt()  # this repetition ends here; the next one continues the run (ignite's resume)
         if not self.step_mode:
             epochs = self._graph.context.counters.epochs

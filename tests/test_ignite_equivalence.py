@@ -27,10 +27,13 @@ def val_losses(twin) -> list:
 
 
 def expected_interrupts(sched: Schedule, length: int) -> list:
-    """Where the train task's run is suspended: the end of each of its repetitions but the last."""
+    """Where the train task's run is suspended: the end of each of its repetitions; after the last
+    only when validations follow it in the Repeat (its COMPLETED then comes after them, as an ignite
+    trainer's comes after the evaluator run from its last EPOCH_COMPLETED)."""
     per = 1 if sched.steps else sched.epochs
     total = sched.train_epochs
-    return [("train", "INTERRUPT", e, e * length, total, length) for e in range(per, total, per)]
+    last = total + 1 if sched.val else total
+    return [("train", "INTERRUPT", e, e * length, total, length) for e in range(per, last, per)]
 
 
 # -- [Repeat([train, val], times=n)] ----------------------------------------------------------------------

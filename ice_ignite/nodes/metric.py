@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import torch
 from ignite.metrics import Metric
+from ignite.metrics.metric import EpochWise, MetricUsage
 
 from ice_ignite.nodes.node import Node, OutputCache, check_callable
 
@@ -39,6 +40,9 @@ class MetricNode(Node):
         metric: any ``ignite.metrics.Metric``.
         forward: ``forward(n, x) -> metric input``.
         epoch_end: ``epoch_end(n)``, called after the metric is computed.
+        usage: ignite's ``Metric.attach`` usage (``EpochWise()``, ``BatchWise()``,
+            ``RunningBatchWise()``, ... or its name): when the metric resets, updates and
+            computes, as in ignite.
         resources: extra attributes or hooks (see ``Node``).
 
     Examples:
@@ -53,6 +57,8 @@ class MetricNode(Node):
         metric: Metric,
         forward: Callable[["MetricNode", OutputCache], Any],
         epoch_end: Callable[["MetricNode"], Any] | None = None,
+        *,
+        usage: "str | MetricUsage" = EpochWise(),
         **resources: Any,
     ):
         if isinstance(metric, type):
@@ -67,6 +73,8 @@ class MetricNode(Node):
             raise TypeError("MetricNode needs a forward returning the metric's input")
         check_callable(forward, 2, "forward of MetricNode", "forward=lambda n, x: (x['net'], x['data'][1])")
         self.metric = metric
+        #: the usage given to ``metric.attach`` (ignite checks it when the metric is attached)
+        self.usage = usage
         #: best records of ``save_best``: a list of ``(value, checkpoint file name)``
         self.best_records: list[tuple[float, str]] = []
         self._value: Any = None
@@ -82,7 +90,7 @@ class MetricNode(Node):
     def _attach_engine(self, engine: Any) -> None:
         """Attach the metric to a starting task's engine; its handlers see this node's output."""
         with engine.internal(view=self) as added:
-            self.metric.attach(engine, self._name)
+            self.metric.attach(engine, self._name, usage=self.usage)
         self._added = added
 
     def _detach_engine(self, engine: Any) -> None:
