@@ -22,7 +22,9 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.distributed.checkpoint as dcp
 from ignite.handlers import DiskSaver
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.filesystem import _StorageInfo  # DCP's storage record: no public name
 
 from ice_ignite import parallel
 from ice_ignite.errors import CheckpointError
@@ -31,7 +33,8 @@ from ice_ignite.transfer import LoadSpec
 __all__ = ["FORMAT", "STATE", "checkpoint_filename", "best_filename", "best_files", "next_sequence",
            "list_checkpoints", "prune_checkpoints", "remove_checkpoint", "remove_partial_writes", "partial_path",
            "publish_directory", "write_checkpoint", "write_sharded_checkpoint", "read_checkpoint",
-           "SaveCheckpointTask", "LoadCheckpointTask", "latest_valid_checkpoint"]
+           "SaveCheckpointTask", "LoadCheckpointTask", "latest_valid_checkpoint", "read_dcp_metadata", "dcp_load", "nest", "load_plain_file",
+           "describe"]
 
 #: the marker every ice_ignite checkpoint carries
 FORMAT = "ice_ignite.checkpoint.v1"
@@ -44,7 +47,7 @@ _PARTIAL = re.compile(r"^\..+\.partial$")
 _DCP_ERRORS = (Exception, dcp.CheckpointException)
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
     """``Type: message`` of ``error``, or of the first process's error a DCP exception wraps."""
     if isinstance(error, dcp.CheckpointException) and error.failures:
         error = error.failures[min(error.failures)][0]
@@ -198,7 +201,7 @@ def publish_directory(path: "str | os.PathLike", write: Callable[[Path], None], 
         if parallel.any_rank(error is not None):
             if first:
                 shutil.rmtree(partial, ignore_errors=True)
-            cause = _describe(error) if error is not None else "another process failed"
+            cause = describe(error) if error is not None else "another process failed"
             raise CheckpointError(f"writing {what} {str(final)!r} failed ({cause}); the previous checkpoints are "
                                   "intact") from error
     return final
@@ -277,8 +280,9 @@ class _MetadataUnpickler(pickle.Unpickler):
                 ("pathlib", "Path")}
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == dcp_metadata.__name__ and isinstance(getattr(dcp_metadata, name, None), type):
-            return getattr(dcp_metadata, name)
+        found = getattr(dcp_metadata, name, None)
+        if module == dcp_metadata.__name__ and isinstance(found, type) and found.__module__ == module:
+            return found  # the classes metadata.py defines, not what it imports
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         if (module, name) in self._ALLOWED:
@@ -286,19 +290,264 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not part of DCP metadata")
 
 
-def _load_state_file(file: Path, map_location: Any, source: Path) -> dict:
-    """``torch.load(weights_only=True)`` of a checkpoint file (or a directory's ``state.pt``),
-    with the format marker checked; errors name ``source``."""
+#: the files of a DCP directory that ``torch.distributed.checkpoint`` unpickles: the global
+#: ``.metadata`` and, when that one fails to load, a process's own ``__<rank>.metadata``
+_DCP_METADATA = re.compile(r"^(?:__\d+)?\.metadata$")
+
+
+class _Invalid(Exception):
+    """A field of DCP metadata that DCP did not write (the message says which)."""
+
+
+def _size(value: Any, what: str) -> torch.Size:
+    if type(value) is not torch.Size or any(type(d) is not int or d < 0 for d in value):
+        raise _Invalid(f"{what} is {value!r}, not a torch.Size of sizes >= 0")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise _Invalid(f"{what} is {value!r}, not an int >= 0")
+    return value
+
+
+def _volume(sizes: Iterable[int]) -> int:
+    out = 1
+    for d in sizes:
+        out *= d
+    return out
+
+
+def _check_tensor_entry(fqn: str, entry: Any) -> None:
+    """Properties, size and chunks of one tensor: the chunks lie inside the tensor, do not
+    overlap and cover it (else part of it would keep the uninitialised memory it is read into)."""
+    props = entry.properties
+    if type(props) is not dcp_metadata.TensorProperties or type(props.dtype) is not torch.dtype:
+        raise _Invalid(f"tensor {fqn!r} has properties {props!r}, not TensorProperties with a dtype")
+    if type(props.layout) is not torch.layout or type(props.requires_grad) is not bool \
+            or type(props.pin_memory) is not bool or type(props.memory_format) is not torch.memory_format:
+        raise _Invalid(f"tensor {fqn!r} has properties {props!r} of the wrong types")
+    size = _size(entry.size, f"the size of tensor {fqn!r}")
+    if type(entry.chunks) is not list:
+        raise _Invalid(f"the chunks of tensor {fqn!r} are a {type(entry.chunks).__name__}, not a list")
+    boxes = []
+    for i, chunk in enumerate(entry.chunks):
+        if type(chunk) is not dcp_metadata.ChunkStorageMetadata:
+            raise _Invalid(f"chunk {i} of tensor {fqn!r} is a {type(chunk).__name__}")
+        offsets = _size(chunk.offsets, f"the offsets of chunk {i} of tensor {fqn!r}")
+        sizes = _size(chunk.sizes, f"the sizes of chunk {i} of tensor {fqn!r}")
+        if len(offsets) != len(size) or len(sizes) != len(size) or \
+                any(o + n > d for o, n, d in zip(offsets, sizes, size)):
+            raise _Invalid(f"chunk {i} of tensor {fqn!r} (offsets {list(offsets)}, sizes {list(sizes)}) does not lie "
+                           f"inside its size {list(size)}")
+        boxes.append((offsets, sizes))
+    if sum(_volume(n) for _, n in boxes) != _volume(size):
+        raise _Invalid(f"the chunks of tensor {fqn!r} do not cover its size {list(size)} exactly")
+    for i, (a_off, a_n) in enumerate(boxes):  # chunks per tensor: one per process that wrote it
+        for b_off, b_n in boxes[:i]:
+            if all(max(a, b) < min(a + m, b + n) for a, m, b, n in zip(a_off, a_n, b_off, b_n)) and _volume(a_n):
+                raise _Invalid(f"two chunks of tensor {fqn!r} overlap")
+
+
+def _check_metadata(meta: Any, directory: Path) -> None:
+    """Raise ``_Invalid`` unless ``meta`` is DCP metadata as ``dcp.save`` writes it for a
+    directory whose files are those of ``directory``: every field of the right type, every chunk
+    of every tensor stored in a plain file of the directory within its size, in disjoint byte
+    ranges at least as long as the chunk's data (so nothing read from it can allocate more than
+    the files hold), and no transform (decompression) of the stored bytes."""
+    if type(meta) is not dcp_metadata.Metadata:
+        raise _Invalid(f"it holds a {type(meta).__name__}, not DCP Metadata")
+    entries, storage, paths = meta.state_dict_metadata, meta.storage_data, meta.planner_data
+    if type(entries) is not dict or type(storage) is not dict:
+        raise _Invalid("its state_dict_metadata or storage_data is not a dict")
+    needed: dict[Any, int] = {}  # storage index -> the least number of bytes it holds
+    for fqn, entry in entries.items():
+        if type(fqn) is not str:
+            raise _Invalid(f"it has the key {fqn!r}, not a str")
+        if type(entry) is dcp_metadata.BytesStorageMetadata:
+            needed[dcp_metadata.MetadataIndex(fqn)] = 0
+            continue
+        if type(entry) is not dcp_metadata.TensorStorageMetadata:
+            raise _Invalid(f"entry {fqn!r} is a {type(entry).__name__}, not tensor or bytes metadata")
+        _check_tensor_entry(fqn, entry)
+        for chunk in entry.chunks:
+            needed[dcp_metadata.MetadataIndex(fqn, chunk.offsets)] = _volume(chunk.sizes) * entry.properties.dtype.itemsize
+    if paths is not None:
+        if type(paths) is not dict:
+            raise _Invalid(f"its planner_data is a {type(paths).__name__}, not a dict")
+        for fqn, keys in paths.items():
+            if fqn not in entries or type(keys) is not tuple or not keys or any(
+                    type(k) is not str and (type(k) is not int or not 0 <= k < len(entries)) for k in keys):
+                raise _Invalid(f"its planner_data maps {fqn!r} to {keys!r}, not a path of str and int keys of an entry")
+    if not isinstance(meta.storage_meta, (dcp_metadata.StorageMeta, type(None))) or \
+            not isinstance(meta.version, (str, type(None))):
+        raise _Invalid(f"its storage_meta ({type(meta.storage_meta).__name__}) or version "
+                       f"({type(meta.version).__name__}) has the wrong type")
+    sm = meta.storage_meta
+    if sm is not None and (type(sm) is not dcp_metadata.StorageMeta
+                           or not isinstance(sm.checkpoint_id, (str, os.PathLike, type(None)))
+                           or not all(isinstance(v, (str, type(None))) for v in (sm.save_id, sm.load_id))
+                           or type(sm.modules) is not list or any(type(m) is not str for m in sm.modules)):
+        raise _Invalid(f"its storage_meta {sm!r} has fields of the wrong types")
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for index, info in storage.items():
+        if type(index) is not dcp_metadata.MetadataIndex or index not in needed:
+            raise _Invalid(f"its storage_data has the key {index!r}, which is no chunk of its entries")
+        if type(info) is not _StorageInfo or type(info.relative_path) is not str:
+            raise _Invalid(f"the storage of {index.fqn!r} is {info!r}, not a _StorageInfo with a file name")
+        name = info.relative_path
+        file = directory / name
+        if not name or name != Path(name).name or name in (".", "..") or _DCP_METADATA.match(name) \
+                or file.is_symlink() or not file.is_file():
+            raise _Invalid(f"the storage of {index.fqn!r} names {name!r}, not a shard file of the directory")
+        offset, length = _count(info.offset, f"the offset of {index.fqn!r}"), _count(info.length, f"the length of {index.fqn!r}")
+        if offset + length > file.stat().st_size:
+            raise _Invalid(f"the storage of {index.fqn!r} (bytes {offset} to {offset + length}) lies past the end of "
+                           f"{name!r} ({file.stat().st_size} bytes)")
+        if length < needed[index]:
+            raise _Invalid(f"the storage of {index.fqn!r} holds {length} bytes, less than its {needed[index]} bytes of "
+                           "data")
+        if info.transform_descriptors:
+            raise _Invalid(f"the storage of {index.fqn!r} is transformed ({info.transform_descriptors!r}); "
+                           "ice_ignite reads untransformed shards only")
+        ranges.setdefault(name, []).append((offset, offset + length))
+    missing = [index.fqn for index in needed if index not in storage]
+    if missing:
+        raise _Invalid(f"entries {', '.join(repr(f) for f in missing[:3])} have no storage")
+    for name, spans in ranges.items():
+        spans.sort()
+        if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+            raise _Invalid(f"two chunks are stored in overlapping bytes of {name!r}")
+
+
+def read_dcp_metadata(path: "str | os.PathLike") -> dcp_metadata.Metadata:
+    """The DCP metadata of directory ``path``, read and checked before torch sees the directory:
+    every file DCP could unpickle (``.metadata`` and any ``__<rank>.metadata``) is read with an
+    unpickler that admits DCP's metadata classes only, and validated (types of every field, sizes,
+    chunks, storage indices, offsets and lengths against the shard files' sizes). Load the
+    directory only through ``dcp_load`` with the metadata returned.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> d = write_sharded_checkpoint({"format": FORMAT, "nodes": {"*/n": {"w": torch.ones(2)}}}, ["*/n"],
+        ...                              tempfile.mkdtemp() + "/c.dcp")
+        >>> list(read_dcp_metadata(d).state_dict_metadata)
+        ['*/n.w']
+
+    Raises:
+        CheckpointError: naming the file: it is missing, holds pickled objects other than DCP
+            metadata (refused unread), or is corrupted or inconsistent with the shard files.
+    """
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if _DCP_METADATA.match(p.name)) if path.is_dir() else []
+    if path / ".metadata" not in files:
+        raise CheckpointError(f"checkpoint directory {str(path)!r} has no .metadata: its sharded part is missing or "
+                              "incomplete; resume from another checkpoint (resume_from='auto' picks the newest one "
+                              "that loads)")
+    found = {}
+    for file in files:
+        try:
+            if file.is_symlink() or not file.is_file():
+                raise _Invalid("it is not a plain file")
+            with open(file, "rb") as f:
+                meta = _MetadataUnpickler(f).load()
+            _check_metadata(meta, path)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(
+                f"refused to load checkpoint directory {str(path)!r}: its {file.name} holds pickled objects other than "
+                f"DCP metadata, and loading it could run code ({e}); open only a checkpoint you trust with "
+                "torch.distributed.checkpoint"
+            ) from None
+        except _Invalid as e:
+            raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its {file.name} does "
+                                  f"not describe the directory ({e}); resume from another checkpoint "
+                                  "(resume_from='auto' picks the newest one that loads)") from None
+        except Exception as e:
+            raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its {file.name} "
+                                  f"does not load ({type(e).__name__}: {e})") from None
+        found[file.name] = meta
+    return found[".metadata"]
+
+
+class _CheckedReader(FileSystemReader):
+    """DCP's file reader, given the metadata ``read_dcp_metadata`` checked: DCP then never
+    unpickles a metadata file itself (nor falls back to a per-rank one)."""
+
+    def __init__(self, path: Path, metadata: dcp_metadata.Metadata):
+        super().__init__(path)
+        self._checked = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_metadata.Metadata:
+        self._checked.storage_meta = self._checked.storage_meta or dcp_metadata.StorageMeta()
+        self._checked.storage_meta.load_id = self.load_id
+        return self._checked
+
+
+class _SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's default load planner, but a non-tensor value (``BytesStorageMetadata``, which DCP
+    reads with ``torch.load(weights_only=False)``) is loaded only if ``weights_only=True`` accepts
+    its bytes: the same bytes, in memory, then run only the allowlisted calls."""
+
+    def load_bytes(self, read_item: Any, value: Any) -> None:
+        try:
+            torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"refused the value {read_item.dest_index.fqn!r} of a sharded checkpoint: it holds "
+                                  f"pickled objects other than tensors and plain data, and loading it could run code "
+                                  f"({str(e).splitlines()[0]}); open only a checkpoint you trust with "
+                                  "torch.distributed.checkpoint") from None
+        value.seek(0)
+        super().load_bytes(read_item, value)
+
+
+def dcp_load(state_dict: dict, path: "str | os.PathLike", metadata: dcp_metadata.Metadata, no_dist: bool = True) -> None:
+    """``torch.distributed.checkpoint.load`` of directory ``path`` into ``state_dict``, with the
+    ``metadata`` of ``read_dcp_metadata(path)`` and non-tensor values loaded ``weights_only``."""
+    with quiet_single_process_dcp():
+        dcp.load(state_dict, storage_reader=_CheckedReader(Path(path), metadata), planner=_SafeLoadPlanner(),
+                 no_dist=no_dist)
+
+
+def nest(flat: dict, metadata: dcp_metadata.Metadata) -> dict:
+    """A flat ``{fqn: value}`` loaded from a DCP directory, nested as it was saved (its
+    ``planner_data``: dicts for str keys, lists for int keys)."""
+    nested: dict = {}
+    for fqn, value in flat.items():
+        keys = (metadata.planner_data or {}).get(fqn, (fqn,))
+        here: Any = nested
+        for key, nxt in zip(keys, keys[1:] + (None,)):
+            new = value if nxt is None else ([] if type(nxt) is int else {})
+            if type(key) is int and type(here) is list:
+                here.extend([None] * (key + 1 - len(here)))
+                here[key] = new if here[key] is None or nxt is None else here[key]
+            elif type(key) is str and type(here) is dict:
+                here[key] = new if nxt is None else here.get(key, new)
+            else:
+                raise CheckpointError(f"the DCP metadata maps {fqn!r} to {keys!r}, which clashes with another entry")
+            here = here[key]
+    return nested
+
+
+def load_plain_file(file: Path, source: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` of ``file``, a checkpoint file or a file of checkpoint
+    directory ``source``; errors name both."""
+    where = repr(str(source)) if file == source else f"{str(source)!r} (its {file.name})"
     try:
-        state = torch.load(file, map_location=map_location, weights_only=True)
+        return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"refused to load checkpoint {str(source)!r}: it holds pickled objects other than tensors and plain "
+            f"refused to load checkpoint {where}: it holds pickled objects other than tensors and plain "
             f"containers, and loading it could run code ({str(e).splitlines()[0]}); only a file you trust may be "
             "opened with torch.load(weights_only=False)"
         ) from None
     except Exception as e:
-        raise CheckpointError(f"checkpoint {str(source)!r} is truncated or corrupted ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"checkpoint {where} is truncated or corrupted ({type(e).__name__}: {e})") from e
+
+
+def _load_state_file(file: Path, map_location: Any, source: Path) -> dict:
+    """``torch.load(weights_only=True)`` of a checkpoint file (or a directory's ``state.pt``),
+    with the format marker checked; errors name ``source``."""
+    state = load_plain_file(file, source, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{str(source)!r} is not an ice_ignite checkpoint (no {FORMAT!r} marker); pass a file written by "
@@ -310,30 +559,12 @@ def _load_state_file(file: Path, map_location: Any, source: Path) -> dict:
 def _read_shards(path: Path, map_location: Any) -> dict:
     """The tensors of a checkpoint directory's DCP part, consolidated into full plain tensors (as
     ``torch.distributed.checkpoint.format_utils.dcp_to_torch_save`` does, in memory, without a
-    process group), nested as they were saved."""
-    meta_file = path / ".metadata"
-    if not meta_file.is_file():
-        raise CheckpointError(f"checkpoint directory {str(path)!r} has no .metadata: its sharded part is missing or "
-                              "incomplete; resume from another checkpoint (resume_from='auto' picks the newest one "
-                              "that loads)")
-    try:
-        with open(meta_file, "rb") as f:
-            meta = _MetadataUnpickler(f).load()
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refused to load checkpoint directory {str(path)!r}: its .metadata holds pickled objects other than "
-            f"DCP metadata, and loading it could run code ({e}); open only a checkpoint you trust with "
-            "torch.distributed.checkpoint"
-        ) from None
-    except Exception as e:
-        raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its .metadata does not "
-                              f"load ({type(e).__name__}: {e})") from e
-    if not isinstance(meta, dcp_metadata.Metadata):
-        raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its .metadata is a "
-                              f"{type(meta).__name__}, not DCP metadata")
+    process group), nested as they were saved. The metadata is checked first
+    (``read_dcp_metadata``): nothing is allocated before, nor more than the shard files hold."""
+    meta = read_dcp_metadata(path)
     entries = meta.state_dict_metadata
     others = [fqn for fqn, entry in entries.items() if not isinstance(entry, dcp_metadata.TensorStorageMetadata)]
-    if others:  # DCP would torch.load(weights_only=False) them
+    if others:  # save_checkpoint writes tensors only there
         raise CheckpointError(
             f"refused to load checkpoint directory {str(path)!r}: its sharded part holds pickled objects, not only "
             f"tensors ({', '.join(others[:3])}), and loading them could run code; open only a checkpoint you trust "
@@ -342,20 +573,12 @@ def _read_shards(path: Path, map_location: Any) -> dict:
     device = torch.device("cpu") if map_location is None else torch.device(map_location)
     flat = {fqn: torch.empty(entry.size, dtype=entry.properties.dtype, device=device) for fqn, entry in entries.items()}
     try:
-        with quiet_single_process_dcp():
-            dcp.load(flat, checkpoint_id=path, no_dist=True)  # every chunk of every process, into the full tensors
+        dcp_load(flat, path, meta)  # every chunk of every process, into the full tensors
     except _DCP_ERRORS as e:
         raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its shards do not load "
-                              f"({_describe(e)}); resume from another checkpoint (resume_from='auto' picks the newest "
+                              f"({describe(e)}); resume from another checkpoint (resume_from='auto' picks the newest "
                               "one that loads)") from e
-    nested: dict = {}
-    for fqn, tensor in flat.items():
-        keys = (meta.planner_data or {}).get(fqn, (fqn,))
-        here = nested
-        for key in keys[:-1]:
-            here = here.setdefault(key, {})
-        here[keys[-1]] = tensor
-    return nested
+    return nest(flat, meta)
 
 
 def _read_directory(path: Path, map_location: Any) -> dict:
