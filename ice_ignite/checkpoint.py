@@ -16,6 +16,7 @@ import pickle
 import re
 import shutil
 import warnings
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -23,6 +24,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from ignite.handlers import DiskSaver
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.filesystem import _StorageInfo  # DCP's storage record: no public name
 
@@ -34,7 +36,7 @@ __all__ = ["FORMAT", "STATE", "checkpoint_filename", "best_filename", "best_file
            "list_checkpoints", "prune_checkpoints", "remove_checkpoint", "remove_partial_writes", "partial_path",
            "publish_directory", "write_checkpoint", "write_sharded_checkpoint", "read_checkpoint",
            "SaveCheckpointTask", "LoadCheckpointTask", "latest_valid_checkpoint", "read_dcp_metadata", "dcp_load", "nest", "load_plain_file",
-           "describe"]
+           "describe", "check_loadable"]
 
 #: the marker every ice_ignite checkpoint carries
 FORMAT = "ice_ignite.checkpoint.v1"
@@ -136,6 +138,58 @@ def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
         if m:
             found.append((int(m.group(1)), path))
     return sorted(found)
+
+
+#: what ``torch.load(weights_only=True)`` rebuilds (torch 2.13's allowlist, ``torch/_weights_only_unpickler.py``),
+#: besides tensors and containers: checked at save time so that a run never writes what it cannot read
+_PLAIN = (int, float, bool, complex, str, bytes, bytearray, type(None), torch.Size, torch.dtype, torch.device,
+          torch.layout, torch.qscheme)
+_CONTAINERS = (dict, OrderedDict, Counter, list, tuple, set)
+_TENSORS = (torch.Tensor, torch.nn.Parameter, DTensor)
+
+
+def check_loadable(state: Any, where: str = "") -> None:
+    """Raise unless ``torch.load(weights_only=True)`` can read ``state`` back: tensors, numbers,
+    str, bytes, bool, None, ``torch.Size``, dtypes, devices, and dicts (``OrderedDict``,
+    ``Counter``), lists, tuples and sets of those, or classes given to
+    ``torch.serialization.add_safe_globals``. One walk of the tree.
+
+    Examples:
+        >>> check_loadable({"w": torch.ones(2), "steps": [1, 2]})
+        >>> check_loadable({"nodes": {"*/net": {"extra": {"table": range(3)}}}})
+        Traceback (most recent call last):
+        ...
+        ice_ignite.errors.CheckpointError: nodes['*/net']['extra']['table'] in the checkpoint is a builtins.range, ...
+
+    Raises:
+        CheckpointError: naming the key path and the type of the first value it refuses.
+    """
+    safe = {g[0] if isinstance(g, tuple) else g for g in torch.serialization.get_safe_globals()}
+    stack = [(where, state)]
+    while stack:
+        path, value = stack.pop()
+        kind = type(value)
+        if kind in _PLAIN or kind in _TENSORS:
+            continue
+        if kind in _CONTAINERS:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    stack.append((f"a key of {path or 'the checkpoint'}", key))
+                    stack.append((key if not path and type(key) is str else f"{path}[{key!r}]", item))
+            else:
+                stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+            continue
+        if kind in safe:  # the user allowed it for weights_only loading; what it holds must load too
+            stack.extend((f"{path}.{name}", item) for name, item in getattr(value, "__dict__", {}).items())
+            continue
+        raise CheckpointError(
+            f"{path or 'the state'} in the checkpoint is a {kind.__module__}.{kind.__qualname__}, which "
+            "torch.load(weights_only=True) refuses: a "
+            "checkpoint holding it could not be resumed, so none was written. Return a state_dict of tensors and "
+            "plain types (numbers, str, bool, None, and lists, tuples and dicts of them), e.g. torch.from_numpy(a) "
+            "for a numpy array, a.item() for a numpy number, list(s) for a frozenset, a dict of its fields for your "
+            "own class"
+        )
 
 
 def write_checkpoint(state: dict, path: Path) -> None:

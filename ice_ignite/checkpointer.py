@@ -15,6 +15,7 @@ from ice_ignite.checkpoint import (
     FORMAT,
     best_filename,
     best_files,
+    check_loadable,
     checkpoint_filename,
     next_sequence,
     prune_checkpoints,
@@ -104,7 +105,7 @@ class Checkpointer:
         progress = runner.progress()
         tasks = self._tasks()
         scaler = ctx.precision.grad_scaler
-        return {
+        state = {
             "format": FORMAT,
             "seq": self.seq,
             "schedule": [e.description for e in runner.entries] if runner.entries is not None else [],
@@ -126,6 +127,8 @@ class Checkpointer:
                          for key, task in tasks.items() for i, obj in enumerate(task.engine.stateful_handlers())},
             "objects": {name: obj.state_dict() for name, obj in self.objects.items()},
         }
+        check_loadable(state)  # a run never writes a checkpoint it cannot read (nor ignite's Checkpoint)
+        return state
 
     def _mid_cycle_grads(self, progress: dict) -> dict:
         """Gradients accumulated in an unfinished accumulation cycle, by ModuleNode uid."""

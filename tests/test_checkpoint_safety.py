@@ -238,3 +238,93 @@ def test_the_untouched_directories_still_load_through_every_path(sources, tmp_pa
     full = torch.load(sharded.export(sources / "sharded", tmp_path / "full.pt"), weights_only=True)
     assert sorted(full["*/net"]) == ["module", "optimizers"]
     assert full["*/net"]["optimizers"]["param_groups"][0]["lr"] == 0.1
+
+
+# -- item 2: a run never writes a checkpoint it cannot read ----------------------------------------
+class Custom:
+    pass
+
+
+class TableNode(ice.Node):
+    """A node whose state holds ``value`` under ``extra.table``."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def state_dict(self):
+        return {"extra": {"table": self.value}}
+
+    def load_state_dict(self, state, strict=True):
+        self.value = state["extra"]["table"]
+
+
+class Stateful:
+    """A registered object or handler whose state holds ``value``."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, engine):
+        pass
+
+    def state_dict(self):
+        return {"seen": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["seen"]
+
+
+def unreadable_node(g, task, value):
+    g.add("table", TableNode(value))
+
+
+def unreadable_object(g, task, value):
+    g.register_stateful("ema", Stateful(value))
+
+
+def unreadable_handler(g, task, value):
+    from ignite.engine import Events
+
+    task.engine.add_event_handler(Events.EPOCH_COMPLETED, Stateful(value))
+
+
+UNREADABLE = {
+    "numpy-array-in-a-node": (unreadable_node, lambda: __import__("numpy").zeros(3),
+                              r"nodes\['\*/table'\]\['extra'\]\['table'\] in the checkpoint is a numpy.ndarray"),
+    "custom-class-registered": (unreadable_object, Custom,
+                                r"objects\['ema'\]\['seen'\] in the checkpoint is a test_checkpoint_safety.Custom"),
+    "numpy-number-in-a-handler": (unreadable_handler, lambda: __import__("numpy").float64(0.5),
+                                  r"handlers\['task0/0'\]\['state'\]\['seen'\] in the checkpoint is a numpy.float64"),
+    "frozenset-in-a-node": (unreadable_node, lambda: frozenset({1}),
+                            r"nodes\['\*/table'\]\['extra'\]\['table'\] in the checkpoint is a builtins.frozenset"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_a_state_weights_only_loading_refuses_is_an_error_before_anything_is_written(tmp_path, case):
+    add, make, message = UNREADABLE[case]
+    g = linear_graph()
+    train = ice.Task(train=True, epochs=1, tags="train")
+    add(g, train, make())
+    with pytest.raises(CheckpointError, match=message + r".*none was written.*torch.from_numpy\(a\)"):
+        g.run([train, ice.SaveCheckpointTask(), ice.Task(train=True, epochs=1, tags="train")], devices="cpu",
+              out_dir=tmp_path, run_id="src")
+    assert list((tmp_path / "src" / "ckpts").iterdir()) == []
+    assert g.global_counters.epochs.train == 1  # the task after the save never ran
+    with pytest.raises(CheckpointError, match=message):
+        g.state_dict()  # what ignite's Checkpoint({"graph": g}) would save
+
+
+def test_a_set_is_what_weights_only_loading_reads_so_it_saves_and_resumes(tmp_path):
+    """torch 2.13's weights_only unpickler allows sets (and complex, bytes, torch.device)."""
+    g = linear_graph()
+    g.register_stateful("ema", Stateful({1, 2, b"x", 1j, torch.device("cpu")}))
+    g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
+          out_dir=tmp_path, run_id="src")
+    g2 = linear_graph()
+    ema = Stateful(None)
+    g2.register_stateful("ema", ema)
+    g2.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
+           out_dir=tmp_path, run_id="src", resume_from="auto")
+    assert ema.value == {1, 2, b"x", 1j, torch.device("cpu")}
