@@ -18,6 +18,7 @@ import shutil
 import warnings
 from collections import Counter, OrderedDict
 from pathlib import Path
+from urllib.parse import quote, unquote
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -32,7 +33,7 @@ from ice_ignite import parallel
 from ice_ignite.errors import CheckpointError
 from ice_ignite.transfer import LoadSpec
 
-__all__ = ["FORMAT", "STATE", "checkpoint_filename", "best_filename", "best_files", "next_sequence",
+__all__ = ["FORMAT", "STATE", "checkpoint_filename", "best_filename", "best_uid", "best_files", "next_sequence",
            "list_checkpoints", "prune_checkpoints", "remove_checkpoint", "remove_partial_writes", "partial_path",
            "publish_directory", "write_checkpoint", "write_sharded_checkpoint", "read_checkpoint",
            "SaveCheckpointTask", "LoadCheckpointTask", "latest_valid_checkpoint", "read_dcp_metadata", "dcp_load", "nest", "load_plain_file",
@@ -66,16 +67,53 @@ def checkpoint_filename(seq: int, epochs: int, steps: int, sharded: bool = False
     return f"ckpt-{seq:06d}-E{epochs}S{steps}{_suffix(sharded)}"
 
 
-def best_filename(seq: int, epochs: int, steps: int, name: str, value: float, sharded: bool = False) -> str:
-    """``best-000124-E3S117-acc=0.9812.pt``: a MetricNode's best checkpoint (``.dcp``: ``sharded``)."""
-    return f"best-{seq:06d}-E{epochs}S{steps}-{name}={value:.6g}{_suffix(sharded)}"
+def best_filename(seq: int, epochs: int, steps: int, uid: str, value: float, sharded: bool = False) -> str:
+    """``best-000124-E3S117-val%2Facc=0.9812.pt``: the best checkpoint of MetricNode ``uid``
+    (``val/acc``), percent-encoded (every character but letters, digits, ``_.-~``: ``/`` is
+    ``%2F``, ``*`` ``%2A``, ``,`` ``%2C``, ``#`` ``%23``), so that it is one file name and decodes
+    to the uid (``.dcp``: ``sharded``).
+
+    Examples:
+        >>> best_filename(124, 3, 117, "#dbg,val/acc", 0.98125)
+        'best-000124-E3S117-%23dbg%2Cval%2Facc=0.98125.pt'
+        >>> best_uid(best_filename(124, 3, 117, "#dbg,val/acc", 0.98125))
+        ('#dbg,val/acc', 'acc')
+    """
+    return f"best-{seq:06d}-E{epochs}S{steps}-{quote(uid, safe='')}={value:.6g}{_suffix(sharded)}"
 
 
-def best_files(ckpt_dir: Path, name: str) -> list[Path]:
-    """The best checkpoints of MetricNode ``name`` in ``ckpt_dir``."""
+def best_uid(filename: str) -> tuple[str | None, str] | None:
+    """``(uid, node name)`` of a best checkpoint's file name; the uid is None for the names of
+    ice_ignite before 0.3 (``best-...-acc=0.98.pt``: the node's name only, no encoded ``/``).
+    None if ``filename`` is not a best checkpoint's."""
+    m = _BEST.match(filename)
+    if m is None:
+        return None
+    part = m.group(4)
+    if "%2F" not in part:  # a node name has no '/': an encoded uid always has one
+        return None, part
+    uid = unquote(part)
+    return uid, uid.rpartition("/")[2]
+
+
+def best_files(ckpt_dir: Path, node: str, legacy: bool = True) -> list[Path]:
+    """The best checkpoints in ``ckpt_dir`` of the MetricNode with uid ``node`` (with ``legacy``,
+    also the old files named after its name, which do not say which node of that name wrote
+    them), or of every MetricNode named ``node`` (a name: no ``/``)."""
     if not ckpt_dir.is_dir():
         return []
-    return sorted(p for p in ckpt_dir.iterdir() if (m := _BEST.match(p.name)) and m.group(4) == name)
+    by_uid = "/" in node
+    name = node.rpartition("/")[2]
+    found = []
+    for p in ckpt_dir.iterdir():
+        owner = best_uid(p.name)
+        if owner is None:
+            continue
+        uid, owner_name = owner
+        if (uid is not None and (uid == node if by_uid else owner_name == node)) or \
+                (uid is None and owner_name == name and (legacy or not by_uid)):
+            found.append(p)
+    return sorted(found)
 
 
 def next_sequence(ckpt_dir: Path) -> int:
@@ -127,17 +165,17 @@ def remove_partial_writes(ckpt_dir: Path) -> list[Path]:
     return stale
 
 
-def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+def list_checkpoints(ckpt_dir: Path, best: bool = False) -> list[tuple[int, Path]]:
     """``(sequence, path)`` of the periodic checkpoints in ``ckpt_dir`` (files and directories),
-    oldest first."""
+    oldest first; with ``best``, the best checkpoints of MetricNodes too."""
     if not ckpt_dir.is_dir():
         return []
     found = []
     for path in ckpt_dir.iterdir():
-        m = _NAME.match(path.name)
+        m = _NAME.match(path.name) or (_BEST.match(path.name) if best else None)
         if m:
-            found.append((int(m.group(1)), path))
-    return sorted(found)
+            found.append((int(m.group(1)), path.name.startswith("ckpt-"), path))
+    return [(seq, path) for seq, _, path in sorted(found)]
 
 
 #: what ``torch.load(weights_only=True)`` rebuilds (torch 2.13's allowlist, ``torch/_weights_only_unpickler.py``),
@@ -678,13 +716,33 @@ def read_checkpoint(path: "str | Path", map_location: Any = "cpu") -> dict:
 
 
 def latest_valid_checkpoint(ckpt_dir: Path, map_location: Any = "cpu") -> tuple[Path, dict] | None:
-    """The newest checkpoint in ``ckpt_dir`` that loads; newer broken ones are skipped with a warning."""
-    for _, path in reversed(list_checkpoints(ckpt_dir)):
+    """The checkpoint of ``ckpt_dir`` that ``resume_from="auto"`` resumes: the newest by sequence
+    number that loads, periodic (``ckpt-*``) or best (``best-*``, a whole checkpoint too); newer
+    broken ones are skipped with a warning. None when ``ckpt_dir`` holds no checkpoint.
+
+    Raises:
+        CheckpointError: ``ckpt_dir`` holds checkpoints (files or directories named ``ckpt-*`` or
+            ``best-*``) and none loads; the message lists each and why.
+    """
+    if not ckpt_dir.is_dir():
+        return None
+    listed = list_checkpoints(ckpt_dir, best=True)
+    failures = [f"{p.name} (not a checkpoint name: ckpt-<sequence>-E<epochs>S<steps>.pt, or best-...)"
+                for p in sorted(ckpt_dir.iterdir())
+                if (p.name.startswith("ckpt-") or p.name.startswith("best-")) and p not in {q for _, q in listed}]
+    for _, path in reversed(listed):
         try:
             return path, read_checkpoint(path, map_location)
         except CheckpointError as e:
+            failures.append(f"{path.name} ({e})")
             warnings.warn(f"skipping checkpoint {path.name}: {e}; falling back to an older one", stacklevel=3)
-    return None
+    if not failures:
+        return None
+    raise CheckpointError(
+        f"resume_from='auto': {str(ckpt_dir)!r} holds {len(failures)} checkpoint(s) and none loads, so the run is not "
+        f"restarted from the beginning beside them: {'; '.join(failures)}. Resume from a copy you trust "
+        "(resume_from=path), or move these out of the run directory to start it afresh, or pass another run_id"
+    )
 
 
 class SaveCheckpointTask:

@@ -193,7 +193,7 @@ class Checkpointer:
         if len(records) >= max_keep and worse(value, records[-1][0]):
             return None
         counters = self.context.counters
-        name = best_filename(self.seq, counters.epochs.train, counters.steps.train, node.name, value,
+        name = best_filename(self.seq, counters.epochs.train, counters.steps.train, node.uid, value,
                              sharded=bool(self._sharded_uids((DEFAULT_TAG,))))
         records.append((value, name))
         records.sort(key=lambda r: -r[0] if higher_better else r[0])
@@ -201,7 +201,9 @@ class Checkpointer:
         path = self.save(self.rundir.ckpts / name, (DEFAULT_TAG,))
         if path is not None:  # rank 0: the files on disk follow the records (also after a resume)
             keep = {f for _, f in records}
-            for old in best_files(self.rundir.ckpts, node.name):
+            # files named by an older ice_ignite say the node's name only: pruned when no other node has it
+            alone = [n.name for n in self.nodes(DEFAULT_TAG).values()].count(node.name) == 1
+            for old in best_files(self.rundir.ckpts, node.uid, legacy=alone):
                 if old.name not in keep:
                     remove_checkpoint(old)
         return path

@@ -6,6 +6,7 @@ past them), ``g.load_checkpoint``, ``LoadCheckpointTask``, ``sharded.load`` and 
 A pickled payload would create a marker file: it never appears."""
 
 import pickle
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -13,13 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from ignite.metrics import Accuracy
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
 
 import ice_ignite as ice
 from ice_ignite import CheckpointError, sharded
-from ice_ignite.checkpoint import FORMAT, STATE, read_checkpoint, write_sharded_checkpoint
+from ice_ignite.checkpoint import (FORMAT, STATE, best_filename, best_files, best_uid, read_checkpoint,
+                                   write_sharded_checkpoint)
 
-from conftest import linear_graph, saved_checkpoint
+from conftest import linear_graph, regression_set, saved_checkpoint
 
 RUN_DIR = "ckpt-000001-E1S5.dcp"
 
@@ -328,3 +331,99 @@ def test_a_set_is_what_weights_only_loading_reads_so_it_saves_and_resumes(tmp_pa
     g2.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
            out_dir=tmp_path, run_id="src", resume_from="auto")
     assert ema.value == {1, 2, b"x", 1j, torch.device("cpu")}
+
+
+# -- item 3: never restart silently ----------------------------------------------------------------
+def rounds(times):
+    return [ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], times=times)]
+
+
+def ckpt_names(tmp_path, run_id="src"):
+    return sorted(p.name for p in (tmp_path / run_id / "ckpts").iterdir())
+
+
+def test_auto_refuses_a_run_directory_whose_only_checkpoint_is_truncated(tmp_path):
+    _, file = saved_checkpoint(tmp_path)
+    file.write_bytes(file.read_bytes()[:200])
+    g = linear_graph()
+    with pytest.warns(UserWarning, match="skipping checkpoint"), \
+            pytest.raises(CheckpointError, match=rf"holds 1 checkpoint\(s\) and none loads, so the run is not restarted "
+                                                 rf"from the beginning beside them: {file.name} \(.*truncated or "
+                                                 r"corrupted.*\)\. Resume from a copy you trust"):
+        g.run(rounds(2), devices="cpu", out_dir=tmp_path, run_id="src", resume_from="auto")
+    assert g.global_counters.epochs.train == 0  # nothing trained
+    assert ckpt_names(tmp_path) == [file.name]  # nothing written beside it
+
+
+def test_auto_lists_every_checkpoint_that_does_not_load_and_why(tmp_path):
+    _, file = saved_checkpoint(tmp_path)
+    ckpts = file.parent
+    file.write_bytes(b"")
+    (ckpts / "ckpt-000001-E1S5.dcp").mkdir()  # a directory without state.pt
+    (ckpts / "best-000002-E1S5-val%2Fmse=0.5.pt").write_bytes(b"not a checkpoint")
+    (ckpts / "ckpt-final.pt").write_bytes(b"")  # a name that is no checkpoint's
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="holds 4 checkpoint") as info:
+        linear_graph().run(rounds(2), devices="cpu", out_dir=tmp_path, run_id="src", resume_from="auto")
+    message = str(info.value)
+    for name, why in ((file.name, "truncated or corrupted"), ("ckpt-000001-E1S5.dcp", "has no state.pt"),
+                      ("best-000002-E1S5-val%2Fmse=0.5.pt", "refused to load"),
+                      ("ckpt-final.pt", "not a checkpoint name")):
+        assert re.search(rf"{re.escape(name)} \([^;]*{why}", message), (name, message)
+
+
+def test_best_files_alone_protect_a_run_directory(tmp_path):
+    _, file = saved_checkpoint(tmp_path)
+    best = file.rename(file.with_name("best-000000-E1S5-val%2Fmse=0.5.pt"))
+    with pytest.raises(FileExistsError, match=r"holds checkpoints; pass resume_from='auto'.*best-\*"):
+        linear_graph().run(rounds(1), devices="cpu", out_dir=tmp_path, run_id="src", n_saved=1)
+    assert best.exists()
+
+
+def test_auto_resumes_the_newest_checkpoint_of_either_kind(tmp_path):
+    linear_graph().run(rounds(2), devices="cpu", out_dir=tmp_path, run_id="src")
+    ckpts = tmp_path / "src" / "ckpts"
+    (ckpts / "ckpt-000001-E2S10.pt").rename(ckpts / "best-000001-E2S10-val%2Fmse=0.5.pt")
+    before = ckpt_names(tmp_path)
+    g = linear_graph()
+    g.run(rounds(2), devices="cpu", out_dir=tmp_path, run_id="src", resume_from="auto")
+    assert g.global_counters.epochs.train == 2
+    assert ckpt_names(tmp_path) == before  # resumed after the last save (from the best file): nothing to redo
+
+
+def test_metric_nodes_of_one_name_under_different_tags_keep_their_own_best_files(tmp_path):
+    values = {"val": iter([0.5, 0.7, 0.6]), "test": iter([0.9, 0.4, 0.95])}
+
+    def metric(tag):
+        return ice.MetricNode(Accuracy(), forward=lambda n, x: (torch.ones(1, 2), torch.zeros(1).long()),
+                              epoch_end=lambda n: n.save_best(next(values[tag]), max_keep=1))
+
+    g = linear_graph()
+    g.add("acc", metric("val"), tags="val")
+    g.add("acc", metric("test"), tags="test")
+    g.add("data", ice.DatasetNode(regression_set(16, seed=2), batch_size=8), tags="test")
+    g.run([ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.Task(train=False, epochs=1, tags="val"),
+                       ice.Task(train=False, epochs=1, tags="test")], times=3)],
+          devices="cpu", out_dir=tmp_path, run_id="src")
+    ckpts = tmp_path / "src" / "ckpts"
+    for uid, value in (("val/acc", 0.7), ("test/acc", 0.95)):
+        records = g[uid].best_records
+        assert [v for v, _ in records] == [value]
+        assert [p.name for p in best_files(ckpts, uid)] == [records[0][1]]  # the record's file exists
+        assert best_uid(records[0][1]) == (uid, "acc")
+
+
+def test_old_best_file_names_are_still_read(tmp_path):
+    _, file = saved_checkpoint(tmp_path)
+    ckpts = file.parent
+    legacy = file.rename(ckpts / "best-000000-E1S5-acc=0.5.pt")
+    new = ckpts / best_filename(3, 1, 5, "#dbg,val/acc", 0.75)
+    shutil.copy(legacy, new)
+    assert new.name == "best-000003-E1S5-%23dbg%2Cval%2Facc=0.75.pt"
+    assert best_uid(legacy.name) == (None, "acc")
+    assert best_files(ckpts, "#dbg,val/acc") == [legacy, new]  # an old file of its name may be its own
+    assert best_files(ckpts, "#dbg,val/acc", legacy=False) == [new]
+    assert best_files(ckpts, "test/acc", legacy=False) == []
+    assert best_files(ckpts, "acc") == [legacy, new]  # by name: every node of that name
+    g = linear_graph()
+    g.run(rounds(2), devices="cpu", out_dir=tmp_path, run_id="src", resume_from="auto")  # the newest: `new`
+    assert g.global_counters.epochs.train == 2
