@@ -92,7 +92,8 @@ def unloadable_state(tmp):
 def nothing_loads(tmp):
     _, path = saved_checkpoint(tmp)
     path.write_bytes(path.read_bytes()[:200])
-    resumed_with(linear_graph(), tmp)
+    linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp, run_id="src",
+                       resume_from="auto")
 
 
 def unsafe_sharded_value(tmp):
