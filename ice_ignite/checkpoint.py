@@ -16,22 +16,28 @@ import pickle
 import re
 import shutil
 import warnings
+from collections import Counter, OrderedDict
 from pathlib import Path
+from urllib.parse import quote, unquote
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed.checkpoint as dcp
 from ignite.handlers import DiskSaver
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.filesystem import _StorageInfo  # DCP's storage record: no public name
 
 from ice_ignite import parallel
 from ice_ignite.errors import CheckpointError
 from ice_ignite.transfer import LoadSpec
 
-__all__ = ["FORMAT", "STATE", "checkpoint_filename", "best_filename", "best_files", "next_sequence",
+__all__ = ["FORMAT", "STATE", "checkpoint_filename", "best_filename", "best_uid", "best_files", "next_sequence",
            "list_checkpoints", "prune_checkpoints", "remove_checkpoint", "remove_partial_writes", "partial_path",
            "publish_directory", "write_checkpoint", "write_sharded_checkpoint", "read_checkpoint",
-           "SaveCheckpointTask", "LoadCheckpointTask", "latest_valid_checkpoint"]
+           "SaveCheckpointTask", "LoadCheckpointTask", "latest_valid_checkpoint", "read_dcp_metadata", "dcp_load", "nest", "load_plain_file",
+           "describe", "check_loadable"]
 
 #: the marker every ice_ignite checkpoint carries
 FORMAT = "ice_ignite.checkpoint.v1"
@@ -44,7 +50,7 @@ _PARTIAL = re.compile(r"^\..+\.partial$")
 _DCP_ERRORS = (Exception, dcp.CheckpointException)
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
     """``Type: message`` of ``error``, or of the first process's error a DCP exception wraps."""
     if isinstance(error, dcp.CheckpointException) and error.failures:
         error = error.failures[min(error.failures)][0]
@@ -61,16 +67,53 @@ def checkpoint_filename(seq: int, epochs: int, steps: int, sharded: bool = False
     return f"ckpt-{seq:06d}-E{epochs}S{steps}{_suffix(sharded)}"
 
 
-def best_filename(seq: int, epochs: int, steps: int, name: str, value: float, sharded: bool = False) -> str:
-    """``best-000124-E3S117-acc=0.9812.pt``: a MetricNode's best checkpoint (``.dcp``: ``sharded``)."""
-    return f"best-{seq:06d}-E{epochs}S{steps}-{name}={value:.6g}{_suffix(sharded)}"
+def best_filename(seq: int, epochs: int, steps: int, uid: str, value: float, sharded: bool = False) -> str:
+    """``best-000124-E3S117-val%2Facc=0.9812.pt``: the best checkpoint of MetricNode ``uid``
+    (``val/acc``), percent-encoded (every character but letters, digits, ``_.-~``: ``/`` is
+    ``%2F``, ``*`` ``%2A``, ``,`` ``%2C``, ``#`` ``%23``), so that it is one file name and decodes
+    to the uid (``.dcp``: ``sharded``).
+
+    Examples:
+        >>> best_filename(124, 3, 117, "#dbg,val/acc", 0.98125)
+        'best-000124-E3S117-%23dbg%2Cval%2Facc=0.98125.pt'
+        >>> best_uid(best_filename(124, 3, 117, "#dbg,val/acc", 0.98125))
+        ('#dbg,val/acc', 'acc')
+    """
+    return f"best-{seq:06d}-E{epochs}S{steps}-{quote(uid, safe='')}={value:.6g}{_suffix(sharded)}"
 
 
-def best_files(ckpt_dir: Path, name: str) -> list[Path]:
-    """The best checkpoints of MetricNode ``name`` in ``ckpt_dir``."""
+def best_uid(filename: str) -> tuple[str | None, str] | None:
+    """``(uid, node name)`` of a best checkpoint's file name; the uid is None for the names of
+    ice_ignite before 0.3 (``best-...-acc=0.98.pt``: the node's name only, no encoded ``/``).
+    None if ``filename`` is not a best checkpoint's."""
+    m = _BEST.match(filename)
+    if m is None:
+        return None
+    part = m.group(4)
+    if "%2F" not in part:  # a node name has no '/': an encoded uid always has one
+        return None, part
+    uid = unquote(part)
+    return uid, uid.rpartition("/")[2]
+
+
+def best_files(ckpt_dir: Path, node: str, legacy: bool = True) -> list[Path]:
+    """The best checkpoints in ``ckpt_dir`` of the MetricNode with uid ``node`` (with ``legacy``,
+    also the old files named after its name, which do not say which node of that name wrote
+    them), or of every MetricNode named ``node`` (a name: no ``/``)."""
     if not ckpt_dir.is_dir():
         return []
-    return sorted(p for p in ckpt_dir.iterdir() if (m := _BEST.match(p.name)) and m.group(4) == name)
+    by_uid = "/" in node
+    name = node.rpartition("/")[2]
+    found = []
+    for p in ckpt_dir.iterdir():
+        owner = best_uid(p.name)
+        if owner is None:
+            continue
+        uid, owner_name = owner
+        if (uid is not None and (uid == node if by_uid else owner_name == node)) or \
+                (uid is None and owner_name == name and (legacy or not by_uid)):
+            found.append(p)
+    return sorted(found)
 
 
 def next_sequence(ckpt_dir: Path) -> int:
@@ -122,17 +165,69 @@ def remove_partial_writes(ckpt_dir: Path) -> list[Path]:
     return stale
 
 
-def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+def list_checkpoints(ckpt_dir: Path, best: bool = False) -> list[tuple[int, Path]]:
     """``(sequence, path)`` of the periodic checkpoints in ``ckpt_dir`` (files and directories),
-    oldest first."""
+    oldest first; with ``best``, the best checkpoints of MetricNodes too."""
     if not ckpt_dir.is_dir():
         return []
     found = []
     for path in ckpt_dir.iterdir():
-        m = _NAME.match(path.name)
+        m = _NAME.match(path.name) or (_BEST.match(path.name) if best else None)
         if m:
-            found.append((int(m.group(1)), path))
-    return sorted(found)
+            found.append((int(m.group(1)), path.name.startswith("ckpt-"), path))
+    return [(seq, path) for seq, _, path in sorted(found)]
+
+
+#: what ``torch.load(weights_only=True)`` rebuilds (torch 2.13's allowlist, ``torch/_weights_only_unpickler.py``),
+#: besides tensors and containers: checked at save time so that a run never writes what it cannot read
+_PLAIN = (int, float, bool, complex, str, bytes, bytearray, type(None), torch.Size, torch.dtype, torch.device,
+          torch.layout, torch.qscheme)
+_CONTAINERS = (dict, OrderedDict, Counter, list, tuple, set)
+_TENSORS = (torch.Tensor, torch.nn.Parameter, DTensor)
+
+
+def check_loadable(state: Any, where: str = "") -> None:
+    """Raise unless ``torch.load(weights_only=True)`` can read ``state`` back: tensors, numbers,
+    str, bytes, bool, None, ``torch.Size``, dtypes, devices, and dicts (``OrderedDict``,
+    ``Counter``), lists, tuples and sets of those, or classes given to
+    ``torch.serialization.add_safe_globals``. One walk of the tree.
+
+    Examples:
+        >>> check_loadable({"w": torch.ones(2), "steps": [1, 2]})
+        >>> check_loadable({"nodes": {"*/net": {"extra": {"table": range(3)}}}})
+        Traceback (most recent call last):
+        ...
+        ice_ignite.errors.CheckpointError: nodes['*/net']['extra']['table'] in the checkpoint is a builtins.range, ...
+
+    Raises:
+        CheckpointError: naming the key path and the type of the first value it refuses.
+    """
+    safe = {g[0] if isinstance(g, tuple) else g for g in torch.serialization.get_safe_globals()}
+    stack = [(where, state)]
+    while stack:
+        path, value = stack.pop()
+        kind = type(value)
+        if kind in _PLAIN or kind in _TENSORS:
+            continue
+        if kind in _CONTAINERS:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    stack.append((f"a key of {path or 'the checkpoint'}", key))
+                    stack.append((key if not path and type(key) is str else f"{path}[{key!r}]", item))
+            else:
+                stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+            continue
+        if kind in safe:  # the user allowed it for weights_only loading; what it holds must load too
+            stack.extend((f"{path}.{name}", item) for name, item in getattr(value, "__dict__", {}).items())
+            continue
+        raise CheckpointError(
+            f"{path or 'the state'} in the checkpoint is a {kind.__module__}.{kind.__qualname__}, which "
+            "torch.load(weights_only=True) refuses: a "
+            "checkpoint holding it could not be resumed, so none was written. Return a state_dict of tensors and "
+            "plain types (numbers, str, bool, None, and lists, tuples and dicts of them), e.g. torch.from_numpy(a) "
+            "for a numpy array, a.item() for a numpy number, list(s) for a frozenset, a dict of its fields for your "
+            "own class"
+        )
 
 
 def write_checkpoint(state: dict, path: Path) -> None:
@@ -198,7 +293,7 @@ def publish_directory(path: "str | os.PathLike", write: Callable[[Path], None], 
         if parallel.any_rank(error is not None):
             if first:
                 shutil.rmtree(partial, ignore_errors=True)
-            cause = _describe(error) if error is not None else "another process failed"
+            cause = describe(error) if error is not None else "another process failed"
             raise CheckpointError(f"writing {what} {str(final)!r} failed ({cause}); the previous checkpoints are "
                                   "intact") from error
     return final
@@ -277,8 +372,9 @@ class _MetadataUnpickler(pickle.Unpickler):
                 ("pathlib", "Path")}
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == dcp_metadata.__name__ and isinstance(getattr(dcp_metadata, name, None), type):
-            return getattr(dcp_metadata, name)
+        found = getattr(dcp_metadata, name, None)
+        if module == dcp_metadata.__name__ and isinstance(found, type) and found.__module__ == module:
+            return found  # the classes metadata.py defines, not what it imports
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         if (module, name) in self._ALLOWED:
@@ -286,19 +382,264 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not part of DCP metadata")
 
 
-def _load_state_file(file: Path, map_location: Any, source: Path) -> dict:
-    """``torch.load(weights_only=True)`` of a checkpoint file (or a directory's ``state.pt``),
-    with the format marker checked; errors name ``source``."""
+#: the files of a DCP directory that ``torch.distributed.checkpoint`` unpickles: the global
+#: ``.metadata`` and, when that one fails to load, a process's own ``__<rank>.metadata``
+_DCP_METADATA = re.compile(r"^(?:__\d+)?\.metadata$")
+
+
+class _Invalid(Exception):
+    """A field of DCP metadata that DCP did not write (the message says which)."""
+
+
+def _size(value: Any, what: str) -> torch.Size:
+    if type(value) is not torch.Size or any(type(d) is not int or d < 0 for d in value):
+        raise _Invalid(f"{what} is {value!r}, not a torch.Size of sizes >= 0")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise _Invalid(f"{what} is {value!r}, not an int >= 0")
+    return value
+
+
+def _volume(sizes: Iterable[int]) -> int:
+    out = 1
+    for d in sizes:
+        out *= d
+    return out
+
+
+def _check_tensor_entry(fqn: str, entry: Any) -> None:
+    """Properties, size and chunks of one tensor: the chunks lie inside the tensor, do not
+    overlap and cover it (else part of it would keep the uninitialised memory it is read into)."""
+    props = entry.properties
+    if type(props) is not dcp_metadata.TensorProperties or type(props.dtype) is not torch.dtype:
+        raise _Invalid(f"tensor {fqn!r} has properties {props!r}, not TensorProperties with a dtype")
+    if type(props.layout) is not torch.layout or type(props.requires_grad) is not bool \
+            or type(props.pin_memory) is not bool or type(props.memory_format) is not torch.memory_format:
+        raise _Invalid(f"tensor {fqn!r} has properties {props!r} of the wrong types")
+    size = _size(entry.size, f"the size of tensor {fqn!r}")
+    if type(entry.chunks) is not list:
+        raise _Invalid(f"the chunks of tensor {fqn!r} are a {type(entry.chunks).__name__}, not a list")
+    boxes = []
+    for i, chunk in enumerate(entry.chunks):
+        if type(chunk) is not dcp_metadata.ChunkStorageMetadata:
+            raise _Invalid(f"chunk {i} of tensor {fqn!r} is a {type(chunk).__name__}")
+        offsets = _size(chunk.offsets, f"the offsets of chunk {i} of tensor {fqn!r}")
+        sizes = _size(chunk.sizes, f"the sizes of chunk {i} of tensor {fqn!r}")
+        if len(offsets) != len(size) or len(sizes) != len(size) or \
+                any(o + n > d for o, n, d in zip(offsets, sizes, size)):
+            raise _Invalid(f"chunk {i} of tensor {fqn!r} (offsets {list(offsets)}, sizes {list(sizes)}) does not lie "
+                           f"inside its size {list(size)}")
+        boxes.append((offsets, sizes))
+    if sum(_volume(n) for _, n in boxes) != _volume(size):
+        raise _Invalid(f"the chunks of tensor {fqn!r} do not cover its size {list(size)} exactly")
+    for i, (a_off, a_n) in enumerate(boxes):  # chunks per tensor: one per process that wrote it
+        for b_off, b_n in boxes[:i]:
+            if all(max(a, b) < min(a + m, b + n) for a, m, b, n in zip(a_off, a_n, b_off, b_n)) and _volume(a_n):
+                raise _Invalid(f"two chunks of tensor {fqn!r} overlap")
+
+
+def _check_metadata(meta: Any, directory: Path) -> None:
+    """Raise ``_Invalid`` unless ``meta`` is DCP metadata as ``dcp.save`` writes it for a
+    directory whose files are those of ``directory``: every field of the right type, every chunk
+    of every tensor stored in a plain file of the directory within its size, in disjoint byte
+    ranges at least as long as the chunk's data (so nothing read from it can allocate more than
+    the files hold), and no transform (decompression) of the stored bytes."""
+    if type(meta) is not dcp_metadata.Metadata:
+        raise _Invalid(f"it holds a {type(meta).__name__}, not DCP Metadata")
+    entries, storage, paths = meta.state_dict_metadata, meta.storage_data, meta.planner_data
+    if type(entries) is not dict or type(storage) is not dict:
+        raise _Invalid("its state_dict_metadata or storage_data is not a dict")
+    needed: dict[Any, int] = {}  # storage index -> the least number of bytes it holds
+    for fqn, entry in entries.items():
+        if type(fqn) is not str:
+            raise _Invalid(f"it has the key {fqn!r}, not a str")
+        if type(entry) is dcp_metadata.BytesStorageMetadata:
+            needed[dcp_metadata.MetadataIndex(fqn)] = 0
+            continue
+        if type(entry) is not dcp_metadata.TensorStorageMetadata:
+            raise _Invalid(f"entry {fqn!r} is a {type(entry).__name__}, not tensor or bytes metadata")
+        _check_tensor_entry(fqn, entry)
+        for chunk in entry.chunks:
+            needed[dcp_metadata.MetadataIndex(fqn, chunk.offsets)] = _volume(chunk.sizes) * entry.properties.dtype.itemsize
+    if paths is not None:
+        if type(paths) is not dict:
+            raise _Invalid(f"its planner_data is a {type(paths).__name__}, not a dict")
+        for fqn, keys in paths.items():
+            if fqn not in entries or type(keys) is not tuple or not keys or any(
+                    type(k) is not str and (type(k) is not int or not 0 <= k < len(entries)) for k in keys):
+                raise _Invalid(f"its planner_data maps {fqn!r} to {keys!r}, not a path of str and int keys of an entry")
+    if not isinstance(meta.storage_meta, (dcp_metadata.StorageMeta, type(None))) or \
+            not isinstance(meta.version, (str, type(None))):
+        raise _Invalid(f"its storage_meta ({type(meta.storage_meta).__name__}) or version "
+                       f"({type(meta.version).__name__}) has the wrong type")
+    sm = meta.storage_meta
+    if sm is not None and (type(sm) is not dcp_metadata.StorageMeta
+                           or not isinstance(sm.checkpoint_id, (str, os.PathLike, type(None)))
+                           or not all(isinstance(v, (str, type(None))) for v in (sm.save_id, sm.load_id))
+                           or type(sm.modules) is not list or any(type(m) is not str for m in sm.modules)):
+        raise _Invalid(f"its storage_meta {sm!r} has fields of the wrong types")
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for index, info in storage.items():
+        if type(index) is not dcp_metadata.MetadataIndex or index not in needed:
+            raise _Invalid(f"its storage_data has the key {index!r}, which is no chunk of its entries")
+        if type(info) is not _StorageInfo or type(info.relative_path) is not str:
+            raise _Invalid(f"the storage of {index.fqn!r} is {info!r}, not a _StorageInfo with a file name")
+        name = info.relative_path
+        file = directory / name
+        if not name or name != Path(name).name or name in (".", "..") or _DCP_METADATA.match(name) \
+                or file.is_symlink() or not file.is_file():
+            raise _Invalid(f"the storage of {index.fqn!r} names {name!r}, not a shard file of the directory")
+        offset, length = _count(info.offset, f"the offset of {index.fqn!r}"), _count(info.length, f"the length of {index.fqn!r}")
+        if offset + length > file.stat().st_size:
+            raise _Invalid(f"the storage of {index.fqn!r} (bytes {offset} to {offset + length}) lies past the end of "
+                           f"{name!r} ({file.stat().st_size} bytes)")
+        if length < needed[index]:
+            raise _Invalid(f"the storage of {index.fqn!r} holds {length} bytes, less than its {needed[index]} bytes of "
+                           "data")
+        if info.transform_descriptors:
+            raise _Invalid(f"the storage of {index.fqn!r} is transformed ({info.transform_descriptors!r}); "
+                           "ice_ignite reads untransformed shards only")
+        ranges.setdefault(name, []).append((offset, offset + length))
+    missing = [index.fqn for index in needed if index not in storage]
+    if missing:
+        raise _Invalid(f"entries {', '.join(repr(f) for f in missing[:3])} have no storage")
+    for name, spans in ranges.items():
+        spans.sort()
+        if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+            raise _Invalid(f"two chunks are stored in overlapping bytes of {name!r}")
+
+
+def read_dcp_metadata(path: "str | os.PathLike") -> dcp_metadata.Metadata:
+    """The DCP metadata of directory ``path``, read and checked before torch sees the directory:
+    every file DCP could unpickle (``.metadata`` and any ``__<rank>.metadata``) is read with an
+    unpickler that admits DCP's metadata classes only, and validated (types of every field, sizes,
+    chunks, storage indices, offsets and lengths against the shard files' sizes). Load the
+    directory only through ``dcp_load`` with the metadata returned.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> d = write_sharded_checkpoint({"format": FORMAT, "nodes": {"*/n": {"w": torch.ones(2)}}}, ["*/n"],
+        ...                              tempfile.mkdtemp() + "/c.dcp")
+        >>> list(read_dcp_metadata(d).state_dict_metadata)
+        ['*/n.w']
+
+    Raises:
+        CheckpointError: naming the file: it is missing, holds pickled objects other than DCP
+            metadata (refused unread), or is corrupted or inconsistent with the shard files.
+    """
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if _DCP_METADATA.match(p.name)) if path.is_dir() else []
+    if path / ".metadata" not in files:
+        raise CheckpointError(f"checkpoint directory {str(path)!r} has no .metadata: its sharded part is missing or "
+                              "incomplete; resume from another checkpoint (resume_from='auto' picks the newest one "
+                              "that loads)")
+    found = {}
+    for file in files:
+        try:
+            if file.is_symlink() or not file.is_file():
+                raise _Invalid("it is not a plain file")
+            with open(file, "rb") as f:
+                meta = _MetadataUnpickler(f).load()
+            _check_metadata(meta, path)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(
+                f"refused to load checkpoint directory {str(path)!r}: its {file.name} holds pickled objects other than "
+                f"DCP metadata, and loading it could run code ({e}); open only a checkpoint you trust with "
+                "torch.distributed.checkpoint"
+            ) from None
+        except _Invalid as e:
+            raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its {file.name} does "
+                                  f"not describe the directory ({e}); resume from another checkpoint "
+                                  "(resume_from='auto' picks the newest one that loads)") from None
+        except Exception as e:
+            raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its {file.name} "
+                                  f"does not load ({type(e).__name__}: {e})") from None
+        found[file.name] = meta
+    return found[".metadata"]
+
+
+class _CheckedReader(FileSystemReader):
+    """DCP's file reader, given the metadata ``read_dcp_metadata`` checked: DCP then never
+    unpickles a metadata file itself (nor falls back to a per-rank one)."""
+
+    def __init__(self, path: Path, metadata: dcp_metadata.Metadata):
+        super().__init__(path)
+        self._checked = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_metadata.Metadata:
+        self._checked.storage_meta = self._checked.storage_meta or dcp_metadata.StorageMeta()
+        self._checked.storage_meta.load_id = self.load_id
+        return self._checked
+
+
+class _SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's default load planner, but a non-tensor value (``BytesStorageMetadata``, which DCP
+    reads with ``torch.load(weights_only=False)``) is loaded only if ``weights_only=True`` accepts
+    its bytes: the same bytes, in memory, then run only the allowlisted calls."""
+
+    def load_bytes(self, read_item: Any, value: Any) -> None:
+        try:
+            torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"refused the value {read_item.dest_index.fqn!r} of a sharded checkpoint: it holds "
+                                  f"pickled objects other than tensors and plain data, and loading it could run code "
+                                  f"({str(e).splitlines()[0]}); open only a checkpoint you trust with "
+                                  "torch.distributed.checkpoint") from None
+        value.seek(0)
+        super().load_bytes(read_item, value)
+
+
+def dcp_load(state_dict: dict, path: "str | os.PathLike", metadata: dcp_metadata.Metadata, no_dist: bool = True) -> None:
+    """``torch.distributed.checkpoint.load`` of directory ``path`` into ``state_dict``, with the
+    ``metadata`` of ``read_dcp_metadata(path)`` and non-tensor values loaded ``weights_only``."""
+    with quiet_single_process_dcp():
+        dcp.load(state_dict, storage_reader=_CheckedReader(Path(path), metadata), planner=_SafeLoadPlanner(),
+                 no_dist=no_dist)
+
+
+def nest(flat: dict, metadata: dcp_metadata.Metadata) -> dict:
+    """A flat ``{fqn: value}`` loaded from a DCP directory, nested as it was saved (its
+    ``planner_data``: dicts for str keys, lists for int keys)."""
+    nested: dict = {}
+    for fqn, value in flat.items():
+        keys = (metadata.planner_data or {}).get(fqn, (fqn,))
+        here: Any = nested
+        for key, nxt in zip(keys, keys[1:] + (None,)):
+            new = value if nxt is None else ([] if type(nxt) is int else {})
+            if type(key) is int and type(here) is list:
+                here.extend([None] * (key + 1 - len(here)))
+                here[key] = new if here[key] is None or nxt is None else here[key]
+            elif type(key) is str and type(here) is dict:
+                here[key] = new if nxt is None else here.get(key, new)
+            else:
+                raise CheckpointError(f"the DCP metadata maps {fqn!r} to {keys!r}, which clashes with another entry")
+            here = here[key]
+    return nested
+
+
+def load_plain_file(file: Path, source: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` of ``file``, a checkpoint file or a file of checkpoint
+    directory ``source``; errors name both."""
+    where = repr(str(source)) if file == source else f"{str(source)!r} (its {file.name})"
     try:
-        state = torch.load(file, map_location=map_location, weights_only=True)
+        return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"refused to load checkpoint {str(source)!r}: it holds pickled objects other than tensors and plain "
+            f"refused to load checkpoint {where}: it holds pickled objects other than tensors and plain "
             f"containers, and loading it could run code ({str(e).splitlines()[0]}); only a file you trust may be "
             "opened with torch.load(weights_only=False)"
         ) from None
     except Exception as e:
-        raise CheckpointError(f"checkpoint {str(source)!r} is truncated or corrupted ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"checkpoint {where} is truncated or corrupted ({type(e).__name__}: {e})") from e
+
+
+def _load_state_file(file: Path, map_location: Any, source: Path) -> dict:
+    """``torch.load(weights_only=True)`` of a checkpoint file (or a directory's ``state.pt``),
+    with the format marker checked; errors name ``source``."""
+    state = load_plain_file(file, source, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{str(source)!r} is not an ice_ignite checkpoint (no {FORMAT!r} marker); pass a file written by "
@@ -310,30 +651,12 @@ def _load_state_file(file: Path, map_location: Any, source: Path) -> dict:
 def _read_shards(path: Path, map_location: Any) -> dict:
     """The tensors of a checkpoint directory's DCP part, consolidated into full plain tensors (as
     ``torch.distributed.checkpoint.format_utils.dcp_to_torch_save`` does, in memory, without a
-    process group), nested as they were saved."""
-    meta_file = path / ".metadata"
-    if not meta_file.is_file():
-        raise CheckpointError(f"checkpoint directory {str(path)!r} has no .metadata: its sharded part is missing or "
-                              "incomplete; resume from another checkpoint (resume_from='auto' picks the newest one "
-                              "that loads)")
-    try:
-        with open(meta_file, "rb") as f:
-            meta = _MetadataUnpickler(f).load()
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refused to load checkpoint directory {str(path)!r}: its .metadata holds pickled objects other than "
-            f"DCP metadata, and loading it could run code ({e}); open only a checkpoint you trust with "
-            "torch.distributed.checkpoint"
-        ) from None
-    except Exception as e:
-        raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its .metadata does not "
-                              f"load ({type(e).__name__}: {e})") from e
-    if not isinstance(meta, dcp_metadata.Metadata):
-        raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its .metadata is a "
-                              f"{type(meta).__name__}, not DCP metadata")
+    process group), nested as they were saved. The metadata is checked first
+    (``read_dcp_metadata``): nothing is allocated before, nor more than the shard files hold."""
+    meta = read_dcp_metadata(path)
     entries = meta.state_dict_metadata
     others = [fqn for fqn, entry in entries.items() if not isinstance(entry, dcp_metadata.TensorStorageMetadata)]
-    if others:  # DCP would torch.load(weights_only=False) them
+    if others:  # save_checkpoint writes tensors only there
         raise CheckpointError(
             f"refused to load checkpoint directory {str(path)!r}: its sharded part holds pickled objects, not only "
             f"tensors ({', '.join(others[:3])}), and loading them could run code; open only a checkpoint you trust "
@@ -342,20 +665,12 @@ def _read_shards(path: Path, map_location: Any) -> dict:
     device = torch.device("cpu") if map_location is None else torch.device(map_location)
     flat = {fqn: torch.empty(entry.size, dtype=entry.properties.dtype, device=device) for fqn, entry in entries.items()}
     try:
-        with quiet_single_process_dcp():
-            dcp.load(flat, checkpoint_id=path, no_dist=True)  # every chunk of every process, into the full tensors
+        dcp_load(flat, path, meta)  # every chunk of every process, into the full tensors
     except _DCP_ERRORS as e:
         raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its shards do not load "
-                              f"({_describe(e)}); resume from another checkpoint (resume_from='auto' picks the newest "
+                              f"({describe(e)}); resume from another checkpoint (resume_from='auto' picks the newest "
                               "one that loads)") from e
-    nested: dict = {}
-    for fqn, tensor in flat.items():
-        keys = (meta.planner_data or {}).get(fqn, (fqn,))
-        here = nested
-        for key in keys[:-1]:
-            here = here.setdefault(key, {})
-        here[keys[-1]] = tensor
-    return nested
+    return nest(flat, meta)
 
 
 def _read_directory(path: Path, map_location: Any) -> dict:
@@ -401,13 +716,33 @@ def read_checkpoint(path: "str | Path", map_location: Any = "cpu") -> dict:
 
 
 def latest_valid_checkpoint(ckpt_dir: Path, map_location: Any = "cpu") -> tuple[Path, dict] | None:
-    """The newest checkpoint in ``ckpt_dir`` that loads; newer broken ones are skipped with a warning."""
-    for _, path in reversed(list_checkpoints(ckpt_dir)):
+    """The checkpoint of ``ckpt_dir`` that ``resume_from="auto"`` resumes: the newest by sequence
+    number that loads, periodic (``ckpt-*``) or best (``best-*``, a whole checkpoint too); newer
+    broken ones are skipped with a warning. None when ``ckpt_dir`` holds no checkpoint.
+
+    Raises:
+        CheckpointError: ``ckpt_dir`` holds checkpoints (files or directories named ``ckpt-*`` or
+            ``best-*``) and none loads; the message lists each and why.
+    """
+    if not ckpt_dir.is_dir():
+        return None
+    listed = list_checkpoints(ckpt_dir, best=True)
+    failures = [f"{p.name} (not a checkpoint name: ckpt-<sequence>-E<epochs>S<steps>.pt, or best-...)"
+                for p in sorted(ckpt_dir.iterdir())
+                if (p.name.startswith("ckpt-") or p.name.startswith("best-")) and p not in {q for _, q in listed}]
+    for _, path in reversed(listed):
         try:
             return path, read_checkpoint(path, map_location)
         except CheckpointError as e:
+            failures.append(f"{path.name} ({e})")
             warnings.warn(f"skipping checkpoint {path.name}: {e}; falling back to an older one", stacklevel=3)
-    return None
+    if not failures:
+        return None
+    raise CheckpointError(
+        f"resume_from='auto': {str(ckpt_dir)!r} holds {len(failures)} checkpoint(s) and none loads, so the run is not "
+        f"restarted from the beginning beside them: {'; '.join(failures)}. Resume from a copy you trust "
+        "(resume_from=path), or move these out of the run directory to start it afresh, or pass another run_id"
+    )
 
 
 class SaveCheckpointTask:

@@ -15,6 +15,7 @@ from ice_ignite.checkpoint import (
     FORMAT,
     best_filename,
     best_files,
+    check_loadable,
     checkpoint_filename,
     next_sequence,
     prune_checkpoints,
@@ -104,7 +105,7 @@ class Checkpointer:
         progress = runner.progress()
         tasks = self._tasks()
         scaler = ctx.precision.grad_scaler
-        return {
+        state = {
             "format": FORMAT,
             "seq": self.seq,
             "schedule": [e.description for e in runner.entries] if runner.entries is not None else [],
@@ -126,6 +127,8 @@ class Checkpointer:
                          for key, task in tasks.items() for i, obj in enumerate(task.engine.stateful_handlers())},
             "objects": {name: obj.state_dict() for name, obj in self.objects.items()},
         }
+        check_loadable(state)  # a run never writes a checkpoint it cannot read (nor ignite's Checkpoint)
+        return state
 
     def _mid_cycle_grads(self, progress: dict) -> dict:
         """Gradients accumulated in an unfinished accumulation cycle, by ModuleNode uid."""
@@ -190,7 +193,7 @@ class Checkpointer:
         if len(records) >= max_keep and worse(value, records[-1][0]):
             return None
         counters = self.context.counters
-        name = best_filename(self.seq, counters.epochs.train, counters.steps.train, node.name, value,
+        name = best_filename(self.seq, counters.epochs.train, counters.steps.train, node.uid, value,
                              sharded=bool(self._sharded_uids((DEFAULT_TAG,))))
         records.append((value, name))
         records.sort(key=lambda r: -r[0] if higher_better else r[0])
@@ -198,7 +201,9 @@ class Checkpointer:
         path = self.save(self.rundir.ckpts / name, (DEFAULT_TAG,))
         if path is not None:  # rank 0: the files on disk follow the records (also after a resume)
             keep = {f for _, f in records}
-            for old in best_files(self.rundir.ckpts, node.name):
+            # files named by an older ice_ignite say the node's name only: pruned when no other node has it
+            alone = [n.name for n in self.nodes(DEFAULT_TAG).values()].count(node.name) == 1
+            for old in best_files(self.rundir.ckpts, node.uid, legacy=alone):
                 if old.name not in keep:
                     remove_checkpoint(old)
         return path

@@ -426,8 +426,15 @@ class HyperGraph(NodeRegistry):
         if str(resume_from) != "auto":
             self._pending = (read_checkpoint(resume_from, map_location=where), str(resume_from))
             return
-        found = latest_valid_checkpoint(ckpts, map_location=where) if self.context.rank == 0 else None
-        chosen = parallel.broadcast_object(str(found[0]) if found is not None else None)
+        found, error = None, None
+        if self.context.rank == 0:
+            try:
+                found = latest_valid_checkpoint(ckpts, map_location=where)
+            except CheckpointError as e:
+                error = str(e)
+        chosen, error = parallel.broadcast_object((str(found[0]) if found is not None else None, error))
+        if error is not None:  # every rank raises it
+            raise CheckpointError(error)
         if chosen is None:
             logger.info("resume_from='auto': %s holds no checkpoint; starting from the beginning", ckpts.parent)
             return

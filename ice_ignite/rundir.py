@@ -10,9 +10,10 @@ import socket
 import tempfile
 from pathlib import Path
 
-__all__ = ["RunDir", "RunLock", "prepare_run_dir", "check_run_id", "CKPT_GLOB", "DEFAULT_OUT_DIR", "LOCK_NAME"]
+__all__ = ["RunDir", "RunLock", "prepare_run_dir", "check_run_id", "CKPT_GLOB", "BEST_GLOB", "DEFAULT_OUT_DIR", "LOCK_NAME"]
 
 CKPT_GLOB = "ckpt-*"  # files (.pt) and sharded directories (.dcp)
+BEST_GLOB = "best-*"  # the best checkpoints of MetricNodes: whole checkpoints too
 DEFAULT_OUT_DIR = "runs"
 LOCK_NAME = "run.lock"
 NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
@@ -203,7 +204,8 @@ class RunDir:
             )
 
     def has_checkpoints(self) -> bool:
-        return self.ckpts.is_dir() and any(self.ckpts.glob(CKPT_GLOB))
+        """Whether ``ckpts/`` holds checkpoints, periodic or best (files or directories)."""
+        return self.ckpts.is_dir() and any(any(self.ckpts.glob(pattern)) for pattern in (CKPT_GLOB, BEST_GLOB))
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
@@ -258,7 +260,8 @@ def prepare_run_dir(out_dir: "str | os.PathLike | None", run_id: str | None, res
     try:
         if run.has_checkpoints() and resume_from is None:
             raise FileExistsError(
-                f"run directory {str(run.root)!r} holds checkpoints; pass resume_from='auto' to continue that run, "
+                f"run directory {str(run.root)!r} holds checkpoints; pass resume_from='auto' to continue that run "
+                "(its ckpt-* and best-* checkpoints are never overwritten nor pruned by a new run), "
                 "or another run_id to start a new one"
             )
         run.create()

@@ -31,11 +31,12 @@ from typing import Any, Mapping
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ice_ignite import parallel
-from ice_ignite.checkpoint import STATE, publish_directory, quiet_single_process_dcp, read_checkpoint, write_checkpoint
+from ice_ignite.checkpoint import (STATE, dcp_load, describe, load_plain_file, nest, publish_directory, quiet_single_process_dcp,
+                                  read_checkpoint, read_dcp_metadata, write_checkpoint)
 from ice_ignite.errors import CheckpointError
 from ice_ignite.nodes.module import ModuleNode, key_name
 
@@ -107,14 +108,18 @@ def load(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode]) -> dic
     if not (path / META).is_file():
         raise CheckpointError(f"{str(path)!r} is not a sharded checkpoint (no {META}: not written by "
                               "ice_ignite.sharded.save, or its save did not finish)")
-    saved = torch.load(path / META, weights_only=True)
+    saved = load_plain_file(path / META, path)
+    metadata = read_dcp_metadata(path)  # checked before DCP sees the directory
     missing = [uid for uid in nodes if uid not in saved["lr_schedulers"]]
     if missing:
         raise CheckpointError(f"sharded checkpoint {str(path)!r} holds no state for {', '.join(missing)} "
                               f"(it holds {', '.join(saved['lr_schedulers']) or 'no node'})")
     states, _ = _states(nodes)  # the present layout: DCP reads into it, resharding what it must
-    with quiet_single_process_dcp():
-        dcp.load(states, checkpoint_id=path, no_dist=parallel.world_size() == 1)
+    try:
+        dcp_load(states, path, metadata, no_dist=parallel.world_size() == 1)
+    except (Exception, dcp.CheckpointException) as e:
+        raise CheckpointError(f"sharded checkpoint {str(path)!r} does not load ({describe(e)}); save it again, or "
+                              "load another one") from e
     for uid, node in nodes.items():
         set_state_dict(node.module, list(node.optimizers.values()), model_state_dict=states[uid]["module"],
                        optim_state_dict=states[uid]["optimizers"])
@@ -148,5 +153,14 @@ def export(directory: "str | os.PathLike", file: "str | os.PathLike") -> Path:
                               "save_checkpoint or ice_ignite.sharded.save, or its save did not finish)")
     if target.exists():
         raise CheckpointError(f"checkpoint {str(target)!r} exists; save to another path or delete it first")
-    dcp_to_torch_save(source, target)
+    metadata = read_dcp_metadata(source)  # checked before DCP sees the directory
+    flat = {fqn: torch.empty(entry.size, dtype=entry.properties.dtype) if
+            isinstance(entry, dcp_metadata.TensorStorageMetadata) else None
+            for fqn, entry in metadata.state_dict_metadata.items()}
+    try:
+        dcp_load(flat, source, metadata)  # every process's pieces, into full tensors; plain values weights_only
+    except (Exception, dcp.CheckpointException) as e:
+        raise CheckpointError(f"sharded checkpoint {str(source)!r} does not load ({describe(e)}); nothing was "
+                              "exported") from e
+    write_checkpoint(nest(flat, metadata), target)
     return target

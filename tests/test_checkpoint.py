@@ -219,11 +219,11 @@ def test_save_best_keeps_the_best_k_across_resumes(tmp_path):
     g = graph()
     g.run(tasks(3), devices="cpu", out_dir=tmp_path, run_id="r")
     best = lambda: sorted(p.name.split("-", 4)[-1] for p in (tmp_path / "r" / "ckpts").glob("best-*"))
-    assert best() == ["score=0.6.pt", "score=0.7.pt"]
+    assert best() == ["val%2Fscore=0.6.pt", "val%2Fscore=0.7.pt"]  # the uid val/score, encoded
     assert [v for v, _ in g["val/score"].best_records] == [0.7, 0.6]
     g = graph()
     g.run(tasks(6), devices="cpu", out_dir=tmp_path, run_id="r", resume_from="auto")
-    assert best() == ["score=0.8.pt", "score=0.9.pt"]
+    assert best() == ["val%2Fscore=0.8.pt", "val%2Fscore=0.9.pt"]
     # a best checkpoint is a full checkpoint: its weights load
     ice_ckpt = next((tmp_path / "r" / "ckpts").glob("best-*score=0.9.pt"))
     assert graph().load_checkpoint(ice_ckpt)["loaded"]

@@ -71,6 +71,46 @@ def unsafe_directory(tmp):
     return directory
 
 
+class Registered:
+    """A registered object whose state holds a numpy array."""
+
+    def state_dict(self):
+        import numpy
+
+        return {"table": numpy.zeros(2)}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def unloadable_state(tmp):
+    g = linear_graph()
+    g.register_stateful("ema", Registered())
+    g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu", out_dir=tmp)
+
+
+def nothing_loads(tmp):
+    _, path = saved_checkpoint(tmp)
+    path.write_bytes(path.read_bytes()[:200])
+    linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp, run_id="src",
+                       resume_from="auto")
+
+
+def unsafe_sharded_value(tmp):
+    """A directory of sharded.save whose optimizer learning rate (a plain value DCP pickles) is a call."""
+    import torch.distributed.checkpoint as dcp
+
+    node = ice.ModuleNode(torch.nn.Linear(3, 1), forward=fwd, optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1))
+    directory = ice_sharded.save(tmp / "c", {"*/net": node})
+    states, _ = ice_sharded._states({"*/net": node})
+    states["*/net"]["optimizers"]["param_groups"][0]["lr"] = Payload()
+    for item in directory.iterdir():
+        if item.name != ice_sharded.META:
+            item.unlink()
+    dcp.save(states, checkpoint_id=directory, no_dist=True)
+    ice_sharded.load(directory, {"*/net": node})
+
+
 def other_graph_checkpoint(tmp):
     _, path = saved_checkpoint(tmp)
     g = ice.HyperGraph()
@@ -443,6 +483,12 @@ CASES = {
                                     CheckpointError, "ckpt.dcp", "resume from another checkpoint"),
     "resume-unsafe-directory": (lambda t: run_one(linear_graph(), t, resume_from=unsafe_directory(t)),
                                 CheckpointError, "ckpt.dcp", "open only a checkpoint you trust"),
+    "resume-nothing-loads": (nothing_loads, CheckpointError, "ckpt-000000-E1S5.pt (",
+                             "Resume from a copy you trust (resume_from=path), or move these out of the run directory"),
+    "save-unloadable-state": (unloadable_state, CheckpointError, "objects['ema']['table'] in the checkpoint is a "
+                              "numpy.ndarray", "torch.from_numpy(a)"),
+    "sharded-unsafe-value": (unsafe_sharded_value, CheckpointError, "'*/net.optimizers.param_groups.0.lr'",
+                             "open only a checkpoint you trust"),
     "resume-other-schedule": (different_schedule, ResumeTaskFailed, "entry 0", "strict_resume=False"),
     "checkpoint-of-another-graph": (other_graph_checkpoint, CheckpointError, "'*/net'", "size mismatch"),
     "resume-renamed-node": (lambda t: resumed_with(with_net("encoder"), t), ResumeTaskFailed, "'*/net'",

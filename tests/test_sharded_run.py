@@ -113,10 +113,12 @@ def runs(tmp_path_factory):
             if proc.poll() is None:
                 kill(proc, out, run_id)
     at_kill = {"partial": partial.name, "holds": names(partial), "listed": [p.name for _, p in list_checkpoints(ckpts)]}
-    (older, _), (newest, _) = [(p, s) for s, p in list_checkpoints(ckpts)[-2:]]
+    (older, _), (newest, last) = [(p, s) for s, p in list_checkpoints(ckpts)[-2:]]
     shutil.copytree(older, out / "older.dcp")  # the run resumed below prunes it
-    shard = newest / "__1_0.distcp"
-    shard.write_bytes(shard.read_bytes()[:1000])
+    # "auto" resumes from best-* checkpoints too: the best one after the newest periodic one is damaged as well
+    for path in [newest] + [p for s, p in list_checkpoints(ckpts, best=True) if s > last]:
+        shard = path / "__1_0.distcp"
+        shard.write_bytes(shard.read_bytes()[:1000])
     exported = sharded.export(older, out / "exported.pt")
     resume = start(out, "resume", exported)
     try:
@@ -133,7 +135,7 @@ def test_a_sharded_run_checkpoints_into_directories_of_per_process_shards(runs):
     ckpts = out / "ref" / "ckpts"
     # n_saved=2 periodic ones (the last at the end) and the best of the validation metric
     assert [p.name for _, p in list_checkpoints(ckpts)] == ["ckpt-000006-E2S12.dcp", "ckpt-000008-E3S12.dcp"]
-    assert [p.name.split("-val_mse=")[0] for p in best_files(ckpts, "val_mse")] == ["best-000007-E3S12"]
+    assert [p.name.split("-val%2Fval_mse=")[0] for p in best_files(ckpts, "val/val_mse")] == ["best-000007-E3S12"]
     assert len(names(ckpts)) == 3  # nothing else: no partial directory left
     for path in ckpts.iterdir():
         assert names(path) == SHARDS  # rank 0's state.pt, and one file of shards per process
