@@ -334,6 +334,13 @@ CASES = {
     # names, tags, queries
     "name-empty": (lambda t: ice.HyperGraph().add("", ice.Node()), ValueError, "''", "without spaces"),
     "name-slash": (lambda t: ice.HyperGraph().add("a/b", ice.Node()), ValueError, "'a/b'", "without spaces, '/'"),
+    "name-hash": (lambda t: ice.HyperGraph().add("a#b", ice.Node()), ValueError, "'a#b'", "without spaces, '/', ',', '#'"),
+    "name-control-character": (lambda t: ice.HyperGraph().add("a\x00b", ice.Node()), ValueError, "'a\\x00b'",
+                               "printable characters only"),
+    "name-too-long": (lambda t: ice.HyperGraph().add("n" * 256, ice.Node()), ValueError, "256 bytes",
+                      "at most 255 bytes"),
+    "name-not-encodable": (lambda t: ice.HyperGraph().add("a\udc80", ice.Node()), ValueError, "'a\\udc80'",
+                           "cannot be encoded as a file name"),
     "tags-empty": (lambda t: ice.HyperGraph().add("x", ice.Node(), tags=""), ValueError, "tags of node 'x'",
                    'pass "*"'),
     "tags-star-mixed": (lambda t: ice.HyperGraph().add("x", ice.Node(), tags="*,train"), ValueError, "'*,train'",
