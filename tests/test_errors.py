@@ -71,6 +71,25 @@ def unsafe_directory(tmp):
     return directory
 
 
+def fifo(tmp):
+    import os
+
+    os.mkfifo(tmp / "pipe.pt")
+    return tmp / "pipe.pt"
+
+
+_KEEP = []  # sockets bound by unix_socket, open until the session ends
+
+
+def unix_socket(tmp):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp / "sock.pt"))  # left bound: the file is a socket while the test runs
+    _KEEP.append(sock)
+    return tmp / "sock.pt"
+
+
 def other_graph_checkpoint(tmp):
     _, path = saved_checkpoint(tmp)
     g = ice.HyperGraph()
@@ -439,6 +458,12 @@ CASES = {
     # checkpoints
     "resume-missing-file": (lambda t: run_one(linear_graph(), t, resume_from=t / "nope.pt"), CheckpointError,
                             "nope.pt", "check the path"),
+    "resume-fifo": (lambda t: run_one(linear_graph(), t, resume_from=fifo(t)), CheckpointError,
+                    "pipe.pt' is a named pipe (FIFO)", "Pass the path of a checkpoint file"),
+    "resume-device-file": (lambda t: run_one(linear_graph(), t, resume_from="/dev/zero"), CheckpointError,
+                           "'/dev/zero' is a character device", "Pass the path of a checkpoint file"),
+    "resume-socket": (lambda t: run_one(linear_graph(), t, resume_from=unix_socket(t)), CheckpointError,
+                      "sock.pt' is a socket", "Pass the path of a checkpoint file"),
     "resume-corrupt-file": (lambda t: run_one(linear_graph(), t, resume_from=truncated(t)), CheckpointError,
                             "truncated.pt", "truncated or corrupted"),
     "resume-foreign-file": (lambda t: run_one(linear_graph(), t, resume_from=foreign(t)), CheckpointError,
