@@ -483,6 +483,8 @@ CASES = {
                                 "'train/data': batch_size was 8 and is now 9", "strict_resume=False"),
     "resume-other-world-size": (resumed_with_another_world_size, ResumeTaskFailed, "written by 2 process(es)",
                                 "resume with 2 process(es)"),
+    "resume-training-changed": (lambda t: resumed_with(linear_graph(lr=0.01), t), ResumeTaskFailed,
+                                "node '*/net' optimizer '.*' lr 0.1 → 0.01", "strict_resume=False"),
     "resume-other-optimizer": (lambda t: resumed_with(with_net(optimizer=torch.optim.AdamW), t), CheckpointError,
                                "'*/net'", "load its weights only"),
     "load-other-optimizer": (lambda t: loaded_with(t, with_net(optimizer=torch.optim.AdamW), optimizers=True),
