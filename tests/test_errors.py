@@ -90,6 +90,15 @@ def unix_socket(tmp):
     return tmp / "sock.pt"
 
 
+def no_sample_metric(tmp):
+    """A MetricNode whose forward selects no sample (a filter that matches nothing)."""
+    from ignite.metrics import MeanSquaredError
+
+    g = linear_graph()
+    g.add("mse", ice.MetricNode(MeanSquaredError(), forward=lambda n, x: (x["net"][:0], x["data"][1][:0])), tags="val")
+    exec_one(g, ice.Task(train=False, epochs=1, tags="val"))
+
+
 def other_graph_checkpoint(tmp):
     _, path = saved_checkpoint(tmp)
     g = ice.HyperGraph()
@@ -331,6 +340,8 @@ CASES = {
     "loss-weight": (lambda t: ice.LossNode(forward=lambda n, x: 0, weight="1"), TypeError, "'1'", "finite number"),
     "loss-mode": (lambda t: ice.LossNode(forward=lambda n, x: 0, loss_mode="manual"), TypeError, "'manual'",
                   "ice.LossMode.MANUAL"),
+    "metric-not-computable": (no_sample_metric, NodeError, "MetricNode 'val/mse' of Task(train=False, epochs=1, "
+                              "tags='val')", "gave the metric no sample"),
     "metric-class": (lambda t: ice.MetricNode(Accuracy, forward=lambda n, x: 0), TypeError, "class Accuracy",
                      "Accuracy()"),
     "metric-not-ignite": (lambda t: ice.MetricNode(sum, forward=lambda n, x: 0), TypeError, "builtin_function",
