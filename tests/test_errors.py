@@ -207,6 +207,13 @@ def unselected(tmp):
     exec_one(g, ice.Task(train=False, steps=1))
 
 
+def too_deep(tmp):
+    g = ice.HyperGraph()
+    for i in range(2001):  # each node's forward pulls the next one: a chain of 2001 pulls
+        g.add(f"n{i}", ice.Node(forward=(lambda n, x: 1) if i == 2000 else (lambda n, x, j=i + 1: x[f"n{j}"] + 1)))
+    exec_one(g, ice.Task(train=False, steps=1))
+
+
 def cycle(tmp):
     g = ice.HyperGraph()
     g.add("a", ice.Node(forward=lambda n, x: x["b"]))
@@ -387,6 +394,8 @@ CASES = {
     "remove-missing": (lambda t: linear_graph().remove("nope"), KeyError, "'nope'", "uids are"),
     "ambiguous-name": (ambiguous, GraphError, "'a/data' and 'b/data'", "different names"),
     "unselected-node": (unselected, NodeNotSelectedError, "x['acc']", "add the task's tag"),
+    "graph-too-deep": (too_deep, GraphError, "pulling 'n2000' makes a chain of 2001 nodes",
+                       "add producers before their consumers"),
     "cycle": (cycle, GraphError, "a -> b -> a", "may not depend on itself"),
     # the schedule
     "task-neither": (lambda t: ice.Task(train=True), ValueError, "epochs=0, steps=0", "Task(train=True, epochs=1"),
