@@ -711,8 +711,29 @@ def read_checkpoint(path: "str | Path", map_location: Any = "cpu") -> dict:
     if path.is_dir():
         return _read_directory(path, map_location)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
+        raise CheckpointError(_not_a_checkpoint_file(path))
     return _load_state_file(path, map_location, path)
+
+
+def _not_a_checkpoint_file(path: Path) -> str:
+    """Why ``path`` (neither a regular file nor a directory) cannot be read: told by ``stat``, which
+    opens nothing (a FIFO would block ``open``, a device would be read forever)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return (f"checkpoint {str(path)!r} is a broken symbolic link (to {os.readlink(path)!r}); check the path")
+        return f"checkpoint {str(path)!r} does not exist; check the path"
+    except OSError as e:
+        return f"checkpoint {str(path)!r} cannot be examined ({e.strerror}); check the path and its permissions"
+    kinds = [(stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return (f"checkpoint {str(path)!r} is {kind}, not a checkpoint file or directory; nothing was read from it. "
+            "Pass the path of a checkpoint file (ckpts/ckpt-*.pt) or directory (ckpts/ckpt-*.dcp), or "
+            "resume_from='auto'")
 
 
 def latest_valid_checkpoint(ckpt_dir: Path, map_location: Any = "cpu") -> tuple[Path, dict] | None:

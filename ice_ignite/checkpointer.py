@@ -30,6 +30,7 @@ from ice_ignite.nodes.dataset import DatasetNode
 from ice_ignite.nodes.loss import LossNode
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.resize import adapt_state, comparable_data_settings
+from ice_ignite.resume_checks import TrainingChanges, compare_training, training_record
 from ice_ignite.rundir import RunDir
 from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, handler_label, keyed_tasks
 from ice_ignite.seeding import rng_state, set_rng_state
@@ -121,6 +122,8 @@ class Checkpointer:
             "seed": ctx.seed,
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "grad_acc_steps": ctx.grad_acc_steps,
+            # the optimizers' classes, hyper-parameters and clipping, and the autocast dtype (resume checks)
+            "training": training_record(self.nodes(DEFAULT_TAG), ctx.precision),
             "world_size": ctx.world_size,
             "engines": {key: task.engine_state() for key, task in tasks.items()},
             "handlers": {f"{key}/{i}": {"type": type(obj).__name__, "state": obj.state_dict()}
@@ -220,10 +223,12 @@ class Checkpointer:
         """Restore everything from a checkpoint's ``state`` for a run of ``entries``; returns where
         it continues."""
         self._check_graph(state, source, strict)
+        changes = self._check_training(state, source, strict)
         mismatch = self._check_schedule(source, state["schedule"], [e.description for e in entries], strict)
         if state["world_size"] != self.context.world_size:
             state = self._resize(state, source, entries, strict)
         self._load_run_state(state, source, entries)
+        changes.apply()
         ctx = self.context
         ctx.counters.load_state_dict(state["counters"])
         scaler = ctx.precision.grad_scaler
@@ -239,6 +244,8 @@ class Checkpointer:
             for name, param in self.nodes(DEFAULT_TAG)[uid].named_trainable_parameters():
                 if name in grads:
                     param.grad = grads[name].to(param.device)
+                    if changes.grad_factor != 1.0:  # a lenient resume with another gradient accumulation
+                        param.grad.mul_(changes.grad_factor)
         self.seq = max(self.seq, state["seq"] + 1)
         logger.info("resuming from %s", source)
         if mismatch:
@@ -246,6 +253,7 @@ class Checkpointer:
 
         def reload_epoch() -> None:  # after the resumed epoch's EPOCH_STARTED handlers
             self._load_run_state(state, source, entries, engines=False)
+            changes.apply()
 
         return Resume(state["progress"]["entry"], state["progress"]["task"], reload_epoch)
 
@@ -354,6 +362,28 @@ class Checkpointer:
             )
         warnings.warn(msg + "; resuming anyway (strict_resume=False): nodes absent from the checkpoint start afresh, "
                       "changed DatasetNodes continue from their saved position with the new settings", stacklevel=5)
+
+    def _check_training(self, state: dict, source: str, strict: bool) -> TrainingChanges:
+        """Whether resuming would change training: an optimizer's class, hyper-parameters or
+        clipping, the gradient accumulation or the autocast dtype differ between the checkpoint and
+        the code; ``ResumeTaskFailed`` (``strict``) listing each as old → new, or a warning saying
+        which value wins. Returns the changes (applied after loading when not ``strict``)."""
+        changes = compare_training(state, self.nodes(DEFAULT_TAG), self.context.grad_acc_steps,
+                                   self.context.precision)
+        if not changes:
+            return changes
+        msg = f"checkpoint {source!r}: resuming it would change training: "
+        if strict:
+            raise ResumeTaskFailed(
+                msg + changes.describe(with_winner=False) + ". A resume continues the same run exactly: give these "
+                "settings (ice.Optimizer arguments, g.set_gradient_accumulate, g.init_autocast) the values of the "
+                "run that wrote the checkpoint (old → new as listed); or pass "
+                "strict_resume=False to resume with the changes (a warning says which value wins); or start a new "
+                "run from its weights with g.load_checkpoint(path) or LoadCheckpointTask"
+            )
+        warnings.warn(msg + changes.describe(with_winner=True) + "; resuming anyway (strict_resume=False)",
+                      stacklevel=5)
+        return changes
 
     @staticmethod
     def _check_schedule(source: str, saved: list[str], new: list[str], strict: bool) -> bool:

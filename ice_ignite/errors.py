@@ -5,11 +5,14 @@ Every error message names the culprit (node uid, tag, key or file) and says what
 
 from __future__ import annotations
 
+from ignite.exceptions import NotComputableError
+
 __all__ = [
     "IceError",
     "GraphError",
     "NodeNotSelectedError",
     "NodeError",
+    "MetricNotComputableError",
     "ScheduleError",
     "NonFiniteLossError",
     "CheckpointError",
@@ -45,6 +48,12 @@ class NodeError(IceError):
         super().__init__(message)
         self.uid = uid
         self.phase = phase
+
+
+class MetricNotComputableError(NodeError, NotComputableError):
+    """A MetricNode's metric could not compute its value (ignite's ``NotComputableError``: it saw
+    no sample); the message names the node and the task. It is also ignite's
+    ``NotComputableError``, so code that catches that keeps working."""
 
 
 class NonFiniteLossError(IceError):

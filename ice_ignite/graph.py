@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import operator
+import sys
 from typing import Any, Callable, Iterator
 
 import torch
@@ -39,6 +40,22 @@ PHASE_EVENTS = {
 }
 
 
+#: the deepest chain of pulls (``x["a"]`` whose forward pulls ``x["b"]``...) evaluated; a deeper
+#: one is a GraphError naming it rather than a RecursionError blamed on whichever node it hit
+MAX_PULL_DEPTH = 2000
+#: every this many nodes of depth, the recursion limit is checked (and raised for the next ones)
+_DEPTH_STEP = 25
+#: interpreter frames a pull may take: the cache, the node, its forward and what it calls (nn.Module, autocast)
+_FRAMES_PER_PULL = 40
+
+
+def _chain(names: list[str]) -> str:
+    """``a -> b -> c``, the middle left out of a long chain."""
+    if len(names) <= 8:
+        return " -> ".join(names)
+    return f"{' -> '.join(names[:3])} -> ... ({len(names) - 6} more) -> {' -> '.join(names[-3:])}"
+
+
 def _describe_tags(tags: tuple[str, ...]) -> str:
     return ",".join(tags)
 
@@ -65,7 +82,7 @@ class GraphOutputCache:
     ``"name" in x`` tells whether the task selected that node.
     """
 
-    __slots__ = ("_graph", "_nodes", "outputs", "_stack", "deps", "_timer")
+    __slots__ = ("_graph", "_nodes", "outputs", "_stack", "deps", "_timer", "_limit")
 
     def __init__(self, graph: "ExecutableGraph"):
         self._graph = graph
@@ -75,6 +92,8 @@ class GraphOutputCache:
         self._stack: list[str] = []
         self.deps: dict[str, dict[str, None]] = {name: {} for name in graph.nodes}
         self._timer: Any = None
+        #: the interpreter's recursion limit before a deep pull raised it (restored when it ends)
+        self._limit: int | None = None
 
     def __getitem__(self, name: str) -> Any:
         stack = self._stack
@@ -114,6 +133,8 @@ class GraphOutputCache:
                 f"cycle in the graph of task tags ({_describe_tags(self._graph.tags)}): {path}; "
                 "a node may not depend on itself, directly or through others"
             )
+        if len(stack) >= _DEPTH_STEP and len(stack) % _DEPTH_STEP == 0:
+            self._deepen(name)
         stack.append(name)
         try:
             timer = self._timer
@@ -124,16 +145,41 @@ class GraphOutputCache:
         except _PASS_THROUGH:
             raise
         except Exception as e:
+            deep = f" at depth {len(stack)} of a chain of pulls" if isinstance(e, RecursionError) else ""
             raise NodeError(
-                f"node {node.uid!r} raised {type(e).__name__} in forward: {e}"
-                + (f" (pulled by {' -> '.join(stack[:-1])})" if len(stack) > 1 else ""),
+                f"node {node.uid!r} raised {type(e).__name__} in forward{deep}: {e}"
+                + (f" (pulled by {_chain(stack[:-1])})" if len(stack) > 1 else ""),
                 node.uid,
                 "forward",
             ) from e
         finally:
             stack.pop()
+            if not stack and self._limit is not None:
+                sys.setrecursionlimit(self._limit)
+                self._limit = None
         self.outputs[name] = out
         return out
+
+    def _deepen(self, name: str) -> None:
+        """A pull ``_DEPTH_STEP`` more nodes deep: lazy pulls recurse (each forward asks for the
+        next), so raise the interpreter's recursion limit for it (restored when the outermost pull
+        ends) — up to ``MAX_PULL_DEPTH`` nodes, beyond which a GraphError names the depth and chain."""
+        stack = self._stack
+        depth = len(stack) + 1
+        if depth > MAX_PULL_DEPTH:
+            raise GraphError(
+                f"the graph of task tags ({_describe_tags(self._graph.tags)}) is more than {MAX_PULL_DEPTH} nodes deep: "
+                f"pulling {name!r} makes a chain of {depth} nodes, each forward asking for the next "
+                f"({_chain(stack + [name])}); ice_ignite evaluates chains of pulls up to {MAX_PULL_DEPTH} nodes deep. "
+                "Compute a long chain inside one node (a loop over its modules), or have each node pull a node "
+                "computed earlier in add order (add producers before their consumers), which keeps chains short"
+            )
+        limit = sys.getrecursionlimit()
+        if self._limit is None:
+            self._limit = limit
+        needed = self._limit + _FRAMES_PER_PULL * (depth + _DEPTH_STEP)
+        if limit < needed:
+            sys.setrecursionlimit(needed)
 
     def clear(self) -> None:
         """Release the outputs of the last iteration."""

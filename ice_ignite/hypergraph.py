@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import torch
 
-from ice_ignite.backup import backup_sources, entry_script
+from ice_ignite.backup import entry_script, keep_sources
 from ice_ignite.checkpoint import latest_valid_checkpoint, read_checkpoint
 from ice_ignite.checkpointer import Checkpointer
 from ice_ignite.context import RunContext
@@ -537,12 +537,16 @@ class HyperGraph(NodeRegistry):
 
     def backup_source_files(self, entrypoint: "str | os.PathLike") -> None:
         """Copy ``entrypoint`` (usually ``__file__``) and the local modules it imports into
-        ``src/`` of the run directory, at the start of every ``run`` (now, during one)."""
+        ``src/`` of the run directory, at the start of every ``run`` (now, during one). ``src/``
+        is never overwritten: a later run of the same directory (a resume) whose sources differ
+        from the newest copy keeps them in ``src-2/``, ``src-3/``, ... and warns; identical
+        sources write nothing."""
         self._entrypoint = entry_script(entrypoint)
         self._backup_sources()
 
     def _backup_sources(self) -> None:
-        """During a run, on global rank 0: copy the registered entry script's sources into ``src/``."""
+        """During a run, on global rank 0: keep the registered entry script's sources in ``src/``
+        (the first run) or, when they differ from the newest copy, in ``src-<n>/`` beside it."""
         ctx = self.context
         if self._entrypoint is not None and ctx.run_dir is not None and ctx.rank == 0:
-            backup_sources(self._entrypoint, ctx.run_dir / "src")
+            keep_sources(self._entrypoint, ctx.run_dir)

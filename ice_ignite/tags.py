@@ -14,19 +14,38 @@ __all__ = ["DEFAULT_TAG", "normalize_tags", "make_uid", "split_uid", "is_selecte
 
 DEFAULT_TAG = "*"
 _TAG_RE = re.compile(r"#?[A-Za-z0-9_.\-]+")
-_NAME_RE = re.compile(r"[^\s/,\[\]\"']+")
+_NAME_RE = re.compile(r"[^\s/,#\[\]\"']+")
+#: the longest file name most file systems allow, in bytes (a node name is part of file names)
+_NAME_MAX_BYTES = 255
 
 TagsLike = "str | Iterable[str]"
 
 
 def check_name(name: object) -> str:
-    """Return ``name`` if it is a valid node name, else raise ``ValueError`` saying why."""
+    """Return ``name`` if it is a valid node name, else raise ``ValueError`` saying why.
+
+    A name is part of uids, board keys and file names (``best-...-<name>=<value>.pt``), so it is
+    refused at ``g.add`` rather than after an epoch of training: no spaces, ``/``, ``,``, ``#``,
+    quotes, brackets or control characters (NUL included), at most 255 bytes in UTF-8, and
+    encodable as a file name."""
     if not isinstance(name, str):
         raise TypeError(f"a node name must be a str, got {type(name).__name__} {name!r}")
+    control = next((c for c in name if ord(c) < 32 or ord(c) == 127), None)
+    if control is not None:
+        raise ValueError(f"invalid node name {name!r}: it holds the control character {control!r}; node names are "
+                         "part of file names and log keys: use printable characters only")
     if not name or not _NAME_RE.fullmatch(name):
         raise ValueError(
-            f"invalid node name {name!r}: use a non-empty name without spaces, '/', ',', quotes or brackets"
+            f"invalid node name {name!r}: use a non-empty name without spaces, '/', ',', '#', quotes or brackets"
         )
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise ValueError(f"invalid node name {name!r}: it cannot be encoded as a file name (UTF-8: {e.reason} at "
+                         f"position {e.start}); use a name of valid Unicode characters") from None
+    if size > _NAME_MAX_BYTES:
+        raise ValueError(f"invalid node name {name[:40]!r}... ({size} bytes in UTF-8): node names are at most "
+                         f"{_NAME_MAX_BYTES} bytes, the longest file name; use a shorter name")
     return name
 
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -298,6 +299,39 @@ def test_backup_source_files_copies_the_entry_script_and_its_local_modules(tmp_p
     assert copied == ["helper.py", "main.py", "pkg/__init__.py", "pkg/sub/__init__.py", "pkg/sub/deep.py"]
     with pytest.raises(FileNotFoundError, match="pass __file__"):
         g.backup_source_files(tmp_path / "nope.py")
+
+
+def test_a_resume_keeps_the_first_runs_sources_and_its_own_beside_them_when_they_differ(tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "main.py").write_text("import helper\n")
+    (proj / "helper.py").write_text("LR = 0.1\n")
+
+    def schedule():
+        return [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()]
+
+    def run(**kwargs):
+        g = linear_graph()
+        g.backup_source_files(proj / "main.py")
+        return g.run(schedule(), devices="cpu", out_dir=tmp_path, run_id="r", **kwargs)
+
+    run_dir = run()
+    (proj / "helper.py").write_text("LR = 0.2\n")  # the code changed, then the run is resumed
+    with pytest.warns(UserWarning, match=r"differ from those kept in src/ \(changed: helper.py\): kept in src-2/"):
+        run(resume_from="auto")
+    assert (run_dir / "src" / "helper.py").read_text() == "LR = 0.1\n"  # what produced the first checkpoint
+    assert (run_dir / "src-2" / "helper.py").read_text() == "LR = 0.2\n"
+    assert (run_dir / "src-2" / "main.py").read_text() == "import helper\n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same sources again: nothing new, no warning
+        run(resume_from="auto")
+    (proj / "helper.py").write_text("LR = 0.1\n")
+    (proj / "extra.py").write_text("")
+    (proj / "main.py").write_text("import helper, extra\n")
+    with pytest.warns(UserWarning, match=r"from those kept in src-2/ \(changed: helper.py, main.py; new: extra.py\)"):
+        run(resume_from="auto")
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("src")) == ["src", "src-2", "src-3"]
+    assert (run_dir / "src" / "main.py").read_text() == "import helper\n"
 
 
 # -- processes that die ------------------------------------------------------------------------------

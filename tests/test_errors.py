@@ -111,6 +111,34 @@ def unsafe_sharded_value(tmp):
     ice_sharded.load(directory, {"*/net": node})
 
 
+def fifo(tmp):
+    import os
+
+    os.mkfifo(tmp / "pipe.pt")
+    return tmp / "pipe.pt"
+
+
+_KEEP = []  # sockets bound by unix_socket, open until the session ends
+
+
+def unix_socket(tmp):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp / "sock.pt"))  # left bound: the file is a socket while the test runs
+    _KEEP.append(sock)
+    return tmp / "sock.pt"
+
+
+def no_sample_metric(tmp):
+    """A MetricNode whose forward selects no sample (a filter that matches nothing)."""
+    from ignite.metrics import MeanSquaredError
+
+    g = linear_graph()
+    g.add("mse", ice.MetricNode(MeanSquaredError(), forward=lambda n, x: (x["net"][:0], x["data"][1][:0])), tags="val")
+    exec_one(g, ice.Task(train=False, epochs=1, tags="val"))
+
+
 def other_graph_checkpoint(tmp):
     _, path = saved_checkpoint(tmp)
     g = ice.HyperGraph()
@@ -216,6 +244,13 @@ def unselected(tmp):
     g = ice.HyperGraph()
     g.add("acc", ice.Node(), tags="val")
     g.add("net", ice.Node(forward=lambda n, x: x["acc"]))
+    exec_one(g, ice.Task(train=False, steps=1))
+
+
+def too_deep(tmp):
+    g = ice.HyperGraph()
+    for i in range(2001):  # each node's forward pulls the next one: a chain of 2001 pulls
+        g.add(f"n{i}", ice.Node(forward=(lambda n, x: 1) if i == 2000 else (lambda n, x, j=i + 1: x[f"n{j}"] + 1)))
     exec_one(g, ice.Task(train=False, steps=1))
 
 
@@ -352,6 +387,8 @@ CASES = {
     "loss-weight": (lambda t: ice.LossNode(forward=lambda n, x: 0, weight="1"), TypeError, "'1'", "finite number"),
     "loss-mode": (lambda t: ice.LossNode(forward=lambda n, x: 0, loss_mode="manual"), TypeError, "'manual'",
                   "ice.LossMode.MANUAL"),
+    "metric-not-computable": (no_sample_metric, NodeError, "MetricNode 'val/mse' of Task(train=False, epochs=1, "
+                              "tags='val')", "gave the metric no sample"),
     "metric-class": (lambda t: ice.MetricNode(Accuracy, forward=lambda n, x: 0), TypeError, "class Accuracy",
                      "Accuracy()"),
     "metric-not-ignite": (lambda t: ice.MetricNode(sum, forward=lambda n, x: 0), TypeError, "builtin_function",
@@ -374,6 +411,13 @@ CASES = {
     # names, tags, queries
     "name-empty": (lambda t: ice.HyperGraph().add("", ice.Node()), ValueError, "''", "without spaces"),
     "name-slash": (lambda t: ice.HyperGraph().add("a/b", ice.Node()), ValueError, "'a/b'", "without spaces, '/'"),
+    "name-hash": (lambda t: ice.HyperGraph().add("a#b", ice.Node()), ValueError, "'a#b'", "without spaces, '/', ',', '#'"),
+    "name-control-character": (lambda t: ice.HyperGraph().add("a\x00b", ice.Node()), ValueError, "'a\\x00b'",
+                               "printable characters only"),
+    "name-too-long": (lambda t: ice.HyperGraph().add("n" * 256, ice.Node()), ValueError, "256 bytes",
+                      "at most 255 bytes"),
+    "name-not-encodable": (lambda t: ice.HyperGraph().add("a\udc80", ice.Node()), ValueError, "'a\\udc80'",
+                           "cannot be encoded as a file name"),
     "tags-empty": (lambda t: ice.HyperGraph().add("x", ice.Node(), tags=""), ValueError, "tags of node 'x'",
                    'pass "*"'),
     "tags-star-mixed": (lambda t: ice.HyperGraph().add("x", ice.Node(), tags="*,train"), ValueError, "'*,train'",
@@ -390,6 +434,8 @@ CASES = {
     "remove-missing": (lambda t: linear_graph().remove("nope"), KeyError, "'nope'", "uids are"),
     "ambiguous-name": (ambiguous, GraphError, "'a/data' and 'b/data'", "different names"),
     "unselected-node": (unselected, NodeNotSelectedError, "x['acc']", "add the task's tag"),
+    "graph-too-deep": (too_deep, GraphError, "pulling 'n2000' makes a chain of 2001 nodes",
+                       "add producers before their consumers"),
     "cycle": (cycle, GraphError, "a -> b -> a", "may not depend on itself"),
     # the schedule
     "task-neither": (lambda t: ice.Task(train=True), ValueError, "epochs=0, steps=0", "Task(train=True, epochs=1"),
@@ -472,6 +518,12 @@ CASES = {
     # checkpoints
     "resume-missing-file": (lambda t: run_one(linear_graph(), t, resume_from=t / "nope.pt"), CheckpointError,
                             "nope.pt", "check the path"),
+    "resume-fifo": (lambda t: run_one(linear_graph(), t, resume_from=fifo(t)), CheckpointError,
+                    "pipe.pt' is a named pipe (FIFO)", "Pass the path of a checkpoint file"),
+    "resume-device-file": (lambda t: run_one(linear_graph(), t, resume_from="/dev/zero"), CheckpointError,
+                           "'/dev/zero' is a character device", "Pass the path of a checkpoint file"),
+    "resume-socket": (lambda t: run_one(linear_graph(), t, resume_from=unix_socket(t)), CheckpointError,
+                      "sock.pt' is a socket", "Pass the path of a checkpoint file"),
     "resume-corrupt-file": (lambda t: run_one(linear_graph(), t, resume_from=truncated(t)), CheckpointError,
                             "truncated.pt", "truncated or corrupted"),
     "resume-foreign-file": (lambda t: run_one(linear_graph(), t, resume_from=foreign(t)), CheckpointError,
@@ -497,6 +549,8 @@ CASES = {
                                 "'train/data': batch_size was 8 and is now 9", "strict_resume=False"),
     "resume-other-world-size": (resumed_with_another_world_size, ResumeTaskFailed, "written by 2 process(es)",
                                 "resume with 2 process(es)"),
+    "resume-training-changed": (lambda t: resumed_with(linear_graph(lr=0.01), t), ResumeTaskFailed,
+                                "node '*/net' optimizer '.*' lr 0.1 → 0.01", "strict_resume=False"),
     "resume-other-optimizer": (lambda t: resumed_with(with_net(optimizer=torch.optim.AdamW), t), CheckpointError,
                                "'*/net'", "load its weights only"),
     "load-other-optimizer": (lambda t: loaded_with(t, with_net(optimizer=torch.optim.AdamW), optimizers=True),

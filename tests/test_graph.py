@@ -184,3 +184,40 @@ def test_a_detached_loss_of_a_trained_module_says_it_depends_on_no_trainable_par
     with pytest.raises(GraphError, match=r"do not depend on any trainable parameter \(of '\*/net'\).*detach") as e:
         run_steps(g, steps=1)
     assert "give a ModuleNode optimizers" not in str(e.value)
+
+
+def chain(n, first_consumer=True):
+    """n ModuleNodes, each pulling the next (added consumer first), and a loss on the first."""
+    torch.manual_seed(0)
+    g = ice.HyperGraph()
+    g.add("loss", ice.LossNode(forward=lambda node, x: x["m0"].pow(2).mean()))
+    for i in range(n):
+        pull = (lambda node, x: node.module(torch.ones(1, 2))) if i == n - 1 else \
+            (lambda node, x, j=i + 1: node.module(x[f"m{j}"]))
+        g.add(f"m{i}", ice.ModuleNode(torch.nn.Linear(2, 2), forward=pull,
+                                      optimizers=ice.Optimizer(torch.optim.SGD, lr=0.01)))
+    return g
+
+
+def test_a_300_node_chain_added_consumer_first_evaluates_and_restores_the_recursion_limit():
+    import sys
+
+    limit = sys.getrecursionlimit()
+    g = chain(300)
+    run_steps(g, steps=2)  # was a RecursionError blamed on whichever node it hit
+    assert g.global_counters.steps.train == 2
+    assert g["*/m299"].module.weight.grad is not None  # the far end of the chain got its gradient
+    assert sys.getrecursionlimit() == limit
+
+
+def test_a_chain_deeper_than_the_limit_is_a_graph_error_naming_the_depth_and_the_chain():
+    from ice_ignite.graph import MAX_PULL_DEPTH
+
+    g = ice.HyperGraph()
+    n = MAX_PULL_DEPTH + 1
+    for i in range(n):
+        g.add(f"n{i}", ice.Node(forward=(lambda node, x: 1) if i == n - 1 else
+                                (lambda node, x, j=i + 1: x[f"n{j}"] + 1)))
+    with pytest.raises(GraphError, match=rf"more than {MAX_PULL_DEPTH} nodes deep: pulling 'n{n - 1}' makes a chain "
+                                         rf"of {n} nodes.*n0 -> n1 -> n2 -> \.\.\. \({n - 6} more\).*add producers"):
+        run_steps(g, train=False)

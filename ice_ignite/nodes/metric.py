@@ -3,14 +3,17 @@ by the node's forward (B5)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 from ignite.metrics.metric import EpochWise, MetricUsage
 
+from ice_ignite.errors import MetricNotComputableError
 from ice_ignite.nodes.node import Node, OutputCache, check_callable
 
 __all__ = ["MetricNode"]
@@ -21,6 +24,30 @@ def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.dim() == 0 else value.cpu()
     return value
+
+
+def _name_uncomputable(node: "MetricNode") -> None:
+    """Make the metric's ``completed`` handler (where ignite computes its value) raise
+    ``MetricNotComputableError`` naming ``node`` and the task for ignite's ``NotComputableError``
+    (a metric that saw no sample), which names neither. Set on the metric instance, so ``attach``
+    / ``detach`` / ``is_attached`` see the same handler."""
+    metric = node.metric
+    completed = type(metric).completed.__get__(metric)  # the class's, not an earlier wrapper
+
+    @functools.wraps(completed)  # the signature ignite inspects: (engine, name)
+    def named(engine: Any, name: str) -> None:
+        try:
+            completed(engine, name)
+        except NotComputableError as e:
+            task = getattr(engine, "task_label", "a task")
+            raise MetricNotComputableError(
+                f"MetricNode {node.uid!r} of {task} could not compute {type(metric).__name__} at the end of epoch "
+                f"{engine.state.epoch}: {e} Its forward gave the metric no sample: check that the task's "
+                "DatasetNodes yield batches (not an empty dataset, nor drop_last=True with fewer samples than "
+                "batch_size) and that the forward returns the metric's input for them, or leave the MetricNode out "
+                "of this task's tags", node.uid, "compute") from e
+
+    metric.completed = named
 
 
 class MetricNode(Node):
@@ -89,6 +116,7 @@ class MetricNode(Node):
     # -- the ignite metric path ---------------------------------------------------------------
     def _attach_engine(self, engine: Any) -> None:
         """Attach the metric to a starting task's engine; its handlers see this node's output."""
+        _name_uncomputable(self)
         with engine.internal(view=self) as added:
             self.metric.attach(engine, self._name, usage=self.usage)
         self._added = added

@@ -43,6 +43,18 @@ def key_name(key: "PatternKey") -> str:
     return key if isinstance(key, str) else " | ".join(key)
 
 
+def _recorded(value: Any) -> Any:
+    """An optimizer hyper-parameter as a checkpoint can hold it (``weights_only``): numbers, strings,
+    None, tensors (copied) and tuples of them; anything else by its ``repr``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, (tuple, list)):
+        return tuple(_recorded(v) for v in value)
+    return repr(value)
+
+
 def _edit_distance(a: str, b: str) -> int:
     """Levenshtein distance: insertions, deletions and substitutions that turn ``a`` into ``b``."""
     previous = list(range(len(b) + 1))
@@ -298,10 +310,21 @@ class ModuleNode(Node):
         self.lr_schedulers: dict[Any, Any] = {}
         self._steps: list[tuple[torch.optim.Optimizer, Optimizer, Any, list[torch.nn.Parameter]]] = []
         self._trainable: list[tuple[str, torch.nn.Parameter]] = []
+        #: what each optimizer trains with, by pattern key name (``training_record``)
+        self._training_record: dict[str, dict] = {}
+        self._built_groups: dict[str, list[dict]] = {}
         for key, spec in specs.items():
             named = groups[key]
             where = f" for {what} pattern {key_name(key)!r}"
             opt = spec.build([p for _, p in named], where)
+            self._training_record[key_name(key)] = {  # as built: before a scheduler changes the lr
+                "class": f"{type(opt).__module__}.{type(opt).__qualname__}",
+                "grad_clip_norm": spec.grad_clip_norm,
+                "hyper_parameters": [{k: _recorded(v) for k, v in group.items() if k != "params"}
+                                     for group in opt.param_groups],
+            }
+            self._built_groups[key_name(key)] = [{k: v for k, v in group.items() if k != "params"}
+                                                 for group in opt.param_groups]
             sched = spec.build_scheduler(opt, where)
             self.optimizers[key] = opt
             if sched is not None:
@@ -384,6 +407,20 @@ class ModuleNode(Node):
     def learning_rates(self) -> dict[str, list[float]]:
         """The learning rate of every parameter group of every optimizer, by pattern key."""
         return {key_name(k): [group["lr"] for group in opt.param_groups] for k, opt in self.optimizers.items()}
+
+    def training_record(self) -> dict[str, dict]:
+        """What each optimizer trains with, by pattern key name: its ``class`` (qualified name),
+        ``grad_clip_norm`` and ``hyper_parameters`` (every param group's entries but ``params``, as
+        the optimizer was built from the code, before any LR scheduler changed them). Checkpoints
+        carry it, so that a resume can tell that the code changed them (``strict_resume``)."""
+        return {name: {**record, "hyper_parameters": [dict(group) for group in record["hyper_parameters"]]}
+                for name, record in self._training_record.items()}
+
+    def built_hyper_parameters(self) -> dict[str, list[dict]]:
+        """Every optimizer's param-group entries but ``params`` as built from the code (before any
+        LR scheduler), by pattern key name: the values a lenient resume restores over the
+        checkpoint's when the code changed them."""
+        return {name: [dict(group) for group in groups] for name, groups in self._built_groups.items()}
 
     def zero_grad(self) -> None:
         """Drop the gradients of this node's optimizers (``set_to_none``)."""
