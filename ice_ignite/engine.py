@@ -144,6 +144,12 @@ class HandlerEngine(_Dispatching):
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a HandlerEngine only holds handlers; it never runs")
 
+    @property
+    def task_label(self) -> str:
+        """How errors name the task (its task engine's label)."""
+        owner = self._owner()
+        return owner.task_label if owner is not None else "a task"
+
 
 class TaskEngine(_Dispatching):
     """An ignite ``Engine`` whose process function runs a task's graph (see the module doc).
