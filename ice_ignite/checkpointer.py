@@ -32,7 +32,7 @@ from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.resize import adapt_state, comparable_data_settings
 from ice_ignite.resume_checks import TrainingChanges, compare_training, training_record
 from ice_ignite.rundir import RunDir
-from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, handler_label, keyed_tasks
+from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, handler_label, keyed_tasks, resume_point
 from ice_ignite.seeding import rng_state, set_rng_state
 from ice_ignite.tags import DEFAULT_TAG
 from ice_ignite.task import Task
@@ -110,6 +110,7 @@ class Checkpointer:
             "format": FORMAT,
             "seq": self.seq,
             "schedule": [e.description for e in runner.entries] if runner.entries is not None else [],
+            "schedule_paths": [list(e.path) for e in runner.entries] if runner.entries is not None else [],
             "progress": progress,
             "nodes": {uid: node.state_dict(full=False) if not full and self._is_sharded(node) else node.state_dict()
                       for uid, node in self.nodes(*tags).items()},
@@ -224,7 +225,7 @@ class Checkpointer:
         it continues."""
         self._check_graph(state, source, strict)
         changes = self._check_training(state, source, strict)
-        mismatch = self._check_schedule(source, state["schedule"], [e.description for e in entries], strict)
+        point = self._resume_point(state, source, entries, strict)
         if state["world_size"] != self.context.world_size:
             state = self._resize(state, source, entries, strict)
         self._load_run_state(state, source, entries)
@@ -248,14 +249,28 @@ class Checkpointer:
                         param.grad.mul_(changes.grad_factor)
         self.seq = max(self.seq, state["seq"] + 1)
         logger.info("resuming from %s", source)
-        if mismatch:
+        if point is None:
             return Resume(0, None, None)
 
         def reload_epoch() -> None:  # after the resumed epoch's EPOCH_STARTED handlers
             self._load_run_state(state, source, entries, engines=False)
             changes.apply()
 
-        return Resume(state["progress"]["entry"], state["progress"]["task"], reload_epoch)
+        return Resume(point[0], point[1], reload_epoch)
+
+    def _resume_point(self, state: dict, source: str, entries: list[ScheduleEntry], strict: bool
+                      ) -> tuple[int, dict | None] | None:
+        """Where the checkpoint continues in ``entries`` (``schedule.resume_point``), or None to
+        restart the schedule (a lenient resume into another schedule; strict: an error)."""
+        if "schedule_paths" not in state:  # written before entries had paths: the saved schedule must be a prefix
+            mismatch = self._check_schedule(source, state["schedule"], [e.description for e in entries], strict)
+            return None if mismatch else (state["progress"]["entry"], state["progress"]["task"])
+        saved = [(tuple(path), desc) for path, desc in zip(state["schedule_paths"], state["schedule"])]
+        point = resume_point(saved, state["progress"], state.get("engines", {}), entries)
+        if point is not None:
+            return point
+        self._check_schedule(source, state["schedule"], [e.description for e in entries], strict, force=True)
+        return None
 
     def _resize(self, state: dict, source: str, entries: list[ScheduleEntry], strict: bool) -> dict:
         """``state`` adapted to this run's number of processes (``resize.adapt_state``)."""
@@ -386,18 +401,23 @@ class Checkpointer:
         return changes
 
     @staticmethod
-    def _check_schedule(source: str, saved: list[str], new: list[str], strict: bool) -> bool:
-        """Whether the saved schedule is *not* a prefix of the new one (raise when ``strict``)."""
+    def _check_schedule(source: str, saved: list[str], new: list[str], strict: bool, force: bool = False) -> bool:
+        """Whether the saved schedule is *not* a prefix of the new one (raise when ``strict``);
+        ``force``: it does not continue in the new one, whatever the prefix."""
         mismatch = next((i for i, (a, b) in enumerate(zip(saved, new)) if a != b), None)
         if mismatch is None and len(saved) > len(new):
             mismatch = len(new)
+        if mismatch is None and force:
+            mismatch = min(len(saved), len(new)) - 1 if saved else 0
         if mismatch is None:
             return False
         got = new[mismatch] if mismatch < len(new) else "the end of the schedule"
         msg = (f"checkpoint {source!r}: its schedule is not a prefix of this run's: entry {mismatch} was "
                f"{saved[mismatch]!r} and is now {got!r}")
         if strict:
-            raise ResumeTaskFailed(msg + "; restore the schedule, or pass strict_resume=False to restart it with the "
-                                         "loaded states")
+            raise ResumeTaskFailed(msg + "; restore the schedule (raising a Task's epochs / steps or a Repeat's times "
+                                         "is fine: training continues to the new total), or pass strict_resume=False "
+                                         "to run the new schedule from its beginning with the loaded states (every "
+                                         "task of it runs again in full)")
         warnings.warn(msg + "; restarting the schedule with the loaded states", stacklevel=5)
         return True

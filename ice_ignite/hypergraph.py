@@ -263,21 +263,23 @@ class HyperGraph(NodeRegistry):
             resume = self._checkpointer.restore(state, source, entries, strict)
         self._checkpointer.entries = entries
         session = self._session
-        if resume is None:  # a new schedule: a task terminated in an earlier one runs again, as in ignite
+        if resume is None:  # a new schedule: it continues the engines; a task terminated before runs again
             for task in keyed_tasks(entries).values():
+                state = task.engine.state
+                task.base_epoch = state.epoch if state.max_epochs is not None else 0
                 if not task.engine.suspended:
                     task.engine.should_terminate = False
-        self._runner.run(entries, lambda task, position, remaining, hold: self._run_task(task, position, remaining, hold, resume),
+        self._runner.run(entries, lambda task, position, span, hold: self._run_task(task, position, span, hold, resume),
                          lambda item: call_with_arity(item, self, launcher),
                          start=resume.entry if resume is not None else 0,
                          resume=resume.task if resume is not None else None,
                          boundary=functools.partial(session.check_preemption, blocking=True) if session is not None else None)
 
-    def _run_task(self, task: Task, position: dict | None, remaining: int = 1, hold: bool = False,
-                  resume: Any = None) -> bool:
+    def _run_task(self, task: Task, position: dict | None, span: tuple[int, int] | None = None,
+                  hold: bool = False, resume: Any = None) -> bool:
         task.engine.hypergraph = self
         return task.run(self.select_egraph(task.tags), self._attach, self._attach_on_handlers, position,
-                        resume.reload_epoch if resume is not None and position is not None else None, remaining,
+                        resume.reload_epoch if resume is not None and position is not None else None, span,
                         hold)
 
     def _attach(self, task: Task) -> None:

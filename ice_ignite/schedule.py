@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -12,7 +13,7 @@ from ice_ignite.errors import ScheduleError, StopAllTasks, StopTask
 from ice_ignite.task import Task
 
 __all__ = ["Repeat", "ScheduleEntry", "ScheduleRunner", "flatten_schedule", "call_with_arity", "describe",
-           "keyed_tasks", "end_of_repeat"]
+           "keyed_tasks", "end_of_repeat", "train_spans", "resume_point"]
 
 logger = logging.getLogger("ice_ignite")
 
@@ -134,6 +135,87 @@ def keyed_tasks(entries: list[ScheduleEntry]) -> dict[str, Task]:
     return tasks
 
 
+def train_spans(entries: list[ScheduleEntry]) -> list[tuple[int, int] | None]:
+    """For each entry that is a train Task, ``(end, total)``: the engine epoch at which that
+    repetition ends and the one at which the task's run over the schedule ends, counted from the
+    task's ``base_epoch`` (the epoch its engine had when the schedule started); None for the others.
+
+    Examples:
+        >>> train, val = Task(train=True, epochs=2), Task(train=False, epochs=1)
+        >>> train_spans(flatten_schedule([Repeat([train, val], times=2)]))
+        [(2, 4), None, (4, 4), None]
+    """
+    totals: dict[int, int] = {}
+    counts: dict[int, int] = {}
+    for entry in entries:
+        if isinstance(entry.item, Task) and entry.item.train:
+            totals[id(entry.item)] = totals.get(id(entry.item), 0) + 1
+    spans: list[tuple[int, int] | None] = []
+    for entry in entries:
+        task = entry.item
+        if not (isinstance(task, Task) and task.train):
+            spans.append(None)
+            continue
+        counts[id(task)] = k = counts.get(id(task), 0) + 1
+        per = 1 if task.step_mode else task.epochs
+        spans.append((task.base_epoch + k * per, task.base_epoch + totals[id(task)] * per))
+    return spans
+
+
+def _amountless(description: str) -> str:
+    """A Task's description without its epochs / steps (which a resume may raise)."""
+    return re.sub(r"\b(epochs|steps)=\d+", "\\1=N", description)
+
+
+def resume_point(saved: list[tuple[tuple[int, ...], str]], progress: dict, engines: dict[str, Any],
+                 entries: list[ScheduleEntry]) -> tuple[int, dict | None] | None:
+    """Where a checkpoint taken in a schedule continues in ``entries``, a new flattening of it in
+    which ``Repeat(times=)`` or a train Task's ``epochs`` / ``steps`` may have been raised:
+    ``(entry index, position inside its task or None)``, or None when the schedules differ.
+
+    ``saved`` is the checkpoint's ``(path, description)`` of every entry, ``progress`` its position
+    and ``engines`` its task engine states by task key. The first entry of ``entries`` that is not
+    done is where the run continues: a train task's repetition is done when its engine reached the
+    epoch at which that repetition ends in the new schedule (see ``train_spans``) or was terminated,
+    another entry when the checkpoint's run had passed it. The entries before it must be the checkpoint's, in
+    order (Task amounts aside). Entries after it run whatever the checkpoint's run did, but a train
+    task's repetitions that its engine already ran are skipped by the task.
+    """
+    keys = {id(task): key for key, task in keyed_tasks(entries).items()}
+    index = progress["entry"]
+    done = dict(saved[:index])
+    current = saved[index] if index < len(saved) else None
+    spans = train_spans(entries)
+    point = len(entries)
+    for j, (entry, span) in enumerate(zip(entries, spans)):
+        if span is not None:  # the checkpoint's own task decides itself (a pending epoch end, say)
+            inside = progress["task"] is not None and current is not None and current[0] == entry.path
+            engine = engines.get(keys[id(entry.item)]) or {"epoch": 0}
+            if not inside and (engine["epoch"] >= span[0] or engine.get("terminate")):
+                continue  # ran, or terminated (as ignite's trainer, it stays stopped)
+        elif done.get(entry.path) == entry.description:
+            continue
+        point = j
+        break
+    known = {e.path: _amountless(e.description) for e in entries}
+    if any(known.get(path) != _amountless(desc) for path, desc in done.items()):
+        return None
+    if point == len(entries):
+        return point, None
+    entry = entries[point]
+    position = dict(progress["task"]) if progress["task"] is not None and current is not None \
+        and current[0] == entry.path and _amountless(current[1]) == _amountless(entry.description) else None
+    if spans[point] is not None:  # a train task: its repetition ends where the new schedule says
+        engine = engines.get(keys[id(entry.item)])
+        if position is None and engine is not None and engine["epoch"] > spans[point][0] - (
+                1 if entry.item.step_mode else entry.item.epochs):  # raised: part of this repetition ran
+            position = {"iteration": engine["iteration"], "epoch_length": engine["epoch_length"],
+                        "max_epochs": spans[point][1], "epoch_done": True}
+        if position is not None:
+            position["stop_at"] = spans[point][0]
+    return point, position
+
+
 def end_of_repeat(entries: list[ScheduleEntry], i: int) -> int:
     """The index of the first entry after the innermost Repeat holding ``entries[i]`` (``i + 1``
     when no Repeat holds it)."""
@@ -170,8 +252,9 @@ def handler_label(key: str, kind: str, task_labels: dict[str, str]) -> str:
 class ScheduleRunner:
     """Runs flattened schedule entries in order and knows where a checkpoint taken now continues.
 
-    ``run_task(task, resume, remaining, hold)`` runs a Task (``remaining``: how many of the entries
-    from this one on are that task; ``hold``: keep a train task's run suspended after this last
+    ``run_task(task, resume, span, hold)`` runs a Task (``span``: for a train task, the engine epochs
+    at which this repetition and the task's run end, see ``train_spans``; ``hold``: keep a train
+    task's run suspended after this last
     repetition, to be completed when the top-level schedule item holding it ends, after the
     validations that follow it there) and returns True when the task's run was terminated, which ends the
     innermost Repeat holding it; ``call(item)`` runs a callable; ``boundary()`` is called before
@@ -187,7 +270,7 @@ class ScheduleRunner:
         self.task: Task | None = None
         self._in_callable = False
 
-    def run(self, entries: list[ScheduleEntry], run_task: Callable[[Task, dict | None, int], bool],
+    def run(self, entries: list[ScheduleEntry], run_task: Callable[[Task, dict | None, Any, bool], bool],
             call: Callable[[Any], Any], start: int = 0, resume: dict | None = None,
             boundary: Callable[[], None] | None = None) -> None:
         """Run ``entries[start:]`` (``resume``: the position inside the first one)."""
@@ -215,6 +298,7 @@ class ScheduleRunner:
     def _loop(self, entries: list[ScheduleEntry], run_task: Callable, call: Callable, start: int,
               resume: dict | None, boundary: Callable[[], None] | None, track: bool) -> None:
         held: dict[int, tuple[Task, int]] = {}  # train runs held after their last repetition, by the item ending them
+        spans = train_spans(entries)
         i = start
         while i < len(entries):
             for key in [k for k, (_, top) in held.items() if entries[i].path[0] != top]:
@@ -229,9 +313,9 @@ class ScheduleRunner:
                 if isinstance(item, Task):
                     outer, self.task = self.task, item
                     try:
-                        remaining = sum(1 for e in entries[i:] if e.item is item)
-                        hold = item.train and remaining == 1 and _validations_follow(entries, i)
-                        ended = run_task(item, resume if i == start else None, remaining, hold)
+                        span = spans[i]
+                        hold = span is not None and span[0] == span[1] and _validations_follow(entries, i)
+                        ended = run_task(item, resume if i == start else None, span, hold)
                         if hold:
                             held[id(item)] = (item, entries[i].path[0])
                     finally:

@@ -73,6 +73,9 @@ class Task:
         self._open_handles: tuple = ((), (), ())
         self._stop_at = 0  # the engine epoch at which the running repetition ends
         self._hold = False  # interrupt after the last repetition too (finish() completes the run)
+        #: the engine epoch at which the schedule running the task started it (checkpointed): its
+        #: repetitions end at ``base_epoch`` + the epochs of the repetitions so far
+        self.base_epoch = 0
         self._fetched = False  # the engine fetched this iteration's batches and the iteration has not run
         self._epoch_iter = 0
         self._closed_epoch = 0  # the last engine epoch whose EPOCH_COMPLETED work began
@@ -134,13 +137,16 @@ class Task:
 
     def run(self, graph: ExecutableGraph, attach: Callable[["Task"], None] | None = None,
             user_handlers: Callable[["Task"], list] | None = None, resume: dict | None = None,
-            reload_epoch: Callable[[], None] | None = None, remaining: int = 1, hold: bool = False) -> bool:
+            reload_epoch: Callable[[], None] | None = None, span: tuple[int, int] | None = None,
+            hold: bool = False) -> bool:
         """Run one repetition of the task on ``graph``: ``epochs`` more epochs (or one epoch of
         ``steps × k`` iterations) of its engine.
 
-        A train task's engine is one ignite run over all of its repetitions: the first starts it
-        with ``max_epochs`` covering the ``remaining`` repetitions (this one included), each ends
-        with ``engine.interrupt()`` at its last epoch's end, and the next continues the run. An eval
+        A train task's engine is one ignite run over all of its repetitions: ``span = (end, total)``
+        are the engine epochs at which this repetition and the whole run end (``train_spans`` of
+        the schedule; default: one repetition more); the first repetition starts the run with
+        ``max_epochs=total``, each ends with ``engine.interrupt()`` at epoch ``end``, and the next
+        continues the run; a repetition whose ``end`` the engine already reached is skipped. An eval
         task's engine is an evaluator: a fresh run at every repetition.
 
         ``attach(task)`` attaches the run's own handlers (before user handlers, when an ignite run
@@ -153,90 +159,130 @@ class Task:
             True when the task's run was terminated (``engine.terminate()``): the schedule then
             ends the innermost Repeat holding the task.
         """
-        engine, state = self.engine, self.engine.state
+        engine = self.engine
         length = self.epoch_length(graph, graph.context.grad_acc_steps)
-        more = 1 if self.step_mode else self.epochs
         engine.stop_all = engine.stopped = False
         if resume is None and self.train and engine.should_terminate:
             self._finish_suspended(graph, terminate=False)  # terminated while suspended (e.g. by EarlyStopping)
             return True
-        if resume is not None:
-            if resume["epoch_length"] != length:
-                raise ResumeTaskFailed(
-                    f"{self!r} was checkpointed with {resume['epoch_length']} iterations per epoch and now has "
-                    f"{length}: the data or the gradient accumulation changed; resume with the same settings"
-                )
-            iteration = resume["iteration"]
-            stop_at = resume.get("stop_at", resume["max_epochs"])
-            target = stop_at + (remaining - 1) * more if self.train else resume["max_epochs"]
-            # checkpointed after an epoch's last iteration but before its EPOCH_COMPLETED work
-            pending_epoch_end = iteration > 0 and iteration % length == 0 and not resume["epoch_done"]
-            if iteration >= length * stop_at and not pending_epoch_end:
-                return False
-        elif self.train and state.max_epochs is not None and state.epoch_length != length:
-            if self._from_checkpoint:
-                raise ResumeTaskFailed(
-                    f"{self!r} ran with {state.epoch_length} iterations per epoch in the run that wrote the checkpoint "
-                    f"and now has {length} (its DatasetNodes' settings or the gradient accumulation changed); its "
-                    "engine continues from the checkpoint, so resume with the settings of that run, or start a new "
-                    "run that loads the checkpoint's weights with g.load_checkpoint(path)"
-                )
-            raise ScheduleError(
-                f"{self!r} ran with {state.epoch_length} iterations per epoch and now has {length} (its data or the "
-                "gradient accumulation changed between repetitions); its engine continues across repetitions, so "
-                "use a new Task for the new setting"
-            )
-        self._from_checkpoint = False
-        self._hold = hold
-        if engine.suspended and (resume is not None or graph is not self._open_graph):
-            self.abandon()  # the graph changed between repetitions (nodes added or removed): a new ignite run
-        self._graph, self._epoch_iter = graph, 0
-        if engine.suspended:
-            graph.bind(self)
-        else:
-            self._open(graph, attach, user_handlers)
+        if self.train and span is None:
+            start = engine.state.epoch if engine.state.max_epochs is not None else 0
+            span = (start + self._per_repetition, start + self._per_repetition)
+        if resume is None:
+            self._check_epoch_length(length)
+            if self.train and engine.state.max_epochs is not None and engine.state.epoch >= span[0]:
+                return False  # its engine ran this repetition already (before a resume, or a raised amount)
+        elif not self._check_resume(resume, length):
+            return False  # checkpointed after this repetition ended
+        self._from_checkpoint, self._hold = False, hold
+        self._bind(graph, attach, user_handlers, new_run=resume is not None)
         data = _Batches(self, graph.dataset_nodes) if graph.dataset_nodes else None
         one_shot = None
         try:
             with torch.set_grad_enabled(self.train):
-                if resume is not None:
-                    engine.load_state_dict({"iteration": iteration, "epoch_length": length, "max_epochs": target,
-                                            **self._user_state(resume)})
-                    self._epoch_iter = iteration % length
-                    self._closed_epoch = iteration // length - (1 if pending_epoch_end else 0)
-                    self._stop_at = stop_at
-                    if self._epoch_iter and reload_epoch is not None:
-                        one_shot = engine.add_event_handler(Events.EPOCH_STARTED, _once(reload_epoch))
-                    if pending_epoch_end and iteration >= length * target:
-                        self._finish_last_epoch(engine)
-                    else:
-                        self._close_epoch_on_start = pending_epoch_end
-                        engine.run_task(data)
+                if resume is None:
+                    self._start_repetition(data, length, span)
                 else:
-                    if not self.train:
-                        state.max_epochs = None  # an evaluator: a fresh run every time (ignite's reset)
-                    start = state.epoch if state.max_epochs is not None else 0
-                    self._closed_epoch, self._stop_at = start, start + more
-                    target = self._stop_at + (remaining - 1) * more if self.train else more
-                    engine.run_task(data, max_epochs=target, epoch_length=length)
+                    one_shot = self._resume_repetition(data, resume, length, span, reload_epoch)
         except BaseException:
-            if one_shot is not None:
-                one_shot.remove()
             self._graph = None
             self._close()
             raise
-        if one_shot is not None:
-            one_shot.remove()
+        finally:
+            if one_shot is not None:
+                one_shot.remove()
+        return self._end_repetition(graph, length)
+
+    @property
+    def _per_repetition(self) -> int:
+        """Engine epochs one repetition runs."""
+        return 1 if self.step_mode else self.epochs
+
+    def _check_epoch_length(self, length: int) -> None:
+        """A train task's engine continues over its repetitions: its epoch length cannot change."""
+        state = self.engine.state
+        if not self.train or state.max_epochs is None or state.epoch_length == length:
+            return
+        if self._from_checkpoint:
+            raise ResumeTaskFailed(
+                f"{self!r} ran with {state.epoch_length} iterations per epoch in the run that wrote the checkpoint "
+                f"and now has {length} (its DatasetNodes' settings or the gradient accumulation changed); its "
+                "engine continues from the checkpoint, so resume with the settings of that run, or start a new "
+                "run that loads the checkpoint's weights with g.load_checkpoint(path)"
+            )
+        raise ScheduleError(
+            f"{self!r} ran with {state.epoch_length} iterations per epoch and now has {length} (its data or the "
+            "gradient accumulation changed between repetitions); its engine continues across repetitions, so "
+            "use a new Task for the new setting"
+        )
+
+    def _check_resume(self, resume: dict, length: int) -> bool:
+        """Whether the checkpointed position ``resume`` inside this task has anything left to run."""
+        if resume["epoch_length"] != length:
+            raise ResumeTaskFailed(
+                f"{self!r} was checkpointed with {resume['epoch_length']} iterations per epoch and now has "
+                f"{length}: the data or the gradient accumulation changed; resume with the same settings"
+            )
+        iteration, stop_at = resume["iteration"], resume.get("stop_at", resume["max_epochs"])
+        return iteration < length * stop_at or _pending_epoch_end(resume, length)
+
+    def _bind(self, graph: ExecutableGraph, attach: Callable[["Task"], None] | None,
+              user_handlers: Callable[["Task"], list] | None, new_run: bool) -> None:
+        """Make ``graph`` the running one: continue the suspended ignite run, or open a new one."""
+        if self.engine.suspended and (new_run or graph is not self._open_graph):
+            self.abandon()  # a resume, or the graph changed between repetitions (nodes added or removed)
+        self._graph, self._epoch_iter = graph, 0
+        if self.engine.suspended:
+            graph.bind(self)
+        else:
+            self._open(graph, attach, user_handlers)
+
+    def _start_repetition(self, data: Any, length: int, span: tuple[int, int] | None) -> None:
+        """Run the next repetition: a train task's run continues to epoch ``span[0]`` (or starts,
+        with ``max_epochs=span[1]``); an evaluator's run starts afresh."""
+        state = self.engine.state
+        if not self.train:
+            state.max_epochs = None  # an evaluator: a fresh run every time (ignite's reset)
+            span = (self._per_repetition, self._per_repetition)
+        self._closed_epoch = state.epoch if state.max_epochs is not None else 0
+        self._stop_at = span[0]
+        self.engine.run_task(data, max_epochs=span[1], epoch_length=length)
+
+    def _resume_repetition(self, data: Any, resume: dict, length: int, span: tuple[int, int] | None,
+                           reload_epoch: Callable[[], None] | None) -> Any:
+        """Continue the repetition a checkpoint was taken in; returns the handle of the one-shot
+        ``reload_epoch`` handler (None without one)."""
+        engine, iteration = self.engine, resume["iteration"]
+        stop_at = resume.get("stop_at", resume["max_epochs"])
+        target = max(span[1], stop_at) if self.train else resume["max_epochs"]
+        pending = _pending_epoch_end(resume, length)
+        engine.load_state_dict({"iteration": iteration, "epoch_length": length, "max_epochs": target,
+                                **self._user_state(resume)})
+        self._epoch_iter = iteration % length
+        self._closed_epoch = iteration // length - (1 if pending else 0)
+        self._stop_at = stop_at
+        one_shot = None
+        if self._epoch_iter and reload_epoch is not None:
+            one_shot = engine.add_event_handler(Events.EPOCH_STARTED, _once(reload_epoch))
+        if pending and iteration >= length * target:
+            self._finish_last_epoch(engine)
+        else:
+            self._close_epoch_on_start = pending
+            engine.run_task(data)
+        return one_shot
+
+    def _end_repetition(self, graph: ExecutableGraph, length: int) -> bool:
+        """After a repetition: keep a suspended run's handlers, close a finished one; see ``run``."""
+        engine, state = self.engine, self.engine.state
         terminated = self.train and engine.should_terminate and not engine.stopped
         if engine.stopped:  # StopTask: the unfinished epoch does not count, and the schedule goes on
             state.epoch = self._closed_epoch
             state.iteration = self._closed_epoch * length
             engine.should_terminate = False
+        self._graph = None
         if engine.suspended:
             graph.suspend()
-            self._graph = None
         else:
-            self._graph = None
             self._close()
         if engine.stop_all:
             raise StopAllTasks()
@@ -414,7 +460,8 @@ class Task:
             return None
         out = {"iteration": int(state.iteration), "epoch": int(state.epoch), "epoch_length": int(state.epoch_length),
                "max_epochs": int(state.max_epochs), "optim_step": int(state.optim_step),
-               "terminate": bool(self.engine.should_terminate and not self.running), **self._user_keys()}
+               "terminate": bool(self.engine.should_terminate and not self.running), "base": self.base_epoch,
+               **self._user_keys()}
         if self.running:
             position = self.position()
             out["iteration"], out["epoch"] = position["iteration"], position["iteration"] // position["epoch_length"]
@@ -425,6 +472,7 @@ class Task:
         engine = self.engine
         self.abandon()
         self._from_checkpoint = saved is not None
+        self.base_epoch = int(saved.get("base", 0)) if saved is not None else 0
         if saved is None:
             engine.state.max_epochs = None
             engine.state.iteration = engine.state.epoch = engine.state.optim_step = 0
@@ -450,6 +498,12 @@ class _Batches:
     def __next__(self) -> dict:
         self.task._fetched = True
         return {node.name: node.next_batch() for node in self.nodes}
+
+
+def _pending_epoch_end(resume: dict, length: int) -> bool:
+    """Whether a checkpoint was taken after an epoch's last iteration but before its EPOCH_COMPLETED work."""
+    iteration = resume["iteration"]
+    return iteration > 0 and iteration % length == 0 and not resume["epoch_done"]
 
 
 def _once(fn: Callable[[], None]) -> Callable[[], None]:

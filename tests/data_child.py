@@ -119,7 +119,7 @@ def ranks(args):
 
     tasks = [ice.Task(train=False, steps=3), ice.SaveCheckpointTask(), ice.Task(train=False, steps=9), save]
     g.run(tasks, devices="cpu:0-1", out_dir=args.out_dir, run_id=args.run_id, resume_from=args.resume,
-          progress=False, start_method="fork")  # forked workers: no second import of torch
+          progress=False, start_method="fork", seed=0)  # forked workers: no second import of torch
 
 
 def main():

@@ -112,7 +112,7 @@ def test_a_checkpoint_holds_everything_needed_to_resume(tmp_path):
     assert state["progress"] == {"entry": 0, "task": {"iteration": 4, "epoch_length": 7, "max_epochs": 4,
                                                       "epoch_done": True, "stop_at": 2}}
     assert state["engines"]["task0"] == {"iteration": 4, "epoch": 0, "epoch_length": 7, "max_epochs": 4,
-                                         "optim_step": 2, "terminate": False}
+                                         "optim_step": 2, "terminate": False, "base": 0}
     assert set(state["nodes"]["*/net"]) == {"module", "optimizers", "lr_schedulers"}
     assert state["ranks"][0]["grads"] == {}  # iteration 4 ends a cycle of 2
     mid = torch.load(sorted((tmp_path / "ref" / "ckpts").glob("ckpt-*.pt"))[2], weights_only=True)
@@ -233,15 +233,33 @@ def test_save_best_keeps_the_best_k_across_resumes(tmp_path):
 def test_schedule_mismatch_is_refused_or_restarted(tmp_path):
     first = [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(),
              ice.Task(train=True, epochs=1, tags="train")]
-    linear_graph().run(first, devices="cpu", out_dir=tmp_path, run_id="r")
-    changed = [ice.Task(train=True, epochs=2, tags="train"), ice.SaveCheckpointTask()]
+    linear_graph().run(first, devices="cpu", out_dir=tmp_path, run_id="r", seed=0)
+    changed = [ice.Task(train=False, epochs=1, tags="val"), ice.SaveCheckpointTask()]
     with pytest.raises(ResumeTaskFailed, match=r"entry 0 was .Task\(train=True, epochs=1, tags=.train.\). and is "
-                                               r"now .Task\(train=True, epochs=2"):
+                                               r"now .Task\(train=False, epochs=1, tags=.val"):
         linear_graph().run(changed, devices="cpu", out_dir=tmp_path, run_id="r", resume_from="auto")
     g = linear_graph()
     with pytest.warns(UserWarning, match="restarting the schedule with the loaded states"):
         g.run(changed, devices="cpu", out_dir=tmp_path, run_id="r", resume_from="auto", strict_resume=False)
-    assert g.global_counters.epochs.train == 1 + 2  # loaded counters, then the whole new schedule
+    assert (g.global_counters.epochs.train, g.global_counters.epochs.eval) == (1, 1)  # loaded, then the new schedule
+
+
+@pytest.mark.parametrize("where", ["mid-schedule", "finished"])
+def test_raising_a_tasks_epochs_continues_to_the_new_total_and_no_further(tmp_path, where):
+    def tasks(epochs):
+        save = [ice.SaveCheckpointTask()] if where == "mid-schedule" else []
+        return [ice.Task(train=True, epochs=epochs, tags="train"), *save, ice.Task(train=False, epochs=1, tags="val"),
+                ice.SaveCheckpointTask()]
+
+    straight = linear_graph()
+    straight.run(tasks(5), devices="cpu", out_dir=tmp_path, run_id="straight", seed=0)
+    linear_graph().run(tasks(3), devices="cpu", out_dir=tmp_path, run_id="r", seed=0)
+    ckpts = sorted((tmp_path / "r" / "ckpts").glob("ckpt-*.pt"))
+    g = linear_graph()
+    g.run(tasks(5), devices="cpu", out_dir=tmp_path, run_id="r", resume_from=ckpts[0])  # after the 3 epochs
+    assert g.global_counters.epochs.train == 5  # not 3 + 5
+    for key, value in straight["*/net"].module.state_dict().items():
+        assert torch.equal(g["*/net"].module.state_dict()[key], value), key
 
 
 def test_raising_repeat_times_continues_the_schedule(tmp_path):

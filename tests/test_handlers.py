@@ -29,8 +29,9 @@ def test_handlers_attached_by_on_are_detached_after_each_run():
     calls = []
     g.on(Events.STARTED, lambda e: calls.append(1))
     task = ice.Task(train=True, epochs=1, tags="train")
-    g.exec_tasks([task, task], ice.Launcher())
-    assert calls == [1, 1]  # once per run, not accumulating
+    g.exec_tasks([task, task], ice.Launcher())  # one ignite run over both repetitions
+    g.exec_tasks([task], ice.Launcher())  # a new schedule continues the engine in a new run
+    assert calls == [1, 1]  # once per ignite run, not accumulating
 
 
 def test_ignite_early_stopping_ends_the_schedule():

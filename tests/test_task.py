@@ -72,20 +72,25 @@ def test_engine_state_continues_across_repetitions_like_global_counters():
     g = linear_graph()
     train = ice.Task(train=True, epochs=2, tags="train")
     iterations = []
-    train.engine.add_event_handler(Events.COMPLETED, lambda e: iterations.append((e.state.epoch, e.state.iteration)))
+    for event in (Events.INTERRUPT, Events.COMPLETED):
+        train.engine.add_event_handler(event, lambda e, ev=event: iterations.append((ev.name, e.state.epoch,
+                                                                                     e.state.iteration)))
     g.exec_tasks([ice.Repeat([train], times=3)], ice.Launcher())
-    assert iterations == [(2, 10), (4, 20), (6, 30)]  # B3 (revised): each repetition runs 2 epochs more
+    # B3 (turn 3): one ignite run of 6 epochs, suspended after each repetition's 2 epochs
+    assert iterations == [("INTERRUPT", 2, 10), ("INTERRUPT", 4, 20), ("COMPLETED", 6, 30)]
+    assert train.engine.state.max_epochs == 6
     assert g.global_counters.steps.train == 30 and g.global_counters.epochs.train == 6
 
 
-def test_handlers_fire_on_every_repetition_and_the_same_task_may_appear_twice():
+def test_one_run_over_every_repetition_and_the_same_task_may_appear_twice():
     g = linear_graph()
     train = ice.Task(train=True, epochs=1, tags="train")
     events = []
     for event in (Events.STARTED, Events.EPOCH_STARTED, Events.EPOCH_COMPLETED, Events.COMPLETED):
         train.engine.add_event_handler(event, lambda e, ev=event: events.append(ev.name))
     g.exec_tasks([ice.Repeat([train, ice.Repeat([train], times=2)], times=2), train], ice.Launcher())
-    assert events.count("STARTED") == 7 and events.count("EPOCH_COMPLETED") == 7
+    assert events.count("EPOCH_COMPLETED") == 7 and train.engine.state.max_epochs == 7
+    assert events.count("STARTED") == events.count("COMPLETED") == 1 and events[0] == "STARTED"
 
 
 def test_exact_counters_after_a_mixed_schedule():

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
-from ignite.metrics.metric import EpochWise, MetricUsage
+from ignite.metrics.metric import MetricUsage
 
 from ice_ignite.errors import MetricNotComputableError
 from ice_ignite.nodes.node import Node, OutputCache, check_callable
@@ -69,7 +69,8 @@ class MetricNode(Node):
         epoch_end: ``epoch_end(n)``, called after the metric is computed.
         usage: ignite's ``Metric.attach`` usage (``EpochWise()``, ``BatchWise()``,
             ``RunningBatchWise()``, ... or its name): when the metric resets, updates and
-            computes, as in ignite.
+            computes, as in ignite; None: the metric's own default (``EpochWise`` for most,
+            ``RunningBatchWise`` for ``RunningAverage``).
         resources: extra attributes or hooks (see ``Node``).
 
     Examples:
@@ -85,7 +86,7 @@ class MetricNode(Node):
         forward: Callable[["MetricNode", OutputCache], Any],
         epoch_end: Callable[["MetricNode"], Any] | None = None,
         *,
-        usage: "str | MetricUsage" = EpochWise(),
+        usage: "str | MetricUsage | None" = None,
         **resources: Any,
     ):
         if isinstance(metric, type):
@@ -118,7 +119,10 @@ class MetricNode(Node):
         """Attach the metric to a starting task's engine; its handlers see this node's output."""
         _name_uncomputable(self)
         with engine.internal(view=self) as added:
-            self.metric.attach(engine, self._name, usage=self.usage)
+            if self.usage is None:
+                self.metric.attach(engine, self._name)
+            else:
+                self.metric.attach(engine, self._name, usage=self.usage)
         self._added = added
 
     def _detach_engine(self, engine: Any) -> None:
