@@ -240,9 +240,10 @@ def write_checkpoint(state: dict, path: Path) -> None:
     try:
         saver = DiskSaver(str(path.parent), atomic=True, create_dir=True, require_empty=False)
         saver(state, path.name)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         # DiskSaver deletes its temporary file after a failed write, unless closing that file fails
-        # too (a full disk fails the final flush), so remove what this write left behind.
+        # too (a full disk fails the final flush), so remove what this write left behind. torch's zip
+        # writer reports some failed writes (a full disk at its first record) as a RuntimeError.
         for stray in set(path.parent.iterdir()) - before:
             if stray.name.startswith("tmp"):
                 stray.unlink(missing_ok=True)

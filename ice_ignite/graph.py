@@ -292,6 +292,9 @@ class ExecutableGraph:
         for node in self.nodes.values():
             node.egraph = self
         self._set_module_modes()
+        if self.training:  # a train run continued after other tasks ran their forwards
+            for node in self.module_nodes:
+                node.reshard_root()
 
     def attach(self, engine: TaskEngine) -> None:
         """Attach the nodes' metrics, built-in behaviour and hooks as ice_ignite handlers of

@@ -624,7 +624,8 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail wit
 g = linear_graph()
 
 def fill_the_disk(g):
-    limit = 2000  # bytes: smaller than a checkpoint, so its write fails part way
+    limit = 12000  # bytes: more than the pickled structure (torch reports a failure there as RuntimeError), less
+    # than the checkpoint, so its write fails part way, in the tensor data
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
 try:

@@ -77,6 +77,7 @@ def test_the_scaler_updates_on_optimizer_steps_only_and_is_checkpointed(tmp_path
     g.run([ice.Task(train=True, steps=2), ice.SaveCheckpointTask()], devices="cpu", out_dir=tmp_path, run_id="s")
     assert g.grad_scaler.get_scale() == 16.0  # 2 updates in 6 iterations
     other = graph()
+    other.set_gradient_accumulate(3)  # the checkpoint's (another would change training: ResumeTaskFailed)
     other.init_grad_scaler(True, init_scale=4.0, growth_interval=1)
     other.run([ice.Task(train=True, steps=2), ice.SaveCheckpointTask()], devices="cpu", out_dir=tmp_path,
               run_id="s", resume_from="auto")

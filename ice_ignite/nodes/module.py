@@ -457,9 +457,14 @@ class ModuleNode(Node):
                 self.ddp = parallel_mod.wrap_ddp(_ForwardProxy(self), **self._ddp_flags, **self.ddp_kwargs)
             elif self.parallel == "fsdp":
                 self.ddp = self._shard(device)
-        elif self.sharded:
-            # FSDP2 keeps the root's parameters unsharded after a forward (it expects the backward):
-            # after an eval task's forwards they would be the ones the next backward gives gradients to
+        else:
+            self.reshard_root()
+
+    def reshard_root(self) -> None:
+        """Before a train task's repetition: FSDP2 keeps the root's parameters unsharded after a
+        forward (it expects the backward); after an eval task's forwards they would be the ones the
+        next backward gives gradients to. No-op unless the module is FSDP-sharded."""
+        if self.sharded:
             self.ddp.reshard()
 
     def _shard(self, device: torch.device) -> torch.nn.Module:
