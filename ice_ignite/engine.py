@@ -222,6 +222,7 @@ class TaskEngine(_Dispatching):
 
     def remove_event_handler(self, handler: Callable, event_name: Any) -> None:
         super().remove_event_handler(handler, event_name)
+        # ignite's own test of "this entry is that handler" (it sees through wrappers); no public one
         self._user = [(e, h) for e, h in self._user if not (e == event_name and self._compare_handlers(handler, h))]
 
     def _handlers_changed(self) -> None:
@@ -326,6 +327,7 @@ class StepListening:
         """Re-read which step events have handlers on ``engine`` and its ``inner`` engine (the
         forwarding handler the task engine registers itself does not count)."""
         inner = getattr(engine, "inner", None)
+        # ignite has no public count of an event's handlers: read the lists (never write them)
         for event in StepEvents:
             mine = len(engine._event_handlers.get(event, ())) > 1  # more than the forwarder
             theirs = inner is not None and bool(inner._event_handlers.get(event))

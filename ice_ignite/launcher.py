@@ -356,7 +356,7 @@ def _init_elastic_worker(backend: str) -> None:
     """
     import ignite.distributed as idist
     import torch.distributed as dist
-    from torch.distributed.rendezvous import _create_c10d_store
+    from torch.distributed.rendezvous import _create_c10d_store  # the env:// store without its rendezvous: no public name
 
     env = os.environ
     rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
