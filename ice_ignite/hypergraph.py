@@ -344,11 +344,12 @@ class HyperGraph(NodeRegistry):
             hparams: hyper-parameters to record with the final metrics (TensorBoard's HParams).
             timing: time every node's forward, backward and update per task, and write
                 ``timing.csv`` and ``timing.png`` into the run directory.
-            rdzv_configs, standalone, monitor_interval: torchrun's options (``--rdzv-conf``, a
-                dict or ``'k=v,...'``; ``--standalone``; ``--monitor-interval`` in seconds).
-            redirects, tee: torchrun's ``--redirects`` / ``--tee`` (``'0'``-``'3'`` or
-                ``'0:3,1:0'``): per-rank ``stdout.log`` / ``stderr.log`` files under
-                ``<run dir>/logs/workers/``.
+            rdzv_configs: torchrun's ``--rdzv-conf``, a dict or ``'k=v,...'``.
+            standalone: torchrun's ``--standalone``.
+            monitor_interval: torchrun's ``--monitor-interval``, in seconds.
+            redirects: torchrun's ``--redirects`` (``'0'``-``'3'`` or ``'0:3,1:0'``): per-rank
+                ``stdout.log`` / ``stderr.log`` files under ``<run dir>/logs/workers/``.
+            tee: torchrun's ``--tee``, as ``redirects``.
             omp_num_threads: ``OMP_NUM_THREADS`` of the workers (None: 1 with several workers
                 per machine, unless the environment sets it, as torchrun).
             launch: the launch options as one ``ice.LaunchOptions`` (instead of ``nnodes`` ...

@@ -22,11 +22,15 @@ def code_blocks(page: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_site_builds_in_strict_mode(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+def test_the_site_builds_in_strict_mode_with_the_readmes_command(tmp_path):
+    # exactly the recipe of `make docs` (the README's command), into a temporary directory
+    recipe = re.search(r"^docs:.*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert recipe == "NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict"
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "WARNING" not in proc.stderr + proc.stdout, proc.stderr
     assert (tmp_path / "site" / "api" / "index.html").read_text().count("ice_ignite.HyperGraph") > 0
 
 

@@ -14,6 +14,7 @@ from ignite.metrics import Accuracy
 from torch.distributed.fsdp import CPUOffloadPolicy
 
 import ice_ignite as ice
+from ice_ignite.errors import MetricNotComputableError, NonFiniteLossError
 from ice_ignite import parallel as ice_parallel
 from ice_ignite import sharded as ice_sharded
 from ice_ignite.checkpoint import read_checkpoint, write_sharded_checkpoint
@@ -38,6 +39,13 @@ def run_one(g, tmp, **kwargs):
 
 def exec_one(g, task):
     g.exec_tasks([task], ice.Launcher())
+
+
+def nan_loss(tmp):
+    g = linear_graph()
+    g.remove("*/mse")
+    g.add("mse", ice.LossNode(forward=lambda n, x: x["net"].sum() * float("nan")))
+    exec_one(g, ice.Task(train=True, epochs=1, tags="train"))
 
 
 class Payload:
@@ -387,7 +395,7 @@ CASES = {
     "loss-weight": (lambda t: ice.LossNode(forward=lambda n, x: 0, weight="1"), TypeError, "'1'", "finite number"),
     "loss-mode": (lambda t: ice.LossNode(forward=lambda n, x: 0, loss_mode="manual"), TypeError, "'manual'",
                   "ice.LossMode.MANUAL"),
-    "metric-not-computable": (no_sample_metric, NodeError, "MetricNode 'val/mse' of Task(train=False, epochs=1, "
+    "metric-not-computable": (no_sample_metric, MetricNotComputableError, "MetricNode 'val/mse' of Task(train=False, epochs=1, "
                               "tags='val')", "gave the metric no sample"),
     "metric-class": (lambda t: ice.MetricNode(Accuracy, forward=lambda n, x: 0), TypeError, "class Accuracy",
                      "Accuracy()"),
@@ -457,6 +465,7 @@ CASES = {
     "loss-nothing-trains": (loss_without_optimizers, GraphError, "'*/l'", "give a ModuleNode optimizers"),
     "dataset-non-tensors": (dataset_of_objects, GraphError, "'*/data'", "pass a collate_fn"),
     "accumulate": (lambda t: ice.HyperGraph().set_gradient_accumulate(0), ValueError, "0", "int >= 1"),
+    "nonfinite-loss": (nan_loss, NonFiniteLossError, "non-finite loss in */mse", "grad_clip_norm="),
     "nonfinite-policy": (lambda t: ice.HyperGraph().set_nonfinite_policy("warn"), ValueError, "'warn'",
                          "'raise', 'skip', 'stop' or 'ignore'"),
     "autocast-dtype": (lambda t: ice.HyperGraph().init_autocast(autocast_dtype=torch.int8), ValueError, "int8",
@@ -586,8 +595,13 @@ def test_bad_input_gets_a_clear_error(case, tmp_path):
     assert fix in message, f"{case}: the message does not say {fix!r}: {message}"
 
 
-def test_the_table_is_large_enough():
-    assert len(CASES) >= 40
+def test_every_error_class_users_can_meet_has_a_case():
+    import ice_ignite.errors as errors
+
+    classes = {cls for cls in vars(errors).values()
+               if isinstance(cls, type) and issubclass(cls, errors.IceError) and cls is not errors.IceError}
+    covered = {cls for cls in classes if any(issubclass(error, cls) for _, error, _, _ in CASES.values())}
+    assert covered == classes, f"no case raises {sorted(c.__name__ for c in classes - covered)}"
 
 
 def test_the_errors_page_lists_exactly_these_cases():

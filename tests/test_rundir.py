@@ -41,8 +41,12 @@ def test_a_run_directory_with_checkpoints_is_never_reused_without_resume(tmp_pat
 
 
 def test_a_run_directory_without_checkpoints_may_be_reused(tmp_path):
-    linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", run_id="exp", out_dir=tmp_path)
-    linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", run_id="exp", out_dir=tmp_path)
+    first = linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", run_id="exp",
+                               out_dir=tmp_path)
+    again = linear_graph()
+    second = again.run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", run_id="exp", out_dir=tmp_path)
+    assert first == second == tmp_path / "exp" and again.global_counters.steps.train == 5  # it trained there
+    assert not any((tmp_path / "exp" / "ckpts").iterdir())
 
 
 def test_resume_auto_with_nothing_to_resume_starts_fresh(tmp_path, caplog):

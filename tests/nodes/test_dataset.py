@@ -148,40 +148,6 @@ def test_torch_numpy_and_python_augmentation_in_workers_does_not_depend_on_the_w
     assert len(set(draws.flatten().tolist())) == draws.numel()  # every sample, stream and pass draws anew
 
 
-class Cheap(torch.utils.data.Dataset):
-    def __len__(self):
-        return 4096
-
-    def __getitem__(self, i):
-        return torch.tensor(float(i))
-
-
-def epoch_times(run, epochs):
-    times = []
-    for _ in range(epochs):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return times
-
-
-@pytest.mark.slow
-def test_an_epoch_with_workers_costs_what_a_plain_dataloader_epoch_costs():
-    # Reseeding per sample with torch.manual_seed (hundreds of µs a call) made such an epoch about ten
-    # times a plain DataLoader's; seeding once per batch costs microseconds.
-    data = Cheap()
-    loader = DataLoader(data, batch_size=256, shuffle=True, num_workers=2)
-    plain = epoch_times(lambda: sum(len(b) for b in loader), 4)
-    task = ice.Task(train=False, epochs=4)
-    starts, ours = [], []
-    task.engine.add_event_handler(Events.EPOCH_STARTED, lambda e: starts.append(time.perf_counter()))
-    task.engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: ours.append(time.perf_counter() - starts[-1]))
-    g = ice.HyperGraph()
-    g.add("data", ice.DatasetNode(data, batch_size=256, shuffle=True, num_workers=2))
-    g.exec_tasks([task], ice.Launcher())
-    assert min(ours) < 2.5 * min(plain), (ours, plain)
-
-
 # -- no copy on the CPU --------------------------------------------------------------------------------
 @pytest.mark.parametrize("workers", [0, 2])
 def test_the_model_sees_the_collated_batch_itself_on_the_cpu(workers):
