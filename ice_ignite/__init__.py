@@ -27,6 +27,7 @@ from ice_ignite.optimizer import Optimizer
 from ice_ignite.preemption import Preempted
 from ice_ignite.run import LaunchOptions
 from ice_ignite.schedule import Repeat
+from ice_ignite.strategies import DDP, FSDP
 from ice_ignite.task import Task
 
 __version__ = "0.1.0"
@@ -44,6 +45,8 @@ __all__ = [
     "MetricNode",
     "DatasetNode",
     "Optimizer",
+    "DDP",
+    "FSDP",
     "Task",
     "Repeat",
     "SaveCheckpointTask",

@@ -59,22 +59,24 @@ def main():
     load = sys.argv[5] if len(sys.argv) > 5 else None
     torch.manual_seed(0)
     enc, head = Encoder(), torch.nn.Linear(5, 1)
-    fsdp = {"fsdp_policy": Block} if mode.startswith("fsdp") else {}
+    fsdp = {}
     bf16 = mode == "fsdp-bf16"  # autocast: parameters gathered in bfloat16, gradients reduced in float32
     if bf16:
         mode = "fsdp"
     if mode == "fsdp-ac-compile":  # composed: blocks sharded and checkpointed, the encoder's forward compiled
         fsdp.update(activation_checkpointing=Block, compile={"backend": "aot_eager"})
         mode = "fsdp"
+    strategy = {"fsdp": ice.FSDP(policy=Block), "ddp": ice.DDP(), "none": None}[mode]
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True), tags="train")
     g.add("data", ice.DatasetNode(data(16, 2), batch_size=8, batch_size_in_total=True), tags="val")
-    g.add("enc", ice.ModuleNode(enc, forward=lambda n, x: n.module(x["data"][0]), parallel=mode, **fsdp,
+    g.add("enc", ice.ModuleNode(enc, forward=lambda n, x: n.module(x["data"][0]), parallel=strategy, **fsdp,
                                 optimizers={r"inp\..*|blocks\.0\..*": ice.Optimizer(torch.optim.Adam, lr=0.01,
                                                                                      grad_clip_norm=0.05),
                                             (r"blocks\.[12]\..*", r"proj\..*"): ice.Optimizer(
                                                 torch.optim.Adam, lr=0.02, weight_decay=0.01)}))
-    g.add("head", ice.ModuleNode(head, forward=lambda n, x: n.module(torch.relu(x["enc"])), parallel=mode,
+    g.add("head", ice.ModuleNode(head, forward=lambda n, x: n.module(torch.relu(x["enc"])),
+                                 parallel=ice.FSDP() if strategy is not None and mode == "fsdp" else strategy,
                                  optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01, grad_clip_norm=0.1)))
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["head"], x["data"][1])))
     losses, evals = [], []

@@ -3,10 +3,10 @@
     python module_child.py OUT_DIR RUN_ID MODE      # MODE: "heads" or "sync-batchnorm"
 
 "heads": one module with two heads trained with unused_parameters="skip" and
-ddp_kwargs={"bucket_cap_mb": 1, "gradient_as_bucket_view": True}, beside a BatchNorm ModuleNode
+parallel=ice.DDP(bucket_cap_mb=1, gradient_as_bucket_view=True), beside a BatchNorm ModuleNode
 without sync_batchnorm. Task "b" trains head 2, task "a" head 1, task "c" head 2 on rank 0 and
 head 1 on rank 1. Every rank writes OUT_DIR/RUN_ID-rank{r}.pt.
-"sync-batchnorm": the BatchNorm ModuleNode with sync_batchnorm=True on the CPU.
+"sync-batchnorm": the BatchNorm ModuleNode with ice.DDP(sync_batchnorm=True) on the CPU.
 """
 
 import sys
@@ -37,7 +37,8 @@ def main():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(data, batch_size=8, batch_size_in_total=True))
     bn = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    g.add("bn", ice.ModuleNode(bn, forward=lambda n, x: n.module(x["data"][0]), sync_batchnorm=mode != "heads",
+    g.add("bn", ice.ModuleNode(bn, forward=lambda n, x: n.module(x["data"][0]),
+                               parallel=ice.DDP(sync_batchnorm=mode != "heads"),
                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1)))
     g.add("bn_loss", ice.LossNode(forward=lambda n, x: x["bn"].pow(2).mean()))
     net = TwoHeads()
@@ -45,7 +46,7 @@ def main():
     g.add("head", ice.Node(forward=lambda n, x: 2), tags="b")
     g.add("head", ice.Node(forward=lambda n, x: 2 if n.launcher.rank == 0 else 1), tags="c")
     g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0], x["head"]), unused_parameters="skip",
-                                ddp_kwargs={"bucket_cap_mb": 1, "gradient_as_bucket_view": True},
+                                parallel=ice.DDP(bucket_cap_mb=1, gradient_as_bucket_view=True),
                                 optimizers=ice.Optimizer(torch.optim.Adam, lr=0.1, weight_decay=0.1)))
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     result = {}

@@ -37,8 +37,8 @@ def main():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(data(), batch_size=16, batch_size_in_total=True, shuffle=True), tags="train")
     g.add("data", ice.DatasetNode(data(16), batch_size=8, batch_size_in_total=True), tags="val")
-    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]), parallel="fsdp",
-                                fsdp_policy=Block, optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01)))
+    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]), parallel=ice.FSDP(policy=Block),
+                                 optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01)))
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     losses, epochs = {}, {}
 

@@ -28,14 +28,14 @@ def main():
     torch.manual_seed(0)
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True))
-    g.add("enc", ice.ModuleNode(Encoder(), forward=lambda n, x: n.module(x["data"][0]), parallel="fsdp",
-                                fsdp_policy=Block, optimizers={
+    g.add("enc", ice.ModuleNode(Encoder(), forward=lambda n, x: n.module(x["data"][0]), parallel=ice.FSDP(policy=Block),
+                                 optimizers={
                                     r"inp\..*|blocks\.0\..*": ice.Optimizer(torch.optim.Adam, lr=0.01),
                                     r"blocks\.[12]\..*|proj\..*": ice.Optimizer(
                                         torch.optim.AdamW, lr=0.02,
                                         lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 2))}))
     g.add("head", ice.ModuleNode(torch.nn.Linear(5, 1), forward=lambda n, x: n.module(torch.relu(x["enc"])),
-                                 parallel="fsdp", optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01)))
+                                 parallel=ice.FSDP(), optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01)))
     g.add("mse", ice.LossNode(forward=lambda n, x: torch.nn.functional.mse_loss(x["head"], x["data"][1])))
     result = {}
 

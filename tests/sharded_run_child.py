@@ -40,15 +40,15 @@ def build():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True), tags="train")
     g.add("data", ice.DatasetNode(data(16, 2), batch_size=8, batch_size_in_total=True), tags="val")
-    g.add("enc", ice.ModuleNode(Encoder(WIDTH, depth=2), forward=lambda n, x: n.module(x["data"][0]), parallel="fsdp",
-                                fsdp_policy=Block, optimizers={
+    g.add("enc", ice.ModuleNode(Encoder(WIDTH, depth=2), forward=lambda n, x: n.module(x["data"][0]), parallel=ice.FSDP(policy=Block),
+                                 optimizers={
                                     r"inp\..*|blocks\.0\..*": ice.Optimizer(torch.optim.Adam, lr=0.002,
                                                                             grad_clip_norm=0.5),
                                     r"blocks\.1\..*|proj\..*": ice.Optimizer(
                                         torch.optim.Adam, lr=0.004,
                                         lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5))}))
     g.add("head", ice.ModuleNode(torch.nn.Linear(5, 1), forward=lambda n, x: n.module(torch.relu(x["enc"])),
-                                 parallel="fsdp", optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01)))
+                                 parallel=ice.FSDP(), optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01)))
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["head"], x["data"][1])))
     g.add("val_mse", ice.MetricNode(Loss(F.mse_loss), forward=lambda n, x: (x["head"], x["data"][1]),
                                     epoch_end=lambda n: n.save_best(n.value, higher_better=False, max_keep=1)),

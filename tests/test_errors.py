@@ -359,7 +359,7 @@ CASES = {
                                                                         "ModuleNode '*/net'"), GraphError,
                                   "ModuleNode '*/net'", "Run on GPUs (devices='cuda'), or drop sync_batchnorm=True"),
     "module-parallel-mode": (lambda t: ice.ModuleNode(net(), fwd, parallel="zero3"), ValueError,
-                             "ModuleNode(Sequential) parallel", "'ddp', 'fsdp' or 'none', got 'zero3'"),
+                             "got 'zero3'", "ice.DDP(...), ice.FSDP(...) or None"),
     "module-fsdp-options-without-fsdp": (lambda t: ice.ModuleNode(net(), fwd, fsdp_kwargs={"reshard_after_forward": 1}),
                                          TypeError, "ModuleNode(Sequential)", "pass parallel='fsdp' or leave them out"),
     "module-ddp-options-without-ddp": (lambda t: ice.ModuleNode(net(), fwd, parallel="fsdp", static_graph=True),

@@ -146,7 +146,7 @@ def test_fsdp_options_are_checked_by_name():
     with pytest.raises(TypeError, match="DistributedDataParallel options \\(static_graph, ddp_kwargs\\) with "
                                         "parallel='fsdp'"):
         ice.ModuleNode(net, forward=fwd, parallel="fsdp", static_graph=True, ddp_kwargs={"bucket_cap_mb": 1})
-    with pytest.raises(ValueError, match="parallel must be 'ddp', 'fsdp' or 'none', got 'FSDP'"):
+    with pytest.raises(ValueError, match=r"parallel must be ice.DDP\(...\), ice.FSDP\(...\) or None, got 'FSDP'"):
         ice.ModuleNode(net, forward=fwd, parallel="FSDP")
     with pytest.raises(TypeError, match="fsdp_policy of ModuleNode\\(Linear\\) must be a torch.nn.Module class"):
         ice.ModuleNode(net, forward=fwd, parallel="fsdp", fsdp_policy="Linear")

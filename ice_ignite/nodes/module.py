@@ -16,6 +16,7 @@ from ice_ignite import parallel as parallel_mod
 from ice_ignite.errors import GraphError
 from ice_ignite.nodes.node import HOOKS, Node, OutputCache, check_callable
 from ice_ignite.optimizer import Optimizer, step_scheduler
+from ice_ignite.strategies import DDP, FSDP
 
 __all__ = ["ModuleNode"]
 
@@ -36,6 +37,56 @@ _GENERIC_DDP_OPTIONS = ("dim",)
 _OWN_DDP_OPTIONS = ("find_unused_parameters", "static_graph", "broadcast_buffers")
 _UNUSED_POLICIES = ("error", "zero", "skip")
 _PARALLEL = ("ddp", "fsdp", "none")
+#: the keywords of the strategy options before strategies (deprecated aliases, for one release)
+_LEGACY = (*_OWN_DDP_OPTIONS, "sync_batchnorm", "ddp_kwargs", "fsdp_policy", "fsdp_kwargs")
+#: ``parallel``'s default: DDP with its defaults (a strategy holds no state, so one is shared)
+_DEFAULT_STRATEGY = DDP()
+
+
+def _strategy(parallel: Any, legacy: dict[str, Any], what: str) -> "DDP | FSDP | None":
+    """The strategy of ``ModuleNode(parallel=...)``, from the deprecated keywords too (``legacy``:
+    ``find_unused_parameters``... ``fsdp_kwargs`` given to the ModuleNode; ``parallel`` a string)."""
+    if parallel is None or isinstance(parallel, (DDP, FSDP)):
+        if legacy and parallel is not _DEFAULT_STRATEGY:
+            raise TypeError(f"{what} got parallel={parallel!r} and the strategy options {', '.join(legacy)}: pass "
+                            "them to the strategy, e.g. parallel=ice.DDP(find_unused_parameters=True)")
+        if not legacy:
+            return parallel
+        parallel = "ddp"
+    if not isinstance(parallel, str) or parallel not in _PARALLEL:
+        raise ValueError(f"{what} parallel must be ice.DDP(...), ice.FSDP(...) or None, got {parallel!r}")
+    given = ", ".join(f"{k}=" for k in legacy)
+    warnings.warn(f"{what}: parallel={parallel!r}{' and ' + given if given else ''} are deprecated: pass "
+                  "parallel=ice.DDP(...) (its options by name), ice.FSDP(policy=..., **fully_shard options) or None",
+                  DeprecationWarning, stacklevel=4)
+    fsdp = {k: legacy.pop(k) for k in ("fsdp_policy", "fsdp_kwargs") if k in legacy}
+    if parallel != "fsdp" and any(v for v in fsdp.values()):
+        raise TypeError(f"{what} got fsdp_policy/fsdp_kwargs with parallel={parallel!r}: they apply to "
+                        "parallel='fsdp' only; pass parallel='fsdp' or leave them out")
+    ddp = {k: v for k, v in legacy.items() if v != (k == "broadcast_buffers") and k != "ddp_kwargs"}
+    ddp_kwargs = legacy.get("ddp_kwargs") or {}
+    if parallel != "ddp" and (ddp or ddp_kwargs):
+        names = [k for k in ddp if k != "sync_batchnorm"] + (["ddp_kwargs"] if ddp_kwargs else []) + \
+            (["sync_batchnorm"] if "sync_batchnorm" in ddp else [])
+        raise TypeError(f"{what} got DistributedDataParallel options ({', '.join(names)}) with "
+                        f"parallel={parallel!r}: they apply to parallel='ddp' only; leave them out")
+    if parallel == "fsdp":  # checked as the keywords were, naming the node
+        parallel_mod.module_policy(fsdp.get("fsdp_policy"), "fsdp_policy", what)
+        options = parallel_mod.check_wrapper_kwargs(
+            fsdp.get("fsdp_kwargs"), argument="fsdp_kwargs", wrapper="fully_shard", valid=parallel_mod.fsdp_options(),
+            reserved=parallel_mod.FSDP_SET_HERE, where=what)
+        return FSDP(policy=fsdp.get("fsdp_policy"), **options)
+    if parallel == "none":
+        return None
+    for flag in (*_OWN_DDP_OPTIONS, "sync_batchnorm"):
+        if flag in legacy and not isinstance(legacy[flag], bool):
+            raise TypeError(f"ModuleNode {flag} must be True or False, got {legacy[flag]!r}")
+    reserved = {**parallel_mod.DDP_SET_HERE,
+                **{o: f"pass it to the ModuleNode itself: ModuleNode(..., {o}=...)" for o in _OWN_DDP_OPTIONS}}
+    ddp_kwargs = parallel_mod.check_wrapper_kwargs(
+        ddp_kwargs, argument="ddp_kwargs", wrapper="DistributedDataParallel", valid=parallel_mod.ddp_options(),
+        reserved=reserved, where=what)
+    return DDP(**{k: legacy[k] for k in legacy if k != "ddp_kwargs"}, **ddp_kwargs)
 
 
 def key_name(key: "PatternKey") -> str:
@@ -221,15 +272,8 @@ class ModuleNode(Node):
         optimizers: "Optimizer | Mapping[PatternKey, Optimizer] | None" = None,
         weight_init_fn: Callable[[torch.nn.Module], Any] | None = None,
         *,
-        find_unused_parameters: bool = False,
-        static_graph: bool = False,
-        broadcast_buffers: bool = True,
+        parallel: "DDP | FSDP | str | None" = _DEFAULT_STRATEGY,
         unused_parameters: str = "error",
-        ddp_kwargs: Mapping[str, Any] | None = None,
-        sync_batchnorm: bool = False,
-        parallel: str = "ddp",
-        fsdp_policy: Any = None,
-        fsdp_kwargs: Mapping[str, Any] | None = None,
         compile: "bool | Mapping[str, Any]" = False,
         activation_checkpointing: Any = None,
         **resources: Any,
@@ -239,33 +283,16 @@ class ModuleNode(Node):
         if forward is None:
             raise TypeError("ModuleNode needs a forward, e.g. forward=lambda n, x: n.module(x['data'][0])")
         check_callable(forward, 2, "forward of ModuleNode", "forward=lambda n, x: n.module(x['data'][0])")
-        for flag, value in (("find_unused_parameters", find_unused_parameters), ("static_graph", static_graph),
-                            ("broadcast_buffers", broadcast_buffers), ("sync_batchnorm", sync_batchnorm)):
-            if not isinstance(value, bool):
-                raise TypeError(f"ModuleNode {flag} must be True or False, got {value!r}")
         if unused_parameters not in _UNUSED_POLICIES:
             raise ValueError(
                 f"ModuleNode unused_parameters must be 'error', 'zero' or 'skip', got {unused_parameters!r}")
         what = f"ModuleNode({type(module).__name__})"
+        legacy = {k: resources.pop(k) for k in _LEGACY if k in resources}
         _check_resources(resources, what)
-        if parallel not in _PARALLEL:
-            raise ValueError(f"{what} parallel must be 'ddp', 'fsdp' or 'none', got {parallel!r}")
-        if parallel != "fsdp" and (fsdp_policy is not None or fsdp_kwargs):
-            raise TypeError(f"{what} got fsdp_policy/fsdp_kwargs with parallel={parallel!r}: they apply to "
-                            "parallel='fsdp' only; pass parallel='fsdp' or leave them out")
-        explicit_ddp = [k for k, v in (("find_unused_parameters", find_unused_parameters),
-                                       ("static_graph", static_graph), ("broadcast_buffers", not broadcast_buffers))
-                        if v] + (["ddp_kwargs"] if ddp_kwargs else [])
-        if parallel != "ddp" and explicit_ddp:
-            raise TypeError(f"{what} got DistributedDataParallel options ({', '.join(explicit_ddp)}) with "
-                            f"parallel={parallel!r}: they apply to parallel='ddp' only; leave them out")
-        #: "ddp", "fsdp" or "none": how multi-process train tasks spread the module
-        self.parallel = parallel
-        self._fsdp_pick = parallel_mod.module_policy(fsdp_policy, "fsdp_policy", what)
-        #: the ``fully_shard`` options given in ``fsdp_kwargs``
-        self.fsdp_kwargs = parallel_mod.check_wrapper_kwargs(
-            fsdp_kwargs, argument="fsdp_kwargs", wrapper="fully_shard", valid=parallel_mod.fsdp_options(),
-            reserved=parallel_mod.FSDP_SET_HERE, where=what)
+        #: how multi-process train tasks spread the module: an ``ice.DDP``, an ``ice.FSDP`` or None
+        self.strategy = _strategy(parallel, legacy, what)
+        #: the strategy's kind: "ddp", "fsdp" or "none"
+        self.parallel = {DDP: "ddp", FSDP: "fsdp"}.get(type(self.strategy), "none")
         if isinstance(compile, bool):
             compile_kwargs = {} if compile else None
         elif isinstance(compile, Mapping):
@@ -276,12 +303,6 @@ class ModuleNode(Node):
             raise TypeError(f"{what} compile must be True, False or a dict of torch.compile options, got "
                             f"{compile!r}; e.g. compile={{'backend': 'inductor', 'mode': 'max-autotune'}}")
         checkpointed = parallel_mod.module_policy(activation_checkpointing, "activation_checkpointing", what)
-        reserved = {**parallel_mod.DDP_SET_HERE,
-                    **{o: f"pass it to the ModuleNode itself: ModuleNode(..., {o}=...)" for o in _OWN_DDP_OPTIONS}}
-        #: the DistributedDataParallel options given in ``ddp_kwargs``
-        self.ddp_kwargs = parallel_mod.check_wrapper_kwargs(
-            ddp_kwargs, argument="ddp_kwargs", wrapper="DistributedDataParallel", valid=parallel_mod.ddp_options(),
-            reserved=reserved, where=what)
         if weight_init_fn is not None:
             check_callable(weight_init_fn, 1, f"weight_init_fn of {what}", "weight_init_fn=lambda m: ...")
             with torch.no_grad():
@@ -297,11 +318,6 @@ class ModuleNode(Node):
         self.compile_kwargs = compile_kwargs
         self.module = module
         self.unused_parameters = unused_parameters
-        self.sync_batchnorm = sync_batchnorm
-        flags = {"find_unused_parameters": find_unused_parameters or unused_parameters != "error",
-                 "static_graph": static_graph, "broadcast_buffers": broadcast_buffers}
-        # only options that differ from DDP's defaults: passing broadcast_buffers at all warns in torch 2.13
-        self._ddp_flags = {k: v for k, v in flags.items() if v != (k == "broadcast_buffers")}
         specs = self._normalize_optimizers(optimizers, what)
         groups = self._match(module, specs, what)
         #: the built torch optimizers, by pattern key
@@ -432,7 +448,7 @@ class ModuleNode(Node):
     def forward_impl(self, x: OutputCache) -> Any:
         egraph = self.egraph
         # evaluation needs no gradient synchronisation, but sharded parameters are gathered by the FSDP root
-        ddp = self.ddp if egraph.training or self.parallel == "fsdp" else None
+        ddp = self.ddp if egraph.training or isinstance(self.strategy, FSDP) else None
         autocast = egraph.autocast
         if autocast is None:
             return ddp(x) if ddp is not None else self._forward_fn(self, x)
@@ -453,12 +469,27 @@ class ModuleNode(Node):
                 self._batchnorm_hooks.append(layer.register_forward_pre_hook(self._batchnorm_forward))
         if self.ddp is None and self._trainable:
             # built in the first train task, with that task's trainable parameters
-            if self.parallel == "ddp":
-                self.ddp = parallel_mod.wrap_ddp(_ForwardProxy(self), **self._ddp_flags, **self.ddp_kwargs)
-            elif self.parallel == "fsdp":
+            if isinstance(self.strategy, DDP):
+                self.ddp = parallel_mod.wrap_ddp(_ForwardProxy(self), **self.strategy.flags(self.unused_parameters))
+            elif isinstance(self.strategy, FSDP):
                 self.ddp = self._shard(device)
         else:
             self.reshard_root()
+
+    @property
+    def sync_batchnorm(self) -> bool:
+        """Whether multi-process train tasks convert BatchNorm layers to SyncBatchNorm (``ice.DDP``)."""
+        return isinstance(self.strategy, DDP) and self.strategy.sync_batchnorm
+
+    @property
+    def ddp_kwargs(self) -> dict[str, Any]:
+        """The ``ice.DDP`` strategy's other DistributedDataParallel options ({} without DDP)."""
+        return dict(self.strategy.ddp_kwargs) if isinstance(self.strategy, DDP) else {}
+
+    @property
+    def fsdp_kwargs(self) -> dict[str, Any]:
+        """The ``ice.FSDP`` strategy's ``fully_shard`` options ({} without FSDP)."""
+        return dict(self.strategy.fully_shard_kwargs) if isinstance(self.strategy, FSDP) else {}
 
     def reshard_root(self) -> None:
         """Before a train task's repetition: FSDP2 keeps the root's parameters unsharded after a
@@ -471,8 +502,9 @@ class ModuleNode(Node):
         """Shard the module with FSDP2 and point the optimizers at the sharded parameters (their
         state, if any was loaded, sharded the same way)."""
         names = {id(p): name for name, p in self.module.named_parameters()}
-        root = parallel_mod.shard_fsdp(_ShardedProxy(self), self.module, self._fsdp_pick, device, self.egraph.autocast,
-                                       f"ModuleNode {self.uid!r}", **self.fsdp_kwargs)
+        root = parallel_mod.shard_fsdp(_ShardedProxy(self), self.module, self.strategy.pick, device,
+                                       self.egraph.autocast, f"ModuleNode {self.uid!r}",
+                                       **self.strategy.fully_shard_kwargs)
         sharded = dict(self.module.named_parameters())
         new = {pid: sharded[name] for pid, name in names.items()}
         for opt in self.optimizers.values():
@@ -559,7 +591,7 @@ class ModuleNode(Node):
     @property
     def sharded(self) -> bool:
         """Whether the module is sharded with FSDP2 now (after the first multi-process train task)."""
-        return self.parallel == "fsdp" and self.ddp is not None
+        return isinstance(self.strategy, FSDP) and self.ddp is not None
 
     def state_dict(self, full: bool = True) -> dict:
         """``{"module", "optimizers", "lr_schedulers"}``, optimizers and schedulers by pattern key.
