@@ -1,6 +1,7 @@
 """Checkpoints and exact resume (API.md B8): content, mid-epoch exactness, kills, preemption,
 safety, retention, best checkpoints, schedule checks, partial loading, source backup."""
 
+import os
 import random
 import signal
 import subprocess
@@ -351,6 +352,13 @@ def _wait_for(proc, marker, timeout=60):
     raise TimeoutError(f"no {marker} within {timeout} s")
 
 
+def _children(pid):
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
 def _final(out_dir, run_id):
     return torch.load(Path(out_dir) / f"{run_id}-final.pt", weights_only=True)
 
@@ -410,6 +418,36 @@ def test_preemption_saves_at_the_next_iteration_and_resumes_exactly(tmp_path, si
     assert f"preempted by {signal.Signals(sig).name}: checkpoint saved to" in err
     assert "resume_from='auto'" in err
     resumed = _start(tmp_path, "pre", 0, slow=0.0)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert_identical(_final(tmp_path, "pre"), _final(tmp_path, "ref"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_process_group_with_dataloader_workers_checkpoints_and_exits_with_its_code(tmp_path, sig,
+                                                                                                     code):
+    # as SLURM and `timeout` send it: to every process of the group, the DataLoader workers included
+    ref = _start(tmp_path, "ref", 2, slow=0.0)
+    assert ref.wait(timeout=300) == 0
+    proc = subprocess.Popen([sys.executable, "-u", str(CHILD), str(tmp_path), "pre", "2", "--slow-save", "0.05"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(proc, "STARTED")
+        deadline = time.monotonic() + 30
+        while len(_children(proc.pid)) < 2:  # the DataLoader workers are up: they get the signal too
+            assert time.monotonic() < deadline, "no DataLoader workers"
+            time.sleep(0.02)
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, err
+    assert f"preempted by {signal.Signals(sig).name}: checkpoint saved to" in err
+    assert "__getitem__" not in err and "Traceback" not in err
+    resumed = _start(tmp_path, "pre", 2, slow=0.0)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert_identical(_final(tmp_path, "pre"), _final(tmp_path, "ref"))
