@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 __all__ = ["Launcher", "LaunchOptions", "parse_devices", "default_backend", "in_worker", "join", "leave", "launch",
-           "launch_config", "WorkerFailed", "script_command", "free_port"]
+           "launch_config", "WorkerFailed", "preempted_signal", "script_command", "free_port"]
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,7 @@ def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
     import ignite.distributed as idist
     import torch.distributed as dist
 
+    _die_with_launcher()
     if dist.is_available() and dist.is_initialized():
         return _adopt_group(devices, dist_backend), False
     env = os.environ
@@ -342,6 +344,18 @@ def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
                         local_world_size=idist.get_nproc_per_node(), node_rank=idist.get_node_rank(), device=device,
                         backend=idist.backend())
     return launcher, True
+
+
+def _die_with_launcher() -> None:
+    """In a worker that ``run`` started: die (SIGKILL) when the launching process dies, so that no
+    worker goes on training and writing checkpoints after the run directory's lock, which the
+    launching process holds, is free. The variable is removed, so that processes this worker
+    starts do not take it for theirs."""
+    from ice_ignite.processes import LAUNCHER_PID_ENV, die_with_parent
+
+    launcher_pid = os.environ.pop(LAUNCHER_PID_ENV, None)
+    if launcher_pid is not None and launcher_pid.isdigit():
+        die_with_parent(int(launcher_pid))
 
 
 def _init_elastic_worker(backend: str) -> None:
@@ -445,6 +459,21 @@ def _forked(entrypoint: Callable[[], Any]) -> Callable[[], Any]:
     return worker
 
 
+def preempted_signal(failures: "dict[int, Any]") -> int | None:
+    """SIGTERM or SIGINT when the workers stopped for a preemption, else None: some exited with the
+    code of ``Preempted`` (143 or 130: the ranks agreed on an iteration boundary and checkpointed
+    there, then stopped), and every other failed one too, or was ended by SIGTERM / SIGINT once
+    it had (the agent stops the remaining workers as soon as the first one exits). Workers ended
+    by a signal with none exiting through ``Preempted`` wrote no checkpoint: a failure."""
+    codes = {getattr(f, "exitcode", None) for f in failures.values()}
+    preempted = codes & {128 + signal.SIGTERM, 128 + signal.SIGINT}
+    if not preempted or not codes <= preempted | {-signal.SIGTERM, -signal.SIGINT}:
+        return None
+    codes = preempted
+    # a mix: SIGTERM (the cluster's), as the stronger request
+    return signal.SIGTERM if 128 + signal.SIGTERM in codes else signal.SIGINT
+
+
 def launch_config(nproc_per_node: int, options: LaunchOptions | None = None, start_method: str = "spawn",
                   run_id: str = "ice_ignite", log_dir: "str | os.PathLike | None" = None) -> Any:
     """The ``torch.distributed.launcher.api.LaunchConfig`` of torch's elastic agent for
@@ -526,6 +555,9 @@ def launch(entrypoint: "Callable[[], Any] | list[str]", nproc_per_node: int, opt
     try:
         elastic_launch(config, target)(*args)
     except ChildFailedError as e:
+        signum = preempted_signal(e.failures)
+        if signum is not None:  # every rank that stopped did so through Preempted: checkpointed, then exited
+            raise Preempted(signum, None, launcher=True) from None
         raise WorkerFailed(f"a worker of the run failed:\n{e}") from None
     except SignalException as e:  # the agent stopped the workers, which checkpointed first
         raise Preempted(int(e.sigval), None, launcher=True) from None

@@ -22,6 +22,7 @@ from ice_ignite.context import RunContext
 from ice_ignite.launcher import Launcher, LaunchOptions, launch, script_command
 from ice_ignite.logs import run_logging
 from ice_ignite.preemption import Preempted, PreemptionGuard
+from ice_ignite.processes import LAUNCHER_PID_ENV
 from ice_ignite.progress import Progress
 from ice_ignite.rundir import DEFAULT_OUT_DIR, RunDir, check_run_id, prepare_run_dir
 from ice_ignite.seeding import seed_everything
@@ -127,6 +128,7 @@ def spawn_workers(worker: Callable[[str], Any], nproc: int, launch_options: Laun
     command = script_command() if o.start_method == "spawn" else None
     fork = command is None  # no entry script to re-run (a notebook, python -c): fork
     os.environ[RUN_ID_ENV] = rundir.run_id
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # workers die with this process (and its lock)
     if rundir.lock.held:
         os.environ[LOCKED_DIR_ENV] = str(rundir.root.resolve())
     try:
@@ -137,6 +139,7 @@ def spawn_workers(worker: Callable[[str], Any], nproc: int, launch_options: Laun
         raise
     finally:
         os.environ.pop(RUN_ID_ENV, None)
+        os.environ.pop(LAUNCHER_PID_ENV, None)
         os.environ.pop(LOCKED_DIR_ENV, None)
         rundir.lock.release()
     if fork:

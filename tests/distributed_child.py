@@ -3,7 +3,7 @@ workers), under torchrun, or with `python -c` (forked workers).
 
     python distributed_child.py OUT_DIR RUN_ID [--devices cpu:0-1] [--fail-rank R] [--max-restarts N]
         [--die-at-step S] [--nnodes N --node-rank R --master-port P] [--rdzv-endpoint H:P]
-        [--tee T] [--omp-num-threads N]
+        [--tee T] [--omp-num-threads N] [--workers N]
 
 Trains a small classifier with a global batch of 8 (batch_size_in_total) and evaluates it; global
 rank 0 writes OUT_DIR/RUN_ID-result.pt with the final weights and the eval metrics. Every process
@@ -32,7 +32,8 @@ def data(n, seed):
 def build(args):
     torch.manual_seed(0)
     g = ice.HyperGraph()
-    g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True), tags="train")
+    g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True,
+                                  num_workers=args.workers), tags="train")
     g.add("data", ice.DatasetNode(data(30, 2), batch_size=4), tags="val")
     net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     extra = {}
@@ -73,6 +74,7 @@ def main():
     p.add_argument("--slow", type=float, default=0.0, help="seconds of sleep per train iteration")
     p.add_argument("--unused", choices=["error", "zero"], default=None)
     p.add_argument("--tee", default="0")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the train data")
     p.add_argument("--omp-num-threads", type=int, default=None)
     args = p.parse_args()
 
