@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["Launcher", "LaunchOptions", "parse_devices", "default_backend", "in_worker", "join", "leave", "launch",
-           "launch_config", "WorkerFailed", "preempted_signal", "script_command", "free_port"]
+           "launch_config", "WorkerFailed", "preempted_signal", "joined_group", "script_command", "free_port"]
 
 
 @dataclass(frozen=True)
@@ -307,7 +307,24 @@ def _adopt_group(devices: str, dist_backend: str) -> Launcher:
                     node_rank=idist.get_node_rank(), device=device, backend=backend)
 
 
-def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
+#: the process group this process joined: its collective timeout (seconds) and a store for reports
+_JOINED: dict[str, Any] = {"timeout": None, "store": None}
+
+
+def joined_group() -> tuple[float, Any]:
+    """The collective timeout (seconds) of the group ``join`` joined, and a store all its ranks
+    reach (for hang reports)."""
+    import torch.distributed as dist
+
+    timeout, store = _JOINED["timeout"], _JOINED["store"]
+    if store is None:
+        # no public accessor for the store of a group that run did not create (torchrun's
+        # env:// init, SLURM, idist.Parallel): the default group's store, prefixed for our keys
+        store = dist.PrefixStore("ice_ignite/hang", dist.distributed_c10d._get_default_store())
+    return (timeout if timeout is not None else dist.default_pg_timeout.total_seconds()), store
+
+
+def join(devices: str, dist_backend: str = "auto", collective_timeout: Any = None) -> tuple[Launcher, bool]:
     """Join the process group of this worker. A group that exists (``idist.Parallel``,
     ``idist.initialize``, ``torch.distributed.init_process_group``) is used as it is: this process's
     place in it comes from ``ignite.distributed``, and ``leave`` does not destroy it. Otherwise the
@@ -316,9 +333,15 @@ def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
     import ignite.distributed as idist
     import torch.distributed as dist
 
+    from ice_ignite.hang import collective_timeout_of
+
     _die_with_launcher()
+    _JOINED.update(timeout=None, store=None)
     if dist.is_available() and dist.is_initialized():
-        return _adopt_group(devices, dist_backend), False
+        launcher = _adopt_group(devices, dist_backend)  # its timeout is the creator's
+        given = collective_timeout_of(collective_timeout, launcher.backend)
+        _JOINED["timeout"] = given.total_seconds() if given is not None else None
+        return launcher, False
     env = os.environ
     local_rank = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0")))
     local_world_size = int(env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", "1")))
@@ -334,10 +357,16 @@ def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
     backend = default_backend(local_devices, dist_backend)
     if backend == "nccl" and device.type == "cuda":
         torch.cuda.set_device(device)
+    timeout = collective_timeout_of(collective_timeout, backend)
+    if timeout is None:  # torch's default for the backend
+        from torch.distributed import constants
+
+        timeout = constants.default_pg_nccl_timeout if backend == "nccl" else constants.default_pg_timeout
+    _JOINED["timeout"] = timeout.total_seconds()
     if "TORCHELASTIC_RESTART_COUNT" in env:
-        _init_elastic_worker(backend)
+        _init_elastic_worker(backend, timeout)
     else:
-        idist.initialize(backend)
+        idist.initialize(backend, timeout=timeout)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     launcher = Launcher(rank=idist.get_rank(), local_rank=idist.get_local_rank(), world_size=idist.get_world_size(),
@@ -358,7 +387,7 @@ def _die_with_launcher() -> None:
         die_with_parent(int(launcher_pid))
 
 
-def _init_elastic_worker(backend: str) -> None:
+def _init_elastic_worker(backend: str, timeout: Any = None) -> None:
     """Initialise the process group of a worker of torch's elastic agent, its store keys
     prefixed by the restart attempt and by how many groups this rank joined before.
 
@@ -374,11 +403,14 @@ def _init_elastic_worker(backend: str) -> None:
 
     env = os.environ
     rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
-    timeout = dist.default_pg_timeout
-    store = _create_c10d_store(env["MASTER_ADDR"], int(env["MASTER_PORT"]), rank, world_size, timeout)
+    timeout = timeout if timeout is not None else dist.default_pg_timeout
+    # the store keeps torch's long timeout (rendezvous, hang reports); collectives get ``timeout``
+    store = _create_c10d_store(env["MASTER_ADDR"], int(env["MASTER_PORT"]), rank, world_size,
+                               dist.default_pg_timeout)
     attempt = f"ice_ignite/attempt_{env['TORCHELASTIC_RESTART_COUNT']}"
     joins = store.add(f"{attempt}/joins_of_rank_{rank}", 1)  # 1 at this rank's first run, 2 at its second...
     store = dist.PrefixStore(f"{attempt}/run_{joins}", store)
+    _JOINED["store"] = dist.PrefixStore("ice_ignite/hang", store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     idist.sync()
 

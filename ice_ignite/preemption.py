@@ -6,7 +6,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["Preempted", "PreemptionGuard"]
 
@@ -47,6 +47,9 @@ class PreemptionGuard:
     def __init__(self) -> None:
         self.requested: int | None = None
         self._previous: dict[int, Any] = {}
+        #: whether this rank is reported stuck (``HangWatch``): a signal then ends it at once, as it
+        #: cannot reach an iteration boundary to checkpoint
+        self.hung: Callable[[], bool] = lambda: False
 
     def __enter__(self) -> "PreemptionGuard":
         if threading.current_thread() is threading.main_thread():
@@ -55,6 +58,11 @@ class PreemptionGuard:
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.hung():
+            from ice_ignite.hang import CollectiveTimeout
+
+            raise CollectiveTimeout(f"{signal.Signals(signum).name} while this rank was stuck (see logs/hang-rank*.txt): "
+                                    "stopped without a checkpoint, which it could not reach")
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = signum

@@ -289,3 +289,17 @@ def test_no_worker_outlives_a_killed_launcher_nor_writes_without_the_run_lock(ou
     finally:
         for pid in _processes_of("orphans"):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_rank_stuck_in_user_code_ends_the_run_in_bounded_time_naming_it_with_its_stack_in_logs(out):
+    start = time.monotonic()
+    proc = child(out, "stuck", "--stuck-rank", 1, "--collective-timeout", 4, timeout=90)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0, proc.stderr
+    assert elapsed < 4 + 30, elapsed  # far from the 40 s the rank sleeps, let alone torch's 30 minutes
+    assert "CollectiveTimeout" in proc.stderr and "collective_timeout=4 s" in proc.stderr
+    assert re.search(r"rank 1 is stuck \(host \S+, pid \d+\) in node '(train/)?stuck' in task Task\(train=True",
+                     proc.stderr), proc.stderr
+    report = (out / "stuck" / "logs" / "hang-rank1.txt").read_text()
+    assert "rank 1 of 2" in report and "in node" in report and "stuck_forward" in report  # its Python stack
+    assert (out / "stuck" / "logs" / "hang-rank0.txt").exists()  # the waiting rank says where it waits
