@@ -451,3 +451,28 @@ def test_a_signal_to_the_process_group_with_dataloader_workers_checkpoints_and_e
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert_identical(_final(tmp_path, "pre"), _final(tmp_path, "ref"))
+
+
+@pytest.mark.slow
+def test_a_second_sigint_during_a_save_leaves_every_checkpoint_intact_and_says_so(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-u", str(CHILD), str(tmp_path), "int2", "0", "--slow-write", "0.05"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(proc, "WRITE-START")
+        _wait_for(proc, "WRITE-START")  # the second checkpoint: the first is published
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # inside torch's zip writer, on old code
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "a second SIGINT" in err and "every published checkpoint is intact" in err, err
+    assert "PytorchStreamWriter" not in err and "zip" not in err.lower(), err
+    ckpts = sorted((tmp_path / "int2" / "ckpts").glob("ckpt-*"))
+    assert len(ckpts) >= 2 and not list((tmp_path / "int2" / "ckpts").glob(".*"))
+    for path in ckpts:  # every published checkpoint loads
+        ice.checkpoint.read_checkpoint(path)
