@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from ice_ignite import preemption
 from ice_ignite import parallel
 from ice_ignite.checkpoint import (
     FORMAT,
@@ -158,6 +159,10 @@ class Checkpointer:
         """Collect the state (on every rank) and write it: a file by global rank 0, or, when FSDP
         sharded ModuleNodes are among ``tags``, a directory every rank writes its shards to (their
         tensors are not gathered). Returns the path (None on other ranks)."""
+        with preemption.saving():  # a second SIGINT waits for the write to complete
+            return self._save(save_to, tags)
+
+    def _save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...]) -> Path | None:
         if save_to is None and self.rundir is None:
             raise CheckpointError(
                 "save_checkpoint needs a run directory: call it during HyperGraph.run, or pass save_to=path"

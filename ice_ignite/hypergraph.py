@@ -4,6 +4,7 @@ the entry points that run a schedule on them (``exec_tasks``, ``run``) or checkp
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import logging
 import os
@@ -305,7 +306,8 @@ class HyperGraph(NodeRegistry):
             log_every: int = 50, progress: bool = True, hparams: dict | None = None, timing: bool = False,
             rdzv_configs: "dict | str | None" = None, standalone: bool = False, monitor_interval: float = 0.1,
             redirects: "str | int" = "0", tee: "str | int" = "0", omp_num_threads: int | None = None,
-            launch: LaunchOptions | None = None) -> Path:
+            launch: LaunchOptions | None = None, collective_timeout: "float | datetime.timedelta | None" = None
+            ) -> Path:
         """Run the schedule ``tasks`` in a run directory ``out_dir/run_id``, which the run holds
         (an OS lock on ``run.lock``) until it ends: another run of it fails at once.
 
@@ -354,6 +356,11 @@ class HyperGraph(NodeRegistry):
                 per machine, unless the environment sets it, as torchrun).
             launch: the launch options as one ``ice.LaunchOptions`` (instead of ``nnodes`` ...
                 ``start_method``, ``rdzv_configs`` ... ``omp_num_threads``).
+            collective_timeout: seconds (or a ``timedelta``) a collective of a multi-process run
+                may wait (torch.distributed's ``timeout``). None: 5 minutes on gloo (CPU), torch's
+                default on nccl. When it expires, every rank writes where it is and its stacks to
+                ``logs/hang-rank<r>.txt`` and the run ends with a ``CollectiveTimeout`` naming
+                the stuck rank.
 
         With several devices (or ``nnodes`` > 1) ``run`` starts one worker per device and, in
         ``spawn`` mode, exits when they are done; a worker's ``run`` (also under ``torchrun``,
@@ -382,10 +389,10 @@ class HyperGraph(NodeRegistry):
                             "launch options in one place: the keywords, or launch=ice.LaunchOptions(...)")
         options = RunOptions(run_id=run_id, out_dir=out_dir, resume_from=resume_from, seed=seed,
                              strict_resume=strict_resume, n_saved=n_saved, log_every=log_every, progress=progress,
-                             hparams=hparams, timing=timing)
+                             hparams=hparams, timing=timing, collective_timeout=collective_timeout)
         joined = worker = False
         if launcher is None and in_worker():
-            launcher, joined = join(devices, launch.dist_backend)
+            launcher, joined = join(devices, launch.dist_backend, collective_timeout)
             worker = True
         elif launcher is None:
             device_list = parse_devices(devices)
@@ -393,7 +400,8 @@ class HyperGraph(NodeRegistry):
                 def worker(agreed_id: str) -> None:  # forked: the graph and its lambdas are inherited, not pickled
                     self.run(tasks, devices=devices, launch=launch, run_id=agreed_id, out_dir=out_dir,
                              resume_from=resume_from, seed=seed, strict_resume=strict_resume, n_saved=n_saved,
-                             log_every=log_every, progress=progress, hparams=hparams, timing=timing)
+                             log_every=log_every, progress=progress, hparams=hparams, timing=timing,
+                             collective_timeout=collective_timeout)
 
                 return spawn_workers(worker, len(device_list), launch, options)
             launcher = Launcher(device=device_list[0])

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 __all__ = ["Launcher", "LaunchOptions", "parse_devices", "default_backend", "in_worker", "join", "leave", "launch",
-           "launch_config", "WorkerFailed", "script_command", "free_port"]
+           "launch_config", "WorkerFailed", "preempted_signal", "joined_group", "script_command", "free_port"]
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,24 @@ def _adopt_group(devices: str, dist_backend: str) -> Launcher:
                     node_rank=idist.get_node_rank(), device=device, backend=backend)
 
 
-def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
+#: the process group this process joined: its collective timeout (seconds) and a store for reports
+_JOINED: dict[str, Any] = {"timeout": None, "store": None}
+
+
+def joined_group() -> tuple[float, Any]:
+    """The collective timeout (seconds) of the group ``join`` joined, and a store all its ranks
+    reach (for hang reports)."""
+    import torch.distributed as dist
+
+    timeout, store = _JOINED["timeout"], _JOINED["store"]
+    if store is None:
+        # no public accessor for the store of a group that run did not create (torchrun's
+        # env:// init, SLURM, idist.Parallel): the default group's store, prefixed for our keys
+        store = dist.PrefixStore("ice_ignite/hang", dist.distributed_c10d._get_default_store())
+    return (timeout if timeout is not None else dist.default_pg_timeout.total_seconds()), store
+
+
+def join(devices: str, dist_backend: str = "auto", collective_timeout: Any = None) -> tuple[Launcher, bool]:
     """Join the process group of this worker. A group that exists (``idist.Parallel``,
     ``idist.initialize``, ``torch.distributed.init_process_group``) is used as it is: this process's
     place in it comes from ``ignite.distributed``, and ``leave`` does not destroy it. Otherwise the
@@ -315,8 +333,15 @@ def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
     import ignite.distributed as idist
     import torch.distributed as dist
 
+    from ice_ignite.hang import collective_timeout_of
+
+    _die_with_launcher()
+    _JOINED.update(timeout=None, store=None)
     if dist.is_available() and dist.is_initialized():
-        return _adopt_group(devices, dist_backend), False
+        launcher = _adopt_group(devices, dist_backend)  # its timeout is the creator's
+        given = collective_timeout_of(collective_timeout, launcher.backend)
+        _JOINED["timeout"] = given.total_seconds() if given is not None else None
+        return launcher, False
     env = os.environ
     local_rank = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0")))
     local_world_size = int(env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", "1")))
@@ -332,10 +357,16 @@ def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
     backend = default_backend(local_devices, dist_backend)
     if backend == "nccl" and device.type == "cuda":
         torch.cuda.set_device(device)
+    timeout = collective_timeout_of(collective_timeout, backend)
+    if timeout is None:  # torch's default for the backend
+        from torch.distributed import constants
+
+        timeout = constants.default_pg_nccl_timeout if backend == "nccl" else constants.default_pg_timeout
+    _JOINED["timeout"] = timeout.total_seconds()
     if "TORCHELASTIC_RESTART_COUNT" in env:
-        _init_elastic_worker(backend)
+        _init_elastic_worker(backend, timeout)
     else:
-        idist.initialize(backend)
+        idist.initialize(backend, timeout=timeout)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     launcher = Launcher(rank=idist.get_rank(), local_rank=idist.get_local_rank(), world_size=idist.get_world_size(),
@@ -344,7 +375,19 @@ def join(devices: str, dist_backend: str = "auto") -> tuple[Launcher, bool]:
     return launcher, True
 
 
-def _init_elastic_worker(backend: str) -> None:
+def _die_with_launcher() -> None:
+    """In a worker that ``run`` started: die (SIGKILL) when the launching process dies, so that no
+    worker goes on training and writing checkpoints after the run directory's lock, which the
+    launching process holds, is free. The variable is removed, so that processes this worker
+    starts do not take it for theirs."""
+    from ice_ignite.processes import LAUNCHER_PID_ENV, die_with_parent
+
+    launcher_pid = os.environ.pop(LAUNCHER_PID_ENV, None)
+    if launcher_pid is not None and launcher_pid.isdigit():
+        die_with_parent(int(launcher_pid))
+
+
+def _init_elastic_worker(backend: str, timeout: Any = None) -> None:
     """Initialise the process group of a worker of torch's elastic agent, its store keys
     prefixed by the restart attempt and by how many groups this rank joined before.
 
@@ -360,11 +403,14 @@ def _init_elastic_worker(backend: str) -> None:
 
     env = os.environ
     rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
-    timeout = dist.default_pg_timeout
-    store = _create_c10d_store(env["MASTER_ADDR"], int(env["MASTER_PORT"]), rank, world_size, timeout)
+    timeout = timeout if timeout is not None else dist.default_pg_timeout
+    # the store keeps torch's long timeout (rendezvous, hang reports); collectives get ``timeout``
+    store = _create_c10d_store(env["MASTER_ADDR"], int(env["MASTER_PORT"]), rank, world_size,
+                               dist.default_pg_timeout)
     attempt = f"ice_ignite/attempt_{env['TORCHELASTIC_RESTART_COUNT']}"
     joins = store.add(f"{attempt}/joins_of_rank_{rank}", 1)  # 1 at this rank's first run, 2 at its second...
     store = dist.PrefixStore(f"{attempt}/run_{joins}", store)
+    _JOINED["store"] = dist.PrefixStore("ice_ignite/hang", store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     idist.sync()
 
@@ -443,6 +489,21 @@ def _forked(entrypoint: Callable[[], Any]) -> Callable[[], Any]:
         return entrypoint()
 
     return worker
+
+
+def preempted_signal(failures: "dict[int, Any]") -> int | None:
+    """SIGTERM or SIGINT when the workers stopped for a preemption, else None: some exited with the
+    code of ``Preempted`` (143 or 130: the ranks agreed on an iteration boundary and checkpointed
+    there, then stopped), and every other failed one too, or was ended by SIGTERM / SIGINT once
+    it had (the agent stops the remaining workers as soon as the first one exits). Workers ended
+    by a signal with none exiting through ``Preempted`` wrote no checkpoint: a failure."""
+    codes = {getattr(f, "exitcode", None) for f in failures.values()}
+    preempted = codes & {128 + signal.SIGTERM, 128 + signal.SIGINT}
+    if not preempted or not codes <= preempted | {-signal.SIGTERM, -signal.SIGINT}:
+        return None
+    codes = preempted
+    # a mix: SIGTERM (the cluster's), as the stronger request
+    return signal.SIGTERM if 128 + signal.SIGTERM in codes else signal.SIGINT
 
 
 def launch_config(nproc_per_node: int, options: LaunchOptions | None = None, start_method: str = "spawn",
@@ -526,6 +587,9 @@ def launch(entrypoint: "Callable[[], Any] | list[str]", nproc_per_node: int, opt
     try:
         elastic_launch(config, target)(*args)
     except ChildFailedError as e:
+        signum = preempted_signal(e.failures)
+        if signum is not None:  # every rank that stopped did so through Preempted: checkpointed, then exited
+            raise Preempted(signum, None, launcher=True) from None
         raise WorkerFailed(f"a worker of the run failed:\n{e}") from None
     except SignalException as e:  # the agent stopped the workers, which checkpointed first
         raise Preempted(int(e.sigval), None, launcher=True) from None

@@ -305,8 +305,8 @@ class AgreedFlag:
     communication overlaps an iteration instead of adding its latency to it.
     """
 
-    def __init__(self) -> None:
-        self._group = dist.new_group(backend="gloo") if world_size() > 1 else None
+    def __init__(self, timeout: "Any" = None) -> None:
+        self._group = dist.new_group(backend="gloo", timeout=timeout) if world_size() > 1 else None
         self._pending: tuple[Any, torch.Tensor] | None = None
 
     def _drain(self) -> bool:

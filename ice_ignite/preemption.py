@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Callable, Iterator
 
 __all__ = ["Preempted", "PreemptionGuard"]
 
@@ -38,28 +40,71 @@ class Preempted(SystemExit):
         return f"preempted by {name}: {where}; resume with run(..., resume_from='auto')"
 
 
+#: the guard of the run in this process, and how deep this thread is in checkpoint writes
+_ACTIVE: "list[PreemptionGuard]" = []
+_SAVING = [0]
+
+
+@contextlib.contextmanager
+def saving() -> Iterator[None]:
+    """A checkpoint write: a second SIGINT during it is held until the write is complete (an
+    interrupt inside torch's zip writer leaves its own error instead of a clear one), then
+    raises ``KeyboardInterrupt``. Published checkpoints are never touched either way."""
+    _SAVING[0] += 1
+    try:
+        yield
+    finally:
+        _SAVING[0] -= 1
+        guard = _ACTIVE[-1] if _ACTIVE else None
+        if _SAVING[0] == 0 and guard is not None and guard.deferred:
+            guard.deferred = False
+            raise KeyboardInterrupt(
+                "a second SIGINT: stopped once the checkpoint being written was complete (every published "
+                "checkpoint is intact); resume with run(..., resume_from='auto')")
+
+
 class PreemptionGuard:
     """While active (``with``), SIGTERM and SIGINT only set ``requested``; a second SIGINT
-    interrupts at once. Handlers are installed from the main thread only, and restored on exit."""
+    interrupts at once (``KeyboardInterrupt``), or once the checkpoint being written is complete. Handlers are installed from the main thread only, and restored on exit."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested: int | None = None
         self._previous: dict[int, Any] = {}
+        #: a second SIGINT came during a checkpoint write: raised when the write is complete
+        self.deferred = False
+        #: whether this rank is reported stuck (``HangWatch``): a signal then ends it at once, as it
+        #: cannot reach an iteration boundary to checkpoint
+        self.hung: Callable[[], bool] = lambda: False
 
     def __enter__(self) -> "PreemptionGuard":
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        _ACTIVE.append(self)
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.hung():
+            from ice_ignite.hang import CollectiveTimeout
+
+            raise CollectiveTimeout(f"{signal.Signals(signum).name} while this rank was stuck (see logs/hang-rank*.txt): "
+                                    "stopped without a checkpoint, which it could not reach")
         if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            if _SAVING[0] and threading.current_thread() is threading.main_thread():
+                if not self.deferred:
+                    self.deferred = True
+                    print("ice_ignite: a second SIGINT: stopping as soon as the checkpoint being written is complete",
+                          file=sys.stderr, flush=True)
+                return
+            raise KeyboardInterrupt("a second SIGINT: stopped at once, between checkpoint writes (every published "
+                                    "checkpoint is intact); resume with run(..., resume_from='auto')")
         self.requested = signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)

@@ -4,6 +4,7 @@ what a run attaches around its schedule (logging, board, progress, timing, preem
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import signal
@@ -20,8 +21,11 @@ from ice_ignite.board import BoardLogger
 from ice_ignite.checkpointer import Checkpointer
 from ice_ignite.context import RunContext
 from ice_ignite.launcher import Launcher, LaunchOptions, launch, script_command
+from ice_ignite.hang import HangWatch, collective_timeout_of
+from ice_ignite.launcher import joined_group
 from ice_ignite.logs import run_logging
 from ice_ignite.preemption import Preempted, PreemptionGuard
+from ice_ignite.processes import LAUNCHER_PID_ENV
 from ice_ignite.progress import Progress
 from ice_ignite.rundir import DEFAULT_OUT_DIR, RunDir, check_run_id, prepare_run_dir
 from ice_ignite.seeding import seed_everything
@@ -88,9 +92,11 @@ class RunOptions:
     progress: bool = True
     hparams: dict | None = field(default=None)
     timing: bool = False
+    collective_timeout: Any = None
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
+        collective_timeout_of(self.collective_timeout, None)  # the error, before anything starts
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TypeError(f"seed must be an int or None (torch.initial_seed()), got {self.seed!r}")
         if self.resume_from is not None and not isinstance(self.resume_from, (str, os.PathLike)):
@@ -127,6 +133,7 @@ def spawn_workers(worker: Callable[[str], Any], nproc: int, launch_options: Laun
     command = script_command() if o.start_method == "spawn" else None
     fork = command is None  # no entry script to re-run (a notebook, python -c): fork
     os.environ[RUN_ID_ENV] = rundir.run_id
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # workers die with this process (and its lock)
     if rundir.lock.held:
         os.environ[LOCKED_DIR_ENV] = str(rundir.root.resolve())
     try:
@@ -137,6 +144,7 @@ def spawn_workers(worker: Callable[[str], Any], nproc: int, launch_options: Laun
         raise
     finally:
         os.environ.pop(RUN_ID_ENV, None)
+        os.environ.pop(LAUNCHER_PID_ENV, None)
         os.environ.pop(LOCKED_DIR_ENV, None)
         rundir.lock.release()
     if fork:
@@ -195,15 +203,25 @@ class RunSession:
         self.progress: Progress | None = None
         self._guard: PreemptionGuard | None = None
         self._agreed: parallel.AgreedFlag | None = None
+        self._watch: HangWatch | None = None
 
     @contextlib.contextmanager
     def active(self) -> Iterator["RunSession"]:
         """Enter the run: logging, signal handling, context, board; restored on exit, and the run
-        directory's lock released (however the run ends)."""
+        directory's lock released (however the run ends). A collective that times out becomes a
+        ``CollectiveTimeout`` naming the stuck rank (its stacks in ``logs/``)."""
         try:
             with self._entered():
                 yield self
+        except Exception as e:
+            hang = self._watch.explain(e) if self._watch is not None else None
+            if hang is not None:
+                raise hang from e
+            raise
         finally:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
             self.rundir.lock.release()
 
     @contextlib.contextmanager
@@ -222,7 +240,13 @@ class RunSession:
             ctx.open_board(str(self.rundir.logs) if launcher.rank == 0 else None)
             ctx.timer = NodeTimer(launcher.device) if options.timing else None
             ctx.save_best = self.checkpointer.save_best
-            self._agreed = parallel.AgreedFlag() if launcher.world_size > 1 else None
+            if launcher.world_size > 1:
+                timeout, store = joined_group()
+                self._watch = HangWatch(self.rundir.logs, launcher.rank, launcher.world_size, timeout, store)
+                self._guard.hung = lambda: self._watch is not None and self._watch.hung
+                self._agreed = parallel.AgreedFlag(datetime.timedelta(seconds=timeout))
+            else:
+                self._agreed = None
             self.checkpointer.open(self.rundir, options.n_saved, writer=launcher.rank == 0)
             if launcher.rank == 0:
                 self.board_logger = BoardLogger(ctx, options.log_every)
@@ -260,6 +284,8 @@ class RunSession:
         boundary = Events.GET_BATCH_STARTED if task.graph.dataset_nodes else Events.ITERATION_STARTED
         engine.add_event_handler(boundary, self.check_preemption)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.rundir.check_present)
+        if self._watch is not None:
+            self._watch.attach(task)
         if self.board_logger is not None:
             self.board_logger.attach(task)
         if self.progress is not None:

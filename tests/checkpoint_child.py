@@ -1,11 +1,12 @@
 """A training run for the kill and preemption tests, started as a subprocess.
 
-    python checkpoint_child.py OUT_DIR RUN_ID WORKERS [--slow-save SECONDS]
+    python checkpoint_child.py OUT_DIR RUN_ID WORKERS [--slow-save SECONDS | --slow-write SECONDS]
 
 Trains a small model with shuffle, random augmentation, dropout, Adam, an LR scheduler and
 gradient accumulation, checkpointing every few iterations from a handler, and resumes with
 resume_from="auto". Prints STARTED once training runs, WRITE-START / WRITE-END around every
-checkpoint write (--slow-save stretches writes so that a kill can land inside one), and at the
+checkpoint write (--slow-save stretches writes so that a kill can land inside one; --slow-write
+waits before each write into the file, inside torch.save), and at the
 end writes OUT_DIR/RUN_ID-final.pt with the final weights and optimizer state.
 """
 
@@ -38,8 +39,32 @@ class Noisy(torch.utils.data.Dataset):
 
 def main() -> None:
     out_dir, run_id, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    slow = float(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[4] == "--slow-save" else 0.0
-    if slow:
+    slow = float(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[4] in ("--slow-save", "--slow-write") else 0.0
+    if slow and sys.argv[4] == "--slow-write":  # slow inside torch's zip writer: each write of the file waits
+        real_save = torch.save
+
+        class SlowFile:
+            def __init__(self, f):
+                self.f = f
+
+            def write(self, data):
+                time.sleep(slow)
+                return self.f.write(data)
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+        def slow_write(obj, f, *args, **kwargs):
+            print("WRITE-START", flush=True)
+            if isinstance(f, (str, Path)):
+                with open(f, "wb") as opened:
+                    real_save(obj, SlowFile(opened), *args, **kwargs)
+            else:
+                real_save(obj, SlowFile(f), *args, **kwargs)
+            print("WRITE-END", flush=True)
+
+        torch.save = slow_write
+    elif slow:
         real_save = torch.save
 
         def slow_save(obj, f, *args, **kwargs):

@@ -3,7 +3,8 @@ workers), under torchrun, or with `python -c` (forked workers).
 
     python distributed_child.py OUT_DIR RUN_ID [--devices cpu:0-1] [--fail-rank R] [--max-restarts N]
         [--die-at-step S] [--nnodes N --node-rank R --master-port P] [--rdzv-endpoint H:P]
-        [--tee T] [--omp-num-threads N]
+        [--tee T] [--omp-num-threads N] [--workers N]
+        [--stuck-rank R --collective-timeout SECONDS]
 
 Trains a small classifier with a global batch of 8 (batch_size_in_total) and evaluates it; global
 rank 0 writes OUT_DIR/RUN_ID-result.pt with the final weights and the eval metrics. Every process
@@ -32,7 +33,8 @@ def data(n, seed):
 def build(args):
     torch.manual_seed(0)
     g = ice.HyperGraph()
-    g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True), tags="train")
+    g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True,
+                                  num_workers=args.workers), tags="train")
     g.add("data", ice.DatasetNode(data(30, 2), batch_size=4), tags="val")
     net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     extra = {}
@@ -54,6 +56,12 @@ def build(args):
             os._exit(9)  # a crash: no exception, no clean-up
 
     g.add("fault", ice.Node(forward=maybe_fail), tags="train")
+    if args.stuck_rank is not None:
+        def stuck_forward(n, x):  # user code that blocks on one rank: the others wait in the all-reduce
+            if n.launcher.rank == args.stuck_rank and n.global_train_steps == 3:
+                time.sleep(40)
+
+        g.add("stuck", ice.Node(forward=stuck_forward), tags="train")
     return g, net
 
 
@@ -73,6 +81,9 @@ def main():
     p.add_argument("--slow", type=float, default=0.0, help="seconds of sleep per train iteration")
     p.add_argument("--unused", choices=["error", "zero"], default=None)
     p.add_argument("--tee", default="0")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the train data")
+    p.add_argument("--stuck-rank", type=int, default=None, help="this rank sleeps 40 s in a forward at step 3")
+    p.add_argument("--collective-timeout", type=float, default=None)
     p.add_argument("--omp-num-threads", type=int, default=None)
     args = p.parse_args()
 
@@ -117,7 +128,7 @@ def main():
                     run_id=args.run_id, resume_from="auto", max_restarts=args.max_restarts, nnodes=args.nnodes,
                     node_rank=args.node_rank, master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint,
                     rdzv_backend="c10d" if args.rdzv_endpoint else "static", tee=args.tee,
-                    omp_num_threads=args.omp_num_threads)
+                    omp_num_threads=args.omp_num_threads, collective_timeout=args.collective_timeout)
     print(f"after run: pid {os.getpid()} rank {run_dir.rank} main {run_dir.is_main}", flush=True)
 
 

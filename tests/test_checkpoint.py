@@ -1,6 +1,7 @@
 """Checkpoints and exact resume (API.md B8): content, mid-epoch exactness, kills, preemption,
 safety, retention, best checkpoints, schedule checks, partial loading, source backup."""
 
+import os
 import random
 import signal
 import subprocess
@@ -369,6 +370,13 @@ def _wait_for(proc, marker, timeout=60):
     raise TimeoutError(f"no {marker} within {timeout} s")
 
 
+def _children(pid):
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
 def _final(out_dir, run_id):
     return torch.load(Path(out_dir) / f"{run_id}-final.pt", weights_only=True)
 
@@ -431,3 +439,58 @@ def test_preemption_saves_at_the_next_iteration_and_resumes_exactly(tmp_path, si
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert_identical(_final(tmp_path, "pre"), _final(tmp_path, "ref"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_process_group_with_dataloader_workers_checkpoints_and_exits_with_its_code(tmp_path, sig,
+                                                                                                     code):
+    # as SLURM and `timeout` send it: to every process of the group, the DataLoader workers included
+    ref = _start(tmp_path, "ref", 2, slow=0.0)
+    assert ref.wait(timeout=300) == 0
+    proc = subprocess.Popen([sys.executable, "-u", str(CHILD), str(tmp_path), "pre", "2", "--slow-save", "0.05"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(proc, "STARTED")
+        deadline = time.monotonic() + 30
+        while len(_children(proc.pid)) < 2:  # the DataLoader workers are up: they get the signal too
+            assert time.monotonic() < deadline, "no DataLoader workers"
+            time.sleep(0.02)
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, err
+    assert f"preempted by {signal.Signals(sig).name}: checkpoint saved to" in err
+    assert "__getitem__" not in err and "Traceback" not in err
+    resumed = _start(tmp_path, "pre", 2, slow=0.0)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert_identical(_final(tmp_path, "pre"), _final(tmp_path, "ref"))
+
+
+@pytest.mark.slow
+def test_a_second_sigint_during_a_save_leaves_every_checkpoint_intact_and_says_so(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-u", str(CHILD), str(tmp_path), "int2", "0", "--slow-write", "0.05"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(proc, "WRITE-START")
+        _wait_for(proc, "WRITE-START")  # the second checkpoint: the first is published
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # inside torch's zip writer, on old code
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "a second SIGINT" in err and "every published checkpoint is intact" in err, err
+    assert "PytorchStreamWriter" not in err and "zip" not in err.lower(), err
+    ckpts = sorted((tmp_path / "int2" / "ckpts").glob("ckpt-*"))
+    assert len(ckpts) >= 2 and not list((tmp_path / "int2" / "ckpts").glob(".*"))
+    for path in ckpts:  # every published checkpoint loads
+        ice.checkpoint.read_checkpoint(path)

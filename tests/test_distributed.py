@@ -191,3 +191,115 @@ def test_an_unused_branch_under_ddp(out, policy):
     else:
         assert proc.returncode != 0
         assert "got no gradient in optimizer step 1: unused.weight, unused.bias" in proc.stderr
+
+
+def _children(pid):
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _start_slow(out, run_id, *extra):
+    # a session of its own: a signal to the group reaches the launcher, the ranks and their DataLoader workers
+    return subprocess.Popen([sys.executable, str(CHILD), str(out), run_id, "--slow", "0.2", *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _first_checkpoint(out, run_id, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not list((out / run_id / "ckpts").glob("ckpt-*.pt")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.1)  # the first periodic checkpoint: training is under way
+
+
+def _preempted_and_resumed(out, run_id, proc, spawned):
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, stderr
+    assert "WorkerFailed" not in stderr and "__getitem__" not in stderr and "killed by signal" not in stderr
+    for rank in (0, 1):  # every rank reached a boundary and stopped there, rank 0 with the checkpoint
+        assert f"ice_ignite: rank {rank}: preempted by SIGTERM: " in stderr
+    assert "ice_ignite: rank 0: preempted by SIGTERM: checkpoint saved to" in stderr
+    assert "preempted by SIGTERM: the workers were asked to checkpoint at their next iteration boundary" in stderr
+    resumed = child(out, run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert max_diff(result(out, run_id), spawned[1]) == 0
+
+
+def test_sigterm_to_the_process_group_with_dataloader_workers_checkpoints_and_exits_143(out, spawned):
+    proc = _start_slow(out, "group-term", "--workers", 2)
+    _first_checkpoint(out, "group-term", proc)
+    deadline = time.monotonic() + 30
+    while not all(len(_children(rank)) >= 2 for rank in _children(proc.pid)):  # every rank's DataLoader workers
+        assert time.monotonic() < deadline, "no DataLoader workers"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)  # as SLURM and `timeout` send it
+    _preempted_and_resumed(out, "group-term", proc, spawned)
+
+
+def test_sigterm_to_one_worker_rank_checkpoints_every_rank_and_the_launcher_exits_143(out, spawned):
+    proc = _start_slow(out, "one-term")
+    _first_checkpoint(out, "one-term", proc)
+    ranks = _children(proc.pid)
+    assert len(ranks) == 2
+    os.kill(ranks[-1], signal.SIGTERM)
+    _preempted_and_resumed(out, "one-term", proc, spawned)
+
+
+def _processes_of(run_id):
+    """The pids of live processes whose command line names ``run_id`` (the launcher, its ranks and
+    their DataLoader workers all run distributed_child.py OUT RUN_ID ...)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if run_id.encode() in argv and str(CHILD).encode() in argv and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_no_worker_outlives_a_killed_launcher_nor_writes_without_the_run_lock(out):
+    from ice_ignite.rundir import RunLock
+
+    proc = _start_slow(out, "orphans", "--workers", 2)
+    try:
+        _first_checkpoint(out, "orphans", proc)
+        assert len(_processes_of("orphans")) >= 3
+        proc.kill()  # the launcher only: SIGKILL, no clean-up
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while _processes_of("orphans"):
+            assert time.monotonic() < deadline, f"orphaned workers still run: {_processes_of('orphans')}"
+            time.sleep(0.05)
+        lock = RunLock(out / "orphans" / "run.lock")
+        lock.acquire()  # the directory is free, and nothing writes there any more
+        before = sorted(p.name for p in (out / "orphans" / "ckpts").iterdir())
+        time.sleep(2)
+        assert sorted(p.name for p in (out / "orphans" / "ckpts").iterdir()) == before
+        lock.release()
+    finally:
+        for pid in _processes_of("orphans"):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_rank_stuck_in_user_code_ends_the_run_in_bounded_time_naming_it_with_its_stack_in_logs(out):
+    start = time.monotonic()
+    proc = child(out, "stuck", "--stuck-rank", 1, "--collective-timeout", 4, timeout=90)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0, proc.stderr
+    assert elapsed < 4 + 30, elapsed  # far from the 40 s the rank sleeps, let alone torch's 30 minutes
+    assert "CollectiveTimeout" in proc.stderr and "collective_timeout=4 s" in proc.stderr
+    assert re.search(r"rank 1 is stuck \(host \S+, pid \d+\) in node '(train/)?stuck' in task Task\(train=True",
+                     proc.stderr), proc.stderr
+    report = (out / "stuck" / "logs" / "hang-rank1.txt").read_text()
+    assert "rank 1 of 2" in report and "in node" in report and "stuck_forward" in report  # its Python stack
+    assert (out / "stuck" / "logs" / "hang-rank0.txt").exists()  # the waiting rank says where it waits

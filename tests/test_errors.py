@@ -522,6 +522,8 @@ CASES = {
                            "None (torchrun's default)"),
     "launch-monitor-interval": (lambda t: run_one(linear_graph(), t, monitor_interval=-1), ValueError, "got -1",
                                 "seconds > 0"),
+    "collective-timeout-value": (lambda t: run_one(linear_graph(), t, collective_timeout=-1), ValueError, "got -1",
+                                 "number of seconds > 0"),
     "launch-options-twice": (lambda t: run_one(linear_graph(), t, launch=ice.LaunchOptions(), tee="3"), TypeError,
                              "['tee']", "in one place"),
     # checkpoints

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from ice_ignite import parallel
 from ice_ignite.errors import GraphError
 from ice_ignite.nodes.node import Node, OutputCache, check_callable
+from ice_ignite.processes import WorkerInit, children_spawned
 from ice_ignite.nodes.sampling import SeededBatches, check_sampler, sampler_order
 from ice_ignite.seeding import derive_seed
 from ice_ignite.streams import is_resumable_stream
@@ -315,6 +316,8 @@ class DatasetNode(Node):
                       pin_memory=self.pin_memory and device.type == "cuda", **self.dataloader_kwargs)
         if self.prefetch_factor is not None:
             kwargs["prefetch_factor"] = self.prefetch_factor
+        if self.num_workers > 0:  # workers leave SIGTERM / SIGINT to this process, and die with it
+            kwargs["worker_init_fn"] = WorkerInit(kwargs.get("worker_init_fn"))
         if self.resumable_stream:
             from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -339,7 +342,8 @@ class DatasetNode(Node):
         if self.resumable_stream and resume is not None:
             self._loader.load_state_dict(resume["loader"])
             self._stream_state = None
-        iterator = iter(self._loader)
+        with children_spawned():  # a signal to the group cannot end a worker before it ignores it
+            iterator = iter(self._loader)
         if self.iterable and resume is None:  # a stream without a saved state: fetch and drop what was consumed
             for _ in range(self.position):
                 next(iterator)
@@ -365,6 +369,12 @@ class DatasetNode(Node):
         except StopIteration:
             batch = self._next_pass()
         except Exception as e:
+            if isinstance(e, RuntimeError) and "DataLoader worker" in str(e) and "exited unexpectedly" in str(e):
+                raise GraphError(
+                    f"DatasetNode {self.uid!r}: a DataLoader worker process died while loading batch {self.position} "
+                    f"of pass {self.pass_index} ({e}); it was killed (SIGKILL, the out-of-memory killer: see "
+                    "dmesg) or crashed in native code. Resume with run(..., resume_from='auto')"
+                ) from e
             raise GraphError(
                 f"DatasetNode {self.uid!r} could not load batch {self.position} of pass {self.pass_index} "
                 f"({type(e).__name__}: {e}); check the dataset's __getitem__, or pass a collate_fn for samples "
