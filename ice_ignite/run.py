@@ -88,6 +88,7 @@ class RunOptions:
     progress: bool = True
     hparams: dict | None = field(default=None)
     timing: bool = False
+    async_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
@@ -223,13 +224,15 @@ class RunSession:
             ctx.timer = NodeTimer(launcher.device) if options.timing else None
             ctx.save_best = self.checkpointer.save_best
             self._agreed = parallel.AgreedFlag() if launcher.world_size > 1 else None
-            self.checkpointer.open(self.rundir, options.n_saved, writer=launcher.rank == 0)
+            self.checkpointer.open(self.rundir, options.n_saved, writer=launcher.rank == 0,
+                                   async_default=options.async_checkpoints)
             if launcher.rank == 0:
                 self.board_logger = BoardLogger(ctx, options.log_every)
             if options.progress and launcher.local_rank == 0:
                 self.progress = Progress(sys.stderr)
             try:
                 yield
+                self.checkpointer.wait()  # a checkpoint still being written: its error is the run's
                 self.rundir.check_present()
                 if options.hparams is not None and self.board_logger is not None:
                     self.board_logger.write_hparams(options.hparams)
