@@ -267,8 +267,16 @@ class _Writeback:
         self.fd = file.fileno()
         self.started = 0  # bytes whose writeback was started
         self.written = 0
+        self.error: BaseException | None = None  # torch reports a failed write as "unexpected pos": the cause
 
     def write(self, data: Any) -> int:
+        try:
+            return self._write(data)
+        except BaseException as e:
+            self.error = e
+            raise
+
+    def _write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         for start in range(0, len(view), _CHUNK):
             piece = view[start:start + _CHUNK]
@@ -313,8 +321,12 @@ def write_checkpoint(state: dict, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="tmp", suffix=".pt", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            with _with_checksums():
-                torch.save(state, _Writeback(f))
+            writer = _Writeback(f)
+            try:
+                with _with_checksums():
+                    torch.save(state, writer)
+            except RuntimeError as e:
+                raise (writer.error if isinstance(writer.error, OSError) else e) from None
             f.flush()
             os.fsync(f.fileno())
         if path.exists():  # written meanwhile by someone else: never overwritten
