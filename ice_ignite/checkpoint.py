@@ -847,7 +847,6 @@ def _read_shards(path: Path, map_location: Any) -> dict:
     process group), nested as they were saved. The metadata is checked first
     (``read_dcp_metadata``): nothing is allocated before, nor more than the shard files hold."""
     meta = read_dcp_metadata(path)
-    verify_manifest(path)  # after the metadata is known safe, before any shard is read
     entries = meta.state_dict_metadata
     others = [fqn for fqn, entry in entries.items() if not isinstance(entry, dcp_metadata.TensorStorageMetadata)]
     if others:  # save_checkpoint writes tensors only there
@@ -856,6 +855,7 @@ def _read_shards(path: Path, map_location: Any) -> dict:
             f"tensors ({', '.join(others[:3])}), and loading them could run code; open only a checkpoint you trust "
             "with torch.distributed.checkpoint"
         )
+    verify_manifest(path)  # after the metadata is known safe, before any shard is read
     device = torch.device("cpu") if map_location is None else torch.device(map_location)
     flat = {fqn: torch.empty(entry.size, dtype=entry.properties.dtype, device=device) for fqn, entry in entries.items()}
     try:
