@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test docs bench bench-data bench-instructions install clean
+.PHONY: demo test docs bench bench-data bench-checkpoint bench-instructions install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(BENCH_STAMP)
 # The data-bound epoch alone (DatasetNode against a plain DataLoader loop), kept with the other results.
 bench-data: $(BENCH_STAMP)
 	$(PY) benchmarks/bench.py --data-bound-only
+
+# What a checkpoint costs (save_checkpoint, async too, against a hand-written torch.save), kept with the other results.
+bench-checkpoint: $(BENCH_STAMP)
+	$(PY) benchmarks/bench.py --checkpoint-only
 
 # Instructions per iteration under valgrind's callgrind (Debian's valgrind): slow, about 15 minutes.
 bench-instructions: $(BENCH_STAMP)

@@ -24,6 +24,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import checkpoint_cost  # noqa: E402
 import data_bound  # noqa: E402
 import variants  # noqa: E402
 
@@ -133,33 +134,6 @@ t4 = time.perf_counter()
 print(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 """
 
-CHECKPOINT = """
-import os, resource, sys, time, torch
-import ice_ignite as ice
-torch.set_num_threads(1)
-out = {out!r}
-# 50 M parameters: 6 layers of 2887 x 2887
-net = torch.nn.Sequential(*[torch.nn.Linear(2887, 2887, bias=False) for _ in range(6)])
-g = ice.HyperGraph()
-node = g.add("net", ice.ModuleNode(net, forward=lambda n, x: 0, optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1)))
-params = sum(p.numel() for p in net.parameters())
-weights_mb = params * 4 / 2**20
-def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-bare, ours = [], []
-before = peak_mb()
-for i in range(3):
-    t = time.perf_counter(); torch.save({{"net": node.state_dict()}}, f"{{out}}/bare{{i}}.pt"); bare.append(time.perf_counter() - t)
-    os.remove(f"{{out}}/bare{{i}}.pt")
-after_bare = peak_mb()
-for i in range(3):
-    t = time.perf_counter(); g.save_checkpoint(save_to=f"{{out}}/ours{{i}}.pt"); ours.append(time.perf_counter() - t)
-    os.remove(f"{{out}}/ours{{i}}.pt")
-after_ours = peak_mb()
-print(params, weights_mb, min(bare), min(ours), after_bare - before, after_ours - before)
-"""
-
-
 def fresh(code: str) -> list[float]:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return [float(v) for v in proc.stdout.split()[-6:]]
@@ -182,10 +156,10 @@ def startup() -> dict:
 
 
 def checkpoint() -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        params, weights_mb, bare, ours, extra_bare, extra_ours = fresh(CHECKPOINT.format(out=tmp))
-    return {"parameters": int(params), "weights_mb": weights_mb, "bare_save_s": bare, "save_checkpoint_s": ours,
-            "ratio": ours / bare, "extra_peak_mb_bare": extra_bare, "extra_peak_mb_ours": extra_ours}
+    """``checkpoint_cost.measure`` in a fresh process."""
+    proc = subprocess.run([sys.executable, str(HERE / "checkpoint_cost.py"), "--json"], capture_output=True, text=True,
+                          check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # -- report ------------------------------------------------------------------------------------------------
@@ -277,12 +251,7 @@ def report(results: dict) -> str:
               f"ice_ignite {mem['peak_mb']['ice_ignite']:.0f} MB (ratio {mem['ratio']:.3f}). RSS during an "
               f"ice_ignite run: {mem['rss_step_200_mb']:.1f} MB at step 200, {mem['rss_step_1999_mb']:.1f} MB at "
               "step 1999.", ""]
-    c = results["checkpoint"]
-    lines += ["## Checkpoint cost", "",
-              f"A {c['parameters'] / 1e6:.1f} M-parameter model ({c['weights_mb']:.0f} MB of weights): bare "
-              f"`torch.save` of the state dicts {c['bare_save_s']:.3f} s, `save_checkpoint` {c['save_checkpoint_s']:.3f} s "
-              f"(ratio {c['ratio']:.2f}). Peak memory above the model: {c['extra_peak_mb_bare']:.0f} MB for the "
-              f"bare save, {c['extra_peak_mb_ours']:.0f} MB for `save_checkpoint`.", ""]
+    lines += checkpoint_cost.render(results["checkpoint"])
     st = results["startup"]
     lines += ["## Start-up", "",
               f"Importing torch and ignite: {st['import_torch_ignite_s']:.2f} s. Beyond that: importing ice_ignite "
@@ -297,14 +266,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from results.json")
+    parser.add_argument("--checkpoint-only", action="store_true",
+                        help="measure the checkpoint cost only, keeping the other results of results.json")
     parser.add_argument("--data-bound-only", action="store_true",
                         help="measure the data-bound epoch only, keeping the other results of results.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.render_only or args.data_bound_only:
+    if args.render_only or args.data_bound_only or args.checkpoint_only:
         results = json.loads((HERE / "results.json").read_text())
         if args.data_bound_only:
             results["data_bound"] = data_bound.measure()
+        if args.checkpoint_only:
+            results["checkpoint"] = checkpoint()
     else:
         results = {"machine": machine(), "repeats": args.repeats, "speed": speed(args.repeats),
                    "machinery": machinery(5), "memory": memory(), "checkpoint": checkpoint(), "startup": startup(),
@@ -313,7 +286,7 @@ def main() -> None:
     if instructions.exists():
         results["instructions"] = json.loads(instructions.read_text())
     (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    if not args.data_bound_only:  # the chart shows the other results, unchanged
+    if not (args.data_bound_only or args.checkpoint_only):  # the chart shows the other results, unchanged
         chart(results, HERE / "results.png")
     text = report(results)
     (HERE / "RESULTS.md").write_text(text + "\n")

@@ -11,11 +11,15 @@ full tensors, so that everything that loads a checkpoint takes either.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import re
 import shutil
+import tempfile
 import warnings
+import zipfile
+import zlib
 from collections import Counter, OrderedDict
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -23,11 +27,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed.checkpoint as dcp
-from ignite.handlers import DiskSaver
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.filesystem import _StorageInfo  # DCP's storage record: no public name
+from torch.utils.serialization import config as serialization_config
 
 from ice_ignite import parallel
 from ice_ignite.errors import CheckpointError
@@ -37,12 +41,14 @@ __all__ = ["FORMAT", "STATE", "checkpoint_filename", "best_filename", "best_uid"
            "list_checkpoints", "prune_checkpoints", "remove_checkpoint", "remove_partial_writes", "partial_path",
            "publish_directory", "write_checkpoint", "write_sharded_checkpoint", "read_checkpoint",
            "SaveCheckpointTask", "LoadCheckpointTask", "latest_valid_checkpoint", "read_dcp_metadata", "dcp_load", "nest", "load_plain_file",
-           "describe", "check_loadable"]
+           "describe", "check_loadable", "fsync_directory", "verify_file", "CHECKSUMS"]
 
 #: the marker every ice_ignite checkpoint carries
 FORMAT = "ice_ignite.checkpoint.v1"
 #: the file of a checkpoint directory that holds everything but the sharded nodes' tensors
 STATE = "state.pt"
+#: the file of a checkpoint directory that lists the CRC-32 and size of every other file in it
+CHECKSUMS = "CHECKSUMS"
 _NAME = re.compile(r"^ckpt-(\d+)-E(\d+)S(\d+)\.(?:pt|dcp)$")
 _BEST = re.compile(r"^best-(\d+)-E(\d+)S(\d+)-(.+)=([^=]+)\.(?:pt|dcp)$")
 _PARTIAL = re.compile(r"^\..+\.partial$")
@@ -230,26 +236,209 @@ def check_loadable(state: Any, where: str = "") -> None:
         )
 
 
+#: bytes written between two starts of the kernel's writeback (see ``_Writeback``)
+_CHUNK = 8 << 20
+
+
+def fsync_directory(directory: "str | os.PathLike") -> None:
+    """Flush ``directory``'s entries (a file created or renamed in it) to disk, where the system
+    lets a directory be opened and synced (not on Windows, nor on file systems that refuse it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+class _Writeback:
+    """The file ``torch.save`` writes a checkpoint through: every ``_CHUNK`` bytes it asks the
+    kernel to start writing them to disk (``posix_fadvise(DONTNEED)`` starts the writeback of dirty
+    pages without waiting for it), so the ``fsync`` before the checkpoint is published waits for the
+    last chunk only instead of the whole file: the disk works while torch serialises."""
+
+    def __init__(self, file: Any):
+        self.file = file
+        self.fd = file.fileno()
+        self.started = 0  # bytes whose writeback was started
+        self.written = 0
+        self.error: BaseException | None = None  # torch reports a failed write as "unexpected pos": the cause
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._write(data)
+        except BaseException as e:
+            self.error = e
+            raise
+
+    def _write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), _CHUNK):
+            piece = view[start:start + _CHUNK]
+            self.file.write(piece)
+            self.written += len(piece)
+            if self.written - self.started >= _CHUNK and hasattr(os, "posix_fadvise"):
+                self.file.flush()
+                os.posix_fadvise(self.fd, self.started, self.written - self.started, os.POSIX_FADV_DONTNEED)
+                self.started = self.written
+        return len(view)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+@contextlib.contextmanager
+def _with_checksums() -> Iterator[None]:
+    """torch.save records a CRC-32 of every record of its zip archive (the default of
+    ``torch.utils.serialization.config.save.compute_crc32``): make sure it does for checkpoints."""
+    before = serialization_config.save.compute_crc32
+    serialization_config.save.compute_crc32 = True
+    try:
+        yield
+    finally:
+        serialization_config.save.compute_crc32 = before
+
+
 def write_checkpoint(state: dict, path: Path) -> None:
-    """Write ``state`` to ``path`` atomically (a temporary file, then a rename, by ignite's
-    ``DiskSaver(atomic=True)``): a crash leaves the old file set intact. Never overwrites."""
+    """Write ``state`` to ``path`` durably and atomically: ``torch.save`` into a temporary file of
+    the same directory (every record of the archive with its CRC-32, verified when it is read), the
+    file flushed to disk (``fsync``), renamed into place, and the directory flushed: a crash or a
+    power cut leaves either the old file set or the new file whole. Never overwrites.
+
+    Raises:
+        CheckpointError: ``path`` exists, or the write failed (nothing is left behind then).
+    """
     path = Path(path)
     if path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} exists; save to another path or delete it first")
-    before = set(path.parent.iterdir()) if path.parent.is_dir() else set()
+    tmp = None
     try:
-        saver = DiskSaver(str(path.parent), atomic=True, create_dir=True, require_empty=False)
-        saver(state, path.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="tmp", suffix=".pt", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            writer = _Writeback(f)
+            try:
+                with _with_checksums():
+                    torch.save(state, writer)
+            except RuntimeError as e:
+                raise (writer.error if isinstance(writer.error, OSError) else e) from None
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():  # written meanwhile by someone else: never overwritten
+            raise FileExistsError(errno.EEXIST, "the checkpoint exists", str(path))
+        os.replace(tmp, path)
+        tmp = None
+        fsync_directory(path.parent)
     except (OSError, RuntimeError) as e:
-        # DiskSaver deletes its temporary file after a failed write, unless closing that file fails
-        # too (a full disk fails the final flush), so remove what this write left behind. torch's zip
-        # writer reports some failed writes (a full disk at its first record) as a RuntimeError.
-        for stray in set(path.parent.iterdir()) - before:
-            if stray.name.startswith("tmp"):
-                stray.unlink(missing_ok=True)
         raise CheckpointError(
             f"writing checkpoint {str(path)!r} failed: {e}; the previous checkpoints are intact"
         ) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def verify_file(file: Path, source: Path) -> None:
+    """Check every record of checkpoint file ``file`` (a zip archive, as ``torch.save`` writes)
+    against the CRC-32 torch recorded for it when it was written: one flipped byte in a tensor is
+    found here, before anything is loaded. Files that are not zip archives, and records written
+    without a checksum (``compute_crc32=False``: a CRC of 0), are left to ``torch.load``.
+
+    Raises:
+        CheckpointError: naming the file (and ``source``, the checkpoint it belongs to) and the
+            record whose bytes do not match.
+    """
+    where = repr(str(source)) if file == source else f"{str(source)!r} (its {file.name})"
+    try:
+        archive = zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not an archive (or truncated before its directory): torch.load says what it is
+    with archive:
+        for info in archive.infolist():
+            if info.CRC == 0 or info.compress_type != zipfile.ZIP_STORED:
+                continue
+            try:
+                with archive.open(info) as member:
+                    while member.read(_CHUNK):
+                        pass
+            except zipfile.BadZipFile as e:
+                if "CRC" not in str(e):
+                    return  # a damaged structure: torch.load's message says more
+                raise CheckpointError(
+                    f"checkpoint {where} is corrupted: its record {info.filename!r} does not match the CRC-32 "
+                    "checksum written with it (its bytes changed on disk since it was saved); resume from another "
+                    "checkpoint (resume_from='auto' falls back to the newest one that verifies)") from None
+            except (OSError, EOFError, ValueError):
+                return
+
+
+def _file_checksum(file: Path) -> int:
+    crc = 0
+    with open(file, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def write_manifest(directory: Path) -> None:
+    """Record the CRC-32 and size of every file of checkpoint directory ``directory`` in its
+    ``CHECKSUMS`` (``<crc32 hex> <size> <name>`` lines), with every file and the directory
+    flushed to disk."""
+    lines = []
+    for file in sorted(directory.iterdir()):
+        if file.name == CHECKSUMS or not file.is_file():
+            continue
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        lines.append(f"{_file_checksum(file):08x} {file.stat().st_size} {file.name}\n")
+    with open(directory / CHECKSUMS, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_directory(directory)
+
+
+def verify_manifest(directory: Path) -> None:
+    """Check every file listed in checkpoint directory ``directory``'s ``CHECKSUMS`` (present,
+    same size, same CRC-32). Directories written before checksums existed have none: a warning.
+
+    Raises:
+        CheckpointError: naming the directory and the file that is missing or differs.
+    """
+    manifest = directory / CHECKSUMS
+    if not manifest.is_file():
+        warnings.warn(f"checkpoint directory {str(directory)!r} has no {CHECKSUMS} (written before ice_ignite "
+                      "recorded checksums): its files are not verified", stacklevel=4)
+        return
+    try:
+        entries = [line.split(" ", 2) for line in manifest.read_text(encoding="utf-8").splitlines() if line]
+        expected = {name: (int(crc, 16), int(size)) for crc, size, name in entries}
+    except ValueError:
+        raise CheckpointError(f"checkpoint directory {str(directory)!r} is corrupted: its {CHECKSUMS} is not a list of "
+                              "checksums; resume from another checkpoint (resume_from='auto' falls back to the newest "
+                              "one that verifies)") from None
+    for name, (crc, size) in expected.items():
+        file = directory / name
+        problem = None
+        if name != Path(name).name or not file.is_file() or file.is_symlink():
+            problem = "is missing"
+        elif file.stat().st_size != size:
+            problem = f"has {file.stat().st_size} bytes, not the {size} it was written with"
+        elif _file_checksum(file) != crc:
+            problem = "does not match the CRC-32 checksum written with it (its bytes changed on disk since it was saved)"
+        if problem:
+            raise CheckpointError(f"checkpoint directory {str(directory)!r} is corrupted: its file {name!r} {problem}; "
+                                  "resume from another checkpoint (resume_from='auto' falls back to the newest one that "
+                                  "verifies)")
 
 
 @contextlib.contextmanager
@@ -282,8 +471,10 @@ def publish_directory(path: "str | os.PathLike", write: Callable[[Path], None], 
             partial.mkdir(parents=True)
 
     def publish(partial: Path) -> None:
-        if first:
+        if first:  # every file checksummed and flushed, then the rename, then the rename flushed
+            write_manifest(partial)
             os.replace(partial, final)
+            fsync_directory(final.parent)
 
     for step in (prepare, write, publish):  # every process agrees on each step's outcome before the next
         error: BaseException | None = None
@@ -625,6 +816,7 @@ def load_plain_file(file: Path, source: Path, map_location: Any = "cpu") -> Any:
     """``torch.load(weights_only=True)`` of ``file``, a checkpoint file or a file of checkpoint
     directory ``source``; errors name both."""
     where = repr(str(source)) if file == source else f"{str(source)!r} (its {file.name})"
+    verify_file(file, source)
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -663,6 +855,7 @@ def _read_shards(path: Path, map_location: Any) -> dict:
             f"tensors ({', '.join(others[:3])}), and loading them could run code; open only a checkpoint you trust "
             "with torch.distributed.checkpoint"
         )
+    verify_manifest(path)  # after the metadata is known safe, before any shard is read
     device = torch.device("cpu") if map_location is None else torch.device(map_location)
     flat = {fqn: torch.empty(entry.size, dtype=entry.properties.dtype, device=device) for fqn, entry in entries.items()}
     try:
@@ -687,6 +880,7 @@ def _read_directory(path: Path, map_location: Any) -> dict:
     state = _load_state_file(path / STATE, map_location, path)
     uids = state.pop("sharded_nodes", [])
     if not uids:
+        verify_manifest(path)
         return state
     tensors = _read_shards(path, map_location)
     for uid in uids:

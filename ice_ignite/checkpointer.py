@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from ice_ignite import preemption
+import torch
+
 from ice_ignite import parallel
 from ice_ignite.checkpoint import (
     FORMAT,
@@ -39,7 +42,7 @@ from ice_ignite.tags import DEFAULT_TAG
 from ice_ignite.task import Task
 from ice_ignite.transfer import LoadSpec, check_optimizer_kinds, has_state, load_node_states
 
-__all__ = ["Checkpointer", "Resume"]
+__all__ = ["Checkpointer", "Resume", "PendingWrite", "cpu_copy"]
 
 logger = logging.getLogger("ice_ignite")
 
@@ -55,6 +58,64 @@ class Resume:
         self.entry = entry
         self.task = task
         self.reload_epoch = reload_epoch
+
+
+def cpu_copy(tree: Any, reuse: dict | None = None, memo: dict | None = None, key: str = "") -> Any:
+    """``tree`` (a checkpoint's state) with every tensor copied to the CPU and every container
+    rebuilt, so that training may change the originals while the copy is written. Tensors that are
+    one object stay one object. ``reuse`` maps key paths to the tensors of an earlier copy whose
+    write finished: copied into when shape and dtype match (no new memory to fault in); updated."""
+    memo = {} if memo is None else memo
+    if isinstance(tree, torch.Tensor):
+        if id(tree) in memo:
+            return memo[id(tree)]
+        source = tree.detach()
+        old = reuse.get(key) if reuse is not None else None
+        if old is not None and old.shape == source.shape and old.dtype == source.dtype and source.layout == torch.strided \
+                and not source.is_sparse:
+            copy = old.copy_(source)
+        else:
+            copy = source.to("cpu", copy=True)
+        if reuse is not None:
+            reuse[key] = copy
+        memo[id(tree)] = copy
+        return copy
+    if isinstance(tree, dict):
+        out = type(tree)((k, cpu_copy(v, reuse, memo, f"{key}/{k!r}")) for k, v in tree.items())
+        if hasattr(tree, "_metadata"):  # a module's state_dict: its version metadata
+            out._metadata = tree._metadata
+        return out
+    if isinstance(tree, (list, tuple, set)):
+        items = [cpu_copy(v, reuse, memo, f"{key}/{i}") for i, v in enumerate(tree)]
+        return type(tree)(items) if not hasattr(tree, "_fields") else type(tree)(*items)
+    return tree
+
+
+class PendingWrite:
+    """A checkpoint being written by a background thread (``save_checkpoint(async_=True)``)."""
+
+    def __init__(self, path: Path, job: Callable[[], None]):
+        self.path = path
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(job,), name=f"ice_ignite checkpoint {path.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # raised in the training thread by wait()
+            self.error = e
+
+    def wait(self) -> None:
+        """Wait for the write; raise its error."""
+        self._thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            if isinstance(error, CheckpointError):
+                raise CheckpointError(f"{error} (an asynchronous checkpoint write)") from error.__cause__
+            raise CheckpointError(f"writing checkpoint {str(self.path)!r} in the background failed "
+                                  f"({type(error).__name__}: {error}); the previous checkpoints are intact") from error
 
 
 class Checkpointer:
@@ -76,20 +137,39 @@ class Checkpointer:
         self.seq = 0
         self.n_saved: int | None = None
         self.rundir: RunDir | None = None
+        #: whether saves write in the background unless told otherwise (``run(async_checkpoints=...)``)
+        self.async_default = False
+        self._pending: PendingWrite | None = None
+        self._buffers: dict[str, torch.Tensor] = {}  # the CPU copies of the last asynchronous save, reused
         #: the entries of the schedule that ran last (their tasks' engines are checkpointed)
         self.entries: list[ScheduleEntry] = []
 
-    def open(self, rundir: RunDir, n_saved: int | None, writer: bool) -> None:
+    def open(self, rundir: RunDir, n_saved: int | None, writer: bool, async_default: bool = False) -> None:
         """Start a run in ``rundir``; the ``writer`` process clears partial writes of a killed run."""
         self.rundir = rundir
         self.n_saved = n_saved
+        self.async_default = async_default
         if writer:
             remove_partial_writes(rundir.ckpts)
         self.seq = parallel.broadcast_object(next_sequence(rundir.ckpts) if writer else None)
 
+    def wait(self) -> None:
+        """Wait for a checkpoint being written in the background; raise its error (a
+        ``CheckpointError`` naming the file)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.wait()
+
     def close(self) -> None:
-        """End the run: no run directory to write to."""
+        """End the run: a pending write waited for (its error logged: ``wait`` raises it where
+        the run ends normally), and no run directory to write to."""
+        try:
+            self.wait()
+        except CheckpointError as e:
+            logger.error("%s", e)
         self.rundir = None
+        self.async_default = False
+        self._buffers = {}
 
     def map_location(self) -> Any:
         """Where loaded tensors go: this process's device."""
@@ -155,20 +235,33 @@ class Checkpointer:
         """The ModuleNodes of ``tags`` that are FSDP-sharded now: a checkpoint of them is a directory."""
         return [uid for uid, node in self.nodes(*tags).items() if self._is_sharded(node)]
 
-    def save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...]) -> Path | None:
+    def save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...], async_: bool | None = None,
+             after: Callable[[], None] | None = None) -> Path | None:
         """Collect the state (on every rank) and write it: a file by global rank 0, or, when FSDP
         sharded ModuleNodes are among ``tags``, a directory every rank writes its shards to (their
-        tensors are not gathered). Returns the path (None on other ranks)."""
-        with preemption.saving():  # a second SIGINT waits for the write to complete
-            return self._save(save_to, tags)
+        tensors are not gathered). Returns the path (None on other ranks).
 
-    def _save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...]) -> Path | None:
+        The board is flushed to disk first and its event files' sizes recorded (a resume cuts it
+        back there). With ``async_`` (None: the run's ``async_checkpoints``), a file checkpoint is
+        written by a background thread from a CPU copy of the state taken now, published, pruned
+        and followed by ``after`` there; the next save, and the end of the run, wait for it and
+        raise its error. A pending write is waited for first in any case. A second SIGINT during
+        a synchronous write waits for it to complete."""
+        with preemption.saving():
+            return self._save(save_to, tags, async_, after)
+
+    def _save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...], async_: bool | None,
+              after: Callable[[], None] | None) -> Path | None:
         if save_to is None and self.rundir is None:
             raise CheckpointError(
                 "save_checkpoint needs a run directory: call it during HyperGraph.run, or pass save_to=path"
             )
+        self.wait()
         sharded = self._sharded_uids(tags)
         state = self.state_dict(tags, full=not sharded)
+        board = self.context.flush_board()  # everything logged before the checkpoint is on disk before it
+        if board is not None:
+            state["board"] = board
         self.seq += 1
         if save_to is None:
             counters = self.context.counters
@@ -176,15 +269,34 @@ class Checkpointer:
                                                            sharded=bool(sharded))
         else:
             path = Path(save_to)
-        if sharded:
+        if sharded:  # DCP writes collectively: always now (see docs/checkpoints.md)
             write_sharded_checkpoint(state, sharded, path)
         if self.context.rank != 0:
             return None
-        if not sharded:
-            write_checkpoint(state, path)
-        logger.info("saved checkpoint %s", path)
-        if save_to is None and self.n_saved is not None:
-            prune_checkpoints(self.rundir.ckpts, self.n_saved)
+        prune = save_to is None and self.n_saved is not None
+        ckpts, n_saved = (self.rundir.ckpts, self.n_saved) if prune else (None, None)
+
+        def finish() -> None:
+            logger.info("saved checkpoint %s", path)
+            if prune:
+                prune_checkpoints(ckpts, n_saved)
+            if after is not None:
+                after()
+
+        if sharded or not (self.async_default if async_ is None else async_):
+            if not sharded:
+                write_checkpoint(state, path)
+            finish()
+            return path
+        if path.exists():  # said now, as a synchronous save would
+            raise CheckpointError(f"checkpoint {str(path)!r} exists; save to another path or delete it first")
+        snapshot = cpu_copy(state, self._buffers)
+
+        def job() -> None:
+            write_checkpoint(snapshot, path)
+            finish()
+
+        self._pending = PendingWrite(path, job)
         return path
 
     def save_best(self, node: Any, value: float, higher_better: bool, max_keep: int) -> Path | None:
@@ -207,15 +319,17 @@ class Checkpointer:
         records.append((value, name))
         records.sort(key=lambda r: -r[0] if higher_better else r[0])
         del records[max_keep:]
-        path = self.save(self.rundir.ckpts / name, (DEFAULT_TAG,))
-        if path is not None:  # rank 0: the files on disk follow the records (also after a resume)
-            keep = {f for _, f in records}
-            # files named by an older ice_ignite say the node's name only: pruned when no other node has it
-            alone = [n.name for n in self.nodes(DEFAULT_TAG).values()].count(node.name) == 1
-            for old in best_files(self.rundir.ckpts, node.uid, legacy=alone):
+        keep = {f for _, f in records}
+        # files named by an older ice_ignite say the node's name only: pruned when no other node has it
+        alone = [n.name for n in self.nodes(DEFAULT_TAG).values()].count(node.name) == 1
+        ckpts, uid = self.rundir.ckpts, node.uid
+
+        def prune() -> None:  # rank 0, once the new file is published: the files on disk follow the records
+            for old in best_files(ckpts, uid, legacy=alone):
                 if old.name not in keep:
                     remove_checkpoint(old)
-        return path
+
+        return self.save(self.rundir.ckpts / name, (DEFAULT_TAG,), after=prune)
 
     # -- loading ----------------------------------------------------------------------------
     def load_nodes(self, state: dict, tags: tuple[str, ...], strict: bool, source: str,
@@ -253,6 +367,7 @@ class Checkpointer:
                     if changes.grad_factor != 1.0:  # a lenient resume with another gradient accumulation
                         param.grad.mul_(changes.grad_factor)
         self.seq = max(self.seq, state["seq"] + 1)
+        self._rewind_board(state, source)
         logger.info("resuming from %s", source)
         if point is None:
             return Resume(0, None, None)
@@ -276,6 +391,21 @@ class Checkpointer:
             return point
         self._check_schedule(source, state["schedule"], [e.description for e in entries], strict, force=True)
         return None
+
+    def _rewind_board(self, state: dict, source: str) -> None:
+        """Cut the board back to where the checkpoint recorded it — when the checkpoint is one of
+        this run directory's (a checkpoint of another run recorded another board)."""
+        record = state.get("board")
+        if record is None or self.rundir is None:
+            return
+        try:
+            ours = Path(source).resolve().parent == self.rundir.ckpts.resolve()
+        except OSError:
+            ours = False
+        if ours:
+            changed = self.context.rewind_board(record)
+            if changed:
+                logger.info("board rewound to checkpoint %s: %s", Path(source).name, "; ".join(changed))
 
     def _resize(self, state: dict, source: str, entries: list[ScheduleEntry], strict: bool) -> dict:
         """``state`` adapted to this run's number of processes (``resize.adapt_state``)."""

@@ -9,7 +9,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from ice_ignite.board import NullWriter
+from ice_ignite.board import BoardWriter, NullWriter, board_files, rewind_board
 from ice_ignite.counters import GlobalCounters
 from ice_ignite.launcher import Launcher
 from ice_ignite.precision import Precision
@@ -69,10 +69,27 @@ class RunContext:
         """A tensorboardX SummaryWriter into the run's ``logs/`` on global rank 0 (created at its
         first use), else a NullWriter."""
         if self._board_dir is not None and isinstance(self._board, NullWriter):
-            from tensorboardX import SummaryWriter
-
-            self._board = SummaryWriter(logdir=self._board_dir)
+            self._board = BoardWriter(logdir=self._board_dir)
         return self._board
+
+    def flush_board(self) -> dict[str, int] | None:
+        """Put everything logged to the board so far on disk; returns the event files and their
+        sizes (what a checkpoint records), None where this process has no board."""
+        if self._board_dir is None:
+            return None
+        if not isinstance(self._board, NullWriter):
+            self._board.flush()
+        return board_files(self._board_dir)
+
+    def rewind_board(self, record: dict[str, int]) -> list[str]:
+        """Cut the board back to what a checkpoint recorded (``board.rewind_board``), closing the
+        writer first (the next use opens a new event file after the others)."""
+        if self._board_dir is None:
+            return []
+        if not isinstance(self._board, NullWriter):
+            self._board.close()
+            self._board = NullWriter()
+        return rewind_board(self._board_dir, record)
 
     def open_board(self, logdir: str | None) -> None:
         """Write the board into ``logdir`` from now on (None: nowhere)."""

@@ -304,6 +304,7 @@ class HyperGraph(NodeRegistry):
             rdzv_backend: str = "static", max_restarts: int = 0, start_method: str = "spawn",
             launcher: Launcher | None = None, *, strict_resume: bool = True, n_saved: int | None = None,
             log_every: int = 50, progress: bool = True, hparams: dict | None = None, timing: bool = False,
+            async_checkpoints: bool = False,
             rdzv_configs: "dict | str | None" = None, standalone: bool = False, monitor_interval: float = 0.1,
             redirects: "str | int" = "0", tee: "str | int" = "0", omp_num_threads: int | None = None,
             launch: LaunchOptions | None = None, collective_timeout: "float | datetime.timedelta | None" = None
@@ -346,6 +347,10 @@ class HyperGraph(NodeRegistry):
             hparams: hyper-parameters to record with the final metrics (TensorBoard's HParams).
             timing: time every node's forward, backward and update per task, and write
                 ``timing.csv`` and ``timing.png`` into the run directory.
+            async_checkpoints: checkpoints (``save_checkpoint``, ``SaveCheckpointTask``,
+                ``save_best``, preemption) are written in the background from a CPU copy taken at
+                the call; the next save and the end of the run wait for a pending write and raise
+                its error.
             rdzv_configs: torchrun's ``--rdzv-conf``, a dict or ``'k=v,...'``.
             standalone: torchrun's ``--standalone``.
             monitor_interval: torchrun's ``--monitor-interval``, in seconds.
@@ -389,7 +394,8 @@ class HyperGraph(NodeRegistry):
                             "launch options in one place: the keywords, or launch=ice.LaunchOptions(...)")
         options = RunOptions(run_id=run_id, out_dir=out_dir, resume_from=resume_from, seed=seed,
                              strict_resume=strict_resume, n_saved=n_saved, log_every=log_every, progress=progress,
-                             hparams=hparams, timing=timing, collective_timeout=collective_timeout)
+                             hparams=hparams, timing=timing, collective_timeout=collective_timeout,
+                             async_checkpoints=async_checkpoints)
         joined = worker = False
         if launcher is None and in_worker():
             launcher, joined = join(devices, launch.dist_backend, collective_timeout)
@@ -401,7 +407,7 @@ class HyperGraph(NodeRegistry):
                     self.run(tasks, devices=devices, launch=launch, run_id=agreed_id, out_dir=out_dir,
                              resume_from=resume_from, seed=seed, strict_resume=strict_resume, n_saved=n_saved,
                              log_every=log_every, progress=progress, hparams=hparams, timing=timing,
-                             collective_timeout=collective_timeout)
+                             collective_timeout=collective_timeout, async_checkpoints=async_checkpoints)
 
                 return spawn_workers(worker, len(device_list), launch, options)
             launcher = Launcher(device=device_list[0])
@@ -453,18 +459,28 @@ class HyperGraph(NodeRegistry):
         self._pending = (state, chosen)
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def save_checkpoint(self, save_to: "str | os.PathLike | None" = None, tags: "str | Iterable[str]" = DEFAULT_TAG
-                        ) -> Path | None:
+    def save_checkpoint(self, save_to: "str | os.PathLike | None" = None, tags: "str | Iterable[str]" = DEFAULT_TAG,
+                        *, async_: bool | None = None) -> Path | None:
         """Write a checkpoint of the run: node states (of ``tags``; ``"*"``: every node), counters,
         RNG streams, GradScaler, the schedule position, task engines and the stateful handlers
         attached to them. Call it on every rank; global rank 0 writes. With FSDP-sharded
         ModuleNodes the checkpoint is a ``.dcp`` directory in which every rank writes its own shards.
         Returns the file (or directory) written (None on other ranks).
 
+        Everything logged to the board so far is on disk before the checkpoint is. With
+        ``async_=True`` (None: the run's ``async_checkpoints``) a checkpoint file is written in the
+        background from a CPU copy of the state taken now, atomically, with the same pruning; the
+        path is returned at once. The next save and the end of the run wait for it and raise its
+        error. Graphs with FSDP-sharded ModuleNodes always write now.
+
         Raises:
-            CheckpointError: no run directory and no ``save_to``, or ``save_to`` exists.
+            CheckpointError: no run directory and no ``save_to``, or ``save_to`` exists; the write
+                failed (here, or for an asynchronous one at the next save or the run's end).
         """
-        return self._checkpointer.save(save_to, normalize_tags(tags, what="save_checkpoint tags"))
+        if async_ is not None and not isinstance(async_, bool):
+            raise TypeError(f"save_checkpoint async_ must be True, False or None (the run's async_checkpoints), "
+                            f"got {async_!r}")
+        return self._checkpointer.save(save_to, normalize_tags(tags, what="save_checkpoint tags"), async_=async_)
 
     def load_checkpoint(self, resume_from: "str | os.PathLike", strict: bool = False,
                         tags: "str | Iterable[str]" = DEFAULT_TAG, *, nodes: "str | Iterable[str] | None" = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -43,13 +44,41 @@ class _TqdmStdout:
         return getattr(self.stream, name)
 
 
+class _RunLogFile(logging.FileHandler):
+    """``logs/run.log``: a write that fails (a full disk, the file-size limit) is one warning naming
+    the file, after which the file is left alone; training goes on and the console still logs."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not self.failed:
+            self.failed = True
+            warnings.warn(f"the run's log file {self.baseFilename!r} cannot be written ({type(error).__name__}: "
+                          f"{error}); it gets no more records in this run, training goes on. Free disk space (or raise "
+                          "the file-size limit)", stacklevel=2)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except (OSError, MemoryError) as e:  # the buffered tail fails again
+            if not self.failed:
+                self.failed = True
+                warnings.warn(f"the run's log file {self.baseFilename!r} cannot be written ({type(e).__name__}: {e}); "
+                              "its last records are lost", stacklevel=2)
+
+
 @contextlib.contextmanager
 def run_logging(log_dir: Path, rank: int, bars: bool) -> Iterator[None]:
     """Log ``ice_ignite`` and ``ignite`` records of this rank to a file in ``log_dir``; on rank 0
     also to the console (unless the application configured logging itself); with ``bars``,
     route ``print`` above the progress bars."""
     name = "run.log" if rank == 0 else f"run.rank{rank}.log"
-    file_handler = logging.FileHandler(log_dir / name, encoding="utf-8")
+    file_handler = _RunLogFile(log_dir / name, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(_FORMAT))
     file_handler.setLevel(logging.INFO)
     ours, theirs = logging.getLogger("ice_ignite"), logging.getLogger("ignite")

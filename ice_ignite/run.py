@@ -93,6 +93,7 @@ class RunOptions:
     hparams: dict | None = field(default=None)
     timing: bool = False
     collective_timeout: Any = None
+    async_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
@@ -247,13 +248,15 @@ class RunSession:
                 self._agreed = parallel.AgreedFlag(datetime.timedelta(seconds=timeout))
             else:
                 self._agreed = None
-            self.checkpointer.open(self.rundir, options.n_saved, writer=launcher.rank == 0)
+            self.checkpointer.open(self.rundir, options.n_saved, writer=launcher.rank == 0,
+                                   async_default=options.async_checkpoints)
             if launcher.rank == 0:
                 self.board_logger = BoardLogger(ctx, options.log_every)
             if options.progress and launcher.local_rank == 0:
                 self.progress = Progress(sys.stderr)
             try:
                 yield
+                self.checkpointer.wait()  # a checkpoint still being written: its error is the run's
                 self.rundir.check_present()
                 if options.hparams is not None and self.board_logger is not None:
                     self.board_logger.write_hparams(options.hparams)

@@ -7,16 +7,23 @@ import datetime
 import logging
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["RunDir", "RunLock", "prepare_run_dir", "check_run_id", "CKPT_GLOB", "BEST_GLOB", "DEFAULT_OUT_DIR", "LOCK_NAME"]
+__all__ = ["RunDir", "RunLock", "prepare_run_dir", "check_run_id", "check_run_path", "CKPT_GLOB", "BEST_GLOB", "DEFAULT_OUT_DIR", "LOCK_NAME"]
 
 CKPT_GLOB = "ckpt-*"  # files (.pt) and sharded directories (.dcp)
 BEST_GLOB = "best-*"  # the best checkpoints of MetricNodes: whole checkpoints too
 DEFAULT_OUT_DIR = "runs"
 LOCK_NAME = "run.lock"
 NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
+PATH_MAX = 4096  # bytes in a path given to the system on Linux
+#: torchelastic names the workers' log directory ``logs/workers/<run_id>_<8 random characters>``
+WORKER_LOG_SUFFIX = 9
+#: the longest path below a run directory the run writes: a file name of NAME_MAX bytes in ``ckpts/``
+#: (best checkpoints carry a node uid) or the workers' logs, ``logs/workers/<run id>_.../attempt_<n>/<rank>/stderr.log``
+RESERVED = len("/ckpts/") + NAME_MAX
 
 logger = logging.getLogger("ice_ignite")
 
@@ -58,10 +65,47 @@ def check_run_id(run_id: object) -> None:
     if not run_id or "/" in run_id or "\0" in run_id or run_id in (".", ".."):
         raise ValueError(f"run_id must be a non-empty name without '/' or NUL characters, and not '.' or '..', "
                          f"got {run_id!r}; pass a plain name such as 'exp1'")
-    size = len(os.fsencode(run_id))
+    try:
+        size = len(os.fsencode(run_id))
+    except UnicodeEncodeError as e:
+        raise ValueError(f"run_id {run_id!r} cannot be a file name here: its character {run_id[e.start]!r} (position "
+                         f"{e.start}) is not encodable in the file system encoding {sys.getfilesystemencoding()!r}; "
+                         "pass a run_id of encodable characters") from None
     if size > NAME_MAX:
         raise ValueError(f"run_id {run_id[:40]!r}... is {size} bytes long; a directory name has at most {NAME_MAX} "
                          "bytes: pass a shorter run_id")
+    if size > NAME_MAX - WORKER_LOG_SUFFIX:
+        raise ValueError(f"run_id {run_id[:40]!r}... is {size} bytes long; the workers' log directory "
+                         f"logs/workers/<run_id>_XXXXXXXX of a run with several processes (a resume with more "
+                         f"included) would be longer than a file name may be ({NAME_MAX} bytes): pass a shorter "
+                         f"run_id, at most {NAME_MAX - WORKER_LOG_SUFFIX} bytes")
+
+
+def check_run_path(out_dir: "str | os.PathLike", run_id: str | None) -> None:
+    """Raise unless the run directory ``out_dir/run_id`` can hold what a run writes: its path
+    encodable in the file system encoding, and short enough that the longest path below it (a file
+    name of 255 bytes in ``ckpts/``) stays within the system's limit on a path (4096 bytes on
+    Linux). Checked when ``run`` starts, not when a write fails in the middle of training.
+
+    Raises:
+        ValueError: naming ``out_dir`` (or ``run_id``) and saying what to pass instead.
+    """
+    text = os.fspath(out_dir)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as e:
+        raise ValueError(f"out_dir {text!r} cannot be a path here: its character {text[e.start]!r} (position "
+                         f"{e.start}) is not encodable in the file system encoding {sys.getfilesystemencoding()!r}; "
+                         "pass an out_dir of encodable characters") from None
+    root = os.path.join(os.path.abspath(text), run_id if run_id is not None else "YYYYmmdd-HHMMSS-NN")
+    size = len(os.fsencode(root))
+    if size + RESERVED >= PATH_MAX:
+        raise ValueError(f"the run directory {root[:60]!r}... is {size} bytes long: the files a run writes below it "
+                         f"(up to {RESERVED} bytes more, a checkpoint name in ckpts/) would pass the system's limit of "
+                         f"{PATH_MAX} bytes on a path, and the run would fail after training started. Pass a shorter "
+                         f"out_dir (or run_id): at most {PATH_MAX - RESERVED - 1} bytes for both, as an absolute path")
 
 
 class RunLock:
@@ -241,6 +285,8 @@ def prepare_run_dir(out_dir: "str | os.PathLike | None", run_id: str | None, res
         out_dir = DEFAULT_OUT_DIR
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"out_dir must be a path, got {type(out_dir).__name__} {out_dir!r}")
+    check_run_id(run_id)
+    check_run_path(out_dir, run_id)
     base = Path(out_dir)
     if base.exists() and not base.is_dir():
         raise NotADirectoryError(f"out_dir {str(base)!r} is a file; pass a directory (it is created if missing)")

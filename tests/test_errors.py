@@ -1,6 +1,7 @@
 """Every bad input a user can make gets a clear error: the right type, a message that names the
 culprit and says what to do. docs/errors.md lists the same cases (checked at the end)."""
 
+import os
 import pickle
 import re
 import subprocess
@@ -58,6 +59,31 @@ def truncated(tmp):
     bad = tmp / "truncated.pt"
     bad.write_bytes(path.read_bytes()[:200])
     return bad
+
+
+def flipped(tmp):
+    """A checkpoint with one byte of its weights flipped on disk."""
+    from test_durability import flip_byte_in_tensor_data
+
+    _, path = saved_checkpoint(tmp)
+    flip_byte_in_tensor_data(path)
+    return path
+
+
+def deep_out_dir(tmp):
+    """An out_dir of 4060 bytes: the run directory fits below PATH_MAX (4096), its files do not."""
+    out = tmp
+    while len(os.fsencode(str(out))) < 4060 - 201:
+        out = out / ("d" * 200)
+    return out / ("e" * (4060 - len(os.fsencode(str(out))) - 1))
+
+
+def async_failure(tmp):
+    (tmp / "blocked").write_text("a file where a directory should be")
+    run_one(linear_graph(), tmp, async_checkpoints=True)  # a run whose last checkpoint fails in the background
+    g = linear_graph()
+    return g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(tmp / "blocked" / "x.pt")],
+                 devices="cpu", out_dir=tmp, run_id="async", async_checkpoints=True)
 
 
 def foreign(tmp):
@@ -503,6 +529,14 @@ CASES = {
                     "pass a plain name"),
     "run-id-too-long": (lambda t: run_one(linear_graph(), t, run_id="x" * 300), ValueError, "300 bytes",
                         "pass a shorter run_id"),
+    "run-id-too-long-for-workers": (lambda t: run_one(linear_graph(), t, run_id="x" * 250), ValueError,
+                                    "250 bytes", "at most 246 bytes"),
+    "run-id-not-encodable": (lambda t: run_one(linear_graph(), t, run_id="a\ud800b"), ValueError, "run_id 'a\\ud800b'",
+                             "pass a run_id of encodable characters"),
+    "out-dir-not-encodable": (lambda t: run_one(linear_graph(), t / "\ud800"), ValueError, "out_dir",
+                              "pass an out_dir of encodable characters"),
+    "run-dir-path-too-long": (lambda t: run_one(linear_graph(), deep_out_dir(t)), ValueError, "bytes long: the files a run writes below it",
+                              "Pass a shorter out_dir"),
     "run-dir-locked": (lambda t: linear_graph().run([lambda: run_one(linear_graph(), t, run_id="busy")],
                                                     devices="cpu", out_dir=t, run_id="busy"), RuntimeError,
                        "busy' is in use by another run (host", "pass another run_id"),
@@ -537,6 +571,9 @@ CASES = {
                       "sock.pt' is a socket", "Pass the path of a checkpoint file"),
     "resume-corrupt-file": (lambda t: run_one(linear_graph(), t, resume_from=truncated(t)), CheckpointError,
                             "truncated.pt", "truncated or corrupted"),
+    "resume-checksum-mismatch": (lambda t: run_one(linear_graph(), t, resume_from=flipped(t)), CheckpointError,
+                                 "ckpt-000000-E1S5.pt", "does not match the CRC-32 checksum"),
+    "save-async-failed": (async_failure, CheckpointError, "blocked/x.pt", "an asynchronous checkpoint write"),
     "resume-foreign-file": (lambda t: run_one(linear_graph(), t, resume_from=foreign(t)), CheckpointError,
                             "foreign.pt", "pass a file written by save_checkpoint"),
     "resume-malicious-file": (lambda t: run_one(linear_graph(), t, resume_from=malicious(t)), CheckpointError,

@@ -36,7 +36,7 @@ from test_checkpoint import assert_identical
 CHILD = Path(__file__).with_name("sharded_run_child.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(CHILD)]
 TIMEOUT = 240  # one launch takes 10-40 s on a loaded 2-core machine
-SHARDS = [".metadata", "__0_0.distcp", "__1_0.distcp", STATE]
+SHARDS = [".metadata", "CHECKSUMS", "__0_0.distcp", "__1_0.distcp", STATE]
 
 
 def start(out, *args):
@@ -159,7 +159,8 @@ def test_a_run_killed_in_a_sharded_save_resumes_bit_exactly_past_a_corrupted_new
     out, r = runs
     at_kill = r["at_kill"]
     # killed inside the third periodic save: its directory was still partial, and not a checkpoint
-    assert at_kill["partial"] == ".ckpt-000003-E1S6.dcp.partial" and at_kill["holds"] == SHARDS
+    assert at_kill["partial"] == ".ckpt-000003-E1S6.dcp.partial"
+    assert at_kill["holds"] == [n for n in SHARDS if n != "CHECKSUMS"]  # CHECKSUMS: written when published
     assert at_kill["listed"] == ["ckpt-000000-E0S2.dcp", "ckpt-000001-E0S4.dcp"] == [r["older"], r["newest"]]
     assert f"skipping checkpoint {r['newest']}" in r["resume_stderr"]
     assert "truncated or corrupted" in r["resume_stderr"]
@@ -208,7 +209,7 @@ def directory_checkpoint(tmp_path, name="ckpt-000001-E1S5.dcp"):
 
 def test_a_directory_reads_as_the_file_of_the_same_state(tmp_path):
     file, directory = directory_checkpoint(tmp_path)
-    assert names(directory) == [".metadata", "__0_0.distcp", STATE]
+    assert names(directory) == [".metadata", "CHECKSUMS", "__0_0.distcp", STATE]
     assert_identical(read_checkpoint(directory), read_checkpoint(file))
     g = linear_graph()
     g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(),
