@@ -25,7 +25,10 @@ class DDP:
             ``"error"`` sets it too).
         static_graph: DDP's option.
         broadcast_buffers: DDP's option.
-        sync_batchnorm: convert BatchNorm layers to ``SyncBatchNorm`` before wrapping.
+        sync_batchnorm: convert the module's BatchNorm layers to ``torch.nn.SyncBatchNorm``
+            before wrapping (statistics over the global batch; GPUs only, torch cannot train it on
+            the CPU). Without it, BatchNorm layers that train in a multi-process run use
+            per-process statistics, and a warning says so once.
         ddp_kwargs: any other ``DistributedDataParallel`` option, checked against its signature.
 
     Raises:

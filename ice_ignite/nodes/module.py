@@ -213,9 +213,14 @@ class ModuleNode(Node):
         forward: ``forward(n, x)``, e.g. ``lambda n, x: n.module(x["data"][0])``.
         optimizers: ``ice.Optimizer`` or ``{pattern: ice.Optimizer}``.
         weight_init_fn: called once with the module under ``torch.no_grad()`` at construction.
-        find_unused_parameters: a DistributedDataParallel option.
-        static_graph: a DistributedDataParallel option.
-        broadcast_buffers: a DistributedDataParallel option.
+        parallel: how a multi-process train task spreads the module: ``ice.DDP(...)`` (the
+            default: a DistributedDataParallel replica per process, with its options), ``ice.FSDP(...)``
+            (sharded with FSDP2's ``fully_shard``: each process holds 1/world of the parameters,
+            gradients and optimizer state; evaluation after a sharded train task runs sharded too)
+            or None (not wrapped: each process trains its own copy, gradients are not
+            synchronised). The strings ``"ddp"``, ``"fsdp"``, ``"none"`` and the keywords
+            ``find_unused_parameters``, ``static_graph``, ``broadcast_buffers``, ``sync_batchnorm``,
+            ``ddp_kwargs``, ``fsdp_policy``, ``fsdp_kwargs`` are deprecated aliases (one release).
         unused_parameters: what happens to a trainable parameter that got no gradient in an
             optimizer step: ``"error"`` (the default: a clear error naming every such parameter;
             an unused trainable parameter is almost always a bug), ``"zero"`` (it gets an explicit
@@ -223,21 +228,6 @@ class ModuleNode(Node):
             (PyTorch's own behaviour: its optimizer skips it, weights and optimizer state untouched;
             for heads used by some tasks only). With ``"zero"`` and ``"skip"`` DDP runs with
             ``find_unused_parameters=True``.
-        ddp_kwargs: further DistributedDataParallel options (``bucket_cap_mb``,
-            ``gradient_as_bucket_view``, ...), checked against its signature; used when the node is
-            wrapped in a multi-process run.
-        parallel: how a multi-process train task spreads the module: ``"ddp"`` (the default: a
-            DistributedDataParallel replica per process), ``"fsdp"`` (sharded with FSDP2's
-            ``fully_shard``: each process holds 1/world of the parameters, gradients and optimizer
-            state; evaluation after a sharded train task runs sharded too) or ``"none"`` (not
-            wrapped: each process trains its own copy, gradients are not synchronised).
-        fsdp_policy: with ``parallel="fsdp"``, the blocks sharded (and gathered) one by one, inside
-            out, before the whole module: a module class, a tuple of them, or a callable
-            ``module -> bool``; None shards the module as one unit.
-        fsdp_kwargs: further ``fully_shard`` options (``offload_policy=CPUOffloadPolicy()``,
-            ``reshard_after_forward``, ``mp_policy``...), checked against its signature. Without
-            ``mp_policy``, a run with autocast gathers parameters in the autocast dtype and reduces
-            gradients in float32.
         compile: ``True`` or a dict of ``torch.compile`` options (``backend``, ``mode``,
             ``fullgraph``, ``dynamic``...): ``n.module.forward`` runs compiled (``torch.compile`` of the
             forward, in place: parameter and checkpoint names stay those of the module).
@@ -245,16 +235,12 @@ class ModuleNode(Node):
             instead of kept (torch's non-reentrant ``torch.utils.checkpoint.checkpoint`` around their
             forward; names unchanged): ``True`` (the whole module), a module class, a tuple of
             them, or a callable ``module -> bool``.
-        sync_batchnorm: in multi-process train tasks, convert the module's BatchNorm layers to
-            ``torch.nn.SyncBatchNorm`` (statistics over the global batch; GPUs only, torch cannot
-            train it on the CPU). Nothing happens in a single process. Without it, BatchNorm layers
-            that train in a multi-process run use per-process statistics, and a warning says so once.
         resources: extra attributes or hooks (see ``Node``).
 
     Raises:
         ValueError: a parameter is matched twice, or a pattern matches nothing.
-        TypeError: a resource is a DDP option (use ``ddp_kwargs``) or within two edits of a
-            ModuleNode or DDP option (a typo); ``ddp_kwargs`` names no DDP option.
+        TypeError: a resource is a DDP option (pass it to ``ice.DDP``) or within two edits of a
+            ModuleNode or DDP option (a typo).
 
     Examples:
         >>> import torch, ice_ignite as ice
