@@ -263,14 +263,18 @@ def test_raising_a_tasks_epochs_continues_to_the_new_total_and_no_further(tmp_pa
         assert torch.equal(g["*/net"].module.state_dict()[key], value), key
 
 
-def test_raising_repeat_times_continues_the_schedule(tmp_path):
+@pytest.mark.parametrize("last", [True, False], ids=["last-item", "followed-by-a-test"])
+def test_raising_repeat_times_continues_the_schedule(tmp_path, last):
     def tasks(times):
-        return [ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], times=times)]
+        after = [] if last else [ice.Task(train=False, epochs=1, tags="val"), ice.SaveCheckpointTask()]
+        return [ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], times=times),
+                *after]
 
     linear_graph().run(tasks(2), devices="cpu", out_dir=tmp_path, run_id="r")
     g = linear_graph()
     g.run(tasks(3), devices="cpu", out_dir=tmp_path, run_id="r", resume_from="auto")
-    assert g.global_counters.epochs.train == 3
+    assert g.global_counters.epochs.train == 3  # the Repeat continued to its new total, once
+    assert g.global_counters.epochs.eval == (0 if last else 2)  # then the test ran again (1 loaded + 1)
     straight = linear_graph()
     straight.run(tasks(3), devices="cpu", out_dir=tmp_path, run_id="s")
     assert torch.equal(g["*/net"].module.weight, straight["*/net"].module.weight)
