@@ -111,6 +111,11 @@ class GraphOutputCache:
         """Names of the nodes computed so far this iteration."""
         return iter(list(self.outputs))
 
+    def pulling(self) -> str | None:
+        """The name of the node whose forward runs now (the innermost), or None."""
+        stack = self._stack
+        return stack[-1] if stack else None
+
     def value(self, name: str) -> Any:
         """The output node ``name`` computed this iteration (no dependency recorded)."""
         return self.outputs[name]

@@ -11,11 +11,10 @@ import faulthandler
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ignite.engine import Events
 
@@ -60,23 +59,14 @@ def collective_timeout_of(value: Any, backend: str | None) -> datetime.timedelta
     return datetime.timedelta(seconds=seconds)
 
 
-def _innermost_node(frame: Any) -> str | None:
-    """The uid of the innermost ice_ignite node running in ``frame``'s stack."""
-    from ice_ignite.nodes.node import Node
-
-    while frame is not None:
-        obj = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
-        if isinstance(obj, Node):
-            return getattr(obj, "uid", None) or getattr(obj, "name", None)
-        frame = frame.f_back
-    return None
-
-
 class HangWatch:
     """One rank's watch (a daemon thread) while its run lasts."""
 
-    def __init__(self, logs: Path, rank: int, world_size: int, timeout: float, store: Any):
+    def __init__(self, logs: Path, rank: int, world_size: int, timeout: float, store: Any,
+                 node: Callable[[], str | None] = lambda: None):
         self.logs, self.rank, self.world_size, self.timeout, self.store = logs, rank, world_size, timeout, store
+        #: ``node()``: the uid of the node the rank is computing now (None between forwards)
+        self.node = node
         self.beats = 0
         self.task: str | None = None
         self.event: str | None = None
@@ -84,7 +74,6 @@ class HangWatch:
         self._last = time.monotonic()
         self._reported_at: int | None = None  # the beat count of the last report
         self._stop = threading.Event()
-        self._main = threading.main_thread().ident
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="ice_ignite-hang-watch", daemon=True)
         self._thread.start()
@@ -124,9 +113,7 @@ class HangWatch:
         with self._lock:
             beats = self.beats
             path = self.logs / f"hang-rank{self.rank}.txt"
-            # sys._current_frames: the main thread's frames, to name the node it is in (no public way)
-            frame = sys._current_frames().get(self._main)
-            node = _innermost_node(frame)
+            node = self.node()
             stalled = time.monotonic() - self._last
             summary = {"rank": self.rank, "beats": beats, "node": node, "where": self.where(),
                        "host": socket.gethostname(), "pid": os.getpid(), "file": str(path),

@@ -243,7 +243,8 @@ class RunSession:
             ctx.save_best = self.checkpointer.save_best
             if launcher.world_size > 1:
                 timeout, store = joined_group()
-                self._watch = HangWatch(self.rundir.logs, launcher.rank, launcher.world_size, timeout, store)
+                self._watch = HangWatch(self.rundir.logs, launcher.rank, launcher.world_size, timeout, store,
+                                        node=self._running_node)
                 self._guard.hung = lambda: self._watch is not None and self._watch.hung
                 self._agreed = parallel.AgreedFlag(datetime.timedelta(seconds=timeout))
             else:
@@ -279,6 +280,13 @@ class RunSession:
         ctx.timer, ctx.save_best = None, None
         ctx.launcher = None
         self.checkpointer.close()
+
+    def _running_node(self) -> str | None:
+        """The uid of the node whose forward runs now in the running task (for hang reports)."""
+        task = self.checkpointer.runner.task
+        graph = task.graph if task is not None else None
+        name = graph.cache.pulling() if graph is not None else None
+        return graph.nodes[name].uid if name is not None and name in graph.nodes else None
 
     def attach(self, task: Any) -> None:
         """Attach the run's handlers to a starting task's engine (inside its ``internal()`` block)."""
