@@ -382,8 +382,11 @@ class Checkpointer:
                       ) -> tuple[int, dict | None] | None:
         """Where the checkpoint continues in ``entries`` (``schedule.resume_point``), or None to
         restart the schedule (a lenient resume into another schedule; strict: an error)."""
-        if "schedule_paths" not in state:  # written before entries had paths: the saved schedule must be a prefix
-            mismatch = self._check_schedule(source, state["schedule"], [e.description for e in entries], strict)
+        described = [e.description for e in entries]
+        if state["schedule"] == described[:len(state["schedule"])] or "schedule_paths" not in state:
+            # the checkpoint's flattened schedule is a prefix of this run's (a Repeat raised at the end, or
+            # the same steps regrouped), or it was written before entries had paths: continue by position
+            mismatch = self._check_schedule(source, state["schedule"], described, strict)
             return None if mismatch else (state["progress"]["entry"], state["progress"]["task"])
         saved = [(tuple(path), desc) for path, desc in zip(state["schedule_paths"], state["schedule"])]
         point = resume_point(saved, state["progress"], state.get("engines", {}), entries)

@@ -81,7 +81,7 @@ def test_run_starts_one_gloo_worker_per_device_and_matches_one_process(single, s
     assert two["world_size"] == 2
     assert "rank 0 of 2 (local 0 of 2, node 0) on cpu with gloo: done" in proc.stdout
     assert "rank 1 of 2 (local 1 of 2, node 0) on cpu with gloo: done" in proc.stdout
-    assert "board SummaryWriter" in proc.stdout and "board NullWriter" in proc.stdout  # rank 0 writes, rank 1 not
+    assert "board BoardWriter" in proc.stdout and "board NullWriter" in proc.stdout  # rank 0 writes, rank 1 not
     assert len(set(weights_by_rank(proc.stdout).values())) == 1
     assert_same_training(two, single)
     holder, rank0, parent = lock_holder(proc.stdout)

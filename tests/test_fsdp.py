@@ -183,8 +183,8 @@ def test_sharded_checkpoints_reshard_from_two_processes_to_one_and_back(tmp_path
 
     two = sharded_run(tmp_path, "two", "cpu:0-1", tmp_path / "ckpt-2")  # FSDP, 2 processes: one shard file each
     assert two["saved_sharded"] == [True, True]
-    assert sorted(p.name for p in (tmp_path / "ckpt-2").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp",
-                                                                       "meta.pt"]
+    assert sorted(p.name for p in (tmp_path / "ckpt-2").iterdir()) == [".metadata", "CHECKSUMS", "__0_0.distcp",
+                                                                       "__1_0.distcp", "meta.pt"]
     one = sharded_run(tmp_path, "one", "cpu", tmp_path / "ckpt-1", tmp_path / "ckpt-2")  # 2 -> 1
     assert one["meta"] == {"world": 2} and one["loaded_sharded"] == [False, False]
     assert max_diff(one["loaded"], two["saved"]) == 0.0  # weights, Adam moments and steps, the scheduler
