@@ -39,9 +39,9 @@ __all__ = ["TaskEngine", "HandlerEngine", "HandlerView", "StepListening", "state
 EngineTerminate = _EngineTerminateException
 
 #: the events whose ice_ignite handlers run first, through ``engine.inner``
-FORWARDED_EVENTS = (Events.STARTED, Events.EPOCH_STARTED, Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED,
-                    Events.ITERATION_STARTED, Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED, Events.COMPLETED,
-                    Events.TERMINATE, Events.INTERRUPT, *StepEvents)
+FORWARDED_EVENTS = (Events.STARTED, Events.EPOCH_STARTED, Events.GET_BATCH_STARTED, Events.ITERATION_STARTED,
+                    Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED, Events.COMPLETED, Events.TERMINATE,
+                    Events.INTERRUPT, *StepEvents)
 
 
 class HandlerView(Protocol):
@@ -102,7 +102,8 @@ class _Dispatching(Engine):
         if handlers is None:  # an event given by an equal object (a string, a filtered event), or a new list
             handlers = self._event_handlers.get(event_name, ())
         for func, args, kwargs in handlers:
-            kwargs.update(event_kwargs)
+            if event_kwargs:
+                kwargs.update(event_kwargs)
             if args and isinstance(args[0], weakref.ref):  # handlers that take the engine hold a weakref
                 engine = args[0]()
                 if engine is None:
@@ -140,6 +141,12 @@ class HandlerEngine(_Dispatching):
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
         self._dispatch(event_name, event_args, event_kwargs)  # errors are named by the task engine
+
+    def add_event_handler(self, event_name: Any, handler: Callable, *args: Any, **kwargs: Any) -> RemovableEventHandle:
+        if not isinstance(event_name, EventsList) and event_name not in FORWARDED_EVENTS:
+            raise RuntimeError(f"ice_ignite's own handlers cannot listen to {event_name}: the task engine does not "
+                               "forward it (add it to FORWARDED_EVENTS)")
+        return super().add_event_handler(event_name, handler, *args, **kwargs)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a HandlerEngine only holds handlers; it never runs")
@@ -276,8 +283,24 @@ class TaskEngine(_Dispatching):
 
     # -- dispatch ---------------------------------------------------------------------------
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
+        # _dispatch's loop, inlined: this runs several times an iteration, and a call is its largest cost
+        if self._debug:
+            self.logger.debug(f"{self.state.epoch} | {self.state.iteration}, Firing handlers for event {event_name}")
+        self.last_event_name = event_name
+        handlers = self._lists.get(id(event_name))
+        if handlers is None:  # an event given by an equal object (a string, a filtered event), or a new list
+            handlers = self._event_handlers.get(event_name, ())
         try:
-            self._dispatch(event_name, event_args, event_kwargs)
+            for func, args, kwargs in handlers:
+                if event_kwargs:
+                    kwargs.update(event_kwargs)
+                if args and isinstance(args[0], weakref.ref):  # handlers that take the engine hold a weakref
+                    engine = args[0]()
+                    if engine is None:
+                        raise RuntimeError("Engine reference not resolved. Cannot execute event handler.")
+                    func(engine, *event_args, *args[1:], **kwargs)
+                else:  # metrics' handlers and the forwarders do not take the engine
+                    func(*event_args, *args, **kwargs)
         except (StopTask, StopAllTasks) as e:
             self.stop_all |= isinstance(e, StopAllTasks)
             self.stopped = True
@@ -302,12 +325,20 @@ class TaskEngine(_Dispatching):
 
 
 def _forwarder(inner: HandlerEngine, event: Any) -> Callable[[], None]:
-    """The task engine's first handler of ``event``: fires ``event`` on ``inner``."""
+    """The task engine's first handler of ``event``: runs ``inner``'s handlers of ``event`` (the
+    loop of ``_Dispatching._dispatch``, inlined: it runs at every iteration)."""
     key = id(event)
 
     def forward() -> None:
-        if inner._lists.get(key):
-            inner._dispatch(event, (), {})
+        handlers = inner._lists.get(key)
+        if not handlers:
+            return
+        inner.last_event_name = event
+        for func, args, kwargs in handlers:
+            if args and isinstance(args[0], weakref.ref):
+                func(args[0](), *args[1:], **kwargs)  # ``inner`` lives as long as its task engine
+            else:
+                func(*args, **kwargs)
 
     return forward
 

@@ -387,7 +387,9 @@ class ExecutableGraph:
                     engine.fire(StepEvents.OPTIM_STEP_COMPLETED)
         finally:
             self.in_step = False
-        return {name: detach(value) for name, value in self.cache.outputs.items()}
+        tensor = torch.Tensor
+        return {name: (value.detach() if value.requires_grad else value) if type(value) is tensor else detach(value)
+                for name, value in self.cache.outputs.items()}
 
     def _forward_backward(self, engine: TaskEngine) -> None:
         self.cache.compute_all(self._names)

@@ -25,7 +25,8 @@ __all__ = ["CollectiveTimeout", "HangWatch", "DEFAULT_COLLECTIVE_TIMEOUT", "coll
 #: seconds a collective of a gloo (CPU) run may wait before the run ends naming the stuck rank
 DEFAULT_COLLECTIVE_TIMEOUT = 300.0
 
-_EVENTS = (Events.STARTED, Events.EPOCH_STARTED, Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED,
+# where a rank is, event by event (GET_BATCH_STARTED to ITERATION_STARTED: it fetches the batches)
+_EVENTS = (Events.STARTED, Events.EPOCH_STARTED, Events.GET_BATCH_STARTED,
            Events.ITERATION_STARTED, StepEvents.BACKWARD_STARTED, StepEvents.BACKWARD_COMPLETED,
            StepEvents.OPTIM_STEP_STARTED, StepEvents.OPTIM_STEP_COMPLETED, Events.ITERATION_COMPLETED,
            Events.EPOCH_COMPLETED, Events.COMPLETED)
