@@ -25,7 +25,7 @@ from ignite.engine import Events
 from torch._dynamo.utils import counters
 
 import ice_ignite as ice
-from ice_ignite import parallel
+from ice_ignite.distributed import parallel
 
 
 class Block(torch.nn.Module):

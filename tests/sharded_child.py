@@ -16,7 +16,7 @@ import ignite.distributed as idist
 import torch
 
 import ice_ignite as ice
-from ice_ignite import sharded
+from ice_ignite.checkpoint import sharded
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fsdp_child import Block, Encoder, data  # noqa: E402

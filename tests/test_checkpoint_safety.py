@@ -18,9 +18,10 @@ from ignite.metrics import Accuracy
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
 
 import ice_ignite as ice
-from ice_ignite import CheckpointError, sharded
-from ice_ignite.checkpoint import (FORMAT, STATE, best_filename, best_files, best_uid, read_checkpoint,
-                                   write_sharded_checkpoint)
+from ice_ignite import CheckpointError
+from ice_ignite.checkpoint import sharded
+from ice_ignite.checkpoint.files import (FORMAT, STATE, best_filename, best_files, best_uid, read_checkpoint,
+                                         write_sharded_checkpoint)
 
 from conftest import linear_graph, regression_set, saved_checkpoint
 

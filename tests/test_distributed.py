@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ice_ignite.launcher import free_port
+from ice_ignite.distributed.launcher import free_port
 
 CHILD = Path(__file__).with_name("distributed_child.py")
 pytestmark = pytest.mark.slow
@@ -268,7 +268,7 @@ def _processes_of(run_id):
 
 
 def test_no_worker_outlives_a_killed_launcher_nor_writes_without_the_run_lock(out):
-    from ice_ignite.rundir import RunLock
+    from ice_ignite.checkpoint.rundir import RunLock
 
     proc = _start_slow(out, "orphans", "--workers", 2)
     try:

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import ice_ignite as ice
 from ice_ignite import CheckpointError
-from ice_ignite.checkpoint import read_checkpoint, write_checkpoint, write_sharded_checkpoint
+from ice_ignite.checkpoint.files import read_checkpoint, write_checkpoint, write_sharded_checkpoint
 
 from conftest import linear_graph, saved_checkpoint
 

@@ -179,7 +179,7 @@ def sharded_run(out, run_id, devices, save_to, *load_from):
 
 @pytest.mark.slow
 def test_sharded_checkpoints_reshard_from_two_processes_to_one_and_back(tmp_path):
-    from ice_ignite import sharded
+    from ice_ignite.checkpoint import sharded
 
     two = sharded_run(tmp_path, "two", "cpu:0-1", tmp_path / "ckpt-2")  # FSDP, 2 processes: one shard file each
     assert two["saved_sharded"] == [True, True]

@@ -211,7 +211,7 @@ def test_a_300_node_chain_added_consumer_first_evaluates_and_restores_the_recurs
 
 
 def test_a_chain_deeper_than_the_limit_is_a_graph_error_naming_the_depth_and_the_chain():
-    from ice_ignite.graph import MAX_PULL_DEPTH
+    from ice_ignite.graph.graph import MAX_PULL_DEPTH
 
     g = ice.HyperGraph()
     n = MAX_PULL_DEPTH + 1

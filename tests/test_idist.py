@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ice_ignite.launcher import _group_devices, free_port, join
+from ice_ignite.distributed.launcher import _group_devices, free_port, join
 
 CHILD = Path(__file__).with_name("idist_child.py")
 sys.path.insert(0, str(CHILD.parent))

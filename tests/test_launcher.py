@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import ice_ignite as ice
-from ice_ignite.launcher import Launcher, LaunchOptions, default_backend, launch, launch_config, parse_devices
+from ice_ignite.distributed.launcher import LaunchOptions, default_backend, launch, launch_config, parse_devices
+from ice_ignite.distributed.launcher_record import Launcher
 
 from conftest import linear_graph
 

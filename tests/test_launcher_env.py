@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ice_ignite as ice
-from ice_ignite.launcher import _worker_device, in_worker, script_command
+from ice_ignite.distributed.launcher import _worker_device, in_worker, script_command
 
 
 def test_in_worker_reads_the_environment(monkeypatch):

@@ -3,7 +3,7 @@
 import logging
 
 import ice_ignite as ice
-from ice_ignite.logs import run_logging
+from ice_ignite.observe.logs import run_logging
 
 from conftest import linear_graph
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ice_ignite as ice
-from ice_ignite.printing import summarize
+from ice_ignite.nodes.printing import summarize
 
 from conftest import linear_graph
 

@@ -5,7 +5,7 @@ import logging
 import sys
 
 import ice_ignite as ice
-from ice_ignite.progress import Progress
+from ice_ignite.observe.progress import Progress
 
 from conftest import linear_graph
 

@@ -13,8 +13,8 @@ from ignite.metrics import Accuracy
 
 import ice_ignite as ice
 from ice_ignite import ResumeTaskFailed
-from ice_ignite.checkpoint import read_checkpoint
-from ice_ignite.resize import METRIC_KEY, comparable_data_settings, merge_sums
+from ice_ignite.checkpoint.files import read_checkpoint
+from ice_ignite.checkpoint.resize import METRIC_KEY, comparable_data_settings, merge_sums
 
 from conftest import classification_set, max_diff
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import ice_ignite as ice
-from ice_ignite import CheckpointError, sharded
-from ice_ignite.checkpoint import (
+from ice_ignite import CheckpointError
+from ice_ignite.checkpoint import sharded
+from ice_ignite.checkpoint.files import (
     FORMAT,
     STATE,
     best_files,

@@ -1,6 +1,6 @@
 import pytest
 
-from ice_ignite.tags import check_name, is_selected, make_uid, normalize_tags, split_uid
+from ice_ignite.graph.tags import check_name, is_selected, make_uid, normalize_tags, split_uid
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from tensorboardX import FileWriter, SummaryWriter
 from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.record_writer import masked_crc32c
 
-from ice_ignite.events import StepEvents
+from ice_ignite.engine.events import StepEvents
 
 __all__ = ["NullWriter", "BoardLogger", "BoardWriter", "EVENTS_PREFIX", "board_files", "rewind_board"]
 

@@ -11,11 +11,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from ice_ignite import preemption
 import torch
 
-from ice_ignite import parallel
-from ice_ignite.checkpoint import (
+from ice_ignite.checkpoint.files import (
     FORMAT,
     best_filename,
     best_files,
@@ -28,19 +26,20 @@ from ice_ignite.checkpoint import (
     write_checkpoint,
     write_sharded_checkpoint,
 )
-from ice_ignite.context import RunContext
+from ice_ignite.checkpoint.resize import adapt_state, comparable_data_settings
+from ice_ignite.checkpoint.resume_checks import TrainingChanges, compare_training, training_record
+from ice_ignite.checkpoint.rundir import RunDir
+from ice_ignite.checkpoint.transfer import LoadSpec, check_optimizer_kinds, has_state, load_node_states
+from ice_ignite.distributed import parallel, preemption
 from ice_ignite.errors import CheckpointError, ResumeTaskFailed
+from ice_ignite.graph.schedule import ScheduleEntry, ScheduleRunner, handler_label, keyed_tasks, resume_point
+from ice_ignite.graph.tags import DEFAULT_TAG
+from ice_ignite.graph.task import Task
+from ice_ignite.nodes.context import RunContext
 from ice_ignite.nodes.dataset import DatasetNode
 from ice_ignite.nodes.loss import LossNode
 from ice_ignite.nodes.module import ModuleNode
-from ice_ignite.resize import adapt_state, comparable_data_settings
-from ice_ignite.resume_checks import TrainingChanges, compare_training, training_record
-from ice_ignite.rundir import RunDir
-from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, handler_label, keyed_tasks, resume_point
-from ice_ignite.seeding import rng_state, set_rng_state
-from ice_ignite.tags import DEFAULT_TAG
-from ice_ignite.task import Task
-from ice_ignite.transfer import LoadSpec, check_optimizer_kinds, has_state, load_node_states
+from ice_ignite.training.seeding import rng_state, set_rng_state
 
 __all__ = ["Checkpointer", "Resume", "PendingWrite", "cpu_copy"]
 

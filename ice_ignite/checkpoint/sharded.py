@@ -12,7 +12,7 @@ a single checkpoint file. These functions carry module, optimizer and scheduler 
 
 Examples:
     >>> import tempfile, torch, ice_ignite as ice
-    >>> from ice_ignite import sharded
+    >>> from ice_ignite.checkpoint import sharded
     >>> node = ice.ModuleNode(torch.nn.Linear(2, 1), forward=lambda n, x: n.module(x),
     ...                       optimizers=ice.Optimizer(torch.optim.Adam, lr=0.1))
     >>> d = tempfile.mkdtemp()
@@ -34,9 +34,10 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ice_ignite import parallel
-from ice_ignite.checkpoint import (STATE, dcp_load, describe, load_plain_file, nest, publish_directory, quiet_single_process_dcp,
-                                  read_checkpoint, read_dcp_metadata, write_checkpoint)
+from ice_ignite.checkpoint.files import (STATE, dcp_load, describe, load_plain_file, nest, publish_directory,
+                                        quiet_single_process_dcp, read_checkpoint, read_dcp_metadata,
+                                        write_checkpoint)
+from ice_ignite.distributed import parallel
 from ice_ignite.errors import CheckpointError
 from ice_ignite.nodes.module import ModuleNode, key_name
 

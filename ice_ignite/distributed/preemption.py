@@ -87,7 +87,7 @@ class PreemptionGuard:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.hung():
-            from ice_ignite.hang import CollectiveTimeout
+            from ice_ignite.distributed.hang import CollectiveTimeout
 
             raise CollectiveTimeout(f"{signal.Signals(signum).name} while this rank was stuck (see logs/hang-rank*.txt): "
                                     "stopped without a checkpoint, which it could not reach")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ignite.engine import Events
 
-from ice_ignite.events import StepEvents
+from ice_ignite.engine.events import StepEvents
 
 __all__ = ["CollectiveTimeout", "HangWatch", "DEFAULT_COLLECTIVE_TIMEOUT", "collective_timeout_of"]
 

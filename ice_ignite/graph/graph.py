@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterator
 import torch
 from ignite.engine import Events
 
-from ice_ignite.context import RunContext
-from ice_ignite.engine import TaskEngine
+from ice_ignite.engine.engine import TaskEngine
+from ice_ignite.engine.events import StepEvents
 from ice_ignite.errors import GraphError, IceError, NodeError, NodeNotSelectedError, StopAllTasks, StopTask
-from ice_ignite.events import StepEvents
+from ice_ignite.nodes.context import RunContext
 from ice_ignite.nodes.dataset import DatasetNode
 from ice_ignite.nodes.loss import LossNode
 from ice_ignite.nodes.module import ModuleNode

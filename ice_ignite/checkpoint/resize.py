@@ -39,7 +39,7 @@ from typing import Any, Iterable
 import torch
 
 from ice_ignite.errors import ResumeTaskFailed
-from ice_ignite.schedule import handler_label
+from ice_ignite.graph.schedule import handler_label
 
 __all__ = ["comparable_data_settings", "merge_sums", "adapt_state", "METRIC_KEY"]
 

@@ -9,11 +9,11 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from ice_ignite.board import BoardWriter, NullWriter, board_files, rewind_board
-from ice_ignite.counters import GlobalCounters
-from ice_ignite.launcher import Launcher
-from ice_ignite.precision import Precision
-from ice_ignite.timing import NodeTimer
+from ice_ignite.distributed.launcher_record import Launcher
+from ice_ignite.engine.counters import GlobalCounters
+from ice_ignite.observe.board import BoardWriter, NullWriter, board_files, rewind_board
+from ice_ignite.observe.timing import NodeTimer
+from ice_ignite.training.precision import Precision
 
 __all__ = ["RunContext", "RunningTask"]
 

@@ -7,10 +7,10 @@ from typing import Any, Callable, Iterable
 import torch
 from ignite.engine import Events
 
-from ice_ignite.engine import EngineTerminate, TaskEngine
+from ice_ignite.engine.engine import EngineTerminate, TaskEngine
 from ice_ignite.errors import CheckpointError, ResumeTaskFailed, ScheduleError, StopAllTasks, StopTask
-from ice_ignite.graph import ExecutableGraph
-from ice_ignite.tags import DEFAULT_TAG, normalize_tags
+from ice_ignite.graph.graph import ExecutableGraph
+from ice_ignite.graph.tags import DEFAULT_TAG, normalize_tags
 
 __all__ = ["Task"]
 

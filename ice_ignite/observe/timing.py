@@ -52,7 +52,7 @@ class NodeTimer:
     def attach(self, task: Any) -> None:
         """Time the summed loss's backward and the optimizer steps of a starting task run (inside
         its engine's ``internal()`` block); forwards and hooks are timed where they run."""
-        from ice_ignite.events import StepEvents
+        from ice_ignite.engine.events import StepEvents
 
         self.task = task.label
         engine, start = task.engine, [0.0]

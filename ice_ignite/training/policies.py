@@ -10,9 +10,9 @@ import torch
 from ignite.engine import Events
 from ignite.exceptions import NotComputableError
 
-from ice_ignite import parallel
+from ice_ignite.distributed import parallel
+from ice_ignite.engine.events import StepEvents
 from ice_ignite.errors import NonFiniteLossError, StopAllTasks
-from ice_ignite.events import StepEvents
 
 __all__ = ["NonFinitePolicy", "POLICIES"]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ice_ignite.errors import ScheduleError, StopAllTasks, StopTask
-from ice_ignite.task import Task
+from ice_ignite.graph.task import Task
 
 __all__ = ["Repeat", "ScheduleEntry", "ScheduleRunner", "flatten_schedule", "call_with_arity", "describe",
            "keyed_tasks", "end_of_repeat", "train_spans", "resume_point"]

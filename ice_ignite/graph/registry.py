@@ -6,11 +6,11 @@ from typing import Any, Iterable
 
 import torch
 
-from ice_ignite.context import RunContext
 from ice_ignite.errors import GraphError
-from ice_ignite.graph import ExecutableGraph
+from ice_ignite.graph.graph import ExecutableGraph
+from ice_ignite.graph.tags import DEFAULT_TAG, check_name, is_selected, make_uid, normalize_tags, split_uid
+from ice_ignite.nodes.context import RunContext
 from ice_ignite.nodes.node import Node
-from ice_ignite.tags import DEFAULT_TAG, check_name, is_selected, make_uid, normalize_tags, split_uid
 
 __all__ = ["NodeRegistry"]
 

@@ -30,8 +30,8 @@ from ignite.engine import Engine, Events, EventsList, RemovableEventHandle
 # EPOCH_COMPLETED; raising it ourselves is the only way to end a run mid-iteration that way.
 from ignite.engine.engine import _EngineTerminateException
 
+from ice_ignite.engine.events import STEP_EVENT_ATTRS, StepEvents
 from ice_ignite.errors import IceError, ScheduleError, StopAllTasks, StopTask
-from ice_ignite.events import STEP_EVENT_ATTRS, StepEvents
 
 __all__ = ["TaskEngine", "HandlerEngine", "HandlerView", "StepListening", "stateful_object", "EngineTerminate",
            "FORWARDED_EVENTS"]

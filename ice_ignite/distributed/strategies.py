@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ice_ignite import parallel
+from ice_ignite.distributed import parallel
 
 __all__ = ["DDP", "FSDP"]
 

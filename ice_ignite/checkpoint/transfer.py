@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from ice_ignite.errors import CheckpointError
+from ice_ignite.graph.tags import make_uid, split_uid
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import Node
-from ice_ignite.tags import make_uid, split_uid
 
 __all__ = ["LoadSpec", "load_node_states", "check_optimizer_kinds", "has_state"]
 

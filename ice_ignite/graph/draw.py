@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ice_ignite.graph import ExecutableGraph
+    from ice_ignite.graph.graph import ExecutableGraph
 
 __all__ = ["to_dot", "to_mermaid", "render", "graph_edges", "draw_graph"]
 

@@ -1,42 +1,20 @@
-"""Where a process runs: the ``Launcher`` record every node sees as ``n.launcher``, the
-``devices=`` grammar of ``HyperGraph.run``, and starting or joining the processes of a
-multi-process run through torch's elastic agent and ``ignite.distributed`` (B9)."""
+"""Where a process runs: the ``devices=`` grammar of ``HyperGraph.run``, and starting or joining
+the processes of a multi-process run through torch's elastic agent and ``ignite.distributed`` (B9)."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["Launcher", "LaunchOptions", "parse_devices", "default_backend", "in_worker", "join", "leave", "launch",
+from ice_ignite.distributed.launcher_record import Launcher
+
+__all__ = ["LaunchOptions", "parse_devices", "default_backend", "in_worker", "join", "leave", "launch",
            "launch_config", "WorkerFailed", "preempted_signal", "joined_group", "script_command", "free_port"]
-
-
-@dataclass(frozen=True)
-class Launcher:
-    """This process's place in the run.
-
-    Examples:
-        >>> Launcher().world_size
-        1
-    """
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    local_world_size: int = 1
-    node_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    backend: str | None = None
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this is global rank 0."""
-        return self.rank == 0
 
 
 def _std(name: str, value: "str | int") -> Any:
@@ -333,7 +311,7 @@ def join(devices: str, dist_backend: str = "auto", collective_timeout: Any = Non
     import ignite.distributed as idist
     import torch.distributed as dist
 
-    from ice_ignite.hang import collective_timeout_of
+    from ice_ignite.distributed.hang import collective_timeout_of
 
     _die_with_launcher()
     _JOINED.update(timeout=None, store=None)
@@ -380,7 +358,7 @@ def _die_with_launcher() -> None:
     worker goes on training and writing checkpoints after the run directory's lock, which the
     launching process holds, is free. The variable is removed, so that processes this worker
     starts do not take it for theirs."""
-    from ice_ignite.processes import LAUNCHER_PID_ENV, die_with_parent
+    from ice_ignite.distributed.processes import LAUNCHER_PID_ENV, die_with_parent
 
     launcher_pid = os.environ.pop(LAUNCHER_PID_ENV, None)
     if launcher_pid is not None and launcher_pid.isdigit():
@@ -572,7 +550,7 @@ def launch(entrypoint: "Callable[[], Any] | list[str]", nproc_per_node: int, opt
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
-    from ice_ignite.preemption import Preempted
+    from ice_ignite.distributed.preemption import Preempted
 
     o = options if options is not None else LaunchOptions()
     threads = _omp_threads(o, nproc_per_node)

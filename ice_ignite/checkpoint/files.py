@@ -33,9 +33,9 @@ from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.filesystem import _StorageInfo  # DCP's storage record: no public name
 from torch.utils.serialization import config as serialization_config
 
-from ice_ignite import parallel
+from ice_ignite.checkpoint.transfer import LoadSpec
+from ice_ignite.distributed import parallel
 from ice_ignite.errors import CheckpointError
-from ice_ignite.transfer import LoadSpec
 
 __all__ = ["FORMAT", "STATE", "checkpoint_filename", "best_filename", "best_uid", "best_files", "next_sequence",
            "list_checkpoints", "prune_checkpoints", "remove_checkpoint", "remove_partial_writes", "partial_path",
