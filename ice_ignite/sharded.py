@@ -1,0 +1,5 @@
+"""The old path of ``ice_ignite.checkpoint.sharded`` (``save``, ``load``, ``export``), kept for scripts that import it."""
+
+from ice_ignite.checkpoint.sharded import META, export, load, save
+
+__all__ = ["save", "load", "export", "META"]

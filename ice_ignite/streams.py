@@ -1,0 +1,5 @@
+"""The old path of ``ice_ignite.distributed.streams`` (``stream_shard``), kept for scripts that import it."""
+
+from ice_ignite.distributed.streams import is_resumable_stream, stream_shard
+
+__all__ = ["stream_shard", "is_resumable_stream"]
