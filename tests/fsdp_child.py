@@ -1,4 +1,4 @@
-"""One small run for tests/test_fsdp.py, as a subprocess.
+"""One small run for tests/distributed/test_fsdp.py, as a subprocess.
 
     python fsdp_child.py OUT_DIR RUN_ID MODE DEVICES [LOAD]
 

@@ -1,4 +1,4 @@
-"""Sharded checkpoints (ice_ignite.sharded) across world sizes, run by tests/test_fsdp.py.
+"""Sharded checkpoints (ice_ignite.checkpoint.sharded) across world sizes, run by tests/distributed/test_fsdp.py.
 
     python sharded_child.py OUT_DIR RUN_ID DEVICES SAVE_TO [LOAD_FROM]
 

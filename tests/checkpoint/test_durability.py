@@ -21,7 +21,7 @@ from ice_ignite.checkpoint.files import read_checkpoint, write_checkpoint, write
 
 from conftest import linear_graph, saved_checkpoint
 
-BOARD_CHILD = Path(__file__).with_name("board_child.py")
+BOARD_CHILD = Path(__file__).resolve().parents[1] / "board_child.py"
 
 
 # -- the board ----------------------------------------------------------------------------------

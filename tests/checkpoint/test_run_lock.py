@@ -15,7 +15,7 @@ import ice_ignite as ice
 
 from conftest import linear_graph
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def wait_until_released():

@@ -18,7 +18,7 @@ from ice_ignite.checkpoint.resize import METRIC_KEY, comparable_data_settings, m
 
 from conftest import classification_set, max_diff
 
-CHILD = Path(__file__).with_name("resize_child.py")
+CHILD = Path(__file__).resolve().parents[1] / "resize_child.py"
 
 
 def start(out, run_id, devices, resume_from=None):

@@ -14,8 +14,8 @@ from ice_ignite.errors import CheckpointError
 
 from conftest import max_diff
 
-CHILD = Path(__file__).with_name("fsdp_child.py")
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "large-models.md"
+CHILD = Path(__file__).resolve().parents[1] / "fsdp_child.py"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "large-models.md"
 RUNS = {"fsdp": ("fsdp", "cpu:0-1"), "ddp": ("ddp", "cpu:0-1"), "single": ("fsdp", "cpu"),
         "composed": ("fsdp-ac-compile", "cpu:0-1"), "bf16": ("fsdp-bf16", "cpu:0-1"),
         "bf16-single": ("fsdp-bf16", "cpu")}
@@ -167,7 +167,7 @@ def test_the_large_models_page_script_runs_in_two_processes(tmp_path):
     assert float(values[0]) < 5
 
 
-SHARDED = Path(__file__).with_name("sharded_child.py")
+SHARDED = Path(__file__).resolve().parents[1] / "sharded_child.py"
 
 
 def sharded_run(out, run_id, devices, save_to, *load_from):

@@ -34,7 +34,7 @@ from ice_ignite.checkpoint.files import (
 from conftest import linear_graph, saved_checkpoint
 from test_checkpoint import assert_identical
 
-CHILD = Path(__file__).with_name("sharded_run_child.py")
+CHILD = Path(__file__).resolve().parents[1] / "sharded_run_child.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(CHILD)]
 TIMEOUT = 240  # one launch takes 10-40 s on a loaded 2-core machine
 SHARDS = [".metadata", "CHECKSUMS", "__0_0.distcp", "__1_0.distcp", STATE]

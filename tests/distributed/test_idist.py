@@ -12,7 +12,7 @@ import torch
 
 from ice_ignite.distributed.launcher import _group_devices, free_port, join
 
-CHILD = Path(__file__).with_name("idist_child.py")
+CHILD = Path(__file__).resolve().parents[1] / "idist_child.py"
 sys.path.insert(0, str(CHILD.parent))
 import idist_child  # noqa: E402
 

@@ -21,7 +21,7 @@ from ice_ignite import CheckpointError, ResumeTaskFailed
 
 from conftest import linear_graph, saved_checkpoint
 
-CHILD = Path(__file__).with_name("checkpoint_child.py")
+CHILD = Path(__file__).resolve().parents[1] / "checkpoint_child.py"
 
 
 # -- an experiment with every source of randomness ------------------------------------------------

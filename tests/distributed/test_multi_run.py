@@ -4,7 +4,7 @@ from what ``run`` returned. Both launch paths: ``run`` starting the workers (``d
 and torchrun. Each script runs in a real subprocess with 2 gloo workers and a timeout.
 
 The failure this guards against (a second run reading the first group's addresses) came in 4 of 5
-tries, so repeat: ``ICE_IGNITE_MULTI_RUN_REPEATS=10 pytest tests/test_multi_run.py``.
+tries, so repeat: ``ICE_IGNITE_MULTI_RUN_REPEATS=10 pytest tests/distributed/test_multi_run.py``.
 """
 
 import os
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-CHILD = Path(__file__).with_name("multi_run_child.py")
+CHILD = Path(__file__).resolve().parents[1] / "multi_run_child.py"
 REPEATS = int(os.environ.get("ICE_IGNITE_MULTI_RUN_REPEATS", "1"))
 # One script takes 15-45 s on a loaded 2-core machine; the hang waited for gloo's 30-minute timeout.
 TIMEOUT = 180

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-CHILD = Path(__file__).with_name("module_child.py")
+CHILD = Path(__file__).resolve().parents[1] / "module_child.py"
 pytestmark = pytest.mark.slow
 
 

@@ -15,7 +15,7 @@ import torch
 
 from ice_ignite.distributed.launcher import free_port
 
-CHILD = Path(__file__).with_name("distributed_child.py")
+CHILD = Path(__file__).resolve().parents[1] / "distributed_child.py"
 pytestmark = pytest.mark.slow
 
 
