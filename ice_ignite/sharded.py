@@ -1,4 +1,4 @@
-"""The old path of ``ice_ignite.checkpoint.sharded`` (``save``, ``load``, ``export``), kept for scripts that import it."""
+"""The old path of ``ice_ignite.checkpoint.sharded`` (``save``, ``load``, ``export``), kept for old scripts."""
 
 from ice_ignite.checkpoint.sharded import META, export, load, save
 

@@ -1,4 +1,4 @@
-"""The old path of ``ice_ignite.distributed.streams`` (``stream_shard``), kept for scripts that import it."""
+"""The old path of ``ice_ignite.distributed.streams`` (``stream_shard``), kept for old scripts."""
 
 from ice_ignite.distributed.streams import is_resumable_stream, stream_shard
 
