@@ -497,4 +497,4 @@ def test_a_second_sigint_during_a_save_leaves_every_checkpoint_intact_and_says_s
     ckpts = sorted((tmp_path / "int2" / "ckpts").glob("ckpt-*"))
     assert len(ckpts) >= 2 and not list((tmp_path / "int2" / "ckpts").glob(".*"))
     for path in ckpts:  # every published checkpoint loads
-        ice.checkpoint.read_checkpoint(path)
+        ice.checkpoint.files.read_checkpoint(path)
