@@ -30,7 +30,7 @@ from ignite.engine import Events
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from ice_ignite.streams import stream_shard
+from ice_ignite.distributed.streams import stream_shard
 
 SAMPLES, BATCH, PAD = 8192, 256, 4
 WORKERS = (0, 2, 4)

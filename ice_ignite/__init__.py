@@ -4,8 +4,12 @@ Describe training as a HyperGraph of named, tagged nodes and a schedule of Tasks
 runs as an ignite ``Engine``.
 """
 
-from ice_ignite.checkpoint import LoadCheckpointTask, SaveCheckpointTask
-from ice_ignite.counters import Counter, GlobalCounters
+from ice_ignite.checkpoint.files import LoadCheckpointTask, SaveCheckpointTask
+from ice_ignite.distributed.launcher_record import Launcher
+from ice_ignite.distributed.preemption import Preempted
+from ice_ignite.distributed.strategies import DDP, FSDP
+from ice_ignite.engine.counters import Counter, GlobalCounters
+from ice_ignite.engine.events import StepEvents
 from ice_ignite.errors import (
     CheckpointError,
     GraphError,
@@ -18,17 +22,13 @@ from ice_ignite.errors import (
     StopAllTasks,
     StopTask,
 )
-from ice_ignite.events import StepEvents
-from ice_ignite.graph import ExecutableGraph, GraphOutputCache
+from ice_ignite.graph.graph import ExecutableGraph, GraphOutputCache
+from ice_ignite.graph.schedule import Repeat
+from ice_ignite.graph.task import Task
 from ice_ignite.hypergraph import HyperGraph
-from ice_ignite.launcher import Launcher
 from ice_ignite.nodes import DatasetNode, LossMode, LossNode, MetricNode, ModuleNode, Node
-from ice_ignite.optimizer import Optimizer
-from ice_ignite.preemption import Preempted
 from ice_ignite.run import LaunchOptions
-from ice_ignite.schedule import Repeat
-from ice_ignite.strategies import DDP, FSDP
-from ice_ignite.task import Task
+from ice_ignite.training.optimizer import Optimizer
 
 __version__ = "0.1.0"
 

@@ -14,27 +14,28 @@ from typing import Any, Iterable
 
 import torch
 
-from ice_ignite.backup import entry_script, keep_sources
-from ice_ignite.checkpoint import latest_valid_checkpoint, read_checkpoint
-from ice_ignite.checkpointer import Checkpointer
-from ice_ignite.context import RunContext
-from ice_ignite.counters import GlobalCounters
-from ice_ignite.draw import draw_graph
+from ice_ignite.checkpoint.backup import entry_script, keep_sources
+from ice_ignite.checkpoint.checkpointer import Checkpointer
+from ice_ignite.checkpoint.files import latest_valid_checkpoint, read_checkpoint
+from ice_ignite.checkpoint.transfer import LoadSpec
+from ice_ignite.distributed import parallel
+from ice_ignite.distributed.launcher import in_worker, join, leave, parse_devices
+from ice_ignite.distributed.launcher_record import Launcher
+from ice_ignite.distributed.preemption import Preempted
+from ice_ignite.engine.counters import GlobalCounters
+from ice_ignite.engine.events import StepEvents
 from ice_ignite.errors import CheckpointError
-from ice_ignite.events import StepEvents
-from ice_ignite import parallel
-from ice_ignite.launcher import Launcher, in_worker, join, leave, parse_devices
+from ice_ignite.graph.draw import draw_graph
+from ice_ignite.graph.registry import NodeRegistry
+from ice_ignite.graph.schedule import ScheduleEntry, ScheduleRunner, call_with_arity, flatten_schedule, keyed_tasks
+from ice_ignite.graph.tags import DEFAULT_TAG, check_name, normalize_tags
+from ice_ignite.graph.task import Task
+from ice_ignite.nodes.context import RunContext
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import Node
-from ice_ignite.policies import NonFinitePolicy
-from ice_ignite.preemption import Preempted
-from ice_ignite.printing import PrintProbe
-from ice_ignite.registry import NodeRegistry
+from ice_ignite.nodes.printing import PrintProbe
 from ice_ignite.run import LaunchOptions, RunOptions, RunSession, open_run_dir, record_worker_error, spawn_workers
-from ice_ignite.schedule import ScheduleEntry, ScheduleRunner, call_with_arity, flatten_schedule, keyed_tasks
-from ice_ignite.tags import DEFAULT_TAG, check_name, normalize_tags
-from ice_ignite.task import Task
-from ice_ignite.transfer import LoadSpec
+from ice_ignite.training.policies import NonFinitePolicy
 
 __all__ = ["HyperGraph"]
 
@@ -543,7 +544,7 @@ class HyperGraph(NodeRegistry):
         Raises:
             CheckpointError: ``state`` is not an ice_ignite checkpoint, or a schedule is running.
         """
-        from ice_ignite.checkpoint import FORMAT
+        from ice_ignite.checkpoint.files import FORMAT
 
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CheckpointError(f"HyperGraph.load_state_dict needs what HyperGraph.state_dict returned (a dict "

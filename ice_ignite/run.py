@@ -16,21 +16,22 @@ from typing import Any, Callable, Iterator
 import torch
 from ignite.engine import Events
 
-from ice_ignite import parallel
-from ice_ignite.board import BoardLogger
-from ice_ignite.checkpointer import Checkpointer
-from ice_ignite.context import RunContext
-from ice_ignite.launcher import Launcher, LaunchOptions, launch, script_command
-from ice_ignite.hang import HangWatch, collective_timeout_of
-from ice_ignite.launcher import joined_group
-from ice_ignite.logs import run_logging
-from ice_ignite.preemption import Preempted, PreemptionGuard
-from ice_ignite.processes import LAUNCHER_PID_ENV
-from ice_ignite.progress import Progress
-from ice_ignite.rundir import DEFAULT_OUT_DIR, RunDir, check_run_id, prepare_run_dir
-from ice_ignite.seeding import seed_everything
-from ice_ignite.tags import DEFAULT_TAG
-from ice_ignite.timing import NodeTimer
+from ice_ignite.checkpoint.checkpointer import Checkpointer
+from ice_ignite.checkpoint.rundir import DEFAULT_OUT_DIR, RunDir, check_run_id, prepare_run_dir
+from ice_ignite.distributed import parallel
+from ice_ignite.distributed.hang import HangWatch, collective_timeout_of
+from ice_ignite.distributed.launcher import LaunchOptions, launch, script_command
+from ice_ignite.distributed.launcher import joined_group
+from ice_ignite.distributed.launcher_record import Launcher
+from ice_ignite.distributed.preemption import Preempted, PreemptionGuard
+from ice_ignite.distributed.processes import LAUNCHER_PID_ENV
+from ice_ignite.graph.tags import DEFAULT_TAG
+from ice_ignite.nodes.context import RunContext
+from ice_ignite.observe.board import BoardLogger
+from ice_ignite.observe.logs import run_logging
+from ice_ignite.observe.progress import Progress
+from ice_ignite.observe.timing import NodeTimer
+from ice_ignite.training.seeding import seed_everything
 
 __all__ = ["LaunchOptions", "RunOptions", "RunPath", "RunSession", "spawn_workers", "open_run_dir",
            "record_worker_error"]

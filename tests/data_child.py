@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ignite.engine import Events
 
 import ice_ignite as ice
-from ice_ignite.streams import stream_shard
+from ice_ignite.distributed.streams import stream_shard
 
 
 class CountingStream(torch.utils.data.IterableDataset):

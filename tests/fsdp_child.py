@@ -1,4 +1,4 @@
-"""One small run for tests/test_fsdp.py, as a subprocess.
+"""One small run for tests/distributed/test_fsdp.py, as a subprocess.
 
     python fsdp_child.py OUT_DIR RUN_ID MODE DEVICES [LOAD]
 
@@ -25,7 +25,7 @@ from ignite.engine import Events
 from torch._dynamo.utils import counters
 
 import ice_ignite as ice
-from ice_ignite import parallel
+from ice_ignite.distributed import parallel
 
 
 class Block(torch.nn.Module):

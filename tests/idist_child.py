@@ -1,4 +1,4 @@
-"""A script for tests/test_idist.py: ``HyperGraph.run`` inside a function that ignite's launcher
+"""A script for tests/distributed/test_idist.py: ``HyperGraph.run`` inside a function that ignite's launcher
 runs in every worker, the process group created by ``idist.Parallel``.
 
     python idist_child.py spawn OUT_DIR RUN_ID PORT     # idist.Parallel(backend="gloo", nproc_per_node=2)

@@ -1,4 +1,4 @@
-"""A ModuleNode in two gloo processes, run as a subprocess by tests/test_module_distributed.py.
+"""A ModuleNode in two gloo processes, run as a subprocess by tests/distributed/test_module_distributed.py.
 
     python module_child.py OUT_DIR RUN_ID MODE      # MODE: "heads" or "sync-batchnorm"
 

@@ -1,5 +1,5 @@
 """A script that calls ``HyperGraph.run`` three times in a row, as pretrain → finetune → evaluate,
-for tests/test_multi_run.py: run directly (each run() in the launching process starts 2 workers
+for tests/distributed/test_multi_run.py: run directly (each run() in the launching process starts 2 workers
 that re-run this script) or under torchrun.
 
     python multi_run_child.py OUT_DIR [--devices cpu:0-1]

@@ -1,4 +1,4 @@
-"""One run for tests/test_resize.py, as a subprocess: a checkpoint of one number of processes
+"""One run for tests/checkpoint/test_resize.py, as a subprocess: a checkpoint of one number of processes
 resumed with another.
 
     python resize_child.py OUT_DIR RUN_ID DEVICES [RESUME_FROM]
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ignite.engine import Events
 
 import ice_ignite as ice
-from fsdp_child import Block  # the block of tests/test_fsdp.py
+from fsdp_child import Block  # the block of tests/distributed/test_fsdp.py
 
 
 def data(n=64):

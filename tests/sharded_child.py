@@ -1,4 +1,4 @@
-"""Sharded checkpoints (ice_ignite.sharded) across world sizes, run by tests/test_fsdp.py.
+"""Sharded checkpoints (ice_ignite.checkpoint.sharded) across world sizes, run by tests/distributed/test_fsdp.py.
 
     python sharded_child.py OUT_DIR RUN_ID DEVICES SAVE_TO [LOAD_FROM]
 
@@ -16,7 +16,7 @@ import ignite.distributed as idist
 import torch
 
 import ice_ignite as ice
-from ice_ignite import sharded
+from ice_ignite.checkpoint import sharded
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fsdp_child import Block, Encoder, data  # noqa: E402

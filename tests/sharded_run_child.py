@@ -1,4 +1,4 @@
-"""A two-process FSDP run whose checkpoints are sharded directories, for tests/test_sharded_run.py.
+"""A two-process FSDP run whose checkpoints are sharded directories, for tests/checkpoint/test_sharded_run.py.
 Started under torchrun (every process a worker; ``run`` joins):
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 sharded_run_child.py OUT_DIR MODE [FILE]
@@ -28,7 +28,7 @@ from ignite.metrics import Loss
 from torch.distributed.tensor import DTensor
 
 import ice_ignite as ice
-from fsdp_child import Block, Encoder, data  # the model of tests/test_fsdp.py, wider
+from fsdp_child import Block, Encoder, data  # the model of tests/distributed/test_fsdp.py, wider
 
 WIDTH = 256  # tensors large enough that a shard file's size is its data, not its per-tensor headers
 STALL_AT = 3  # the periodic checkpoint (1-based) whose write the "killed" run stalls in

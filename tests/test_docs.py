@@ -86,3 +86,16 @@ def public_names():
 def test_every_public_name_has_a_docstring(name, obj):
     doc = inspect.getdoc(obj.fget if isinstance(obj, property) else obj)
     assert doc and doc.strip(), f"{name} has no docstring"
+
+
+def test_where_things_live_lists_every_folder_and_module():
+    section = (ROOT / "docs" / "concepts.md").read_text().split("## Where things live")[1]
+    rows = {re.search(r"`([^`]+)`", row.split("|")[1]).group(1): row.split("|")[2]
+            for row in section.splitlines() if row.startswith("| `")}
+    package = ROOT / "ice_ignite"
+    folders = sorted(p.name + "/" for p in package.iterdir() if (p / "__init__.py").exists())
+    assert sorted(name for name in rows if name != "ice_ignite/") == folders
+    for folder in folders:
+        modules = sorted(p.stem for p in (package / folder).glob("*.py") if p.stem != "__init__")
+        assert sorted(set(re.findall(r"`(\w+)` \(", rows[folder]))) == modules, folder
+    assert all(f"`{p.stem}`" in rows["ice_ignite/"] for p in package.glob("*.py")), "ice_ignite/"

@@ -15,11 +15,11 @@ from ignite.metrics import Accuracy
 from torch.distributed.fsdp import CPUOffloadPolicy
 
 import ice_ignite as ice
-from ice_ignite.errors import MetricNotComputableError, NonFiniteLossError
-from ice_ignite import parallel as ice_parallel
-from ice_ignite import sharded as ice_sharded
-from ice_ignite.checkpoint import read_checkpoint, write_sharded_checkpoint
 from ice_ignite import CheckpointError, GraphError, NodeError, NodeNotSelectedError, ResumeTaskFailed, ScheduleError
+from ice_ignite.checkpoint import sharded as ice_sharded
+from ice_ignite.checkpoint.files import read_checkpoint, write_sharded_checkpoint
+from ice_ignite.distributed import parallel as ice_parallel
+from ice_ignite.errors import MetricNotComputableError, NonFiniteLossError
 
 from conftest import linear_graph, regression_set, saved_checkpoint
 

@@ -10,13 +10,13 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from ice_ignite import parallel
+from ice_ignite.distributed import parallel
+from ice_ignite.distributed.processes import WorkerInit, children_spawned
+from ice_ignite.distributed.streams import is_resumable_stream
 from ice_ignite.errors import GraphError
 from ice_ignite.nodes.node import Node, OutputCache, check_callable
-from ice_ignite.processes import WorkerInit, children_spawned
 from ice_ignite.nodes.sampling import SeededBatches, check_sampler, sampler_order
-from ice_ignite.seeding import derive_seed
-from ice_ignite.streams import is_resumable_stream
+from ice_ignite.training.seeding import derive_seed
 
 __all__ = ["DatasetNode", "move_to"]
 

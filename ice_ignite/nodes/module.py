@@ -12,11 +12,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 import torch.utils.checkpoint
 
-from ice_ignite import parallel as parallel_mod
+from ice_ignite.distributed import parallel as parallel_mod
+from ice_ignite.distributed.strategies import DDP, FSDP
 from ice_ignite.errors import GraphError
 from ice_ignite.nodes.node import HOOKS, Node, OutputCache, check_callable
-from ice_ignite.optimizer import Optimizer, step_scheduler
-from ice_ignite.strategies import DDP, FSDP
+from ice_ignite.training.optimizer import Optimizer, step_scheduler
 
 __all__ = ["ModuleNode"]
 

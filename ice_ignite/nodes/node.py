@@ -9,10 +9,10 @@ from typing import Any, Callable
 
 import torch
 
-from ice_ignite.context import RunContext, RunningTask
-from ice_ignite.launcher import Launcher
+from ice_ignite.distributed.launcher_record import Launcher
+from ice_ignite.nodes.context import RunContext, RunningTask
 
-# x in forward(n, x): the iteration's output cache (ice_ignite.graph.GraphOutputCache); nodes do not
+# x in forward(n, x): the iteration's output cache (ice_ignite.graph.graph.GraphOutputCache); nodes do not
 # import the graph, which imports them.
 OutputCache = Any
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import BatchSampler, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from ice_ignite.seeding import reseed_batch, seeded_streams
+from ice_ignite.training.seeding import reseed_batch, seeded_streams
 
 __all__ = ["check_sampler", "sampler_order", "SeededBatches"]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ice_ignite.nodes.sampling import sampler_order
-from ice_ignite.seeding import derive_seed
+from ice_ignite.training.seeding import derive_seed
 
 import data_child
 

@@ -8,7 +8,7 @@ import torch
 
 import ice_ignite as ice
 from ice_ignite import CheckpointError
-from ice_ignite.streams import stream_shard
+from ice_ignite.distributed.streams import stream_shard
 
 from data_child import CountingStream, Recorder
 

@@ -174,7 +174,7 @@ def test_valid_ddp_kwargs_are_kept_and_resources_far_from_any_option_stay_resour
     assert (node.dim, node.model, node.scale) == (128, "resnet", 2.0)
 
 
-# -- sync_batchnorm (issue 14, item 5; the multi-process side is in tests/test_module_distributed.py) ----------
+# -- sync_batchnorm (issue 14, item 5; the multi-process side is in tests/distributed/test_module_distributed.py) ----------
 def test_sync_batchnorm_changes_nothing_in_one_process(recwarn):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
