@@ -239,6 +239,7 @@ class ExecutableGraph:
         self.loss_nodes = [n for n in nodes.values() if isinstance(n, LossNode)]
         self.module_nodes = [n for n in nodes.values() if isinstance(n, ModuleNode)]
         self.dataset_nodes = [n for n in nodes.values() if isinstance(n, DatasetNode)]
+        self._data_names = frozenset(n._name for n in self.dataset_nodes)
         self._names = list(nodes)
         self._batch_source: dict[str, DatasetNode | None] = {}
         self._loss_sources: list[DatasetNode | None] | None = None
@@ -387,9 +388,9 @@ class ExecutableGraph:
                     engine.fire(StepEvents.OPTIM_STEP_COMPLETED)
         finally:
             self.in_step = False
-        tensor = torch.Tensor
-        return {name: (value.detach() if value.requires_grad else value) if type(value) is tensor else detach(value)
-                for name, value in self.cache.outputs.items()}
+        tensor, data = torch.Tensor, self._data_names  # batches need no detaching
+        return {name: value if name in data else (value.detach() if value.requires_grad else value)
+                if type(value) is tensor else detach(value) for name, value in self.cache.outputs.items()}
 
     def _forward_backward(self, engine: TaskEngine) -> None:
         self.cache.compute_all(self._names)

@@ -490,14 +490,14 @@ class _Batches:
 
     def __init__(self, task: Task, nodes: list):
         self.task = task
-        self.nodes = nodes
+        self._fetchers = [(node.name, node.next_batch) for node in nodes]
 
     def __iter__(self) -> "_Batches":
         return self
 
     def __next__(self) -> dict:
         self.task._fetched = True
-        return {node.name: node.next_batch() for node in self.nodes}
+        return {name: fetch() for name, fetch in self._fetchers}
 
 
 def _pending_epoch_end(resume: dict, length: int) -> bool:
