@@ -10,13 +10,16 @@ thread in every worker. It is Linux only; elsewhere a daemon thread polls ``os.g
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterator
 
 __all__ = ["die_with_parent", "children_spawned", "WorkerInit", "LAUNCHER_PID_ENV"]
@@ -48,20 +51,37 @@ def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
     threading.Thread(target=watch, name="ice_ignite-parent-watch", daemon=True).start()
 
 
+#: the worker processes started in ``children_spawned`` blocks (they ignore SIGTERM): killed at exit
+_WORKERS: "weakref.WeakSet[multiprocessing.process.BaseProcess]" = weakref.WeakSet()
+
+
+def _kill_workers_left() -> None:
+    """At interpreter exit, before multiprocessing's own exit handler (registered earlier, so run
+    later) sends SIGTERM to daemonic children and joins them: workers that ignore SIGTERM, of an
+    iterator nobody shut down, would keep that join waiting for ever."""
+    for process in list(_WORKERS):
+        if process.is_alive():
+            process.kill()
+
+
 @contextlib.contextmanager
 def children_spawned() -> Iterator[None]:
     """Hold SIGTERM and SIGINT back (blocked, not lost) while this block starts child processes:
     a child starts with them blocked and ``WorkerInit`` ignores them before it unblocks them, so a
     signal to the process group cannot kill a child before it could ignore it. This process gets
-    them at the end of the block."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    them at the end of the block. The children started are killed at exit if still alive."""
+    before = {id(p) for p in multiprocessing.active_children()}
+    masked = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS) if masked else None
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if masked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        started = [p for p in multiprocessing.active_children() if id(p) not in before]
+        if started and not _WORKERS:
+            atexit.register(_kill_workers_left)
+        _WORKERS.update(started)
 
 
 class WorkerInit:
