@@ -182,8 +182,11 @@ class HangWatch:
         )
 
     def close(self) -> None:
+        """Stop watching, and let go of the store: a store kept past the process group (whoever
+        destroys it) is torn down at interpreter exit, where torch aborts on its threads."""
         self._stop.set()
         self._thread.join(timeout=2)
+        self.store = None
 
 
 def _is_collective_failure(error: BaseException) -> bool:
