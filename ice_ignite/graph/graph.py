@@ -217,7 +217,8 @@ class ExecutableGraph:
     Built and cached by ``HyperGraph.select_egraph(tags)``. ``train_step`` forwards every node,
     sums ``weight * loss`` over the LossNodes, runs one backward and, at the end of an
     accumulation cycle, steps the optimizers; ``eval_step`` forwards. Node hooks, metrics and
-    policies are handlers of the engine's events (``start`` attaches them).
+    policies are handlers of the engine's events (``attach`` adds them when the engine's run
+    starts; ``bind`` makes the graph the running one at every repetition).
     """
 
     def __init__(self, nodes: dict[str, Node], tags: tuple[str, ...], context: RunContext,
@@ -281,11 +282,6 @@ class ExecutableGraph:
         )
 
     # -- task lifecycle -----------------------------------------------------------------------
-    def start(self, task: Any, engine: TaskEngine) -> None:
-        """Bind the graph to a starting task run and attach its handlers (``bind`` + ``attach``)."""
-        self.bind(task)
-        self.attach(engine)
-
     def bind(self, task: Any) -> None:
         """Make the graph the running one of ``task`` (at the start of every repetition): module
         modes and trainable parameters, precision, the nodes' running graph."""
