@@ -247,7 +247,7 @@ class RunSession:
                 self._watch = HangWatch(self.rundir.logs, launcher.rank, launcher.world_size, timeout, store,
                                         node=self._running_node)
                 self._guard.hung = lambda: self._watch is not None and self._watch.hung
-                self._agreed = parallel.AgreedFlag(datetime.timedelta(seconds=timeout))
+                self._agreed = parallel.AgreedFlag()
             else:
                 self._agreed = None
             self.checkpointer.open(self.rundir, options.n_saved, writer=launcher.rank == 0,
