@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test docs bench bench-data bench-checkpoint bench-instructions install clean
+.PHONY: demo test lint docs bench bench-data bench-checkpoint bench-instructions install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/digits.py
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest
+
+# ruff's lint and format check (settings in ruff.toml); `$(PY) -m ruff format .` formats.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info .pytest_cache

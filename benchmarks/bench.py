@@ -60,7 +60,8 @@ def speed(repeats: int) -> dict:
         # would flatter) is the per-iteration cost
         best = (min(t["long"]) - min(t["short"])) / (LONG - SHORT)
         results[name] = {
-            "min_us": 1e6 * best, "median_us": 1e6 * statistics.median(slopes),
+            "min_us": 1e6 * best,
+            "median_us": 1e6 * statistics.median(slopes),
             "startup_ms": 1e3 * (min(t["short"]) - best * SHORT),
             "identical": all(torch.equal(a, b) for a, b in zip(final[name], reference)),
             "seconds": t,
@@ -84,8 +85,11 @@ def machinery(repeats: int) -> dict:
     for nodes in (10, 100):
         run(nodes, 100)
         result[nodes] = min((run(nodes, 2100) - run(nodes, 100)) / 2000 for _ in range(repeats))
-    return {"us_per_iteration_10": 1e6 * result[10], "us_per_iteration_100": 1e6 * result[100],
-            "us_per_node": 1e6 * (result[100] - result[10]) / 90}
+    return {
+        "us_per_iteration_10": 1e6 * result[10],
+        "us_per_iteration_100": 1e6 * result[100],
+        "us_per_node": 1e6 * (result[100] - result[10]) / 90,
+    }
 
 
 # -- memory, start-up and checkpoints: each in a fresh process ---------------------------------------------
@@ -134,6 +138,7 @@ t4 = time.perf_counter()
 print(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 """
 
+
 def fresh(code: str) -> list[float]:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return [float(v) for v in proc.stdout.split()[-6:]]
@@ -144,21 +149,30 @@ def memory() -> dict:
     for name in ("torch loop", "ice_ignite"):
         peaks[name] = min(fresh(MEMORY.format(here=str(HERE), name=name))[-1] for _ in range(3)) / 1024
     early, late = fresh(GROWTH.format(here=str(HERE)))[-2:]
-    return {"peak_mb": peaks, "ratio": peaks["ice_ignite"] / peaks["torch loop"],
-            "rss_step_200_mb": early / 1024, "rss_step_1999_mb": late / 1024}
+    return {
+        "peak_mb": peaks,
+        "ratio": peaks["ice_ignite"] / peaks["torch loop"],
+        "rss_step_200_mb": early / 1024,
+        "rss_step_1999_mb": late / 1024,
+    }
 
 
 def startup() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         runs = [fresh(STARTUP.format(out=tmp))[-4:] for _ in range(5)]
-    return {"import_torch_ignite_s": min(r[0] for r in runs), "import_ice_ignite_s": min(r[1] for r in runs),
-            "build_graph_s": min(r[2] for r in runs), "run_one_iteration_s": min(r[3] for r in runs)}
+    return {
+        "import_torch_ignite_s": min(r[0] for r in runs),
+        "import_ice_ignite_s": min(r[1] for r in runs),
+        "build_graph_s": min(r[2] for r in runs),
+        "run_one_iteration_s": min(r[3] for r in runs),
+    }
 
 
 def checkpoint() -> dict:
     """``checkpoint_cost.measure`` in a fresh process."""
-    proc = subprocess.run([sys.executable, str(HERE / "checkpoint_cost.py"), "--json"], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "checkpoint_cost.py"), "--json"], capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -172,8 +186,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, ignite {__import__('ignite').__version__}, 1 thread")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, ignite {__import__('ignite').__version__}, 1 thread"
+    )
 
 
 def chart(results: dict, path: Path) -> None:
@@ -227,38 +243,58 @@ def report(results: dict) -> str:
     ]
     mins, medians = ({n: r[k] for n, r in s.items()} for k in ("min_us", "median_us"))
     for name, r in s.items():
-        lines.append(f"| {name} | {r['min_us']:.1f} | {r['median_us']:.1f} | {r['min_us'] / base:.3f} | "
-                     f"{r['min_us'] / ign:.3f} | {pair(mins, name)} | {r['median_us'] / s['torch loop']['median_us']:.3f} | "
-                     f"{pair(medians, name)} | {r['startup_ms']:.1f} | {'yes' if r['identical'] else 'NO'} |")
+        lines.append(
+            f"| {name} | {r['min_us']:.1f} | {r['median_us']:.1f} | {r['min_us'] / base:.3f} | "
+            f"{r['min_us'] / ign:.3f} | {pair(mins, name)} | {r['median_us'] / s['torch loop']['median_us']:.3f} | "
+            f"{pair(medians, name)} | {r['startup_ms']:.1f} | {'yes' if r['identical'] else 'NO'} |"
+        )
     lines += ["", "![time per iteration](results.png)", ""]
     if "instructions" in results:
         ins = results["instructions"]
-        lines += ["## Instructions per iteration (callgrind)", "",
-                  "| variant | M instructions / iteration | / loop | / ignite | / pair |", "|---|---|---|---|---|"]
+        lines += [
+            "## Instructions per iteration (callgrind)",
+            "",
+            "| variant | M instructions / iteration | / loop | / ignite | / pair |",
+            "|---|---|---|---|---|",
+        ]
         for name, value in ins.items():
-            lines.append(f"| {name} | {value / 1e6:.3f} | {value / ins['torch loop']:.3f} | "
-                         f"{value / ins['ignite Engine']:.3f} | {pair(ins, name)} |")
+            lines.append(
+                f"| {name} | {value / 1e6:.3f} | {value / ins['torch loop']:.3f} | "
+                f"{value / ins['ignite Engine']:.3f} | {pair(ins, name)} |"
+            )
         lines.append("")
     if "data_bound" in results:
         lines += data_bound.render(results["data_bound"])
     m = results["machinery"]
-    lines += ["## Graph machinery", "",
-              f"An eval task of trivial nodes: {m['us_per_iteration_10']:.1f} µs per iteration with 10 nodes, "
-              f"{m['us_per_iteration_100']:.1f} µs with 100: **{m['us_per_node']:.2f} µs per node per iteration**.", ""]
+    lines += [
+        "## Graph machinery",
+        "",
+        f"An eval task of trivial nodes: {m['us_per_iteration_10']:.1f} µs per iteration with 10 nodes, "
+        f"{m['us_per_iteration_100']:.1f} µs with 100: **{m['us_per_node']:.2f} µs per node per iteration**.",
+        "",
+    ]
     mem = results["memory"]
-    lines += ["## Memory", "",
-              f"Peak RSS of a 1000-iteration run: hand-written loop {mem['peak_mb']['torch loop']:.0f} MB, "
-              f"ice_ignite {mem['peak_mb']['ice_ignite']:.0f} MB (ratio {mem['ratio']:.3f}). RSS during an "
-              f"ice_ignite run: {mem['rss_step_200_mb']:.1f} MB at step 200, {mem['rss_step_1999_mb']:.1f} MB at "
-              "step 1999.", ""]
+    lines += [
+        "## Memory",
+        "",
+        f"Peak RSS of a 1000-iteration run: hand-written loop {mem['peak_mb']['torch loop']:.0f} MB, "
+        f"ice_ignite {mem['peak_mb']['ice_ignite']:.0f} MB (ratio {mem['ratio']:.3f}). RSS during an "
+        f"ice_ignite run: {mem['rss_step_200_mb']:.1f} MB at step 200, {mem['rss_step_1999_mb']:.1f} MB at "
+        "step 1999.",
+        "",
+    ]
     lines += checkpoint_cost.render(results["checkpoint"])
     st = results["startup"]
-    lines += ["## Start-up", "",
-              f"Importing torch and ignite: {st['import_torch_ignite_s']:.2f} s. Beyond that: importing ice_ignite "
-              f"{st['import_ice_ignite_s']:.3f} s, and `run()` of a one-iteration job (run directory, logs, board, "
-              f"engines, the iteration) **{st['run_one_iteration_s']:.3f} s**. Building the small graph took "
-              f"{st['build_graph_s']:.2f} s, nearly all of it torch importing its compiler stack the first time an "
-              "optimizer is built, which a hand-written script pays as well.", ""]
+    lines += [
+        "## Start-up",
+        "",
+        f"Importing torch and ignite: {st['import_torch_ignite_s']:.2f} s. Beyond that: importing ice_ignite "
+        f"{st['import_ice_ignite_s']:.3f} s, and `run()` of a one-iteration job (run directory, logs, board, "
+        f"engines, the iteration) **{st['run_one_iteration_s']:.3f} s**. Building the small graph took "
+        f"{st['build_graph_s']:.2f} s, nearly all of it torch importing its compiler stack the first time an "
+        "optimizer is built, which a hand-written script pays as well.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -266,10 +302,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from results.json")
-    parser.add_argument("--checkpoint-only", action="store_true",
-                        help="measure the checkpoint cost only, keeping the other results of results.json")
-    parser.add_argument("--data-bound-only", action="store_true",
-                        help="measure the data-bound epoch only, keeping the other results of results.json")
+    parser.add_argument(
+        "--checkpoint-only",
+        action="store_true",
+        help="measure the checkpoint cost only, keeping the other results of results.json",
+    )
+    parser.add_argument(
+        "--data-bound-only",
+        action="store_true",
+        help="measure the data-bound epoch only, keeping the other results of results.json",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.render_only or args.data_bound_only or args.checkpoint_only:
@@ -279,9 +321,16 @@ def main() -> None:
         if args.checkpoint_only:
             results["checkpoint"] = checkpoint()
     else:
-        results = {"machine": machine(), "repeats": args.repeats, "speed": speed(args.repeats),
-                   "machinery": machinery(5), "memory": memory(), "checkpoint": checkpoint(), "startup": startup(),
-                   "data_bound": data_bound.measure()}
+        results = {
+            "machine": machine(),
+            "repeats": args.repeats,
+            "speed": speed(args.repeats),
+            "machinery": machinery(5),
+            "memory": memory(),
+            "checkpoint": checkpoint(),
+            "startup": startup(),
+            "data_bound": data_bound.measure(),
+        }
     instructions = HERE / "instructions.json"
     if instructions.exists():
         results["instructions"] = json.loads(instructions.read_text())

@@ -40,7 +40,7 @@ def build() -> tuple[ice.HyperGraph, ice.ModuleNode]:
     return g, node
 
 
-def _fsync(path: "str | os.PathLike", directory: bool = False) -> None:
+def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
@@ -52,9 +52,11 @@ def measure(repeats: int = 9) -> dict:
     torch.set_num_threads(1)
     g, node = build()
     params = sum(p.numel() for p in node.module.parameters())
-    times: dict[str, list[float]] = {k: [] for k in ("torch.save", "torch.save + fsync", "save_checkpoint",
-                                                     "async stall", "async total")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("torch.save", "torch.save + fsync", "save_checkpoint", "async stall", "async total")
+    }
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as out:
+
         def bare(i: int) -> None:
             torch.save({"net": node.state_dict()}, f"{out}/bare{i}.pt")
 
@@ -91,31 +93,51 @@ def measure(repeats: int = 9) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     # per repeat, against the hand-written save of the same repeat, then the median of those ratios
     paired = {k: statistics.median(a / b for a, b in zip(times[k], times["torch.save"])) for k in times}
-    return {"parameters": params, "weights_mb": params * 4 / 2**20, "repeats": repeats, "median_s": med,
-            "ratio_to_torch_save": paired,
-            "ratio_to_torch_save_fsync": {k: statistics.median(a / b for a, b in zip(times[k], times["torch.save + fsync"]))
-                                          for k in times},
-            "async_stall_over_sync": statistics.median(a / b for a, b in zip(times["async stall"],
-                                                                              times["save_checkpoint"])),
-            "times_s": times}
+    return {
+        "parameters": params,
+        "weights_mb": params * 4 / 2**20,
+        "repeats": repeats,
+        "median_s": med,
+        "ratio_to_torch_save": paired,
+        "ratio_to_torch_save_fsync": {
+            k: statistics.median(a / b for a, b in zip(times[k], times["torch.save + fsync"])) for k in times
+        },
+        "async_stall_over_sync": statistics.median(
+            a / b for a, b in zip(times["async stall"], times["save_checkpoint"])
+        ),
+        "times_s": times,
+    }
 
 
 def render(c: dict) -> list[str]:
-    rows = [("hand-written `torch.save`", "torch.save"), ("hand-written `torch.save` + `fsync` (file, directory)",
-                                                         "torch.save + fsync"),
-            ("`save_checkpoint` (durable)", "save_checkpoint"),
-            ("`save_checkpoint(async_=True)`: the stall", "async stall"),
-            ("`save_checkpoint(async_=True)`: the whole write", "async total")]
-    lines = ["## Checkpoint cost", "",
-             f"`benchmarks/checkpoint_cost.py` (`make bench-checkpoint`): a {c['parameters'] / 1e6:.1f} M-parameter model "
-             f"({c['weights_mb']:.0f} MB of weights), {c['repeats']} interleaved repeats in one process, 1 thread; "
-             "ratios are medians of each repeat's time over the same repeat's hand-written save.", "",
-             "| variant | median s | / `torch.save` | / `torch.save` + `fsync` |", "|---|---|---|---|"]
+    rows = [
+        ("hand-written `torch.save`", "torch.save"),
+        ("hand-written `torch.save` + `fsync` (file, directory)", "torch.save + fsync"),
+        ("`save_checkpoint` (durable)", "save_checkpoint"),
+        ("`save_checkpoint(async_=True)`: the stall", "async stall"),
+        ("`save_checkpoint(async_=True)`: the whole write", "async total"),
+    ]
+    lines = [
+        "## Checkpoint cost",
+        "",
+        f"`benchmarks/checkpoint_cost.py` (`make bench-checkpoint`): a {c['parameters'] / 1e6:.1f} M-parameter model "
+        f"({c['weights_mb']:.0f} MB of weights), {c['repeats']} interleaved repeats in one process, 1 thread; "
+        "ratios are medians of each repeat's time over the same repeat's hand-written save.",
+        "",
+        "| variant | median s | / `torch.save` | / `torch.save` + `fsync` |",
+        "|---|---|---|---|",
+    ]
     for label, key in rows:
-        lines.append(f"| {label} | {c['median_s'][key]:.3f} | {c['ratio_to_torch_save'][key]:.2f} | "
-                     f"{c['ratio_to_torch_save_fsync'][key]:.2f} |")
-    lines += ["", f"The training stall of an asynchronous save is **{c['async_stall_over_sync']:.2f}** of a synchronous "
-              "save (median of the per-repeat ratios).", ""]
+        lines.append(
+            f"| {label} | {c['median_s'][key]:.3f} | {c['ratio_to_torch_save'][key]:.2f} | "
+            f"{c['ratio_to_torch_save_fsync'][key]:.2f} |"
+        )
+    lines += [
+        "",
+        f"The training stall of an asynchronous save is **{c['async_stall_over_sync']:.2f}** of a synchronous "
+        "save (median of the per-repeat ratios).",
+        "",
+    ]
     return lines
 
 

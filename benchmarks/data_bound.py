@@ -49,7 +49,7 @@ class Images(Dataset):
 
     def __getitem__(self, i: int):
         dy, dx = np.random.randint(0, 2 * PAD + 1, size=2)
-        image = self.x[i, :, dy:dy + 32, dx:dx + 32]
+        image = self.x[i, :, dy : dy + 32, dx : dx + 32]
         if random.random() < 0.5:
             image = image.flip(2)
         image = image.float().div_(255).mul_(1 + 0.1 * torch.randn(3, 1, 1))
@@ -129,7 +129,7 @@ def same_storage(data: Dataset, workers: int, out_dir: str) -> bool:
     g = ice_graph(data, workers, collate_fn=collate, seen=seen)
     g.run([ice.Task(train=True, steps=3)], devices="cpu", out_dir=out_dir, run_id=f"storage{workers}")
     if workers == 0:
-        return [x.data_ptr() for x in seen] == collated[:len(seen)]
+        return [x.data_ptr() for x in seen] == collated[: len(seen)]
     return all(x.is_shared() for x in seen)
 
 
@@ -178,8 +178,12 @@ def stream_resume(kind: type, workers: int, out: str) -> tuple[float, list[int]]
     def graph(first: list):
         g = ice.HyperGraph()
         g.add("data", ice.DatasetNode(kind(STREAM), batch_size=STREAM_BATCH, num_workers=workers))
-        g.add("first", ice.Node(forward=lambda n, x: first.append((time.perf_counter(), x["data"][:2].tolist()))
-                                if not first else None))
+        g.add(
+            "first",
+            ice.Node(
+                forward=lambda n, x: first.append((time.perf_counter(), x["data"][:2].tolist())) if not first else None
+            ),
+        )
         return g
 
     steps = RESUME_AT // STREAM_BATCH
@@ -212,7 +216,10 @@ def measure(repeats: int = 11, epochs: int = 3, workers: tuple[int, ...] = WORKE
                     ice.append(run_ice(data, n, epochs, out, f"w{n}r{r}"))
             loop_s, ice_s = [t for t, _ in loop], [t for t, _ in ice]
             result["workers"][n] = {
-                "loop_s": loop_s, "ice_s": ice_s, "loop_cpu_s": [c for _, c in loop], "ice_cpu_s": [c for _, c in ice],
+                "loop_s": loop_s,
+                "ice_s": ice_s,
+                "loop_cpu_s": [c for _, c in loop],
+                "ice_cpu_s": [c for _, c in ice],
                 "min_ratio": min(map(min, ice_s)) / min(map(min, loop_s)),
                 # each run's fastest epoch over that of the run next to it in time: the load of other
                 # processes on a shared machine drifts slowly, and a pair sees about the same
@@ -231,31 +238,42 @@ def measure(repeats: int = 11, epochs: int = 3, workers: tuple[int, ...] = WORKE
 
 def render(result: dict) -> list[str]:
     """The RESULTS.md section."""
-    lines = ["## Data-bound epoch", "",
-             f"{result['samples']} CIFAR-sized images in memory, random crop (numpy), flip (python `random`) and "
-             f"colour jitter (torch) in `__getitem__`, batches of {result['batch']}, shuffled, a linear model "
-             "(`benchmarks/data_bound.py`). Wall clock of an epoch (workers start inside it) with `g.run` and a "
-             "DatasetNode over a hand-written loop over `DataLoader(..., shuffle=True)` with the same `num_workers`, "
-             f"{result['repeats']} interleaved pairs of runs of {result['epochs']} epochs each (target ≤ 1.05). \"min\": "
-             "fastest epoch over fastest epoch (noise only ever adds time); \"paired\": the median over the pairs of "
-             "each run's fastest epoch over its partner's (the load of other processes drifts slowly); \"CPU\": the "
-             "median over the pairs of the CPU time of the epochs, the process's and its workers' (time spent "
-             "waiting for a core of this shared machine does not count). \"same "
-             "storage\": the model's forward sees the collated batch itself (no copy): the same `data_ptr` without "
-             "workers, the worker's shared-memory storage with them.", "",
-             "| num_workers | loop min s | ice_ignite min s | ice_ignite / loop (min) | ice_ignite / loop (paired) "
-             "| ice_ignite / loop (CPU) | same storage |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Data-bound epoch",
+        "",
+        f"{result['samples']} CIFAR-sized images in memory, random crop (numpy), flip (python `random`) and "
+        f"colour jitter (torch) in `__getitem__`, batches of {result['batch']}, shuffled, a linear model "
+        "(`benchmarks/data_bound.py`). Wall clock of an epoch (workers start inside it) with `g.run` and a "
+        "DatasetNode over a hand-written loop over `DataLoader(..., shuffle=True)` with the same `num_workers`, "
+        f"{result['repeats']} interleaved pairs of runs of {result['epochs']} epochs each (target ≤ 1.05). \"min\": "
+        "fastest epoch over fastest epoch (noise only ever adds time); \"paired\": the median over the pairs of "
+        "each run's fastest epoch over its partner's (the load of other processes drifts slowly); \"CPU\": the "
+        "median over the pairs of the CPU time of the epochs, the process's and its workers' (time spent "
+        "waiting for a core of this shared machine does not count). \"same "
+        "storage\": the model's forward sees the collated batch itself (no copy): the same `data_ptr` without "
+        "workers, the worker's shared-memory storage with them.",
+        "",
+        "| num_workers | loop min s | ice_ignite min s | ice_ignite / loop (min) | ice_ignite / loop (paired) "
+        "| ice_ignite / loop (CPU) | same storage |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for n, r in result["workers"].items():
-        lines.append(f"| {n} | {min(map(min, r['loop_s'])):.3f} | {min(map(min, r['ice_s'])):.3f} | "
-                     f"{r['min_ratio']:.3f} | {r['paired_ratio']:.3f} | {r['cpu_ratio']:.3f} | "
-                     f"{'yes' if r['same_storage'] else 'NO'} |")
+        lines.append(
+            f"| {n} | {min(map(min, r['loop_s'])):.3f} | {min(map(min, r['ice_s'])):.3f} | "
+            f"{r['min_ratio']:.3f} | {r['paired_ratio']:.3f} | {r['cpu_ratio']:.3f} | "
+            f"{'yes' if r['same_storage'] else 'NO'} |"
+        )
     if "stream_resume" in result:
-        lines += ["", f"Resuming a stream of {STREAM:,} elements (batches of {STREAM_BATCH}) at element {RESUME_AT:,}: "
-                  "seconds from `g.run(resume_from=...)` to the first batch (run directory, logs and board "
-                  "included), for a stream with `state_dict()` / `load_state_dict()` (through torchdata's "
-                  "`StatefulDataLoader`) and for the same stream without them (replayed).", "",
-                  "| num_workers | resumable stream s | replayed stream s | first elements after resume |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Resuming a stream of {STREAM:,} elements (batches of {STREAM_BATCH}) at element {RESUME_AT:,}: "
+            "seconds from `g.run(resume_from=...)` to the first batch (run directory, logs and board "
+            "included), for a stream with `state_dict()` / `load_state_dict()` (through torchdata's "
+            "`StatefulDataLoader`) and for the same stream without them (replayed).",
+            "",
+            "| num_workers | resumable stream s | replayed stream s | first elements after resume |",
+            "|---|---|---|---|",
+        ]
         r = result["stream_resume"]
         for n in (0, 2):
             a, b = r[f"ResumableCounting {n}"], r[f"Counting {n}"]

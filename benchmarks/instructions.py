@@ -42,8 +42,16 @@ def count(name: str, iterations: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         # a fixed hash seed and no address randomisation: the same count on every run
-        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__, "--one",
-                   name, str(iterations)]
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            str(iterations),
+        ]
         if shutil.which("setarch"):
             command = ["setarch", platform.machine(), "-R"] + command
         # one thread everywhere: valgrind runs threads one at a time, and idle pool threads spinning

@@ -91,8 +91,15 @@ def ice(steps: int, backend: str | None, devices: str = "cpu", parallel: str = "
     options = {"compile": {"backend": backend}} if backend else {}
     if parallel == "fsdp":
         options.update(parallel="fsdp", fsdp_policy=Block)
-    g.add("net", ice_.ModuleNode(Model(), forward=lambda n, x: n.module(x["data"][0]), **options,
-                                 optimizers=ice_.Optimizer(torch.optim.Adam, lr=1e-3)))
+    g.add(
+        "net",
+        ice_.ModuleNode(
+            Model(),
+            forward=lambda n, x: n.module(x["data"][0]),
+            **options,
+            optimizers=ice_.Optimizer(torch.optim.Adam, lr=1e-3),
+        ),
+    )
     g.add("mse", ice_.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     clock = {}
     g.on(Events.ITERATION_COMPLETED(once=WARMUP), lambda e: clock.setdefault("start", time.perf_counter()))
@@ -102,8 +109,13 @@ def ice(steps: int, backend: str | None, devices: str = "cpu", parallel: str = "
         if idist.get_rank() == 0:
             print(json.dumps({"s_per_step": (clock["end"] - clock["start"]) / (steps - WARMUP)}), flush=True)
 
-    g.run([ice_.Task(train=True, epochs=1), report], devices=devices, progress=False, log_every=0,
-          out_dir=os.environ.get("LARGE_BENCH_DIR", "runs"))
+    g.run(
+        [ice_.Task(train=True, epochs=1), report],
+        devices=devices,
+        progress=False,
+        log_every=0,
+        out_dir=os.environ.get("LARGE_BENCH_DIR", "runs"),
+    )
     return float("nan")  # printed by rank 0
 
 
@@ -144,10 +156,17 @@ def hand_fsdp(steps: int) -> None:
 
 # -- the driver --------------------------------------------------------------------------------------------
 def measure(variant: str, steps: int, backend: str) -> float:
-    proc = subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(steps), "--backend", backend],
-                          capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "LARGE_BENCH_DIR": os.environ.get(
-                              "LARGE_BENCH_DIR", str(HERE / "out" / "large"))})
+    proc = subprocess.run(
+        [sys.executable, __file__, "--variant", variant, "--steps", str(steps), "--backend", backend],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "LARGE_BENCH_DIR": os.environ.get("LARGE_BENCH_DIR", str(HERE / "out" / "large")),
+        },
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{proc.stderr[-3000:]}")
     values = [json.loads(line)["s_per_step"] for line in proc.stdout.splitlines() if line.startswith('{"s_per_step"')]
@@ -160,14 +179,19 @@ PAIRS = {"compiled": ("hand-compiled", "ice-compiled"), "fsdp (2 processes)": ("
 
 
 def report(results: dict, args: argparse.Namespace) -> str:
-    lines = ["## Large models", "",
-             f"`benchmarks/large.py`: a {DEPTH}-block MLP of width {WIDTH}, batches of {BATCH}, Adam; time per "
-             f"optimizer step after {WARMUP} warm-up steps, {args.steps} steps, minimum of {args.repeats} interleaved "
-             f"repeats, 1 thread per process. Compiled: backend `{args.backend}`, ice_ignite's "
-             "`ModuleNode(compile=...)` against `torch.compile` of the model's forward in a plain loop. FSDP: two "
-             "gloo processes, every block and then the model `fully_shard`ed, ice_ignite's `parallel=\"fsdp\"` "
-             "against the same by hand (target: ice_ignite / hand ≤ 1.05).", "",
-             "| pair | hand-written ms / step | ice_ignite ms / step | ice_ignite / hand |", "|---|---|---|---|"]
+    lines = [
+        "## Large models",
+        "",
+        f"`benchmarks/large.py`: a {DEPTH}-block MLP of width {WIDTH}, batches of {BATCH}, Adam; time per "
+        f"optimizer step after {WARMUP} warm-up steps, {args.steps} steps, minimum of {args.repeats} interleaved "
+        f"repeats, 1 thread per process. Compiled: backend `{args.backend}`, ice_ignite's "
+        "`ModuleNode(compile=...)` against `torch.compile` of the model's forward in a plain loop. FSDP: two "
+        "gloo processes, every block and then the model `fully_shard`ed, ice_ignite's `parallel=\"fsdp\"` "
+        "against the same by hand (target: ice_ignite / hand ≤ 1.05).",
+        "",
+        "| pair | hand-written ms / step | ice_ignite ms / step | ice_ignite / hand |",
+        "|---|---|---|---|",
+    ]
     for name, (hand_name, ice_name) in PAIRS.items():
         h, i = min(results[hand_name]), min(results[ice_name])
         lines.append(f"| {name} | {h * 1e3:.3f} | {i * 1e3:.3f} | {i / h:.3f} |")

@@ -116,8 +116,14 @@ def ice_graph(net: torch.nn.Module, dataset, with_metrics: bool = True):
 
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(dataset, batch_size=BATCH))
-    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.05, momentum=0.9)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            net,
+            forward=lambda n, x: n.module(x["data"][0]),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.05, momentum=0.9),
+        ),
+    )
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
     if with_metrics:
         g.add("acc", ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"].detach(), x["data"][1])))
@@ -148,8 +154,9 @@ def run_ice_defaults(epochs: int, dataset) -> list[torch.Tensor]:
     import ice_ignite as ice
 
     net = model()
-    ice_graph(net, dataset, with_metrics=False).run([ice.Task(train=True, epochs=epochs)], devices="cpu",
-                                                    out_dir=out_dir().name, run_id=f"run{next(RUNS)}")
+    ice_graph(net, dataset, with_metrics=False).run(
+        [ice.Task(train=True, epochs=epochs)], devices="cpu", out_dir=out_dir().name, run_id=f"run{next(RUNS)}"
+    )
     return weights(net)
 
 
@@ -188,14 +195,28 @@ def run_lightning(epochs: int, dataset) -> list[torch.Tensor]:
         def configure_optimizers(self):
             return optimizer(self.net.parameters())
 
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(Module(), torch.utils.data.DataLoader(dataset, batch_size=BATCH))
     return weights(net)
 
 
-VARIANTS = {"torch loop": run_torch, "ignite Engine": run_ignite, "ice_ignite": run_ice, "Lightning": run_lightning,
-            "ignite Engine bare": run_ignite_bare, "ice_ignite g.run defaults": run_ice_defaults}
+VARIANTS = {
+    "torch loop": run_torch,
+    "ignite Engine": run_ignite,
+    "ice_ignite": run_ice,
+    "Lightning": run_lightning,
+    "ignite Engine bare": run_ignite_bare,
+    "ice_ignite g.run defaults": run_ice_defaults,
+}
 # each ice_ignite variant and the ignite Engine it is measured against
 PAIRS = {"ice_ignite": "ignite Engine", "ice_ignite g.run defaults": "ignite Engine bare"}
 

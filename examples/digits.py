@@ -42,8 +42,7 @@ def digits_split(val_fraction: float = 0.2, seed: int = 0):
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_val = int(len(x) * val_fraction)
     val, train = order[:n_val], order[n_val:]
-    return (torch.utils.data.TensorDataset(x[train], y[train]),
-            torch.utils.data.TensorDataset(x[val], y[val]))
+    return (torch.utils.data.TensorDataset(x[train], y[train]), torch.utils.data.TensorDataset(x[val], y[val]))
 
 
 def build_graph(workers: int = 0) -> ice.HyperGraph:
@@ -51,8 +50,12 @@ def build_graph(workers: int = 0) -> ice.HyperGraph:
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(train_set, batch_size=32, shuffle=True, num_workers=workers), tags="train")
     g.add("data", ice.DatasetNode(val_set, batch_size=256), tags="val")
-    g.add("net", ice.ModuleNode(Net(), forward=lambda n, x: n.module(x["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.Adam, lr=2e-3)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            Net(), forward=lambda n, x: n.module(x["data"][0]), optimizers=ice.Optimizer(torch.optim.Adam, lr=2e-3)
+        ),
+    )
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
     g.add("acc", ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1])), tags="val")
     return g
@@ -74,17 +77,26 @@ def main(argv: list[str] | None = None) -> float:
 
     def report(g: ice.HyperGraph) -> None:
         loss, acc = val.engine.state.metrics["ce"], val.engine.state.metrics["acc"]
-        print(f"epoch {g.global_counters.epochs.train:3d}  train loss {train.engine.state.metrics['ce']:.4f}  "
-              f"val loss {loss:.4f}  val accuracy {acc:.4f}", flush=True)
+        print(
+            f"epoch {g.global_counters.epochs.train:3d}  train loss {train.engine.state.metrics['ce']:.4f}  "
+            f"val loss {loss:.4f}  val accuracy {acc:.4f}",
+            flush=True,
+        )
 
     start = time.perf_counter()
-    run_dir = g.run([ice.Repeat([train, val, report, ice.SaveCheckpointTask()], times=args.rounds)],
-                    devices="cpu", out_dir=args.out_dir, run_id=args.run_id,
-                    resume_from="auto" if args.resume else None)
+    run_dir = g.run(
+        [ice.Repeat([train, val, report, ice.SaveCheckpointTask()], times=args.rounds)],
+        devices="cpu",
+        out_dir=args.out_dir,
+        run_id=args.run_id,
+        resume_from="auto" if args.resume else None,
+    )
     elapsed = time.perf_counter() - start
     accuracy = val.engine.state.metrics.get("acc", float("nan"))
-    print(f"validation accuracy {accuracy:.4f} after {g.global_counters.epochs.train} epochs "
-          f"({elapsed:.1f} s); run directory: {run_dir}")
+    print(
+        f"validation accuracy {accuracy:.4f} after {g.global_counters.epochs.train} epochs "
+        f"({elapsed:.1f} s); run directory: {run_dir}"
+    )
     return accuracy
 
 

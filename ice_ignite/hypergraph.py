@@ -9,8 +9,9 @@ import functools
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -64,8 +65,12 @@ class HyperGraph(NodeRegistry):
         2
     """
 
-    def __init__(self, autocast_enabled: bool = False, autocast_dtype: torch.dtype | None = None,
-                 grad_scaler: "bool | torch.amp.GradScaler | None" = None):
+    def __init__(
+        self,
+        autocast_enabled: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        grad_scaler: bool | torch.amp.GradScaler | None = None,
+    ):
         super().__init__(RunContext())
         self.init_autocast(autocast_enabled, autocast_dtype, grad_scaler)
         self.nonfinite = NonFinitePolicy()
@@ -89,7 +94,7 @@ class HyperGraph(NodeRegistry):
         return self.context.grad_acc_steps
 
     @property
-    def grad_scaler(self) -> "torch.amp.GradScaler | None":
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
         """The run's GradScaler, or None when disabled."""
         return self.context.precision.grad_scaler
 
@@ -137,20 +142,36 @@ class HyperGraph(NodeRegistry):
         return task if task is not None and task.running else None
 
     # -- precision, accumulation, policies ----------------------------------------------------
-    def init_autocast(self, autocast_enabled: bool = True, autocast_dtype: torch.dtype | None = None,
-                      grad_scaler: "bool | torch.amp.GradScaler | None" = None) -> None:
+    def init_autocast(
+        self,
+        autocast_enabled: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+        grad_scaler: bool | torch.amp.GradScaler | None = None,
+    ) -> None:
         """Run ModuleNode and LossNode forwards under ``torch.autocast`` with the run's device
         type; ``grad_scaler=None`` enables a GradScaler only for float16."""
         self.context.precision.configure_autocast(autocast_enabled, autocast_dtype, grad_scaler)
 
-    def init_grad_scaler(self, grad_scaler: "bool | torch.amp.GradScaler" = True, *, init_scale: float = 2.0**16,
-                         growth_factor: float = 2.0, backoff_factor: float = 0.5, growth_interval: int = 2000,
-                         enabled: bool = True) -> None:
+    def init_grad_scaler(
+        self,
+        grad_scaler: bool | torch.amp.GradScaler = True,
+        *,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+        enabled: bool = True,
+    ) -> None:
         """Use a ``torch.amp.GradScaler`` (True: built for the run's device with these options;
         False: none; or a GradScaler instance)."""
-        self.context.precision.configure_scaler(grad_scaler, enabled, init_scale=init_scale,
-                                                growth_factor=growth_factor, backoff_factor=backoff_factor,
-                                                growth_interval=growth_interval)
+        self.context.precision.configure_scaler(
+            grad_scaler,
+            enabled,
+            init_scale=init_scale,
+            growth_factor=growth_factor,
+            backoff_factor=backoff_factor,
+            growth_interval=growth_interval,
+        )
 
     def is_autocast_enabled(self) -> bool:
         """Whether forwards run under autocast."""
@@ -186,12 +207,15 @@ class HyperGraph(NodeRegistry):
     def learning_rates(self) -> dict[str, list[float]]:
         """The current learning rate of every parameter group, by ``"<uid>/<pattern>"``, for every
         ModuleNode with optimizers."""
-        return {f"{uid}/{key}": lrs for uid, node in self._nodes.items() if isinstance(node, ModuleNode)
-                for key, lrs in node.learning_rates().items()}
+        return {
+            f"{uid}/{key}": lrs
+            for uid, node in self._nodes.items()
+            if isinstance(node, ModuleNode)
+            for key, lrs in node.learning_rates().items()
+        }
 
     # -- observing ------------------------------------------------------------------------------
-    def on(self, event: Any, handler: Any, tags: "str | Iterable[str]" = DEFAULT_TAG, train: bool | None = None
-           ) -> None:
+    def on(self, event: Any, handler: Any, tags: str | Iterable[str] = DEFAULT_TAG, train: bool | None = None) -> None:
         """Attach an ignite ``handler`` (``handler(engine)``) for ``event`` (any ``Events``, filters
         included) to the engine of every task whose tags include ``tags`` (``"*"``: every task) and,
         unless ``train`` is None, that trains (True) or evaluates (False). Handlers reach the graph
@@ -209,9 +233,15 @@ class HyperGraph(NodeRegistry):
             raise TypeError(f"g.on train must be None, True or False, got {train!r}")
         self._handlers.append((event, handler, normalize_tags(tags, what="g.on tags"), train))
 
-    def print_forward_output(self, *nodenames: str, every: int = 1, total: int | None = None,
-                             tags: "str | Iterable[str]" = DEFAULT_TAG, train_only: bool = True,
-                             localrank0_only: bool = True) -> Node:
+    def print_forward_output(
+        self,
+        *nodenames: str,
+        every: int = 1,
+        total: int | None = None,
+        tags: str | Iterable[str] = DEFAULT_TAG,
+        train_only: bool = True,
+        localrank0_only: bool = True,
+    ) -> Node:
         """Print a compact summary of the outputs of ``nodenames`` (shape, dtype, device, min /
         max / mean, NaN / Inf counts), prefixed with ``E<train epochs>S<train steps>``, at the first
         iteration and every ``every``-th, at most ``total`` times, in tasks selected by ``tags``.
@@ -225,8 +255,7 @@ class HyperGraph(NodeRegistry):
         probe = PrintProbe(tuple(nodenames), every, total, train_only, localrank0_only)
         return self.add("print_" + "_".join(nodenames), probe, tags=tags)
 
-    def draw(self, tags: "str | Iterable[str]" = DEFAULT_TAG, path: "str | os.PathLike | None" = None
-             ) -> list[Path]:
+    def draw(self, tags: str | Iterable[str] = DEFAULT_TAG, path: str | os.PathLike | None = None) -> list[Path]:
         """Write the graph of a task with ``tags`` as Graphviz DOT and Mermaid text, and as a PNG or
         SVG picture when Graphviz's ``dot`` or matplotlib is installed: ``path`` names the picture
         (``graph.png``, ``graph.svg``) or the DOT file (``graph.dot``), and the other files go
@@ -271,18 +300,33 @@ class HyperGraph(NodeRegistry):
                 task.base_epoch = state.epoch if state.max_epochs is not None else 0
                 if not task.engine.suspended:
                     task.engine.should_terminate = False
-        self._runner.run(entries, lambda task, position, span, hold: self._run_task(task, position, span, hold, resume),
-                         lambda item: call_with_arity(item, self, launcher),
-                         start=resume.entry if resume is not None else 0,
-                         resume=resume.task if resume is not None else None,
-                         boundary=functools.partial(session.check_preemption, blocking=True) if session is not None else None)
+        self._runner.run(
+            entries,
+            lambda task, position, span, hold: self._run_task(task, position, span, hold, resume),
+            lambda item: call_with_arity(item, self, launcher),
+            start=resume.entry if resume is not None else 0,
+            resume=resume.task if resume is not None else None,
+            boundary=functools.partial(session.check_preemption, blocking=True) if session is not None else None,
+        )
 
-    def _run_task(self, task: Task, position: dict | None, span: tuple[int, int] | None = None,
-                  hold: bool = False, resume: Any = None) -> bool:
+    def _run_task(
+        self,
+        task: Task,
+        position: dict | None,
+        span: tuple[int, int] | None = None,
+        hold: bool = False,
+        resume: Any = None,
+    ) -> bool:
         task.engine.hypergraph = self
-        return task.run(self.select_egraph(task.tags), self._attach, self._attach_on_handlers, position,
-                        resume.reload_epoch if resume is not None and position is not None else None, span,
-                        hold)
+        return task.run(
+            self.select_egraph(task.tags),
+            self._attach,
+            self._attach_on_handlers,
+            position,
+            resume.reload_epoch if resume is not None and position is not None else None,
+            span,
+            hold,
+        )
 
     def _attach(self, task: Task) -> None:
         """Attach the run's own handlers to a starting task (inside its engine's ``internal()``)."""
@@ -295,21 +339,47 @@ class HyperGraph(NodeRegistry):
 
     def _attach_on_handlers(self, task: Task) -> list:
         """Attach the ``g.on`` handlers that apply to ``task``; returns their handles."""
-        return [task.engine.add_event_handler(event, handler) for event, handler, tags, train in self._handlers
-                if (train is None or train == task.train) and (tags == (DEFAULT_TAG,) or set(tags) <= set(task.tags))]
+        return [
+            task.engine.add_event_handler(event, handler)
+            for event, handler, tags, train in self._handlers
+            if (train is None or train == task.train) and (tags == (DEFAULT_TAG,) or set(tags) <= set(task.tags))
+        ]
 
-    def run(self, tasks: Any, devices: str = "auto", run_id: str | None = None,
-            out_dir: "str | os.PathLike | None" = None, resume_from: "str | os.PathLike | None" = None,
-            seed: int | None = None, nnodes: str = "1:1", node_rank: int = 0, dist_backend: str = "auto",
-            master_addr: str = "127.0.0.1", master_port: int | None = None, rdzv_endpoint: str = "",
-            rdzv_backend: str = "static", max_restarts: int = 0, start_method: str = "spawn",
-            launcher: Launcher | None = None, *, strict_resume: bool = True, n_saved: int | None = None,
-            log_every: int = 50, progress: bool = True, hparams: dict | None = None, timing: bool = False,
-            async_checkpoints: bool = False,
-            rdzv_configs: "dict | str | None" = None, standalone: bool = False, monitor_interval: float = 0.1,
-            redirects: "str | int" = "0", tee: "str | int" = "0", omp_num_threads: int | None = None,
-            launch: LaunchOptions | None = None, collective_timeout: "float | datetime.timedelta | None" = None
-            ) -> Path:
+    def run(
+        self,
+        tasks: Any,
+        devices: str = "auto",
+        run_id: str | None = None,
+        out_dir: str | os.PathLike | None = None,
+        resume_from: str | os.PathLike | None = None,
+        seed: int | None = None,
+        nnodes: str = "1:1",
+        node_rank: int = 0,
+        dist_backend: str = "auto",
+        master_addr: str = "127.0.0.1",
+        master_port: int | None = None,
+        rdzv_endpoint: str = "",
+        rdzv_backend: str = "static",
+        max_restarts: int = 0,
+        start_method: str = "spawn",
+        launcher: Launcher | None = None,
+        *,
+        strict_resume: bool = True,
+        n_saved: int | None = None,
+        log_every: int = 50,
+        progress: bool = True,
+        hparams: dict | None = None,
+        timing: bool = False,
+        async_checkpoints: bool = False,
+        rdzv_configs: dict | str | None = None,
+        standalone: bool = False,
+        monitor_interval: float = 0.1,
+        redirects: str | int = "0",
+        tee: str | int = "0",
+        omp_num_threads: int | None = None,
+        launch: LaunchOptions | None = None,
+        collective_timeout: float | datetime.timedelta | None = None,
+    ) -> Path:
         """Run the schedule ``tasks`` in a run directory ``out_dir/run_id``, which the run holds
         (an OS lock on ``run.lock``) until it ends: another run of it fails at once.
 
@@ -382,21 +452,45 @@ class HyperGraph(NodeRegistry):
             the graph did not train: there ``.launcher`` is None and ``.is_main`` False.
         """
         entries = flatten_schedule(tasks)
-        keywords = LaunchOptions(nnodes=nnodes, node_rank=node_rank, dist_backend=dist_backend,
-                                 master_addr=master_addr, master_port=master_port, rdzv_endpoint=rdzv_endpoint,
-                                 rdzv_backend=rdzv_backend, max_restarts=max_restarts, start_method=start_method,
-                                 rdzv_configs=rdzv_configs, standalone=standalone, monitor_interval=monitor_interval,
-                                 redirects=redirects, tee=tee, omp_num_threads=omp_num_threads)
+        keywords = LaunchOptions(
+            nnodes=nnodes,
+            node_rank=node_rank,
+            dist_backend=dist_backend,
+            master_addr=master_addr,
+            master_port=master_port,
+            rdzv_endpoint=rdzv_endpoint,
+            rdzv_backend=rdzv_backend,
+            max_restarts=max_restarts,
+            start_method=start_method,
+            rdzv_configs=rdzv_configs,
+            standalone=standalone,
+            monitor_interval=monitor_interval,
+            redirects=redirects,
+            tee=tee,
+            omp_num_threads=omp_num_threads,
+        )
         if launch is None:
             launch = keywords
         elif keywords != LaunchOptions():
             given = [f.name for f in dataclasses.fields(keywords) if getattr(keywords, f.name) != f.default]
-            raise TypeError(f"run got launch=LaunchOptions(...) and the launch keywords {given} too; pass the "
-                            "launch options in one place: the keywords, or launch=ice.LaunchOptions(...)")
-        options = RunOptions(run_id=run_id, out_dir=out_dir, resume_from=resume_from, seed=seed,
-                             strict_resume=strict_resume, n_saved=n_saved, log_every=log_every, progress=progress,
-                             hparams=hparams, timing=timing, collective_timeout=collective_timeout,
-                             async_checkpoints=async_checkpoints)
+            raise TypeError(
+                f"run got launch=LaunchOptions(...) and the launch keywords {given} too; pass the "
+                "launch options in one place: the keywords, or launch=ice.LaunchOptions(...)"
+            )
+        options = RunOptions(
+            run_id=run_id,
+            out_dir=out_dir,
+            resume_from=resume_from,
+            seed=seed,
+            strict_resume=strict_resume,
+            n_saved=n_saved,
+            log_every=log_every,
+            progress=progress,
+            hparams=hparams,
+            timing=timing,
+            collective_timeout=collective_timeout,
+            async_checkpoints=async_checkpoints,
+        )
         joined = worker = False
         if launcher is None and in_worker():
             launcher, joined = join(devices, launch.dist_backend, collective_timeout)
@@ -404,11 +498,25 @@ class HyperGraph(NodeRegistry):
         elif launcher is None:
             device_list = parse_devices(devices)
             if len(device_list) > 1 or launch.several_nodes:
+
                 def worker(agreed_id: str) -> None:  # forked: the graph and its lambdas are inherited, not pickled
-                    self.run(tasks, devices=devices, launch=launch, run_id=agreed_id, out_dir=out_dir,
-                             resume_from=resume_from, seed=seed, strict_resume=strict_resume, n_saved=n_saved,
-                             log_every=log_every, progress=progress, hparams=hparams, timing=timing,
-                             collective_timeout=collective_timeout, async_checkpoints=async_checkpoints)
+                    self.run(
+                        tasks,
+                        devices=devices,
+                        launch=launch,
+                        run_id=agreed_id,
+                        out_dir=out_dir,
+                        resume_from=resume_from,
+                        seed=seed,
+                        strict_resume=strict_resume,
+                        n_saved=n_saved,
+                        log_every=log_every,
+                        progress=progress,
+                        hparams=hparams,
+                        timing=timing,
+                        collective_timeout=collective_timeout,
+                        async_checkpoints=async_checkpoints,
+                    )
 
                 return spawn_workers(worker, len(device_list), launch, options)
             launcher = Launcher(device=device_list[0])
@@ -460,8 +568,13 @@ class HyperGraph(NodeRegistry):
         self._pending = (state, chosen)
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def save_checkpoint(self, save_to: "str | os.PathLike | None" = None, tags: "str | Iterable[str]" = DEFAULT_TAG,
-                        *, async_: bool | None = None) -> Path | None:
+    def save_checkpoint(
+        self,
+        save_to: str | os.PathLike | None = None,
+        tags: str | Iterable[str] = DEFAULT_TAG,
+        *,
+        async_: bool | None = None,
+    ) -> Path | None:
         """Write a checkpoint of the run: node states (of ``tags``; ``"*"``: every node), counters,
         RNG streams, GradScaler, the schedule position, task engines and the stateful handlers
         attached to them. Call it on every rank; global rank 0 writes. With FSDP-sharded
@@ -479,14 +592,23 @@ class HyperGraph(NodeRegistry):
                 failed (here, or for an asynchronous one at the next save or the run's end).
         """
         if async_ is not None and not isinstance(async_, bool):
-            raise TypeError(f"save_checkpoint async_ must be True, False or None (the run's async_checkpoints), "
-                            f"got {async_!r}")
+            raise TypeError(
+                f"save_checkpoint async_ must be True, False or None (the run's async_checkpoints), got {async_!r}"
+            )
         return self._checkpointer.save(save_to, normalize_tags(tags, what="save_checkpoint tags"), async_=async_)
 
-    def load_checkpoint(self, resume_from: "str | os.PathLike", strict: bool = False,
-                        tags: "str | Iterable[str]" = DEFAULT_TAG, *, nodes: "str | Iterable[str] | None" = None,
-                        rename: "dict[str, str] | None" = None, weights: bool = True, optimizers: bool = False,
-                        other: bool = False) -> dict:
+    def load_checkpoint(
+        self,
+        resume_from: str | os.PathLike,
+        strict: bool = False,
+        tags: str | Iterable[str] = DEFAULT_TAG,
+        *,
+        nodes: str | Iterable[str] | None = None,
+        rename: dict[str, str] | None = None,
+        weights: bool = True,
+        optimizers: bool = False,
+        other: bool = False,
+    ) -> dict:
         """Load node states from a checkpoint, e.g. pretrained weights before fine-tuning. By
         default only module weights and buffers load: the graph keeps its own optimizers (and
         learning rates), data positions and loss / metric accumulators. Counters, RNG streams and
@@ -547,11 +669,15 @@ class HyperGraph(NodeRegistry):
         from ice_ignite.checkpoint.files import FORMAT
 
         if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise CheckpointError(f"HyperGraph.load_state_dict needs what HyperGraph.state_dict returned (a dict "
-                                  f"with format {FORMAT!r}), got {type(state).__name__}")
+            raise CheckpointError(
+                f"HyperGraph.load_state_dict needs what HyperGraph.state_dict returned (a dict "
+                f"with format {FORMAT!r}), got {type(state).__name__}"
+            )
         if self._runner.entries is not None:
-            raise CheckpointError("HyperGraph.load_state_dict cannot resume in the middle of a running schedule; call "
-                                  "it before run(), or use LoadCheckpointTask to load node states")
+            raise CheckpointError(
+                "HyperGraph.load_state_dict cannot resume in the middle of a running schedule; call "
+                "it before run(), or use LoadCheckpointTask to load node states"
+            )
         self._pending = (state, "the state given to load_state_dict")
 
     def register_stateful(self, name: str, obj: Any) -> None:
@@ -559,11 +685,13 @@ class HyperGraph(NodeRegistry):
         handler of a task engine, whose handlers are checkpointed already) under ``name``."""
         check_name(name)
         if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
-            raise TypeError(f"register_stateful({name!r}, ...) needs an object with state_dict() and "
-                            f"load_state_dict(), got {type(obj).__name__}")
+            raise TypeError(
+                f"register_stateful({name!r}, ...) needs an object with state_dict() and "
+                f"load_state_dict(), got {type(obj).__name__}"
+            )
         self._objects[name] = obj
 
-    def backup_source_files(self, entrypoint: "str | os.PathLike") -> None:
+    def backup_source_files(self, entrypoint: str | os.PathLike) -> None:
         """Copy ``entrypoint`` (usually ``__file__``) and the local modules it imports into
         ``src/`` of the run directory, at the start of every ``run`` (now, during one). ``src/``
         is never overwritten: a later run of the same directory (a resume) whose sources differ

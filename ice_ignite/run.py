@@ -4,14 +4,14 @@ what a run attaches around its schedule (logging, board, progress, timing, preem
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from ignite.engine import Events
@@ -20,8 +20,7 @@ from ice_ignite.checkpoint.checkpointer import Checkpointer
 from ice_ignite.checkpoint.rundir import DEFAULT_OUT_DIR, RunDir, check_run_id, prepare_run_dir
 from ice_ignite.distributed import parallel
 from ice_ignite.distributed.hang import HangWatch, collective_timeout_of
-from ice_ignite.distributed.launcher import LaunchOptions, launch, script_command
-from ice_ignite.distributed.launcher import joined_group
+from ice_ignite.distributed.launcher import LaunchOptions, joined_group, launch, script_command
 from ice_ignite.distributed.launcher_record import Launcher
 from ice_ignite.distributed.preemption import Preempted, PreemptionGuard
 from ice_ignite.distributed.processes import LAUNCHER_PID_ENV
@@ -33,8 +32,15 @@ from ice_ignite.observe.progress import Progress
 from ice_ignite.observe.timing import NodeTimer
 from ice_ignite.training.seeding import seed_everything
 
-__all__ = ["LaunchOptions", "RunOptions", "RunPath", "RunSession", "spawn_workers", "open_run_dir",
-           "record_worker_error"]
+__all__ = [
+    "LaunchOptions",
+    "RunOptions",
+    "RunPath",
+    "RunSession",
+    "spawn_workers",
+    "open_run_dir",
+    "record_worker_error",
+]
 
 logger = logging.getLogger("ice_ignite")
 
@@ -62,7 +68,7 @@ class RunPath(type(Path())):  # Path itself can be subclassed only from Python 3
     launcher: Launcher | None = None
 
     @classmethod
-    def of(cls, path: "str | os.PathLike", launcher: Launcher | None) -> "RunPath":
+    def of(cls, path: str | os.PathLike, launcher: Launcher | None) -> RunPath:
         """``path`` with ``launcher``."""
         run_path = cls(path)
         run_path.launcher = launcher
@@ -84,8 +90,8 @@ class RunOptions:
     """What one run does besides its schedule (see ``HyperGraph.run`` for each)."""
 
     run_id: str | None = None
-    out_dir: "str | os.PathLike | None" = None
-    resume_from: "str | os.PathLike | None" = None
+    out_dir: str | os.PathLike | None = None
+    resume_from: str | os.PathLike | None = None
     seed: int | None = None
     strict_resume: bool = True
     n_saved: int | None = None
@@ -121,8 +127,9 @@ def record_worker_error(e: BaseException) -> None:
         ErrorHandler().record_exception(e)
 
 
-def spawn_workers(worker: Callable[[str], Any], nproc: int, launch_options: LaunchOptions, options: RunOptions
-                  ) -> RunPath:
+def spawn_workers(
+    worker: Callable[[str], Any], nproc: int, launch_options: LaunchOptions, options: RunOptions
+) -> RunPath:
     """Start the workers of a multi-process run from this (launching) process. In ``spawn`` mode
     they re-run the entry script and this process exits when they are done (as under
     ``torchrun``); forked workers call ``worker(run_id)`` and the run directory is returned.
@@ -139,8 +146,14 @@ def spawn_workers(worker: Callable[[str], Any], nproc: int, launch_options: Laun
     if rundir.lock.held:
         os.environ[LOCKED_DIR_ENV] = str(rundir.root.resolve())
     try:
-        launch((lambda: worker(rundir.run_id)) if fork else command, nproc, o, "fork" if fork else "spawn",
-               run_id=options.run_id or "ice_ignite", log_dir=rundir.logs / "workers")
+        launch(
+            (lambda: worker(rundir.run_id)) if fork else command,
+            nproc,
+            o,
+            "fork" if fork else "spawn",
+            run_id=options.run_id or "ice_ignite",
+            log_dir=rundir.logs / "workers",
+        )
     except Preempted as e:
         print(f"ice_ignite: {e}", file=sys.stderr, flush=True)
         raise
@@ -194,8 +207,9 @@ class RunSession:
     preemption check (SIGTERM / SIGINT → a checkpoint at the next iteration boundary on every rank,
     then ``Preempted``)."""
 
-    def __init__(self, context: RunContext, checkpointer: Checkpointer, launcher: Launcher, rundir: RunDir,
-                 options: RunOptions):
+    def __init__(
+        self, context: RunContext, checkpointer: Checkpointer, launcher: Launcher, rundir: RunDir, options: RunOptions
+    ):
         self.context = context
         self.checkpointer = checkpointer
         self.launcher = launcher
@@ -208,7 +222,7 @@ class RunSession:
         self._watch: HangWatch | None = None
 
     @contextlib.contextmanager
-    def active(self) -> Iterator["RunSession"]:
+    def active(self) -> Iterator[RunSession]:
         """Enter the run: logging, signal handling, context, board; restored on exit, and the run
         directory's lock released (however the run ends). A collective that times out becomes a
         ``CollectiveTimeout`` naming the stuck rank (its stacks in ``logs/``)."""
@@ -244,14 +258,16 @@ class RunSession:
             ctx.save_best = self.checkpointer.save_best
             if launcher.world_size > 1:
                 timeout, store = joined_group()
-                self._watch = HangWatch(self.rundir.logs, launcher.rank, launcher.world_size, timeout, store,
-                                        node=self._running_node)
+                self._watch = HangWatch(
+                    self.rundir.logs, launcher.rank, launcher.world_size, timeout, store, node=self._running_node
+                )
                 self._guard.hung = lambda: self._watch is not None and self._watch.hung
                 self._agreed = parallel.AgreedFlag()
             else:
                 self._agreed = None
-            self.checkpointer.open(self.rundir, options.n_saved, writer=launcher.rank == 0,
-                                   async_default=options.async_checkpoints)
+            self.checkpointer.open(
+                self.rundir, options.n_saved, writer=launcher.rank == 0, async_default=options.async_checkpoints
+            )
             if launcher.rank == 0:
                 self.board_logger = BoardLogger(ctx, options.log_every)
             if options.progress and launcher.local_rank == 0:

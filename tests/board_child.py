@@ -29,10 +29,15 @@ def main() -> None:
     g = ice.HyperGraph()
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(80, 4, generator=gen)
-    g.add("data", ice.DatasetNode(torch.utils.data.TensorDataset(x, (x.sum(1) > 0).long()), batch_size=4,
-                                  shuffle=True))
-    g.add("net", ice.ModuleNode(torch.nn.Linear(4, 2), forward=lambda n, x: n.module(x["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1)))
+    g.add("data", ice.DatasetNode(torch.utils.data.TensorDataset(x, (x.sum(1) > 0).long()), batch_size=4, shuffle=True))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            torch.nn.Linear(4, 2),
+            forward=lambda n, x: n.module(x["data"][0]),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1),
+        ),
+    )
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
     train = ice.Task(train=True, epochs=3)
 

@@ -81,8 +81,9 @@ def main() -> None:
     g.add("data", ice.DatasetNode(Noisy(96), batch_size=8, shuffle=True, num_workers=workers), tags="train")
     g.add("data", ice.DatasetNode(Noisy(32), batch_size=16), tags="val")
     net = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 2))
-    spec = ice.Optimizer(torch.optim.Adam, lr=1e-2,
-                         lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.7))
+    spec = ice.Optimizer(
+        torch.optim.Adam, lr=1e-2, lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.7)
+    )
     node = g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]), optimizers=spec))
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
     train = ice.Task(train=True, epochs=2, tags="train")
@@ -92,10 +93,18 @@ def main() -> None:
     train.engine.add_event_handler(Events.ITERATION_COMPLETED(every=5), lambda e: g.save_checkpoint())
     train.engine.add_event_handler(Events.STARTED, lambda e: print("STARTED", flush=True))
     val = ice.Task(train=False, epochs=1, tags="val")
-    g.run([ice.Repeat([train, val, ice.SaveCheckpointTask()], times=3)], devices="cpu", out_dir=out_dir,
-          run_id=run_id, resume_from="auto")
-    final = {"module": net.state_dict(), "optimizer": node.optimizers[".*"].state_dict(),
-             "counters": g.global_counters.state_dict()}
+    g.run(
+        [ice.Repeat([train, val, ice.SaveCheckpointTask()], times=3)],
+        devices="cpu",
+        out_dir=out_dir,
+        run_id=run_id,
+        resume_from="auto",
+    )
+    final = {
+        "module": net.state_dict(),
+        "optimizer": node.optimizers[".*"].state_dict(),
+        "counters": g.global_counters.state_dict(),
+    }
     torch.save(final, Path(out_dir) / f"{run_id}-final.pt")
     print("DONE", flush=True)
 

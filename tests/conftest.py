@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
 
 import ice_ignite as ice
 
@@ -31,8 +31,14 @@ def linear_graph(train_n: int = 40, val_n: int = 20, batch_size: int = 8, lr: fl
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(regression_set(train_n), batch_size=batch_size), tags="train")
     g.add("data", ice.DatasetNode(regression_set(val_n, seed=1), batch_size=batch_size), tags="val")
-    g.add("net", ice.ModuleNode(torch.nn.Linear(3, 1), forward=lambda n, x: n.module(x["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=lr)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            torch.nn.Linear(3, 1),
+            forward=lambda n, x: n.module(x["data"][0]),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=lr),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     return g
 
@@ -41,8 +47,12 @@ def saved_checkpoint(out_dir, run_id: str = "src", epochs: int = 1) -> tuple[ice
     """Train a ``linear_graph`` for ``epochs`` in run ``out_dir/run_id``, save a checkpoint at the
     end; return the graph and the checkpoint's path."""
     g = linear_graph()
-    g.run([ice.Task(train=True, epochs=epochs, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
-          out_dir=out_dir, run_id=run_id)
+    g.run(
+        [ice.Task(train=True, epochs=epochs, tags="train"), ice.SaveCheckpointTask()],
+        devices="cpu",
+        out_dir=out_dir,
+        run_id=run_id,
+    )
     return g, next((Path(out_dir) / run_id / "ckpts").glob("ckpt-*.pt"))
 
 

@@ -73,7 +73,7 @@ class Recorder(ice.Node):
 
     def forward_impl(self, x):
         batch = x[self.source].tolist()
-        this_pass = set(self.seen[len(self.seen) // self.n * self.n:])
+        this_pass = set(self.seen[len(self.seen) // self.n * self.n :])
         again = this_pass.intersection(batch)
         if again:
             raise AssertionError(f"elements produced twice in a pass: {sorted(again)}")
@@ -93,15 +93,27 @@ def kill(args):
     g.add("data", ice.DatasetNode(CountingStream(96), batch_size=4, num_workers=args.workers))
     recorder = g.add("rec", Recorder(96))
     net = torch.nn.Linear(1, 1)
-    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"].float().unsqueeze(1) / 96),
-                                optimizers=ice.Optimizer(torch.optim.Adam, lr=1e-2)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            net,
+            forward=lambda n, x: n.module(x["data"].float().unsqueeze(1) / 96),
+            optimizers=ice.Optimizer(torch.optim.Adam, lr=1e-2),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], torch.ones_like(x["net"]))))
     g.add("slow", ice.Node(update=lambda n: time.sleep(0.03)))
     train = ice.Task(train=True, steps=10)
     train.engine.add_event_handler(Events.ITERATION_COMPLETED(every=3), lambda e: g.save_checkpoint())
     train.engine.add_event_handler(Events.STARTED, lambda e: print("STARTED", flush=True))
-    g.run([ice.Repeat([train], times=3)], devices="cpu", out_dir=args.out_dir, run_id=args.run_id,
-          resume_from="auto", progress=False)
+    g.run(
+        [ice.Repeat([train], times=3)],
+        devices="cpu",
+        out_dir=args.out_dir,
+        run_id=args.run_id,
+        resume_from="auto",
+        progress=False,
+    )
     torch.save({"seen": recorder.seen, "module": net.state_dict()}, Path(args.out_dir) / f"{args.run_id}-final.pt")
 
 
@@ -110,16 +122,26 @@ def ranks(args):
     sampler = torch.utils.data.WeightedRandomSampler(torch.linspace(0.1, 1.0, 30), num_samples=26)
     g.add("sampled", ice.DatasetNode(torch.utils.data.TensorDataset(torch.arange(30)), batch_size=3, sampler=sampler))
     g.add("stream", ice.DatasetNode(CountingStream(64), batch_size=4, num_workers=args.workers))
-    records = g.add("rec", ice.Node(forward=lambda n, x: n.batches.append((x["sampled"][0].tolist(),
-                                                                            x["stream"].tolist())), batches=[]))
+    records = g.add(
+        "rec",
+        ice.Node(forward=lambda n, x: n.batches.append((x["sampled"][0].tolist(), x["stream"].tolist())), batches=[]),
+    )
 
     def save(g):  # in the schedule, so that every rank runs it
         rank = g["*/rec"].launcher.rank
         torch.save({"batches": records.batches}, Path(args.out_dir) / f"{args.run_id}-rank{rank}.pt")
 
     tasks = [ice.Task(train=False, steps=3), ice.SaveCheckpointTask(), ice.Task(train=False, steps=9), save]
-    g.run(tasks, devices="cpu:0-1", out_dir=args.out_dir, run_id=args.run_id, resume_from=args.resume,
-          progress=False, start_method="fork", seed=0)  # forked workers: no second import of torch
+    g.run(
+        tasks,
+        devices="cpu:0-1",
+        out_dir=args.out_dir,
+        run_id=args.run_id,
+        resume_from=args.resume,
+        progress=False,
+        start_method="fork",
+        seed=0,
+    )  # forked workers: no second import of torch
 
 
 def main():

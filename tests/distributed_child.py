@@ -33,17 +33,26 @@ def data(n, seed):
 def build(args):
     torch.manual_seed(0)
     g = ice.HyperGraph()
-    g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True,
-                                  num_workers=args.workers), tags="train")
+    g.add(
+        "data",
+        ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True, num_workers=args.workers),
+        tags="train",
+    )
     g.add("data", ice.DatasetNode(data(30, 2), batch_size=4), tags="val")
     net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     extra = {}
     if args.unused:  # a branch the forward never uses
         net.add_module("unused", torch.nn.Linear(2, 2))
         extra["unused_parameters"] = args.unused
-    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module[2](n.module[1](n.module[0](x["data"][0]))),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.2, momentum=0.5, weight_decay=0.01),
-                                **extra))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            net,
+            forward=lambda n, x: n.module[2](n.module[1](n.module[0](x["data"][0]))),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.2, momentum=0.5, weight_decay=0.01),
+            **extra,
+        ),
+    )
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
     g.add("acc", ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1])), tags="val")
 
@@ -51,12 +60,17 @@ def build(args):
         launcher = n.launcher
         if launcher.rank == args.fail_rank and n.global_train_steps == 3:
             raise ValueError(f"planned failure on rank {launcher.rank}")
-        if (args.die_at_step is not None and launcher.rank == 1 and n.global_train_steps == args.die_at_step
-                and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
+        if (
+            args.die_at_step is not None
+            and launcher.rank == 1
+            and n.global_train_steps == args.die_at_step
+            and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        ):
             os._exit(9)  # a crash: no exception, no clean-up
 
     g.add("fault", ice.Node(forward=maybe_fail), tags="train")
     if args.stuck_rank is not None:
+
         def stuck_forward(n, x):  # user code that blocks on one rank: the others wait in the all-reduce
             if n.launcher.rank == args.stuck_rank and n.global_train_steps == 3:
                 time.sleep(40)
@@ -104,8 +118,11 @@ def main():
 
             ddp.register_comm_hook(None, hook)
 
-    g.add("probe", ice.Node(prepare=count_allreduces,
-                            update=lambda n: time.sleep(args.slow) if args.slow else None), tags="train")
+    g.add(
+        "probe",
+        ice.Node(prepare=count_allreduces, update=lambda n: time.sleep(args.slow) if args.slow else None),
+        tags="train",
+    )
     train = ice.Task(train=True, epochs=3, tags="train")
     train.engine.add_event_handler(Events.ITERATION_COMPLETED(every=4), lambda e: g.save_checkpoint())
     val = ice.Task(train=False, epochs=1, tags="val")
@@ -113,22 +130,44 @@ def main():
     def save_result(g):  # in the schedule, so that forked workers run it too
         launcher = g["*/net"].launcher
         checksum = sum(p.double().sum().item() for p in net.parameters())
-        print(f"rank {launcher.rank} of {launcher.world_size} (local {launcher.local_rank} of "
-              f"{launcher.local_world_size}, node {launcher.node_rank}) on {launcher.device} with {launcher.backend}: done; all-reduces {allreduces[0] if allreduces else 0}; "
-              f"board {type(g.board).__name__}; threads {torch.get_num_threads()}; weights {checksum:.12f}",
-              flush=True)
+        print(
+            f"rank {launcher.rank} of {launcher.world_size} (local {launcher.local_rank} of "
+            f"{launcher.local_world_size}, node {launcher.node_rank}) on {launcher.device} with {launcher.backend}: done; all-reduces {allreduces[0] if allreduces else 0}; "
+            f"board {type(g.board).__name__}; threads {torch.get_num_threads()}; weights {checksum:.12f}",
+            flush=True,
+        )
         if launcher.rank == 0:
-            print(f"lock: {(g.run_dir / 'run.lock').read_text().strip()}; I am pid {os.getpid()}, child of "
-                  f"{os.getppid()}", flush=True)
-            torch.save({"module": net.state_dict(), "metrics": dict(val.engine.state.metrics),
-                        "steps": g.global_counters.steps.train, "world_size": launcher.world_size},
-                       Path(args.out_dir) / f"{args.run_id}-result.pt")
+            print(
+                f"lock: {(g.run_dir / 'run.lock').read_text().strip()}; I am pid {os.getpid()}, child of "
+                f"{os.getppid()}",
+                flush=True,
+            )
+            torch.save(
+                {
+                    "module": net.state_dict(),
+                    "metrics": dict(val.engine.state.metrics),
+                    "steps": g.global_counters.steps.train,
+                    "world_size": launcher.world_size,
+                },
+                Path(args.out_dir) / f"{args.run_id}-result.pt",
+            )
 
-    run_dir = g.run([train, val, ice.SaveCheckpointTask(), save_result], devices=args.devices, out_dir=args.out_dir,
-                    run_id=args.run_id, resume_from="auto", max_restarts=args.max_restarts, nnodes=args.nnodes,
-                    node_rank=args.node_rank, master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint,
-                    rdzv_backend="c10d" if args.rdzv_endpoint else "static", tee=args.tee,
-                    omp_num_threads=args.omp_num_threads, collective_timeout=args.collective_timeout)
+    run_dir = g.run(
+        [train, val, ice.SaveCheckpointTask(), save_result],
+        devices=args.devices,
+        out_dir=args.out_dir,
+        run_id=args.run_id,
+        resume_from="auto",
+        max_restarts=args.max_restarts,
+        nnodes=args.nnodes,
+        node_rank=args.node_rank,
+        master_port=args.master_port,
+        rdzv_endpoint=args.rdzv_endpoint,
+        rdzv_backend="c10d" if args.rdzv_endpoint else "static",
+        tee=args.tee,
+        omp_num_threads=args.omp_num_threads,
+        collective_timeout=args.collective_timeout,
+    )
     print(f"after run: pid {os.getpid()} rank {run_dir.rank} main {run_dir.is_main}", flush=True)
 
 

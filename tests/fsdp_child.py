@@ -70,14 +70,28 @@ def main():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True), tags="train")
     g.add("data", ice.DatasetNode(data(16, 2), batch_size=8, batch_size_in_total=True), tags="val")
-    g.add("enc", ice.ModuleNode(enc, forward=lambda n, x: n.module(x["data"][0]), parallel=strategy, **fsdp,
-                                optimizers={r"inp\..*|blocks\.0\..*": ice.Optimizer(torch.optim.Adam, lr=0.01,
-                                                                                     grad_clip_norm=0.05),
-                                            (r"blocks\.[12]\..*", r"proj\..*"): ice.Optimizer(
-                                                torch.optim.Adam, lr=0.02, weight_decay=0.01)}))
-    g.add("head", ice.ModuleNode(head, forward=lambda n, x: n.module(torch.relu(x["enc"])),
-                                 parallel=ice.FSDP() if strategy is not None and mode == "fsdp" else strategy,
-                                 optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01, grad_clip_norm=0.1)))
+    g.add(
+        "enc",
+        ice.ModuleNode(
+            enc,
+            forward=lambda n, x: n.module(x["data"][0]),
+            parallel=strategy,
+            **fsdp,
+            optimizers={
+                r"inp\..*|blocks\.0\..*": ice.Optimizer(torch.optim.Adam, lr=0.01, grad_clip_norm=0.05),
+                (r"blocks\.[12]\..*", r"proj\..*"): ice.Optimizer(torch.optim.Adam, lr=0.02, weight_decay=0.01),
+            },
+        ),
+    )
+    g.add(
+        "head",
+        ice.ModuleNode(
+            head,
+            forward=lambda n, x: n.module(torch.relu(x["enc"])),
+            parallel=ice.FSDP() if strategy is not None and mode == "fsdp" else strategy,
+            optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01, grad_clip_norm=0.1),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["head"], x["data"][1])))
     losses, evals = [], []
 
@@ -85,6 +99,7 @@ def main():
         def forward(n, x):
             loss = x["mse"].detach().clone()
             into.append((idist.all_reduce(loss) / idist.get_world_size()).item())
+
         return forward
 
     g.add("record", ice.Node(forward=record(losses)), tags="train")
@@ -115,13 +130,24 @@ def main():
         held = []
         for node in nodes.values():
             held += list(node.module.parameters())
-            held += [v for opt in node.optimizers.values() for st in opt.state.values() for v in st.values()
-                     if isinstance(v, torch.Tensor) and v.dim() > 0]
-        result = {"losses": losses, "evals": evals, "synced": synced, "mid_cycle": mid_cycle,
-                  "bytes": parallel.local_bytes(held),
-                  "state": {name: node.state_dict() for name, node in nodes.items()},
-                  "compiled_graphs": counters["stats"]["unique_graphs"],
-                  "sharded": [node.sharded for node in nodes.values()], "wrapper": type(nodes["enc"].ddp).__name__}
+            held += [
+                v
+                for opt in node.optimizers.values()
+                for st in opt.state.values()
+                for v in st.values()
+                if isinstance(v, torch.Tensor) and v.dim() > 0
+            ]
+        result = {
+            "losses": losses,
+            "evals": evals,
+            "synced": synced,
+            "mid_cycle": mid_cycle,
+            "bytes": parallel.local_bytes(held),
+            "state": {name: node.state_dict() for name, node in nodes.items()},
+            "compiled_graphs": counters["stats"]["unique_graphs"],
+            "sharded": [node.sharded for node in nodes.values()],
+            "wrapper": type(nodes["enc"].ddp).__name__,
+        }
         torch.save(result, Path(out_dir) / f"{run_id}-rank{rank}.pt")
 
     def save_after(g):  # training again after an evaluation (a forward without backward through FSDP's root)
@@ -130,10 +156,23 @@ def main():
     if load is not None:
         g.load_checkpoint(load, tags="*")
     train = [] if load else [ice.Task(train=True, steps=20, tags="train"), lambda g: g.save_checkpoint()]
-    again = [] if load else [lambda g: g.set_gradient_accumulate(1), ice.Task(train=True, steps=2, tags="train"),
-                             ice.Task(train=False, epochs=1, tags="val"), save_after]
-    g.run([*train, ice.Task(train=False, epochs=1, tags="val"), save, *again], devices=devices, out_dir=out_dir,
-          run_id=run_id, progress=False)
+    again = (
+        []
+        if load
+        else [
+            lambda g: g.set_gradient_accumulate(1),
+            ice.Task(train=True, steps=2, tags="train"),
+            ice.Task(train=False, epochs=1, tags="val"),
+            save_after,
+        ]
+    )
+    g.run(
+        [*train, ice.Task(train=False, epochs=1, tags="val"), save, *again],
+        devices=devices,
+        out_dir=out_dir,
+        run_id=run_id,
+        progress=False,
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,14 @@ def build():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(regression_set(), batch_size=8, shuffle=True, batch_size_in_total=True), tags="train")
     net = torch.nn.Linear(3, 1)
-    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.05, momentum=0.5)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            net,
+            forward=lambda n, x: n.module(x["data"][0]),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.05, momentum=0.5),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     return g, net
 
@@ -45,12 +51,23 @@ def train(g, out_dir, run_id, devices="cpu"):
 
     def record(g):
         launcher = g["*/net"].launcher
-        seen.update(rank=launcher.rank, local_rank=launcher.local_rank, world_size=launcher.world_size,
-                    local_world_size=launcher.local_world_size, node_rank=launcher.node_rank,
-                    device=str(launcher.device), backend=launcher.backend)
+        seen.update(
+            rank=launcher.rank,
+            local_rank=launcher.local_rank,
+            world_size=launcher.world_size,
+            local_world_size=launcher.local_world_size,
+            node_rank=launcher.node_rank,
+            device=str(launcher.device),
+            backend=launcher.backend,
+        )
 
-    g.run([ice.Task(train=True, epochs=2, tags="train"), ice.SaveCheckpointTask(), record], devices=devices,
-          out_dir=out_dir, run_id=run_id, progress=False)
+    g.run(
+        [ice.Task(train=True, epochs=2, tags="train"), ice.SaveCheckpointTask(), record],
+        devices=devices,
+        out_dir=out_dir,
+        run_id=run_id,
+        progress=False,
+    )
     return seen
 
 
@@ -62,9 +79,17 @@ def worker(local_rank, out_dir, run_id):
     # ice_ignite did not create the group: it must still work (idist.Parallel destroys it later)
     alive = dist.is_initialized() and idist.get_world_size() == 2
     total = idist.all_reduce(torch.tensor([idist.get_rank() + 1.0])).item() if alive else None
-    torch.save({**seen, "parallel_local_rank": local_rank, "group_alive_after_run": alive, "all_reduce": total,
-                "initial": initial, "final": {k: v.clone() for k, v in net.state_dict().items()}},
-               Path(out_dir) / f"{run_id}-rank{idist.get_rank()}.pt")
+    torch.save(
+        {
+            **seen,
+            "parallel_local_rank": local_rank,
+            "group_alive_after_run": alive,
+            "all_reduce": total,
+            "initial": initial,
+            "final": {k: v.clone() for k, v in net.state_dict().items()},
+        },
+        Path(out_dir) / f"{run_id}-rank{idist.get_rank()}.pt",
+    )
     print(f"rank {seen['rank']} of {seen['world_size']}: done, all_reduce {total}", flush=True)
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,14 +72,16 @@ class Trace:
         self.interrupts: list[tuple] = []
         self.stops: list[tuple] = []
 
-    def watch(self, engine: Engine, label: str) -> "Trace":
+    def watch(self, engine: Engine, label: str) -> Trace:
         """Record every event of ``engine`` under ``label``. Attach it first, before other handlers."""
         for event in TRACED:
             engine.add_event_handler(event, self._recorder(label, event))
         return self
 
     def _recorder(self, label: str, event: Any) -> Callable:
-        target = {Events.INTERRUPT: self.interrupts, Events.DATALOADER_STOP_ITERATION: self.stops}.get(event, self.events)
+        target = {Events.INTERRUPT: self.interrupts, Events.DATALOADER_STOP_ITERATION: self.stops}.get(
+            event, self.events
+        )
 
         def record(engine: Engine, *args: Any, **kwargs: Any) -> None:
             s = engine.state
@@ -102,15 +105,16 @@ def first_difference(a: list, b: list) -> str:
     """Where two traces part, for assertion messages."""
     for i, (x, y) in enumerate(itertools.zip_longest(a, b)):
         if x != y:
-            return f"event {i}: ice {x} vs ignite {y}; ice before: {a[max(0, i - 3):i]}"
+            return f"event {i}: ice {x} vs ignite {y}; ice before: {a[max(0, i - 3) : i]}"
     return "equal"
 
 
 def assert_same_trace(ice_trace: Trace, ignite_trace: Trace, interrupts: bool = False) -> None:
     assert ice_trace.events == ignite_trace.events, first_difference(ice_trace.events, ignite_trace.events)
     if interrupts:
-        assert ice_trace.interrupts == ignite_trace.interrupts, first_difference(ice_trace.interrupts,
-                                                                                 ignite_trace.interrupts)
+        assert ice_trace.interrupts == ignite_trace.interrupts, first_difference(
+            ice_trace.interrupts, ignite_trace.interrupts
+        )
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -153,26 +157,50 @@ class Twin:
     extra: dict = dataclasses.field(default_factory=dict)
 
 
-def ice_graph(model: torch.nn.Module, train_set=None, lr: float = LR, k: int = 1, tags: str = "train",
-              name: str = "net", g: ice.HyperGraph | None = None, val: bool = True) -> ice.HyperGraph:
+def ice_graph(
+    model: torch.nn.Module,
+    train_set=None,
+    lr: float = LR,
+    k: int = 1,
+    tags: str = "train",
+    name: str = "net",
+    g: ice.HyperGraph | None = None,
+    val: bool = True,
+) -> ice.HyperGraph:
     """data(train/val) -> net (SGD) -> ce; with ``tags`` other than "train" (a second train task
     of a GAN-like schedule), every node is tagged ``tags``."""
     g = g if g is not None else ice.HyperGraph()
     node_tags = "*" if tags == "train" else tags
-    g.add("data", ice.DatasetNode(train_set if train_set is not None else dataset(), batch_size=BATCH,
-                                  shuffle=False), tags=tags)
+    g.add(
+        "data",
+        ice.DatasetNode(train_set if train_set is not None else dataset(), batch_size=BATCH, shuffle=False),
+        tags=tags,
+    )
     if val and tags == "train":
         g.add("data", ice.DatasetNode(dataset(VAL_N, seed=1), batch_size=VAL_BATCH), tags="val")
-    g.add(name, ice.ModuleNode(model, forward=lambda n, x: n.module(x["data"][0]),
-                               optimizers=ice.Optimizer(torch.optim.SGD, lr=lr)), tags=node_tags)
+    g.add(
+        name,
+        ice.ModuleNode(
+            model, forward=lambda n, x: n.module(x["data"][0]), optimizers=ice.Optimizer(torch.optim.SGD, lr=lr)
+        ),
+        tags=node_tags,
+    )
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x[name], x["data"][1])), tags=node_tags)
     if k > 1:
         g.set_gradient_accumulate(k)
     return g
 
 
-def ice_twin(tmp_path: Path, sched: Schedule = Schedule(), *, dropout: bool = False, train_set=None,
-             lr: float = LR, run_id: str = "ice", **run_kwargs: Any) -> Twin:
+def ice_twin(
+    tmp_path: Path,
+    sched: Schedule = Schedule(),
+    *,
+    dropout: bool = False,
+    train_set=None,
+    lr: float = LR,
+    run_id: str = "ice",
+    **run_kwargs: Any,
+) -> Twin:
     """The ice_ignite side: a graph, ``train`` / ``val`` Tasks and ``run(**more)`` = ``g.run`` of
     ``[Repeat([train, val], times=n)]`` (nested as ``sched`` says) in ``tmp_path/run_id``."""
     model = make_model(dropout)
@@ -184,19 +212,34 @@ def ice_twin(tmp_path: Path, sched: Schedule = Schedule(), *, dropout: bool = Fa
     schedule = [ice.Repeat([inner, val] if sched.val else [inner], times=sched.n)]
 
     def run(tasks: Any = None, **more: Any) -> Any:
-        kwargs = dict(devices="cpu", out_dir=tmp_path, run_id=run_id, progress=False)
+        kwargs = {"devices": "cpu", "out_dir": tmp_path, "run_id": run_id, "progress": False}
         kwargs.update(run_kwargs)
         kwargs.update(more)
         return g.run(schedule if tasks is None else tasks, **kwargs)
 
-    twin = Twin("ice", train.engine, val.engine if sched.val else None, model, g["*/net"].optimizers[".*"], run,
-                lambda: g.global_counters.steps.train, graph=g, train_task=train, val_task=val)
+    twin = Twin(
+        "ice",
+        train.engine,
+        val.engine if sched.val else None,
+        model,
+        g["*/net"].optimizers[".*"],
+        run,
+        lambda: g.global_counters.steps.train,
+        graph=g,
+        train_task=train,
+        val_task=val,
+    )
     twin.extra["schedule"] = schedule
     return twin
 
 
-def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, k: int = 1, fault_at: int | None = None,
-               counter: list | None = None) -> Callable:
+def plain_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    k: int = 1,
+    fault_at: int | None = None,
+    counter: list | None = None,
+) -> Callable:
     """The canonical train step: ``{"data": batch, "net": logits, "ce": loss}`` as ice_ignite's
     ``state.output``; gradient accumulation as ignite's supervised step (loss / k, step every k)."""
 
@@ -231,8 +274,15 @@ def plain_evaluator(model: torch.nn.Module) -> Engine:
     return evaluator
 
 
-def ignite_twin(sched: Schedule = Schedule(), *, dropout: bool = False, train_set=None, lr: float = LR,
-                fault_at: int | None = None, trace: Trace | None = None) -> Twin:
+def ignite_twin(
+    sched: Schedule = Schedule(),
+    *,
+    dropout: bool = False,
+    train_set=None,
+    lr: float = LR,
+    fault_at: int | None = None,
+    trace: Trace | None = None,
+) -> Twin:
     """The canonical script: ``trainer.run(train_loader, max_epochs=n * epochs)`` (or, counting
     steps, ``trainer.run(cycle(train_loader), max_epochs=n, epoch_length=steps * k)``) with
     ``evaluator.run(val_loader)`` from the trainer's ``EPOCH_COMPLETED(every=...)``, attached last:
@@ -268,8 +318,9 @@ def ignite_twin(sched: Schedule = Schedule(), *, dropout: bool = False, train_se
     return twin
 
 
-def twins(tmp_path: Path, sched: Schedule = Schedule(), trace: bool = True, **kwargs: Any
-          ) -> tuple[Twin, Twin, Trace | None, Trace | None]:
+def twins(
+    tmp_path: Path, sched: Schedule = Schedule(), trace: bool = True, **kwargs: Any
+) -> tuple[Twin, Twin, Trace | None, Trace | None]:
     """Both twins of ``sched``, each with its own Trace watching its engines first (if ``trace``)."""
     ice_trace, ignite_trace = (Trace(), Trace()) if trace else (None, None)
     ice_side = ice_twin(tmp_path, sched, **{k: v for k, v in kwargs.items() if k != "fault_at"})
@@ -277,6 +328,9 @@ def twins(tmp_path: Path, sched: Schedule = Schedule(), trace: bool = True, **kw
         ice_trace.watch(ice_side.trainer, "train")
         if ice_side.evaluator is not None:
             ice_trace.watch(ice_side.evaluator, "val")
-    ignite_side = ignite_twin(sched, trace=ignite_trace, **{k: v for k, v in kwargs.items()
-                                                             if k in ("dropout", "train_set", "lr", "fault_at")})
+    ignite_side = ignite_twin(
+        sched,
+        trace=ignite_trace,
+        **{k: v for k, v in kwargs.items() if k in ("dropout", "train_set", "lr", "fault_at")},
+    )
     return ice_side, ignite_side, ice_trace, ignite_trace

@@ -24,10 +24,20 @@ def build():
     torch.manual_seed(0)
     x = torch.randn(32, 3, generator=torch.Generator().manual_seed(1))
     g = ice.HyperGraph()
-    g.add("data", ice.DatasetNode(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8,
-                                  batch_size_in_total=True))
-    g.add("net", ice.ModuleNode(torch.nn.Linear(3, 1), forward=lambda n, x: n.module(x["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.05)))
+    g.add(
+        "data",
+        ice.DatasetNode(
+            torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8, batch_size_in_total=True
+        ),
+    )
+    g.add(
+        "net",
+        ice.ModuleNode(
+            torch.nn.Linear(3, 1),
+            forward=lambda n, x: n.module(x["data"][0]),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.05),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     return g
 
@@ -39,14 +49,18 @@ def main():
     args = p.parse_args()
     out = Path(args.out_dir)
     g = build()
-    runs = [("pretrain", [ice.Task(train=True, epochs=2), ice.SaveCheckpointTask()]),
-            (None, [ice.Task(train=True, epochs=1)]),  # a fresh timestamped run directory
-            ("evaluate", [ice.Task(train=False, epochs=1)])]
+    runs = [
+        ("pretrain", [ice.Task(train=True, epochs=2), ice.SaveCheckpointTask()]),
+        (None, [ice.Task(train=True, epochs=1)]),  # a fresh timestamped run directory
+        ("evaluate", [ice.Task(train=False, epochs=1)]),
+    ]
     for i, (run_id, tasks) in enumerate(runs):
         run_dir = g.run(tasks, devices=args.devices, out_dir=out, run_id=run_id, progress=False)
         world = run_dir.launcher.world_size
-        line = (f"run {i}: pid {os.getpid()} rank {run_dir.rank} of {world} main {run_dir.is_main} "
-                f"idist rank {idist.get_rank()} dir {run_dir.name}\n")
+        line = (
+            f"run {i}: pid {os.getpid()} rank {run_dir.rank} of {world} main {run_dir.is_main} "
+            f"idist rank {idist.get_rank()} dir {run_dir.name}\n"
+        )
         os.write(1, line.encode())  # one write: the processes share the pipe (print may write text and newline apart)
         if run_dir.is_main:
             with open(out / f"export-{i}.txt", "x") as f:

@@ -17,10 +17,10 @@ from pathlib import Path
 import ignite.distributed as idist
 import torch
 import torch.nn.functional as F
+from fsdp_child import Block  # the block of tests/distributed/test_fsdp.py
 from ignite.engine import Events
 
 import ice_ignite as ice
-from fsdp_child import Block  # the block of tests/distributed/test_fsdp.py
 
 
 def data(n=64):
@@ -37,8 +37,15 @@ def main():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(data(), batch_size=16, batch_size_in_total=True, shuffle=True), tags="train")
     g.add("data", ice.DatasetNode(data(16), batch_size=8, batch_size_in_total=True), tags="val")
-    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]), parallel=ice.FSDP(policy=Block),
-                                 optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            net,
+            forward=lambda n, x: n.module(x["data"][0]),
+            parallel=ice.FSDP(policy=Block),
+            optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     losses, epochs = {}, {}
 
@@ -62,11 +69,19 @@ def main():
     def report(g):
         state = g["*/net"].state_dict()
         if idist.get_rank() == 0:
-            torch.save({"losses": losses, "epochs": epochs, "state": state,
-                        "counters": g.context.counters.state_dict()}, Path(out_dir) / f"{run_id}.pt")
+            torch.save(
+                {"losses": losses, "epochs": epochs, "state": state, "counters": g.context.counters.state_dict()},
+                Path(out_dir) / f"{run_id}.pt",
+            )
 
-    g.run([ice.Repeat([train, val], times=2), report], devices=devices, out_dir=out_dir, run_id=run_id, progress=False,
-          resume_from=resume_from)
+    g.run(
+        [ice.Repeat([train, val], times=2), report],
+        devices=devices,
+        out_dir=out_dir,
+        run_id=run_id,
+        progress=False,
+        resume_from=resume_from,
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import ice_ignite as ice
 from ice_ignite.checkpoint import sharded
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fsdp_child import Block, Encoder, data  # noqa: E402
+from fsdp_child import Block, Encoder, data
 
 
 def main():
@@ -28,14 +28,29 @@ def main():
     torch.manual_seed(0)
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True))
-    g.add("enc", ice.ModuleNode(Encoder(), forward=lambda n, x: n.module(x["data"][0]), parallel=ice.FSDP(policy=Block),
-                                 optimizers={
-                                    r"inp\..*|blocks\.0\..*": ice.Optimizer(torch.optim.Adam, lr=0.01),
-                                    r"blocks\.[12]\..*|proj\..*": ice.Optimizer(
-                                        torch.optim.AdamW, lr=0.02,
-                                        lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 2))}))
-    g.add("head", ice.ModuleNode(torch.nn.Linear(5, 1), forward=lambda n, x: n.module(torch.relu(x["enc"])),
-                                 parallel=ice.FSDP(), optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01)))
+    g.add(
+        "enc",
+        ice.ModuleNode(
+            Encoder(),
+            forward=lambda n, x: n.module(x["data"][0]),
+            parallel=ice.FSDP(policy=Block),
+            optimizers={
+                r"inp\..*|blocks\.0\..*": ice.Optimizer(torch.optim.Adam, lr=0.01),
+                r"blocks\.[12]\..*|proj\..*": ice.Optimizer(
+                    torch.optim.AdamW, lr=0.02, lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 2)
+                ),
+            },
+        ),
+    )
+    g.add(
+        "head",
+        ice.ModuleNode(
+            torch.nn.Linear(5, 1),
+            forward=lambda n, x: n.module(torch.relu(x["enc"])),
+            parallel=ice.FSDP(),
+            optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: torch.nn.functional.mse_loss(x["head"], x["data"][1])))
     result = {}
 
@@ -46,6 +61,7 @@ def main():
         def take(g):
             result[key] = copy.deepcopy({uid: node.state_dict() for uid, node in nodes(g).items()})  # not live
             result[key + "_sharded"] = [node.sharded for node in nodes(g).values()]
+
         return take
 
     def save(g):
@@ -61,8 +77,15 @@ def main():
     if load_from is None:
         schedule = [ice.Task(train=True, steps=5), save, snapshot("saved"), write]
     else:
-        schedule = [ice.Task(train=True, steps=1), load, snapshot("loaded"), save, ice.Task(train=True, steps=3),
-                    snapshot("end"), write]
+        schedule = [
+            ice.Task(train=True, steps=1),
+            load,
+            snapshot("loaded"),
+            save,
+            ice.Task(train=True, steps=3),
+            snapshot("end"),
+            write,
+        ]
     g.run(schedule, devices=devices, out_dir=out_dir, run_id=run_id, progress=False)
 
 

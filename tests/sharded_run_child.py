@@ -23,12 +23,12 @@ from pathlib import Path
 import ignite.distributed as idist
 import torch
 import torch.nn.functional as F
+from fsdp_child import Block, Encoder, data  # the model of tests/distributed/test_fsdp.py, wider
 from ignite.engine import Events
 from ignite.metrics import Loss
 from torch.distributed.tensor import DTensor
 
 import ice_ignite as ice
-from fsdp_child import Block, Encoder, data  # the model of tests/distributed/test_fsdp.py, wider
 
 WIDTH = 256  # tensors large enough that a shard file's size is its data, not its per-tensor headers
 STALL_AT = 3  # the periodic checkpoint (1-based) whose write the "killed" run stalls in
@@ -40,19 +40,39 @@ def build():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(data(64, 1), batch_size=8, shuffle=True, batch_size_in_total=True), tags="train")
     g.add("data", ice.DatasetNode(data(16, 2), batch_size=8, batch_size_in_total=True), tags="val")
-    g.add("enc", ice.ModuleNode(Encoder(WIDTH, depth=2), forward=lambda n, x: n.module(x["data"][0]), parallel=ice.FSDP(policy=Block),
-                                 optimizers={
-                                    r"inp\..*|blocks\.0\..*": ice.Optimizer(torch.optim.Adam, lr=0.002,
-                                                                            grad_clip_norm=0.5),
-                                    r"blocks\.1\..*|proj\..*": ice.Optimizer(
-                                        torch.optim.Adam, lr=0.004,
-                                        lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5))}))
-    g.add("head", ice.ModuleNode(torch.nn.Linear(5, 1), forward=lambda n, x: n.module(torch.relu(x["enc"])),
-                                 parallel=ice.FSDP(), optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01)))
+    g.add(
+        "enc",
+        ice.ModuleNode(
+            Encoder(WIDTH, depth=2),
+            forward=lambda n, x: n.module(x["data"][0]),
+            parallel=ice.FSDP(policy=Block),
+            optimizers={
+                r"inp\..*|blocks\.0\..*": ice.Optimizer(torch.optim.Adam, lr=0.002, grad_clip_norm=0.5),
+                r"blocks\.1\..*|proj\..*": ice.Optimizer(
+                    torch.optim.Adam, lr=0.004, lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5)
+                ),
+            },
+        ),
+    )
+    g.add(
+        "head",
+        ice.ModuleNode(
+            torch.nn.Linear(5, 1),
+            forward=lambda n, x: n.module(torch.relu(x["enc"])),
+            parallel=ice.FSDP(),
+            optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["head"], x["data"][1])))
-    g.add("val_mse", ice.MetricNode(Loss(F.mse_loss), forward=lambda n, x: (x["head"], x["data"][1]),
-                                    epoch_end=lambda n: n.save_best(n.value, higher_better=False, max_keep=1)),
-          tags="val")
+    g.add(
+        "val_mse",
+        ice.MetricNode(
+            Loss(F.mse_loss),
+            forward=lambda n, x: (x["head"], x["data"][1]),
+            epoch_end=lambda n: n.save_best(n.value, higher_better=False, max_keep=1),
+        ),
+        tags="val",
+    )
     g.set_gradient_accumulate(2)
     train = ice.Task(train=True, epochs=1, tags="train")  # 8 iterations: 4 optimizer steps
     train.engine.add_event_handler(Events.ITERATION_COMPLETED(every=4), lambda e: g.save_checkpoint())
@@ -67,7 +87,11 @@ def stall_in_the_write(at, out):
 
     def save(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
-        if isinstance(f, (str, os.PathLike)) and Path(f).name == "state.pt" and Path(f).parent.name.startswith(".ckpt-"):
+        if (
+            isinstance(f, (str, os.PathLike))
+            and Path(f).name == "state.pt"
+            and Path(f).parent.name.startswith(".ckpt-")
+        ):
             seen.append(f)
             if len(seen) == at:
                 Path(out, "stalled").write_text(str(Path(f).parent))
@@ -101,8 +125,15 @@ def run(out, run_id, resume_from=None):
         if idist.get_rank() == 0:
             torch.save(result, Path(out) / f"{run_id}-final.pt")
 
-    g.run([*schedule, final], devices="cpu:0-1", out_dir=out, run_id=run_id, n_saved=2, resume_from=resume_from,
-          progress=False)
+    g.run(
+        [*schedule, final],
+        devices="cpu:0-1",
+        out_dir=out,
+        run_id=run_id,
+        n_saved=2,
+        resume_from=resume_from,
+        progress=False,
+    )
 
 
 def main():

@@ -33,8 +33,15 @@ def build(**options):
     g.add("data", ice.DatasetNode(data(32, 1), batch_size=8, shuffle=True), tags="train")
     g.add("data", ice.DatasetNode(data(16, 2), batch_size=8), tags="val")
     net = Net()
-    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]), **options,
-                                optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01, grad_clip_norm=1.0)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            net,
+            forward=lambda n, x: n.module(x["data"][0]),
+            **options,
+            optimizers=ice.Optimizer(torch.optim.Adam, lr=0.01, grad_clip_norm=1.0),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     losses = []
     g.add("record", ice.Node(forward=lambda n, x: losses.append(x["mse"].item())), tags="*")
@@ -45,15 +52,25 @@ def compiled_graphs():
     return counters["stats"]["unique_graphs"], counters["frames"]["total"]
 
 
-SCHEDULE = [ice.Task(train=True, epochs=1, tags="train"), ice.Task(train=False, epochs=1, tags="val"),
-            ice.Task(train=True, epochs=2, tags="train"), ice.Task(train=False, epochs=1, tags="val")]
+SCHEDULE = [
+    ice.Task(train=True, epochs=1, tags="train"),
+    ice.Task(train=False, epochs=1, tags="val"),
+    ice.Task(train=True, epochs=2, tags="train"),
+    ice.Task(train=False, epochs=1, tags="val"),
+]
 
 
 def run(g, out, run_id, **kwargs):
     probes = []
-    probe = lambda g: probes.append(compiled_graphs())  # noqa: E731
-    g.run([SCHEDULE[0], SCHEDULE[1], probe, SCHEDULE[2], lambda g: g.save_checkpoint(), SCHEDULE[3], probe],
-          devices="cpu", out_dir=out, run_id=run_id, progress=False, **kwargs)
+    probe = lambda g: probes.append(compiled_graphs())
+    g.run(
+        [SCHEDULE[0], SCHEDULE[1], probe, SCHEDULE[2], lambda g: g.save_checkpoint(), SCHEDULE[3], probe],
+        devices="cpu",
+        out_dir=out,
+        run_id=run_id,
+        progress=False,
+        **kwargs,
+    )
     return probes
 
 
@@ -73,8 +90,11 @@ def test_compiled_and_eager_runs_agree(runs):
     (cnet, closses), (enet, elosses) = runs["compiled"], runs["eager"]
     assert len(closses) == len(elosses) == 16  # 3 train epochs of 4 batches, 2 evals of 2
     assert max(abs(a - b) for a, b in zip(closses, elosses)) < 1e-5
-    assert list(cnet.state_dict()) == list(enet.state_dict()) == ["a.weight", "a.bias", "b.weight", "b.bias",
-                                                                  "c.weight", "c.bias"]
+    assert (
+        list(cnet.state_dict())
+        == list(enet.state_dict())
+        == ["a.weight", "a.bias", "b.weight", "b.bias", "c.weight", "c.bias"]
+    )
     for key, value in cnet.state_dict().items():
         torch.testing.assert_close(value, enet.state_dict()[key], atol=1e-5, rtol=0)
 
@@ -109,8 +129,12 @@ def test_compiled_and_eager_runs_load_each_others_checkpoints_and_resume_without
 def test_activation_checkpointing_gives_the_gradients_of_a_plain_backward_also_compiled():
     x = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
     grads = []
-    for options in ({}, {"activation_checkpointing": torch.nn.Linear}, {"activation_checkpointing": True},
-                    {"activation_checkpointing": torch.nn.Linear, "compile": {"backend": "aot_eager"}}):
+    for options in (
+        {},
+        {"activation_checkpointing": torch.nn.Linear},
+        {"activation_checkpointing": True},
+        {"activation_checkpointing": torch.nn.Linear, "compile": {"backend": "aot_eager"}},
+    ):
         torch.manual_seed(0)
         node = ice.ModuleNode(Net(), forward=lambda n, x: n.module(x), **options)
         node.module(x).pow(2).sum().backward()
@@ -131,8 +155,12 @@ class Counting(torch.nn.Linear):
 
 def test_activation_checkpointing_recomputes_the_forward_in_the_backward():
     net = torch.nn.Sequential(Counting(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
-    node = ice.ModuleNode(net, forward=lambda n, x: n.module(x), activation_checkpointing=Counting,
-                          optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1))
+    node = ice.ModuleNode(
+        net,
+        forward=lambda n, x: n.module(x),
+        activation_checkpointing=Counting,
+        optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1),
+    )
     assert [name for name, _ in node.named_trainable_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
     Counting.calls = 0
     out = node.module(torch.randn(4, 6)).sum()
@@ -142,13 +170,18 @@ def test_activation_checkpointing_recomputes_the_forward_in_the_backward():
 
 
 def test_compile_options_are_checked_by_name():
-    fwd = lambda n, x: n.module(x)  # noqa: E731
-    with pytest.raises(TypeError, match="compile of ModuleNode\\(Net\\) has 'backnd', which is not a torch.compile "
-                                        "option: did you mean 'backend'"):
+    fwd = lambda n, x: n.module(x)
+    with pytest.raises(
+        TypeError,
+        match="compile of ModuleNode\\(Net\\) has 'backnd', which is not a torch.compile "
+        "option: did you mean 'backend'",
+    ):
         ice.ModuleNode(Net(), forward=fwd, compile={"backnd": "eager"})
-    with pytest.raises(TypeError, match="compile must be True, False or a dict of torch.compile options, got "
-                                        "'inductor'"):
+    with pytest.raises(
+        TypeError, match="compile must be True, False or a dict of torch.compile options, got 'inductor'"
+    ):
         ice.ModuleNode(Net(), forward=fwd, compile="inductor")
-    with pytest.raises(TypeError, match="activation_checkpointing of ModuleNode\\(Net\\) must be a torch.nn.Module "
-                                        "class"):
+    with pytest.raises(
+        TypeError, match="activation_checkpointing of ModuleNode\\(Net\\) must be a torch.nn.Module class"
+    ):
         ice.ModuleNode(Net(), forward=fwd, activation_checkpointing=[torch.nn.Linear])

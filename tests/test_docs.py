@@ -26,9 +26,14 @@ def test_the_site_builds_in_strict_mode_with_the_readmes_command(tmp_path):
     # exactly the recipe of `make docs` (the README's command), into a temporary directory
     recipe = re.search(r"^docs:.*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
     assert recipe == "NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict"
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "WARNING" not in proc.stderr + proc.stdout, proc.stderr
     assert (tmp_path / "site" / "api" / "index.html").read_text().count("ice_ignite.HyperGraph") > 0
@@ -90,8 +95,11 @@ def test_every_public_name_has_a_docstring(name, obj):
 
 def test_where_things_live_lists_every_folder_and_module():
     section = (ROOT / "docs" / "concepts.md").read_text().split("## Where things live")[1]
-    rows = {re.search(r"`([^`]+)`", row.split("|")[1]).group(1): row.split("|")[2]
-            for row in section.splitlines() if row.startswith("| `")}
+    rows = {
+        re.search(r"`([^`]+)`", row.split("|")[1]).group(1): row.split("|")[2]
+        for row in section.splitlines()
+        if row.startswith("| `")
+    }
     package = ROOT / "ice_ignite"
     folders = sorted(p.name + "/" for p in package.iterdir() if (p / "__init__.py").exists())
     assert sorted(name for name in rows if name != "ice_ignite/") == folders

@@ -11,8 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_digits_example_reaches_95_percent_and_says_where_the_run_is(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "digits.py"), "--out-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "digits.py"), "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     accuracy = float(last.split("validation accuracy ")[1].split()[0])

@@ -6,12 +6,11 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import classification_set
 from ignite.engine import Events
 from ignite.metrics import Metric
 
 import ice_ignite as ice
-
-from conftest import classification_set
 
 # the Tensor methods that copy a device value to the host (and wait for the device to get there)
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
@@ -40,6 +39,7 @@ def counting_reads():
             if counts["on"]:
                 counts["reads"].append(name)
             return fn(self, *args, **kwargs)
+
         return counted
 
     for name, fn in originals.items():
@@ -55,10 +55,18 @@ def graph():
     torch.manual_seed(0)
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(classification_set(400), batch_size=8, shuffle=True))
-    g.add("net", ice.ModuleNode(torch.nn.Linear(4, 3), forward=lambda n, x: n.module(x["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1, momentum=0.9)))
-    g.add("ce", ice.LossNode(forward=lambda n, x: (F.cross_entropy(x["net"], x["data"][1]),
-                                                  {"max": x["net"].detach().max()})))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            torch.nn.Linear(4, 3),
+            forward=lambda n, x: n.module(x["data"][0]),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1, momentum=0.9),
+        ),
+    )
+    g.add(
+        "ce",
+        ice.LossNode(forward=lambda n, x: (F.cross_entropy(x["net"], x["data"][1]), {"max": x["net"].detach().max()})),
+    )
     g.add("sum", ice.MetricNode(SumOfLogits(), forward=lambda n, x: (x["net"],)))
     return g
 
@@ -66,6 +74,7 @@ def graph():
 def watch(task, counts, per_iteration):
     """Count the reads of iterations 3 to 47 of each 50-iteration epoch: from one ITERATION_STARTED
     to the next, so that every handler of the iteration (the board's included) is inside."""
+
     def start(engine):
         if counts["on"]:
             per_iteration[engine.state.iteration - 1] = list(counts["reads"])

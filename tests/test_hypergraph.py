@@ -128,12 +128,21 @@ def test_train_and_eval_sharing_tags_get_the_right_mode():
     g = ice.HyperGraph()
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
     seen = []
-    g.add("net", ice.ModuleNode(net, forward=lambda n, x: seen.append(
-        (n.training, n.module.training, torch.is_grad_enabled(), n.module[0].weight.requires_grad))
-        or n.module(torch.ones(1, 2)), optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            net,
+            forward=lambda n, x: (
+                seen.append((n.training, n.module.training, torch.is_grad_enabled(), n.module[0].weight.requires_grad))
+                or n.module(torch.ones(1, 2))
+            ),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1),
+        ),
+    )
     g.add("l", ice.LossNode(forward=lambda n, x: x["net"].sum()))
-    g.exec_tasks([ice.Task(train=True, steps=1), ice.Task(train=False, steps=1), ice.Task(train=True, steps=1)],
-                 ice.Launcher())
+    g.exec_tasks(
+        [ice.Task(train=True, steps=1), ice.Task(train=False, steps=1), ice.Task(train=True, steps=1)], ice.Launcher()
+    )
     assert seen == [(True, True, True, True), (False, False, False, True), (True, True, True, True)]
 
 

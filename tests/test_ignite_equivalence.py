@@ -12,11 +12,23 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
+from ignite_twins import (
+    BATCH,
+    Schedule,
+    Trace,
+    assert_same_trace,
+    assert_same_weights,
+    cycle,
+    dataset,
+    ice_graph,
+    ignite_twin,
+    loader,
+    make_model,
+    plain_step,
+    twins,
+)
 
 import ice_ignite as ice
-
-from ignite_twins import (BATCH, Schedule, Trace, assert_same_trace, assert_same_weights, cycle, dataset, ice_graph,
-                          ignite_twin, loader, make_model, plain_step, twins)
 
 
 def val_losses(twin) -> list:
@@ -116,7 +128,8 @@ def two_ignite_engines(amounts: dict, alternate: int | None):
         return models, trace
     for tag in "dg":
         engines[tag].add_event_handler(
-            Events.EPOCH_COMPLETED, lambda e: e.interrupt() if e.state.epoch < e.state.max_epochs else None)
+            Events.EPOCH_COMPLETED, lambda e: e.interrupt() if e.state.epoch < e.state.max_epochs else None
+        )
     for _ in range(alternate):
         for tag in "dg":
             engines[tag].run(cycle(data[tag]), max_epochs=alternate, epoch_length=amounts[tag]["steps"])
@@ -163,8 +176,10 @@ def test_a_resume_in_the_middle_of_an_epoch_fires_what_ignite_fires_after_load_o
     resumed.run(resume_from=newest_checkpoint(tmp_path / "first"))
     # ignite: Checkpoint at iteration 9, terminate; load_objects into new objects, then trainer.run
     canonical = ignite_twin(sched)
-    saver = Checkpoint({"trainer": canonical.trainer, "model": canonical.model, "optimizer": canonical.optimizer},
-                       DiskSaver(str(tmp_path / "ignite"), require_empty=False))
+    saver = Checkpoint(
+        {"trainer": canonical.trainer, "model": canonical.model, "optimizer": canonical.optimizer},
+        DiskSaver(str(tmp_path / "ignite"), require_empty=False),
+    )
 
     def save_and_terminate(engine):
         saver(engine)
@@ -174,8 +189,10 @@ def test_a_resume_in_the_middle_of_an_epoch_fires_what_ignite_fires_after_load_o
     canonical.run()
     ignite_trace = Trace()
     loaded = ignite_twin(sched, trace=ignite_trace)
-    Checkpoint.load_objects({"trainer": loaded.trainer, "model": loaded.model, "optimizer": loaded.optimizer},
-                            torch.load(tmp_path / "ignite" / saver.last_checkpoint, weights_only=True))
+    Checkpoint.load_objects(
+        {"trainer": loaded.trainer, "model": loaded.model, "optimizer": loaded.optimizer},
+        torch.load(tmp_path / "ignite" / saver.last_checkpoint, weights_only=True),
+    )
     loaded.run()
     assert ice_trace.events[0] == ("train", "STARTED", 1, 9, 3, 6)  # as after load_objects: STARTED fires again
     assert_same_trace(ice_trace, ignite_trace)
@@ -193,14 +210,18 @@ def test_raising_repeat_times_on_resume_continues_the_trainer_to_the_new_total(t
     resumed, _, ice_trace, _ = twins(tmp_path, Schedule(n=3), run_id="second")
     resumed.run(schedule(resumed, 3), resume_from=newest_checkpoint(tmp_path / "first"))
     canonical = ignite_twin(Schedule(n=2))
-    saver = Checkpoint({"trainer": canonical.trainer, "model": canonical.model, "optimizer": canonical.optimizer},
-                       DiskSaver(str(tmp_path / "ignite"), require_empty=False))
+    saver = Checkpoint(
+        {"trainer": canonical.trainer, "model": canonical.model, "optimizer": canonical.optimizer},
+        DiskSaver(str(tmp_path / "ignite"), require_empty=False),
+    )
     canonical.run()
     saver(canonical.trainer)  # after the run, as SaveCheckpointTask after the last validation
     ignite_trace = Trace()
     loaded = ignite_twin(Schedule(n=3), trace=ignite_trace)
-    Checkpoint.load_objects({"trainer": loaded.trainer, "model": loaded.model, "optimizer": loaded.optimizer},
-                            torch.load(tmp_path / "ignite" / saver.last_checkpoint, weights_only=True))
+    Checkpoint.load_objects(
+        {"trainer": loaded.trainer, "model": loaded.model, "optimizer": loaded.optimizer},
+        torch.load(tmp_path / "ignite" / saver.last_checkpoint, weights_only=True),
+    )
     loaded.run(max_epochs=3)
     assert ignite_trace.events[0] == ("train", "STARTED", 2, 12, 3, 6)
     assert_same_trace(ice_trace, ignite_trace)
@@ -214,8 +235,9 @@ def test_state_batch_and_output_are_what_the_canonical_step_sees_and_returns(tmp
     ice_side, ignite_side, _, _ = twins(tmp_path, Schedule(n=1), trace=False)
     seen = {"ice": [], "ignite": []}
     for twin in (ice_side, ignite_side):
-        twin.trainer.add_event_handler(Events.ITERATION_COMPLETED,
-                                       lambda e, k=twin.kind: seen[k].append((e.state.batch, e.state.output)))
+        twin.trainer.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e, k=twin.kind: seen[k].append((e.state.batch, e.state.output))
+        )
     ice_side.run()
     ignite_side.run()
     assert len(seen["ice"]) == len(seen["ignite"]) == 6

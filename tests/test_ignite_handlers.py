@@ -8,23 +8,47 @@ from __future__ import annotations
 import io
 import re
 
+import ignite.distributed as idist
 import pytest
 import torch
 from ignite.contrib.engines.common import setup_common_training_handlers
 from ignite.engine import Events, create_supervised_evaluator
-from ignite.handlers import (BasicTimeProfiler, Checkpoint, DiskSaver, EarlyStopping, EMAHandler, EpochOutputStore,
-                             FastaiLRFinder, HandlersTimeProfiler, LinearCyclicalScheduler, ModelCheckpoint,
-                             ProgressBar, TerminateOnNan, Timer, create_lr_scheduler_with_warmup,
-                             global_step_from_engine)
+from ignite.handlers import (
+    BasicTimeProfiler,
+    Checkpoint,
+    DiskSaver,
+    EarlyStopping,
+    EMAHandler,
+    EpochOutputStore,
+    FastaiLRFinder,
+    HandlersTimeProfiler,
+    LinearCyclicalScheduler,
+    ModelCheckpoint,
+    ProgressBar,
+    TerminateOnNan,
+    Timer,
+    create_lr_scheduler_with_warmup,
+    global_step_from_engine,
+)
 from ignite.handlers.tensorboard_logger import TensorboardLogger
 from ignite.metrics import Accuracy
 from ignite.metrics.metric import BatchWise
-import ignite.distributed as idist
+from ignite_twins import (
+    SEED,
+    VAL_BATCH,
+    VAL_N,
+    Schedule,
+    Trace,
+    assert_same_trace,
+    assert_same_weights,
+    dataset,
+    ice_twin,
+    ignite_twin,
+    loader,
+    twins,
+)
 
 import ice_ignite as ice
-
-from ignite_twins import (SEED, VAL_BATCH, VAL_N, Schedule, Trace, assert_same_trace, assert_same_weights, dataset,
-                          ice_twin, ignite_twin, loader, twins)
 
 
 def run_both(tmp_path, attach, sched: Schedule = Schedule(), **kwargs):
@@ -50,19 +74,37 @@ def test_checkpoint_and_model_checkpoint_write_the_same_files(tmp_path):
     def attach(tw):
         to_save = {"model": tw.model, "optimizer": tw.optimizer, "trainer": tw.trainer}
         step = global_step_from_engine(tw.trainer)
-        tw.evaluator.add_event_handler(Events.COMPLETED, Checkpoint(
-            to_save, DiskSaver(str(files_of(tmp_path, tw, "ckpt")), require_empty=False), n_saved=2,
-            global_step_transform=step))
-        tw.evaluator.add_event_handler(Events.COMPLETED, ModelCheckpoint(
-            str(files_of(tmp_path, tw, "best")), "best", n_saved=2, require_empty=False, score_name="neg_ce",
-            score_function=lambda e: -e.state.metrics["ce"], global_step_transform=step), {"model": tw.model})
+        tw.evaluator.add_event_handler(
+            Events.COMPLETED,
+            Checkpoint(
+                to_save,
+                DiskSaver(str(files_of(tmp_path, tw, "ckpt")), require_empty=False),
+                n_saved=2,
+                global_step_transform=step,
+            ),
+        )
+        tw.evaluator.add_event_handler(
+            Events.COMPLETED,
+            ModelCheckpoint(
+                str(files_of(tmp_path, tw, "best")),
+                "best",
+                n_saved=2,
+                require_empty=False,
+                score_name="neg_ce",
+                score_function=lambda e: -e.state.metrics["ce"],
+                global_step_transform=step,
+            ),
+            {"model": tw.model},
+        )
 
     ice_side, ignite_side, _, _, _ = run_both(tmp_path, attach)
     for what in ("ckpt", "best"):
         names = [sorted(p.name for p in files_of(tmp_path, tw, what).iterdir()) for tw in (ice_side, ignite_side)]
         assert names[0] == names[1] and len(names[0]) == 2
         for name in names[0]:
-            a, b = (torch.load(files_of(tmp_path, tw, what) / name, weights_only=True) for tw in (ice_side, ignite_side))
+            a, b = (
+                torch.load(files_of(tmp_path, tw, what) / name, weights_only=True) for tw in (ice_side, ignite_side)
+            )
             if what == "best":  # one object: ignite saves its state_dict itself
                 torch.testing.assert_close(a, b)
                 continue
@@ -75,8 +117,10 @@ def test_checkpoint_and_model_checkpoint_write_the_same_files(tmp_path):
 # -- stopping ------------------------------------------------------------------------------------------
 def test_early_stopping_on_the_evaluator_stops_the_trainer_at_the_same_step(tmp_path):
     def attach(tw):  # a score that never improves: the third validation stops training
-        tw.evaluator.add_event_handler(Events.COMPLETED, EarlyStopping(
-            patience=2, score_function=lambda e: 0.0 * e.state.metrics["ce"], trainer=tw.trainer))
+        tw.evaluator.add_event_handler(
+            Events.COMPLETED,
+            EarlyStopping(patience=2, score_function=lambda e: 0.0 * e.state.metrics["ce"], trainer=tw.trainer),
+        )
 
     ice_side, ignite_side, _, ice_trace, ignite_trace = run_both(tmp_path, attach, Schedule(n=6))
     assert_same_trace(ice_trace, ignite_trace)  # ... val COMPLETED, train TERMINATE, train COMPLETED
@@ -86,8 +130,9 @@ def test_early_stopping_on_the_evaluator_stops_the_trainer_at_the_same_step(tmp_
 
 def test_early_stopping_on_the_trainer_stops_at_the_same_step(tmp_path):
     def attach(tw):
-        tw.trainer.add_event_handler(Events.EPOCH_COMPLETED, EarlyStopping(
-            patience=1, score_function=lambda e: 0.0, trainer=tw.trainer))
+        tw.trainer.add_event_handler(
+            Events.EPOCH_COMPLETED, EarlyStopping(patience=1, score_function=lambda e: 0.0, trainer=tw.trainer)
+        )
 
     ice_side, ignite_side, _, ice_trace, ignite_trace = run_both(tmp_path, attach, Schedule(n=6))
     # each engine's events as in ignite (the evaluator of the stopping epoch still runs, from the
@@ -100,8 +145,9 @@ def test_early_stopping_on_the_trainer_stops_at_the_same_step(tmp_path):
 def test_a_run_stopped_early_stays_stopped_on_resume_and_a_resume_before_the_stop_stops_at_the_same_step(tmp_path):
     def stopped_twin(run_id, trace=False):
         tw, _, ice_trace, _ = twins(tmp_path, Schedule(n=6), trace=trace, run_id=run_id)
-        tw.evaluator.add_event_handler(Events.COMPLETED, EarlyStopping(
-            patience=2, score_function=lambda e: 0.0, trainer=tw.trainer))
+        tw.evaluator.add_event_handler(
+            Events.COMPLETED, EarlyStopping(patience=2, score_function=lambda e: 0.0, trainer=tw.trainer)
+        )
         tasks = [ice.Repeat([tw.train_task, tw.val_task, ice.SaveCheckpointTask()], times=6), ice.SaveCheckpointTask()]
         return tw, tasks, ice_trace
 
@@ -120,16 +166,22 @@ def test_a_run_stopped_early_stays_stopped_on_resume_and_a_resume_before_the_sto
     stopper = EarlyStopping(patience=2, score_function=lambda e: 0.0, trainer=canonical.trainer)
     canonical.evaluator.add_event_handler(Events.COMPLETED, stopper)
     to_save = {"trainer": canonical.trainer, "model": canonical.model, "optimizer": canonical.optimizer, "es": stopper}
-    saver = Checkpoint(to_save, DiskSaver(str(tmp_path / "ignite"), require_empty=False), n_saved=None,
-                       global_step_transform=global_step_from_engine(canonical.trainer, Events.ITERATION_COMPLETED))
+    saver = Checkpoint(
+        to_save,
+        DiskSaver(str(tmp_path / "ignite"), require_empty=False),
+        n_saved=None,
+        global_step_transform=global_step_from_engine(canonical.trainer, Events.ITERATION_COMPLETED),
+    )
     canonical.evaluator.add_event_handler(Events.COMPLETED, saver)
     canonical.run()
     ignite_trace = Trace()
     loaded = ignite_twin(Schedule(n=6), trace=ignite_trace)
     stopper = EarlyStopping(patience=2, score_function=lambda e: 0.0, trainer=loaded.trainer)
     loaded.evaluator.add_event_handler(Events.COMPLETED, stopper)
-    Checkpoint.load_objects({"trainer": loaded.trainer, "model": loaded.model, "optimizer": loaded.optimizer,
-                             "es": stopper}, torch.load(tmp_path / "ignite" / "checkpoint_12.pt", weights_only=True))
+    Checkpoint.load_objects(
+        {"trainer": loaded.trainer, "model": loaded.model, "optimizer": loaded.optimizer, "es": stopper},
+        torch.load(tmp_path / "ignite" / "checkpoint_12.pt", weights_only=True),
+    )
     loaded.run()
     assert loaded.steps() == 6  # 12 before the checkpoint
     assert_same_trace(before_trace, ignite_trace)
@@ -171,16 +223,19 @@ def test_terminate_epoch_ends_only_the_epoch(tmp_path):
 
 def test_an_exception_raised_handler_that_swallows_the_error_leaves_the_state_of_ignite(tmp_path):
     ice_side, ignite_side, ice_trace, ignite_trace = twins(tmp_path, Schedule(n=2), fault_at=2)
-    ice_side.graph.add("fault", ice.Node(forward=lambda n, x: 1 / 0 if n.task.engine.state.iteration == 2 else None),
-                       tags="train")
+    ice_side.graph.add(
+        "fault", ice.Node(forward=lambda n, x: 1 / 0 if n.task.engine.state.iteration == 2 else None), tags="train"
+    )
     for tw, trace in ((ice_side, ice_trace), (ignite_side, ignite_trace)):
         tw.trainer.add_event_handler(Events.EXCEPTION_RAISED, lambda e, err, t=trace: t.note("train", "EXCEPTION", e))
     ice_side.run()
     ignite_side.run()
     assert_same_trace(ice_trace, ignite_trace)
     assert ice_side.steps() == ignite_side.steps()
-    assert (ice_side.trainer.state.epoch, ice_side.trainer.state.iteration) == \
-        (ignite_side.trainer.state.epoch, ignite_side.trainer.state.iteration)
+    assert (ice_side.trainer.state.epoch, ice_side.trainer.state.iteration) == (
+        ignite_side.trainer.state.epoch,
+        ignite_side.trainer.state.iteration,
+    )
     # the weights part here: ignite's next epoch continues the DataLoader iterator of the epoch the
     # error cut short, while every epoch of an epoch-mode task starts a fresh pass (API.md B3)
 
@@ -188,8 +243,13 @@ def test_an_exception_raised_handler_that_swallows_the_error_leaves_the_state_of
 # -- timing and progress -----------------------------------------------------------------------------------
 def test_timer_attached_from_started_counts_every_iteration_of_the_run(tmp_path):
     def attach(tw):
-        return Timer(average=True).attach(tw.trainer, start=Events.STARTED, resume=Events.ITERATION_STARTED,
-                                          pause=Events.ITERATION_COMPLETED, step=Events.ITERATION_COMPLETED)
+        return Timer(average=True).attach(
+            tw.trainer,
+            start=Events.STARTED,
+            resume=Events.ITERATION_STARTED,
+            pause=Events.ITERATION_COMPLETED,
+            step=Events.ITERATION_COMPLETED,
+        )
 
     _, _, timers, _, _ = run_both(tmp_path, attach)
     assert timers["ice"].step_count == timers["ignite"].step_count == 18
@@ -202,7 +262,7 @@ def test_basic_time_profiler_counts_as_in_ignite_and_the_counters_stay_right(tmp
         profiler.attach(tw.trainer)
         return profiler
 
-    ice_side, ignite_side, prof, _, _ = run_both(tmp_path, attach)
+    ice_side, _ignite_side, prof, _, _ = run_both(tmp_path, attach)
     a, b = prof["ice"], prof["ignite"]
     for field in ("processing_times", "dataflow_times"):
         assert getattr(a, field).shape == getattr(b, field).shape == (18,)
@@ -225,7 +285,7 @@ def test_handlers_time_profiler_counts_as_in_ignite_and_the_counters_stay_right(
         profiler.attach(tw.trainer)
         return profiler
 
-    ice_side, ignite_side, prof, ice_trace, ignite_trace = run_both(tmp_path, attach)
+    ice_side, _ignite_side, prof, ice_trace, ignite_trace = run_both(tmp_path, attach)
     a, b = prof["ice"], prof["ignite"]
     assert len(a.processing_times) == len(b.processing_times) == 18
     assert len(a.dataflow_times) == len(b.dataflow_times) == 18
@@ -253,11 +313,17 @@ def test_tensorboard_logger_closed_at_completed_writes_what_the_ignite_script_wr
 
     def attach(tw):
         logger = TensorboardLogger(log_dir=str(files_of(tmp_path, tw, "tb")))
-        logger.attach_output_handler(tw.trainer, Events.ITERATION_COMPLETED, tag="training",
-                                     output_transform=lambda o: {"ce": o["ce"]})
+        logger.attach_output_handler(
+            tw.trainer, Events.ITERATION_COMPLETED, tag="training", output_transform=lambda o: {"ce": o["ce"]}
+        )
         logger.attach_opt_params_handler(tw.trainer, Events.ITERATION_STARTED, optimizer=tw.optimizer)
-        logger.attach_output_handler(tw.evaluator, Events.COMPLETED, tag="validation", metric_names=["ce"],
-                                     global_step_transform=global_step_from_engine(tw.trainer))
+        logger.attach_output_handler(
+            tw.evaluator,
+            Events.COMPLETED,
+            tag="validation",
+            metric_names=["ce"],
+            global_step_transform=global_step_from_engine(tw.trainer),
+        )
         tw.trainer.add_event_handler(Events.COMPLETED, lambda: logger.close())
 
     ice_side, ignite_side, _, _, _ = run_both(tmp_path, attach)
@@ -278,8 +344,10 @@ def test_epoch_output_store_with_defaults_keeps_each_iterations_output(tmp_path)
         for label, engine in (("train", tw.trainer), ("val", tw.evaluator)):
             store = EpochOutputStore()  # the default transform keeps state.output itself
             store.attach(engine)
-            engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e, s=store, l=label: per_epoch[l].append(
-                [float(out["ce"]) for out in s.data]))
+            engine.add_event_handler(
+                Events.EPOCH_COMPLETED,
+                lambda e, s=store, lbl=label: per_epoch[lbl].append([float(out["ce"]) for out in s.data]),
+            )
         return per_epoch
 
     _, _, stores, _, _ = run_both(tmp_path, attach)
@@ -296,8 +364,14 @@ def test_fastai_lr_finder_finds_the_same_lr_and_loss_history(tmp_path):
     for tw in (ice_twin(tmp_path, sched), ignite_twin(sched)):
         initial = {k: v.clone() for k, v in tw.model.state_dict().items()}
         finder = FastaiLRFinder()
-        with finder.attach(tw.trainer, {"model": tw.model, "optimizer": tw.optimizer}, num_iter=8, start_lr=1e-3,
-                           end_lr=1.0, output_transform=lambda o: o["ce"].item()):
+        with finder.attach(
+            tw.trainer,
+            {"model": tw.model, "optimizer": tw.optimizer},
+            num_iter=8,
+            start_lr=1e-3,
+            end_lr=1.0,
+            output_transform=lambda o: o["ce"].item(),
+        ):
             tw.run()
         results[tw.kind] = finder.get_results()
         for k, v in tw.model.state_dict().items():  # the finder puts the weights back
@@ -318,11 +392,16 @@ def test_ema_handler_keeps_the_same_ema_weights(tmp_path):
     assert_same_weights(emas["ice"].ema_model, emas["ignite"].ema_model)
 
 
-@pytest.mark.parametrize("make", [
-    lambda opt: LinearCyclicalScheduler(opt, "lr", 0.01, 0.2, cycle_size=10),
-    lambda opt: create_lr_scheduler_with_warmup(torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5),
-                                                warmup_start_value=0.0, warmup_duration=5),
-], ids=["cyclical", "warmup"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda opt: LinearCyclicalScheduler(opt, "lr", 0.01, 0.2, cycle_size=10),
+        lambda opt: create_lr_scheduler_with_warmup(
+            torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5), warmup_start_value=0.0, warmup_duration=5
+        ),
+    ],
+    ids=["cyclical", "warmup"],
+)
 def test_param_schedulers_give_the_same_lr_sequence(tmp_path, make):
     def attach(tw):
         lrs = []
@@ -352,8 +431,9 @@ def test_a_supervised_evaluator_run_from_epoch_completed_leaves_training_in_trai
         accuracies = []
         evaluator = create_supervised_evaluator(tw.model, metrics={"acc": Accuracy()})
         data = val_loader()
-        tw.trainer.add_event_handler(Events.EPOCH_COMPLETED,
-                                     lambda: accuracies.append(evaluator.run(data).metrics["acc"]))
+        tw.trainer.add_event_handler(
+            Events.EPOCH_COMPLETED, lambda: accuracies.append(evaluator.run(data).metrics["acc"])
+        )
         return accuracies
 
     ice_side, ignite_side, _, _ = twins(tmp_path, sched, trace=False, dropout=True)
@@ -376,15 +456,18 @@ def test_iteration_completed_once_1_on_the_evaluator_fires_at_every_validation(t
 
 def test_metric_node_usage_reaches_metric_attach(tmp_path):
     ice_side, ignite_side, _, _ = twins(tmp_path, Schedule(n=2), trace=False)
-    ice_side.graph.add("acc", ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1]),
-                                             usage=BatchWise()), tags="val")
-    Accuracy(output_transform=lambda o: (o["net"], o["data"][1])).attach(ignite_side.evaluator, "acc",
-                                                                          usage=BatchWise())
+    ice_side.graph.add(
+        "acc", ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1]), usage=BatchWise()), tags="val"
+    )
+    Accuracy(output_transform=lambda o: (o["net"], o["data"][1])).attach(
+        ignite_side.evaluator, "acc", usage=BatchWise()
+    )
     seen = {}
     for tw in (ice_side, ignite_side):
         seen[tw.kind] = []
-        tw.evaluator.add_event_handler(Events.ITERATION_COMPLETED,
-                                       lambda e, k=tw.kind: seen[k].append(e.state.metrics["acc"]))
+        tw.evaluator.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e, k=tw.kind: seen[k].append(e.state.metrics["acc"])
+        )
         tw.run()
     assert len(seen["ice"]) == 4 and seen["ice"] == pytest.approx(seen["ignite"])  # per batch, not per epoch
 
@@ -394,7 +477,9 @@ def test_state_dict_user_keys_travel_in_the_checkpoint(tmp_path):
     def with_alpha(engine):
         engine.state_dict_user_keys.append("alpha")
         engine.state.alpha = 0
-        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: setattr(e.state, "alpha", 10 * e.state.iteration))
+        engine.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e: setattr(e.state, "alpha", 10 * e.state.iteration)
+        )
         seen = []
         engine.add_event_handler(Events.STARTED, lambda e: seen.append(e.state.alpha))
         return seen
@@ -418,8 +503,9 @@ def test_state_dict_user_keys_travel_in_the_checkpoint(tmp_path):
     canonical.run()
     loaded = ignite_twin(Schedule(n=3))
     ignite_seen = with_alpha(loaded.trainer)
-    Checkpoint.load_objects({"trainer": loaded.trainer},
-                            torch.load(tmp_path / "ignite" / saver.last_checkpoint, weights_only=True))
+    Checkpoint.load_objects(
+        {"trainer": loaded.trainer}, torch.load(tmp_path / "ignite" / saver.last_checkpoint, weights_only=True)
+    )
     loaded.run()
     assert ice_seen == ignite_seen == [90]
 

@@ -7,13 +7,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import classification_set, linear_graph
 from ignite.engine import Events
 from ignite.handlers import Checkpoint, DiskSaver, EarlyStopping, PiecewiseLinear, global_step_from_engine
 from ignite.metrics import Accuracy, ConfusionMatrix, IoU, Loss, RunningAverage, mIoU
 
 import ice_ignite as ice
-
-from conftest import classification_set, linear_graph
 
 
 def classifier(train_n=60, val_n=45, batch=8, val_batch=7, lr=0.1):
@@ -22,8 +21,14 @@ def classifier(train_n=60, val_n=45, batch=8, val_batch=7, lr=0.1):
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(classification_set(train_n), batch_size=batch), tags="train")
     g.add("data", ice.DatasetNode(classification_set(val_n, seed=1), batch_size=val_batch), tags="val")
-    g.add("net", ice.ModuleNode(torch.nn.Linear(4, 3), forward=lambda n, x: n.module(x["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=lr)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            torch.nn.Linear(4, 3),
+            forward=lambda n, x: n.module(x["data"][0]),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=lr),
+        ),
+    )
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
     return g
 
@@ -73,8 +78,13 @@ def test_metric_node_applies_the_metrics_output_transform_and_required_keys():
         calls.append(type(out).__name__)
         return out["logits"], out["target"]
 
-    g.add("acc", ice.MetricNode(Accuracy(output_transform=transform),
-                                forward=lambda n, x: {"logits": x["net"], "target": x["data"][1]}), tags="val")
+    g.add(
+        "acc",
+        ice.MetricNode(
+            Accuracy(output_transform=transform), forward=lambda n, x: {"logits": x["net"], "target": x["data"][1]}
+        ),
+        tags="val",
+    )
     acc_keys = Accuracy()  # a dict forward: ignite's required_output_keys pick y_pred, y
     g.add("acc2", ice.MetricNode(acc_keys, forward=lambda n, x: {"y_pred": x["net"], "y": x["data"][1]}), tags="val")
     val = ice.Task(train=False, epochs=1, tags="val")
@@ -88,12 +98,17 @@ def test_running_average_metric_arithmetic_and_device_work_as_in_ignite():
     g = classifier()
     acc = Accuracy(device="cpu")
     g.add("acc100", ice.MetricNode(acc * 100, forward=lambda n, x: (x["net"], x["data"][1])), tags="val")
-    g.add("avg", ice.MetricNode(RunningAverage(output_transform=lambda loss: loss, alpha=0.5),
-                                forward=lambda n, x: x["ce"]), tags="val")
+    g.add(
+        "avg",
+        ice.MetricNode(RunningAverage(output_transform=lambda loss: loss, alpha=0.5), forward=lambda n, x: x["ce"]),
+        tags="val",
+    )
     val = ice.Task(train=False, epochs=1, tags="val")
     losses, running = [], []
-    val.engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: (losses.append(e.state.output["ce"].item()),
-                                                                         running.append(e.state.metrics["avg"])))
+    val.engine.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: (losses.append(e.state.output["ce"].item()), running.append(e.state.metrics["avg"])),
+    )
     g.exec_tasks([val], ice.Launcher())
     assert val.engine.state.metrics["acc100"] == pytest.approx(100 * direct(g)[0])
     expected = losses[0]
@@ -123,8 +138,9 @@ def test_a_loss_node_is_an_ignite_loss_equal_to_a_direct_computation():
     g = classifier(train_n=60, batch=8)  # uneven batches: 7 of 8 and one of 4
     train = ice.Task(train=True, epochs=1, tags="train")
     seen = []
-    train.engine.add_event_handler(Events.ITERATION_COMPLETED,
-                                   lambda e: seen.append((e.state.output["ce"].item(), len(e.state.output["data"][1]))))
+    train.engine.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: seen.append((e.state.output["ce"].item(), len(e.state.output["data"][1])))
+    )
     g.exec_tasks([train], ice.Launcher())
     assert isinstance(g["*/ce"].metric, Loss)
     weighted = sum(loss * n for loss, n in seen) / sum(n for _, n in seen)
@@ -140,8 +156,9 @@ def test_step_events_fire_around_backward_and_only_on_iterations_that_step():
     for ev in ice.StepEvents:
         train.engine.add_event_handler(ev, lambda e, ev=ev: events.append((e.state.iteration, ev.name)))
     every2 = []
-    train.engine.add_event_handler(ice.StepEvents.OPTIM_STEP_COMPLETED(every=2),
-                                   lambda e: every2.append(e.state.optim_step))
+    train.engine.add_event_handler(
+        ice.StepEvents.OPTIM_STEP_COMPLETED(every=2), lambda e: every2.append(e.state.optim_step)
+    )
     g.add("rec", ice.Node(backward=lambda n: events.append(("hook", n.task.engine.state.iteration))))
     g.exec_tasks([train], ice.Launcher())
     steps = [i for i, name in events if name == "OPTIM_STEP_COMPLETED"]
@@ -175,8 +192,9 @@ def test_the_engine_knows_which_step_events_have_handlers_through_adds_and_remov
 def test_an_error_propagates_unless_an_exception_raised_handler_takes_it_as_on_a_plain_engine():
     def failing_graph():
         g = linear_graph()
-        g.add("fault", ice.Node(forward=lambda n, x: 1 / 0 if n.task.engine.state.iteration == 2 else None),
-              tags="train")
+        g.add(
+            "fault", ice.Node(forward=lambda n, x: 1 / 0 if n.task.engine.state.iteration == 2 else None), tags="train"
+        )
         return g
 
     with pytest.raises(ice.NodeError, match="ZeroDivisionError"):  # nobody handles EXCEPTION_RAISED
@@ -196,8 +214,12 @@ def test_global_step_from_engine_and_a_repeated_checkpoint_handler_see_monotone_
     steps = []
     step_of = global_step_from_engine(train.engine)
     val.engine.add_event_handler(Events.COMPLETED, lambda e: steps.append(step_of(e, Events.COMPLETED)))
-    saver = Checkpoint({"net": g["*/net"].module}, DiskSaver(str(tmp_path), require_empty=False), n_saved=3,
-                       global_step_transform=global_step_from_engine(train.engine))
+    saver = Checkpoint(
+        {"net": g["*/net"].module},
+        DiskSaver(str(tmp_path), require_empty=False),
+        n_saved=3,
+        global_step_transform=global_step_from_engine(train.engine),
+    )
     val.engine.add_event_handler(Events.COMPLETED, saver)
     g.exec_tasks([ice.Repeat([train, val], times=5)], ice.Launcher())
     assert steps == [1, 2, 3, 4, 5]  # the train engine's epoch, one more each round
@@ -212,11 +234,20 @@ def scheduled_run(out_dir, run_id, every=None, resume_from=None, times=3):
     sched = PiecewiseLinear(opt, "lr", [(0, 0.2), (10, 0.01), (20, 0.1)])  # an ignite scheduler on the engine
     train.engine.add_event_handler(Events.ITERATION_STARTED, sched)
     if every is not None:
-        ckpt = Checkpoint({"graph": g}, DiskSaver(str(out_dir / "ignite"), require_empty=False), n_saved=None,
-                          global_step_transform=lambda e, _: e.state.iteration)
+        ckpt = Checkpoint(
+            {"graph": g},
+            DiskSaver(str(out_dir / "ignite"), require_empty=False),
+            n_saved=None,
+            global_step_transform=lambda e, _: e.state.iteration,
+        )
         train.engine.add_event_handler(Events.ITERATION_COMPLETED(every=every), ckpt)
-    g.run([ice.Repeat([train, ice.Task(train=False, epochs=1, tags="val")], times=times)], devices="cpu",
-          out_dir=out_dir, run_id=run_id, resume_from=resume_from)
+    g.run(
+        [ice.Repeat([train, ice.Task(train=False, epochs=1, tags="val")], times=times)],
+        devices="cpu",
+        out_dir=out_dir,
+        run_id=run_id,
+        resume_from=resume_from,
+    )
     return g, train
 
 
@@ -238,11 +269,16 @@ def test_checkpoint_load_objects_then_run_continues(tmp_path):
     path = sorted((tmp_path / "ignite").glob("graph_8.pt"))[0]
     g = classifier()
     train = ice.Task(train=True, epochs=1, tags="train")
-    train.engine.add_event_handler(Events.ITERATION_STARTED,
-                                   PiecewiseLinear(g["*/net"].optimizers[".*"], "lr", [(0, 0.2), (10, 0.01), (20, 0.1)]))
+    train.engine.add_event_handler(
+        Events.ITERATION_STARTED, PiecewiseLinear(g["*/net"].optimizers[".*"], "lr", [(0, 0.2), (10, 0.01), (20, 0.1)])
+    )
     Checkpoint.load_objects({"graph": g}, torch.load(path, weights_only=True))
-    g.run([ice.Repeat([train, ice.Task(train=False, epochs=1, tags="val")], times=3)], devices="cpu",
-          out_dir=tmp_path, run_id="loaded")
+    g.run(
+        [ice.Repeat([train, ice.Task(train=False, epochs=1, tags="val")], times=3)],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="loaded",
+    )
     for a, b in zip(g["*/net"].module.parameters(), g_ref["*/net"].module.parameters()):
         assert torch.equal(a, b)
 
@@ -252,10 +288,17 @@ def test_a_run_ended_by_early_stopping_stays_ended_when_resumed(tmp_path):
         g = linear_graph(lr=0.0)  # no progress: EarlyStopping ends training after `patience` rounds
         train = ice.Task(train=True, epochs=1, tags="train")
         val = ice.Task(train=False, epochs=1, tags="val")
-        val.engine.add_event_handler(Events.COMPLETED, EarlyStopping(
-            patience=2, score_function=lambda e: -e.state.metrics["mse"], trainer=train.engine))
-        g.run([ice.Repeat([train, val, ice.SaveCheckpointTask()], times=10)], devices="cpu", out_dir=tmp_path,
-              run_id="es", resume_from=resume_from)
+        val.engine.add_event_handler(
+            Events.COMPLETED,
+            EarlyStopping(patience=2, score_function=lambda e: -e.state.metrics["mse"], trainer=train.engine),
+        )
+        g.run(
+            [ice.Repeat([train, val, ice.SaveCheckpointTask()], times=10)],
+            devices="cpu",
+            out_dir=tmp_path,
+            run_id="es",
+            resume_from=resume_from,
+        )
         return g
 
     assert run().global_counters.epochs.train == 3
@@ -298,8 +341,11 @@ def test_tensorboard_optimizer_params_handler_on_a_repeat_logs_monotone_steps(tm
     g = linear_graph()
     train = ice.Task(train=True, epochs=1, tags="train")
     tb = TensorboardLogger(log_dir=str(tmp_path))
-    tb.attach(train.engine, log_handler=OptimizerParamsHandler(g["*/net"].optimizers[".*"], tag="opt"),
-              event_name=Events.ITERATION_STARTED)
+    tb.attach(
+        train.engine,
+        log_handler=OptimizerParamsHandler(g["*/net"].optimizers[".*"], tag="opt"),
+        event_name=Events.ITERATION_STARTED,
+    )
     g.exec_tasks([ice.Repeat([train, ice.Task(train=False, epochs=1, tags="val")], times=3)], ice.Launcher())
     tb.close()
     acc = EventAccumulator(str(tmp_path))

@@ -34,8 +34,9 @@ FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 
 def _type_checking(test: ast.expr) -> bool:
     """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``."""
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(nodes, where: str = "module level"):
@@ -64,7 +65,7 @@ def _targets(stmt: ast.Import | ast.ImportFrom, name: str, is_package: bool, kno
     base = stmt.module or ""
     if stmt.level:
         package = name.split(".") if is_package else name.split(".")[:-1]
-        package = package[:len(package) - (stmt.level - 1)]
+        package = package[: len(package) - (stmt.level - 1)]
         base = ".".join(package + ([base] if base else []))
     if base != PACKAGE and not base.startswith(PACKAGE + "."):
         return []
@@ -164,7 +165,7 @@ def describe(graph: dict) -> str:
 FAKE = {  # a package with each kind of import; its cycles: a -> sub.b -> c -> a and c -> sub -> sub.b -> c
     "__init__.py": "from ice_ignite.a import A\nfrom ice_ignite import c\n",  # not a source of edges
     "a.py": "from typing import TYPE_CHECKING\n"
-            "if TYPE_CHECKING:\n    from .sub import b\nelse:\n    import os\nA = 1\n",
+    "if TYPE_CHECKING:\n    from .sub import b\nelse:\n    import os\nA = 1\n",
     "sub/__init__.py": "from .b import B\n",
     "sub/b.py": "def f():\n    from ice_ignite import c, A\n    return c\nB = 2\n",
     "c.py": "import ice_ignite.a\nimport torch\nfrom ice_ignite.sub import B\nfrom . import a\n",
@@ -185,12 +186,16 @@ def test_edges_are_resolved(tmp_path):
     }
     assert graph["ice_ignite.a"]["ice_ignite.sub.b"] == ["ice_ignite/a.py:3 (TYPE_CHECKING)"]
     assert graph["ice_ignite.sub.b"]["ice_ignite.c"] == ["ice_ignite/sub/b.py:2 (in a function)"]
-    assert graph["ice_ignite.c"]["ice_ignite.a"] == ["ice_ignite/c.py:1 (module level)",
-                                                     "ice_ignite/c.py:4 (module level)"]
+    assert graph["ice_ignite.c"]["ice_ignite.a"] == [
+        "ice_ignite/c.py:1 (module level)",
+        "ice_ignite/c.py:4 (module level)",
+    ]
     edges = checked(graph)
     assert components(edges) == [["ice_ignite.a", "ice_ignite.c", "ice_ignite.sub", "ice_ignite.sub.b"]]
-    assert cycles(edges) == [["ice_ignite.a", "ice_ignite.sub.b", "ice_ignite.c", "ice_ignite.a"],
-                             ["ice_ignite.c", "ice_ignite.sub", "ice_ignite.sub.b", "ice_ignite.c"]]
+    assert cycles(edges) == [
+        ["ice_ignite.a", "ice_ignite.sub.b", "ice_ignite.c", "ice_ignite.a"],
+        ["ice_ignite.c", "ice_ignite.sub", "ice_ignite.sub.b", "ice_ignite.c"],
+    ]
     assert "ice_ignite.a -> ice_ignite.sub.b -> ice_ignite.c -> ice_ignite.a" in describe(graph)
 
 

@@ -4,13 +4,12 @@ parameters, non-finite losses."""
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import regression_set
 from ignite.engine import Events
 from ignite.handlers import create_lr_scheduler_with_warmup
 
 import ice_ignite as ice
 from ice_ignite import GraphError, NonFiniteLossError
-
-from conftest import regression_set
 
 
 def graph(batch_size=4, n=32, shuffle=True, lr=0.1, spec=None, net=None, **loss_kwargs):
@@ -18,8 +17,14 @@ def graph(batch_size=4, n=32, shuffle=True, lr=0.1, spec=None, net=None, **loss_
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(regression_set(n), batch_size=batch_size, shuffle=shuffle))
     net = net or torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    g.add("net", ice.ModuleNode(net, forward=lambda n_, x: n_.module(x["data"][0]),
-                                optimizers=spec or ice.Optimizer(torch.optim.SGD, lr=lr, momentum=0.9)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            net,
+            forward=lambda n_, x: n_.module(x["data"][0]),
+            optimizers=spec or ice.Optimizer(torch.optim.SGD, lr=lr, momentum=0.9),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n_, x: F.mse_loss(x["net"], x["data"][1]), **loss_kwargs))
     return g
 
@@ -38,11 +43,23 @@ def test_bf16_autocast_wraps_module_and_loss_forwards_only():
     g.init_autocast()  # CPU: bfloat16
     assert g.is_autocast_enabled() and not g.is_grad_scaler_enabled()
     seen = {}
-    g.add("probe", ice.Node(forward=lambda n, x: seen.update(
-        net=x["net"].dtype, plain=torch.is_autocast_enabled("cpu"), loss_in=x["mse"].dtype)))
+    g.add(
+        "probe",
+        ice.Node(
+            forward=lambda n, x: seen.update(
+                net=x["net"].dtype, plain=torch.is_autocast_enabled("cpu"), loss_in=x["mse"].dtype
+            )
+        ),
+    )
     g.remove("*/mse")
-    g.add("mse", ice.LossNode(forward=lambda n, x: seen.update(in_loss=torch.is_autocast_enabled("cpu"))
-                              or F.mse_loss(x["net"].float(), x["data"][1])))
+    g.add(
+        "mse",
+        ice.LossNode(
+            forward=lambda n, x: (
+                seen.update(in_loss=torch.is_autocast_enabled("cpu")) or F.mse_loss(x["net"].float(), x["data"][1])
+            )
+        ),
+    )
     g.exec_tasks([ice.Task(train=True, steps=2)], ice.Launcher())
     assert seen == {"net": torch.bfloat16, "plain": False, "loss_in": torch.float32, "in_loss": True}
 
@@ -79,8 +96,13 @@ def test_the_scaler_updates_on_optimizer_steps_only_and_is_checkpointed(tmp_path
     other = graph()
     other.set_gradient_accumulate(3)  # the checkpoint's (another would change training: ResumeTaskFailed)
     other.init_grad_scaler(True, init_scale=4.0, growth_interval=1)
-    other.run([ice.Task(train=True, steps=2), ice.SaveCheckpointTask()], devices="cpu", out_dir=tmp_path,
-              run_id="s", resume_from="auto")
+    other.run(
+        [ice.Task(train=True, steps=2), ice.SaveCheckpointTask()],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="s",
+        resume_from="auto",
+    )
     assert other.grad_scaler.get_scale() == 16.0
 
 
@@ -114,8 +136,9 @@ def test_accumulating_k_batches_of_b_equals_batches_of_k_times_b(mode):
 
 # -- schedulers ------------------------------------------------------------------------------------
 def test_torch_schedulers_step_on_optimizer_steps_and_lrs_are_visible():
-    spec = ice.Optimizer(torch.optim.SGD, lr=1.0,
-                         lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    spec = ice.Optimizer(
+        torch.optim.SGD, lr=1.0, lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    )
     g = graph(spec=spec)
     g.set_gradient_accumulate(2)
     lrs = []
@@ -126,8 +149,12 @@ def test_torch_schedulers_step_on_optimizer_steps_and_lrs_are_visible():
 
 def test_ignite_param_scheduler_with_warmup():
     def warmup(opt):
-        return create_lr_scheduler_with_warmup(torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5),
-                                               warmup_start_value=0.0, warmup_end_value=0.4, warmup_duration=3)
+        return create_lr_scheduler_with_warmup(
+            torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5),
+            warmup_start_value=0.0,
+            warmup_end_value=0.4,
+            warmup_duration=3,
+        )
 
     g = graph(spec=ice.Optimizer(torch.optim.SGD, lr=0.4, lr_scheduler=warmup))
     used = []
@@ -136,7 +163,11 @@ def test_ignite_param_scheduler_with_warmup():
     simulated = [None] * 6
     create_lr_scheduler_with_warmup(
         torch.optim.lr_scheduler.ExponentialLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.4), 0.5),
-        warmup_start_value=0.0, warmup_end_value=0.4, warmup_duration=3, output_simulated_values=simulated)
+        warmup_start_value=0.0,
+        warmup_end_value=0.4,
+        warmup_duration=3,
+        output_simulated_values=simulated,
+    )
     expected = [v for _, v in simulated]
     assert used == pytest.approx(expected)
     assert used[:3] == pytest.approx([0.0, 0.2, 0.4])
@@ -155,8 +186,11 @@ class Branchy(torch.nn.Module):
 
 def test_an_unused_trainable_parameter_is_an_error_naming_it_and_its_node():
     g = graph(net=Branchy())
-    with pytest.raises(GraphError, match=r"ModuleNode '\*/net': trainable parameter\(s\) got no gradient in optimizer "
-                                         r"step 1: unused.weight, unused.bias\. .*unused_parameters='zero'"):
+    with pytest.raises(
+        GraphError,
+        match=r"ModuleNode '\*/net': trainable parameter\(s\) got no gradient in optimizer "
+        r"step 1: unused.weight, unused.bias\. .*unused_parameters='zero'",
+    ):
         g.exec_tasks([ice.Task(train=True, steps=1)], ice.Launcher())
 
 
@@ -165,8 +199,15 @@ def test_lenient_mode_gives_unused_parameters_a_zero_gradient():
     net = Branchy()
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(regression_set(8), batch_size=4))
-    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]), unused_parameters="zero",
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1, weight_decay=0.5)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            net,
+            forward=lambda n, x: n.module(x["data"][0]),
+            unused_parameters="zero",
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1, weight_decay=0.5),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     before = net.unused.weight.detach().clone()
     g.exec_tasks([ice.Task(train=True, steps=1)], ice.Launcher())
@@ -181,15 +222,24 @@ def poisoned(policy, at_iteration=1):
     g = graph(shuffle=False)
     g.set_nonfinite_policy(policy)
     g.remove("*/mse")
-    g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1]) * (
-        float("nan") if n.epoch_steps == at_iteration else 1.0)))
+    g.add(
+        "mse",
+        ice.LossNode(
+            forward=lambda n, x: (
+                F.mse_loss(x["net"], x["data"][1]) * (float("nan") if n.epoch_steps == at_iteration else 1.0)
+            )
+        ),
+    )
     return g
 
 
 def test_a_non_finite_loss_raises_naming_the_loss_and_the_steps():
     g = poisoned("raise")  # found at the epoch end: no host read per iteration
-    with pytest.raises(NonFiniteLossError, match=r"in \*/mse of Task\(train=True, steps=4, tags='\*'\), in an optimizer "
-                                                 r"step after step 0 and up to step 4\. Lower the"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"in \*/mse of Task\(train=True, steps=4, tags='\*'\), in an optimizer "
+        r"step after step 0 and up to step 4\. Lower the",
+    ):
         g.exec_tasks([ice.Task(train=True, steps=4)], ice.Launcher())
 
 
@@ -237,8 +287,12 @@ def test_a_cycle_cut_short_does_not_carry_its_non_finite_loss_into_the_next_pass
     g.set_gradient_accumulate(2)
     poison = [True]  # the first loss computed is NaN, no other
     g.remove("*/mse")
-    g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1]) * (
-        float("nan") if poison and poison.pop() else 1.0)))
+    g.add(
+        "mse",
+        ice.LossNode(
+            forward=lambda n, x: F.mse_loss(x["net"], x["data"][1]) * (float("nan") if poison and poison.pop() else 1.0)
+        ),
+    )
     task = ice.Task(train=True, epochs=1)
     stop = [True]
 

@@ -51,7 +51,7 @@ def _resolve(module: str, level: int, importer: Path, root: Path) -> Path | None
     return None
 
 
-def entry_script(entrypoint: "str | Path") -> Path:
+def entry_script(entrypoint: str | Path) -> Path:
     """``entrypoint`` resolved, or FileNotFoundError when it is not a file."""
     entry = Path(entrypoint).resolve()
     if not entry.is_file():
@@ -59,7 +59,7 @@ def entry_script(entrypoint: "str | Path") -> Path:
     return entry
 
 
-def local_sources(entrypoint: "str | Path") -> list[Path]:
+def local_sources(entrypoint: str | Path) -> list[Path]:
     """The entry script and, recursively, every module it imports from its own directory tree
     (packages included), sorted. Installed packages are not followed."""
     entry = entry_script(entrypoint)
@@ -85,7 +85,7 @@ def local_sources(entrypoint: "str | Path") -> list[Path]:
     return sorted(seen)
 
 
-def backup_sources(entrypoint: "str | Path", dest: Path) -> list[Path]:
+def backup_sources(entrypoint: str | Path, dest: Path) -> list[Path]:
     """Copy ``local_sources(entrypoint)`` into ``dest``, keeping paths relative to the entry
     script's directory. Returns the copies."""
     files = local_sources(entrypoint)
@@ -114,7 +114,7 @@ def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def keep_sources(entrypoint: "str | Path", run_dir: Path) -> Path | None:
+def keep_sources(entrypoint: str | Path, run_dir: Path) -> Path | None:
     """Keep the sources of this run in ``run_dir``: into ``src/`` when it holds none yet (the first
     run); otherwise, when they differ from the newest copy, into the next ``src-<n>/`` (written
     under a temporary name, then renamed), with a warning naming it and the files that differ.
@@ -140,11 +140,19 @@ def keep_sources(entrypoint: "str | Path", run_dir: Path) -> Path | None:
     backup_sources(entrypoint, partial)
     os.replace(partial, dest)
     changed = sorted(k for k in now.keys() & then.keys() if now[k] != then[k])
-    parts = [f"{label}: {', '.join(names)}" for label, names in
-             (("changed", changed), ("new", sorted(now.keys() - then.keys())),
-              ("gone", sorted(then.keys() - now.keys()))) if names]
-    message = (f"the sources of this run differ from those kept in {newest.name}/ ({'; '.join(parts)}): kept in "
-               f"{dest.name}/ beside it ({newest.name}/ is left as it was)")
+    parts = [
+        f"{label}: {', '.join(names)}"
+        for label, names in (
+            ("changed", changed),
+            ("new", sorted(now.keys() - then.keys())),
+            ("gone", sorted(then.keys() - now.keys())),
+        )
+        if names
+    ]
+    message = (
+        f"the sources of this run differ from those kept in {newest.name}/ ({'; '.join(parts)}): kept in "
+        f"{dest.name}/ beside it ({newest.name}/ is left as it was)"
+    )
     logger.warning("%s", message)
     warnings.warn(message, stacklevel=3)
     return dest

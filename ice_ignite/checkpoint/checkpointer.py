@@ -8,8 +8,9 @@ import math
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -70,8 +71,13 @@ def cpu_copy(tree: Any, reuse: dict | None = None, memo: dict | None = None, key
             return memo[id(tree)]
         source = tree.detach()
         old = reuse.get(key) if reuse is not None else None
-        if old is not None and old.shape == source.shape and old.dtype == source.dtype and source.layout == torch.strided \
-                and not source.is_sparse:
+        if (
+            old is not None
+            and old.shape == source.shape
+            and old.dtype == source.dtype
+            and source.layout == torch.strided
+            and not source.is_sparse
+        ):
             copy = old.copy_(source)
         else:
             copy = source.to("cpu", copy=True)
@@ -96,8 +102,9 @@ class PendingWrite:
     def __init__(self, path: Path, job: Callable[[], None]):
         self.path = path
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(job,), name=f"ice_ignite checkpoint {path.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(job,), name=f"ice_ignite checkpoint {path.name}", daemon=True
+        )
         self._thread.start()
 
     def _run(self, job: Callable[[], None]) -> None:
@@ -113,8 +120,10 @@ class PendingWrite:
             error, self.error = self.error, None
             if isinstance(error, CheckpointError):
                 raise CheckpointError(f"{error} (an asynchronous checkpoint write)") from error.__cause__
-            raise CheckpointError(f"writing checkpoint {str(self.path)!r} in the background failed "
-                                  f"({type(error).__name__}: {error}); the previous checkpoints are intact") from error
+            raise CheckpointError(
+                f"writing checkpoint {str(self.path)!r} in the background failed "
+                f"({type(error).__name__}: {error}); the previous checkpoints are intact"
+            ) from error
 
 
 class Checkpointer:
@@ -192,10 +201,13 @@ class Checkpointer:
             "schedule": [e.description for e in runner.entries] if runner.entries is not None else [],
             "schedule_paths": [list(e.path) for e in runner.entries] if runner.entries is not None else [],
             "progress": progress,
-            "nodes": {uid: node.state_dict(full=False) if not full and self._is_sharded(node) else node.state_dict()
-                      for uid, node in self.nodes(*tags).items()},
-            "data_settings": {uid: node.resume_settings() for uid, node in self.nodes(*tags).items()
-                              if isinstance(node, DatasetNode)},
+            "nodes": {
+                uid: node.state_dict(full=False) if not full and self._is_sharded(node) else node.state_dict()
+                for uid, node in self.nodes(*tags).items()
+            },
+            "data_settings": {
+                uid: node.resume_settings() for uid, node in self.nodes(*tags).items() if isinstance(node, DatasetNode)
+            },
             # what differs between ranks, in rank order (gathered on rank 0, the writer; the other
             # ranks build the rest too, as ignite's Checkpoint does: a sharded state_dict is a collective)
             "ranks": parallel.gather_objects({"rng": rng_state(), "grads": self._mid_cycle_grads(progress)}),
@@ -207,8 +219,11 @@ class Checkpointer:
             "training": training_record(self.nodes(DEFAULT_TAG), ctx.precision),
             "world_size": ctx.world_size,
             "engines": {key: task.engine_state() for key, task in tasks.items()},
-            "handlers": {f"{key}/{i}": {"type": type(obj).__name__, "state": obj.state_dict()}
-                         for key, task in tasks.items() for i, obj in enumerate(task.engine.stateful_handlers())},
+            "handlers": {
+                f"{key}/{i}": {"type": type(obj).__name__, "state": obj.state_dict()}
+                for key, task in tasks.items()
+                for i, obj in enumerate(task.engine.stateful_handlers())
+            },
             "objects": {name: obj.state_dict() for name, obj in self.objects.items()},
         }
         check_loadable(state)  # a run never writes a checkpoint it cannot read (nor ignite's Checkpoint)
@@ -222,8 +237,10 @@ class Checkpointer:
         position = progress["task"]["iteration"] % progress["task"]["epoch_length"]
         if position % self.context.grad_acc_steps == 0:
             return {}
-        return {node.uid: {name: p.grad for name, p in node.named_trainable_parameters() if p.grad is not None}
-                for node in task.graph.module_nodes}
+        return {
+            node.uid: {name: p.grad for name, p in node.named_trainable_parameters() if p.grad is not None}
+            for node in task.graph.module_nodes
+        }
 
     # -- writing ----------------------------------------------------------------------------
     @staticmethod
@@ -234,8 +251,13 @@ class Checkpointer:
         """The ModuleNodes of ``tags`` that are FSDP-sharded now: a checkpoint of them is a directory."""
         return [uid for uid, node in self.nodes(*tags).items() if self._is_sharded(node)]
 
-    def save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...], async_: bool | None = None,
-             after: Callable[[], None] | None = None) -> Path | None:
+    def save(
+        self,
+        save_to: str | os.PathLike | None,
+        tags: tuple[str, ...],
+        async_: bool | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> Path | None:
         """Collect the state (on every rank) and write it: a file by global rank 0, or, when FSDP
         sharded ModuleNodes are among ``tags``, a directory every rank writes its shards to (their
         tensors are not gathered). Returns the path (None on other ranks).
@@ -249,8 +271,13 @@ class Checkpointer:
         with preemption.saving():
             return self._save(save_to, tags, async_, after)
 
-    def _save(self, save_to: "str | os.PathLike | None", tags: tuple[str, ...], async_: bool | None,
-              after: Callable[[], None] | None) -> Path | None:
+    def _save(
+        self,
+        save_to: str | os.PathLike | None,
+        tags: tuple[str, ...],
+        async_: bool | None,
+        after: Callable[[], None] | None,
+    ) -> Path | None:
         if save_to is None and self.rundir is None:
             raise CheckpointError(
                 "save_checkpoint needs a run directory: call it during HyperGraph.run, or pass save_to=path"
@@ -264,8 +291,9 @@ class Checkpointer:
         self.seq += 1
         if save_to is None:
             counters = self.context.counters
-            path = self.rundir.ckpts / checkpoint_filename(state["seq"], counters.epochs.train, counters.steps.train,
-                                                           sharded=bool(sharded))
+            path = self.rundir.ckpts / checkpoint_filename(
+                state["seq"], counters.epochs.train, counters.steps.train, sharded=bool(sharded)
+            )
         else:
             path = Path(save_to)
         if sharded:  # DCP writes collectively: always now (see docs/checkpoints.md)
@@ -313,8 +341,14 @@ class Checkpointer:
         if len(records) >= max_keep and worse(value, records[-1][0]):
             return None
         counters = self.context.counters
-        name = best_filename(self.seq, counters.epochs.train, counters.steps.train, node.uid, value,
-                             sharded=bool(self._sharded_uids((DEFAULT_TAG,))))
+        name = best_filename(
+            self.seq,
+            counters.epochs.train,
+            counters.steps.train,
+            node.uid,
+            value,
+            sharded=bool(self._sharded_uids((DEFAULT_TAG,))),
+        )
         records.append((value, name))
         records.sort(key=lambda r: -r[0] if higher_better else r[0])
         del records[max_keep:]
@@ -331,12 +365,14 @@ class Checkpointer:
         return self.save(self.rundir.ckpts / name, (DEFAULT_TAG,), after=prune)
 
     # -- loading ----------------------------------------------------------------------------
-    def load_nodes(self, state: dict, tags: tuple[str, ...], strict: bool, source: str,
-                   spec: LoadSpec | None = None) -> dict:
+    def load_nodes(
+        self, state: dict, tags: tuple[str, ...], strict: bool, source: str, spec: LoadSpec | None = None
+    ) -> dict:
         """Load the parts ``spec`` asks for (default: module weights and buffers) of the saved node
         states into the nodes of ``tags``; see ``transfer.load_node_states`` for the report."""
-        return load_node_states(state["nodes"], self.nodes(DEFAULT_TAG), self.nodes(*tags), spec or LoadSpec(), strict,
-                                source)
+        return load_node_states(
+            state["nodes"], self.nodes(DEFAULT_TAG), self.nodes(*tags), spec or LoadSpec(), strict, source
+        )
 
     def restore(self, state: dict, source: str, entries: list[ScheduleEntry], strict: bool) -> Resume:
         """Restore everything from a checkpoint's ``state`` for a run of ``entries``; returns where
@@ -355,8 +391,10 @@ class Checkpointer:
             scaler.load_state_dict(state["grad_scaler"])
         if state["seed"] != ctx.seed:
             if ctx.seed_given:  # the default seed (torch.initial_seed()) silently gives way to the checkpoint's
-                warnings.warn(f"checkpoint {Path(source).name} was taken with seed={state['seed']}; continuing with "
-                              "it", stacklevel=4)
+                warnings.warn(
+                    f"checkpoint {Path(source).name} was taken with seed={state['seed']}; continuing with it",
+                    stacklevel=4,
+                )
             ctx.seed = state["seed"]
         mine = state["ranks"][ctx.rank]
         for uid, grads in mine["grads"].items():
@@ -377,12 +415,13 @@ class Checkpointer:
 
         return Resume(point[0], point[1], reload_epoch)
 
-    def _resume_point(self, state: dict, source: str, entries: list[ScheduleEntry], strict: bool
-                      ) -> tuple[int, dict | None] | None:
+    def _resume_point(
+        self, state: dict, source: str, entries: list[ScheduleEntry], strict: bool
+    ) -> tuple[int, dict | None] | None:
         """Where the checkpoint continues in ``entries`` (``schedule.resume_point``), or None to
         restart the schedule (a lenient resume into another schedule; strict: an error)."""
         described = [e.description for e in entries]
-        if state["schedule"] == described[:len(state["schedule"])] or "schedule_paths" not in state:
+        if state["schedule"] == described[: len(state["schedule"])] or "schedule_paths" not in state:
             # the checkpoint's flattened schedule is a prefix of this run's (a Repeat raised at the end, or
             # the same steps regrouped), or it was written before entries had paths: continue by position
             mismatch = self._check_schedule(source, state["schedule"], described, strict)
@@ -418,9 +457,16 @@ class Checkpointer:
             running_key = next((key for key, t in keyed_tasks(entries).items() if t is item), None)
             running_nodes = self.nodes(*item.tags) if isinstance(item, Task) else {}
         losses = [uid for uid, node in self.nodes(DEFAULT_TAG).items() if isinstance(node, LossNode)]
-        return adapt_state(state, self.context.world_size, running_task=running_key, running_nodes=running_nodes,
-                           loss_nodes=losses, strict=strict, source=source,
-                           task_names={key: repr(task) for key, task in keyed_tasks(entries).items()})
+        return adapt_state(
+            state,
+            self.context.world_size,
+            running_task=running_key,
+            running_nodes=running_nodes,
+            loss_nodes=losses,
+            strict=strict,
+            source=source,
+            task_names={key: repr(task) for key, task in keyed_tasks(entries).items()},
+        )
 
     def _load_run_state(self, state: dict, source: str, entries: list[ScheduleEntry], engines: bool = True) -> None:
         """Node states, task engines, handler and registered-object states, and this rank's RNG."""
@@ -433,8 +479,10 @@ class Checkpointer:
             for i, obj in enumerate(task.engine.stateful_handlers()):
                 entry = saved_handlers.pop(f"{key}/{i}", None)
                 if entry is None:
-                    warnings.warn(f"{source}: handler {type(obj).__name__} #{i} of {task!r} has no saved state; it "
-                                  "starts afresh", stacklevel=5)
+                    warnings.warn(
+                        f"{source}: handler {type(obj).__name__} #{i} of {task!r} has no saved state; it starts afresh",
+                        stacklevel=5,
+                    )
                     continue
                 if entry["type"] != type(obj).__name__:
                     raise ResumeTaskFailed(
@@ -447,8 +495,10 @@ class Checkpointer:
         if saved_handlers:
             labels = {key: repr(task) for key, task in tasks.items()}
             names = [handler_label(key, entry["type"], labels) for key, entry in sorted(saved_handlers.items())]
-            warnings.warn(f"{source}: saved state of handler(s) {', '.join(names)} has no handler in this run; left "
-                          "unused", stacklevel=5)
+            warnings.warn(
+                f"{source}: saved state of handler(s) {', '.join(names)} has no handler in this run; left unused",
+                stacklevel=5,
+            )
         saved_objects = state.get("objects", {})
         for name, obj in self.objects.items():
             if name in saved_objects:
@@ -468,9 +518,15 @@ class Checkpointer:
             if node is None:
                 continue
             if isinstance(node, ModuleNode):
-                check_optimizer_kinds(node, saved, source, uid, "resume with the optimizers of the run that wrote "
-                                      "the checkpoint, or load its weights only with g.load_checkpoint(path) and "
-                                      "start a new run")
+                check_optimizer_kinds(
+                    node,
+                    saved,
+                    source,
+                    uid,
+                    "resume with the optimizers of the run that wrote "
+                    "the checkpoint, or load its weights only with g.load_checkpoint(path) and "
+                    "start a new run",
+                )
             try:
                 node.load_state_dict(saved, strict=True)
             except Exception as e:
@@ -493,11 +549,16 @@ class Checkpointer:
                 hint = {}
                 if worlds[0] != worlds[1]:  # per-process batches may change; the global batch may not
                     then, now = comparable_data_settings(then, worlds[0]), comparable_data_settings(now, worlds[1])
-                    hint["global batch"] = (f" ({worlds[0]} process(es) then, {worlds[1]} now: keep the global batch, "
-                                            f"with batch_size={then['global batch']} and batch_size_in_total=True, or "
-                                            "with a per-process batch_size of global batch / processes)")
-                changed = [f"{key} was {then[key]!r} and is now {now[key]!r}{hint.get(key, '')}" for key in then
-                           if key in now and now[key] != then[key]]
+                    hint["global batch"] = (
+                        f" ({worlds[0]} process(es) then, {worlds[1]} now: keep the global batch, "
+                        f"with batch_size={then['global batch']} and batch_size_in_total=True, or "
+                        "with a per-process batch_size of global batch / processes)"
+                    )
+                changed = [
+                    f"{key} was {then[key]!r} and is now {now[key]!r}{hint.get(key, '')}"
+                    for key in then
+                    if key in now and now[key] != then[key]
+                ]
                 if changed:
                     problems.append(f"DatasetNode {uid!r}: {', '.join(changed)}")
         if not problems:
@@ -512,16 +573,18 @@ class Checkpointer:
                 "(nodes absent from the checkpoint start afresh, changed DatasetNodes continue from their saved "
                 "position with the new settings)"
             )
-        warnings.warn(msg + "; resuming anyway (strict_resume=False): nodes absent from the checkpoint start afresh, "
-                      "changed DatasetNodes continue from their saved position with the new settings", stacklevel=5)
+        warnings.warn(
+            msg + "; resuming anyway (strict_resume=False): nodes absent from the checkpoint start afresh, "
+            "changed DatasetNodes continue from their saved position with the new settings",
+            stacklevel=5,
+        )
 
     def _check_training(self, state: dict, source: str, strict: bool) -> TrainingChanges:
         """Whether resuming would change training: an optimizer's class, hyper-parameters or
         clipping, the gradient accumulation or the autocast dtype differ between the checkpoint and
         the code; ``ResumeTaskFailed`` (``strict``) listing each as old → new, or a warning saying
         which value wins. Returns the changes (applied after loading when not ``strict``)."""
-        changes = compare_training(state, self.nodes(DEFAULT_TAG), self.context.grad_acc_steps,
-                                   self.context.precision)
+        changes = compare_training(state, self.nodes(DEFAULT_TAG), self.context.grad_acc_steps, self.context.precision)
         if not changes:
             return changes
         msg = f"checkpoint {source!r}: resuming it would change training: "
@@ -533,8 +596,9 @@ class Checkpointer:
                 "strict_resume=False to resume with the changes (a warning says which value wins); or start a new "
                 "run from its weights with g.load_checkpoint(path) or LoadCheckpointTask"
             )
-        warnings.warn(msg + changes.describe(with_winner=True) + "; resuming anyway (strict_resume=False)",
-                      stacklevel=5)
+        warnings.warn(
+            msg + changes.describe(with_winner=True) + "; resuming anyway (strict_resume=False)", stacklevel=5
+        )
         return changes
 
     @staticmethod
@@ -549,12 +613,16 @@ class Checkpointer:
         if mismatch is None:
             return False
         got = new[mismatch] if mismatch < len(new) else "the end of the schedule"
-        msg = (f"checkpoint {source!r}: its schedule is not a prefix of this run's: entry {mismatch} was "
-               f"{saved[mismatch]!r} and is now {got!r}")
+        msg = (
+            f"checkpoint {source!r}: its schedule is not a prefix of this run's: entry {mismatch} was "
+            f"{saved[mismatch]!r} and is now {got!r}"
+        )
         if strict:
-            raise ResumeTaskFailed(msg + "; restore the schedule (raising a Task's epochs / steps or a Repeat's times "
-                                         "is fine: training continues to the new total), or pass strict_resume=False "
-                                         "to run the new schedule from its beginning with the loaded states (every "
-                                         "task of it runs again in full)")
+            raise ResumeTaskFailed(
+                msg + "; restore the schedule (raising a Task's epochs / steps or a Repeat's times "
+                "is fine: training continues to the new total), or pass strict_resume=False "
+                "to run the new schedule from its beginning with the loaded states (every "
+                "task of it runs again in full)"
+            )
         warnings.warn(msg + "; restarting the schedule with the loaded states", stacklevel=5)
         return True

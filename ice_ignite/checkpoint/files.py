@@ -21,27 +21,53 @@ import warnings
 import zipfile
 import zlib
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
-from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
-from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.filesystem import _StorageInfo  # DCP's storage record: no public name
+from torch.distributed.tensor import DTensor
 from torch.utils.serialization import config as serialization_config
 
 from ice_ignite.checkpoint.transfer import LoadSpec
 from ice_ignite.distributed import parallel
 from ice_ignite.errors import CheckpointError
 
-__all__ = ["FORMAT", "STATE", "checkpoint_filename", "best_filename", "best_uid", "best_files", "next_sequence",
-           "list_checkpoints", "prune_checkpoints", "remove_checkpoint", "remove_partial_writes", "partial_path",
-           "publish_directory", "write_checkpoint", "write_sharded_checkpoint", "read_checkpoint",
-           "SaveCheckpointTask", "LoadCheckpointTask", "latest_valid_checkpoint", "read_dcp_metadata", "dcp_load", "nest", "load_plain_file",
-           "describe", "check_loadable", "fsync_directory", "verify_file", "CHECKSUMS"]
+__all__ = [
+    "FORMAT",
+    "STATE",
+    "checkpoint_filename",
+    "best_filename",
+    "best_uid",
+    "best_files",
+    "next_sequence",
+    "list_checkpoints",
+    "prune_checkpoints",
+    "remove_checkpoint",
+    "remove_partial_writes",
+    "partial_path",
+    "publish_directory",
+    "write_checkpoint",
+    "write_sharded_checkpoint",
+    "read_checkpoint",
+    "SaveCheckpointTask",
+    "LoadCheckpointTask",
+    "latest_valid_checkpoint",
+    "read_dcp_metadata",
+    "dcp_load",
+    "nest",
+    "load_plain_file",
+    "describe",
+    "check_loadable",
+    "fsync_directory",
+    "verify_file",
+    "CHECKSUMS",
+]
 
 #: the marker every ice_ignite checkpoint carries
 FORMAT = "ice_ignite.checkpoint.v1"
@@ -116,8 +142,9 @@ def best_files(ckpt_dir: Path, node: str, legacy: bool = True) -> list[Path]:
         if owner is None:
             continue
         uid, owner_name = owner
-        if (uid is not None and (uid == node if by_uid else owner_name == node)) or \
-                (uid is None and owner_name == name and (legacy or not by_uid)):
+        if (uid is not None and (uid == node if by_uid else owner_name == node)) or (
+            uid is None and owner_name == name and (legacy or not by_uid)
+        ):
             found.append(p)
     return sorted(found)
 
@@ -161,8 +188,11 @@ def remove_partial_writes(ckpt_dir: Path) -> list[Path]:
     write, partial directories (``.NAME.partial``) of a directory checkpoint."""
     if not ckpt_dir.is_dir():
         return []
-    stale = [p for p in ckpt_dir.iterdir()
-             if (p.is_file() and p.name.startswith("tmp")) or (p.is_dir() and _PARTIAL.match(p.name))]
+    stale = [
+        p
+        for p in ckpt_dir.iterdir()
+        if (p.is_file() and p.name.startswith("tmp")) or (p.is_dir() and _PARTIAL.match(p.name))
+    ]
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -186,8 +216,21 @@ def list_checkpoints(ckpt_dir: Path, best: bool = False) -> list[tuple[int, Path
 
 #: what ``torch.load(weights_only=True)`` rebuilds (torch 2.13's allowlist, ``torch/_weights_only_unpickler.py``),
 #: besides tensors and containers: checked at save time so that a run never writes what it cannot read
-_PLAIN = (int, float, bool, complex, str, bytes, bytearray, type(None), torch.Size, torch.dtype, torch.device,
-          torch.layout, torch.qscheme)
+_PLAIN = (
+    int,
+    float,
+    bool,
+    complex,
+    str,
+    bytes,
+    bytearray,
+    type(None),
+    torch.Size,
+    torch.dtype,
+    torch.device,
+    torch.layout,
+    torch.qscheme,
+)
 _CONTAINERS = (dict, OrderedDict, Counter, list, tuple, set)
 _TENSORS = (torch.Tensor, torch.nn.Parameter, DTensor)
 
@@ -240,7 +283,7 @@ def check_loadable(state: Any, where: str = "") -> None:
 _CHUNK = 8 << 20
 
 
-def fsync_directory(directory: "str | os.PathLike") -> None:
+def fsync_directory(directory: str | os.PathLike) -> None:
     """Flush ``directory``'s entries (a file created or renamed in it) to disk, where the system
     lets a directory be opened and synced (not on Windows, nor on file systems that refuse it)."""
     try:
@@ -279,7 +322,7 @@ class _Writeback:
     def _write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         for start in range(0, len(view), _CHUNK):
-            piece = view[start:start + _CHUNK]
+            piece = view[start : start + _CHUNK]
             self.file.write(piece)
             self.written += len(piece)
             if self.written - self.started >= _CHUNK and hasattr(os, "posix_fadvise"):
@@ -373,7 +416,8 @@ def verify_file(file: Path, source: Path) -> None:
                 raise CheckpointError(
                     f"checkpoint {where} is corrupted: its record {info.filename!r} does not match the CRC-32 "
                     "checksum written with it (its bytes changed on disk since it was saved); resume from another "
-                    "checkpoint (resume_from='auto' falls back to the newest one that verifies)") from None
+                    "checkpoint (resume_from='auto' falls back to the newest one that verifies)"
+                ) from None
             except (OSError, EOFError, ValueError):
                 return
 
@@ -416,16 +460,21 @@ def verify_manifest(directory: Path) -> None:
     """
     manifest = directory / CHECKSUMS
     if not manifest.is_file():
-        warnings.warn(f"checkpoint directory {str(directory)!r} has no {CHECKSUMS} (written before ice_ignite "
-                      "recorded checksums): its files are not verified", stacklevel=4)
+        warnings.warn(
+            f"checkpoint directory {str(directory)!r} has no {CHECKSUMS} (written before ice_ignite "
+            "recorded checksums): its files are not verified",
+            stacklevel=4,
+        )
         return
     try:
         entries = [line.split(" ", 2) for line in manifest.read_text(encoding="utf-8").splitlines() if line]
         expected = {name: (int(crc, 16), int(size)) for crc, size, name in entries}
     except ValueError:
-        raise CheckpointError(f"checkpoint directory {str(directory)!r} is corrupted: its {CHECKSUMS} is not a list of "
-                              "checksums; resume from another checkpoint (resume_from='auto' falls back to the newest "
-                              "one that verifies)") from None
+        raise CheckpointError(
+            f"checkpoint directory {str(directory)!r} is corrupted: its {CHECKSUMS} is not a list of "
+            "checksums; resume from another checkpoint (resume_from='auto' falls back to the newest "
+            "one that verifies)"
+        ) from None
     for name, (crc, size) in expected.items():
         file = directory / name
         problem = None
@@ -434,11 +483,15 @@ def verify_manifest(directory: Path) -> None:
         elif file.stat().st_size != size:
             problem = f"has {file.stat().st_size} bytes, not the {size} it was written with"
         elif _file_checksum(file) != crc:
-            problem = "does not match the CRC-32 checksum written with it (its bytes changed on disk since it was saved)"
+            problem = (
+                "does not match the CRC-32 checksum written with it (its bytes changed on disk since it was saved)"
+            )
         if problem:
-            raise CheckpointError(f"checkpoint directory {str(directory)!r} is corrupted: its file {name!r} {problem}; "
-                                  "resume from another checkpoint (resume_from='auto' falls back to the newest one that "
-                                  "verifies)")
+            raise CheckpointError(
+                f"checkpoint directory {str(directory)!r} is corrupted: its file {name!r} {problem}; "
+                "resume from another checkpoint (resume_from='auto' falls back to the newest one that "
+                "verifies)"
+            )
 
 
 @contextlib.contextmanager
@@ -450,7 +503,7 @@ def quiet_single_process_dcp() -> Iterator[None]:
         yield
 
 
-def publish_directory(path: "str | os.PathLike", write: Callable[[Path], None], what: str = "checkpoint") -> Path:
+def publish_directory(path: str | os.PathLike, write: Callable[[Path], None], what: str = "checkpoint") -> Path:
     """Write a directory with every process and publish it atomically: ``write(partial)`` runs on
     every process (it may hold collectives) into ``.NAME.partial``, and global rank 0 renames that
     to ``path`` once every process's write succeeded. Call it on every process. Never overwrites.
@@ -486,8 +539,9 @@ def publish_directory(path: "str | os.PathLike", write: Callable[[Path], None], 
             if first:
                 shutil.rmtree(partial, ignore_errors=True)
             cause = describe(error) if error is not None else "another process failed"
-            raise CheckpointError(f"writing {what} {str(final)!r} failed ({cause}); the previous checkpoints are "
-                                  "intact") from error
+            raise CheckpointError(
+                f"writing {what} {str(final)!r} failed ({cause}); the previous checkpoints are intact"
+            ) from error
     return final
 
 
@@ -528,7 +582,7 @@ def _merge(skeleton: Any, tensors: Any) -> Any:
     return skeleton
 
 
-def write_sharded_checkpoint(state: dict, uids: Iterable[str], path: "str | os.PathLike") -> Path:
+def write_sharded_checkpoint(state: dict, uids: Iterable[str], path: str | os.PathLike) -> Path:
     """Write checkpoint ``state`` as a directory, published atomically: the tensors of the node
     states ``uids`` through ``torch.distributed.checkpoint`` (every process writes its own pieces
     of sharded tensors, DTensors as they are: nothing is gathered), everything else to
@@ -546,8 +600,11 @@ def write_sharded_checkpoint(state: dict, uids: Iterable[str], path: "str | os.P
 
     def write(partial: Path) -> None:
         with quiet_single_process_dcp():  # DCP first: a collective that reports a failure to every process
-            dcp.save({uid: t for uid, t in tensors.items() if _holds_tensors(t)}, checkpoint_id=partial,
-                     no_dist=parallel.world_size() == 1)
+            dcp.save(
+                {uid: t for uid, t in tensors.items() if _holds_tensors(t)},
+                checkpoint_id=partial,
+                no_dist=parallel.world_size() == 1,
+            )
         if parallel.rank() == 0:
             torch.save(rest, partial / STATE)
 
@@ -558,10 +615,17 @@ class _MetadataUnpickler(pickle.Unpickler):
     """Reads DCP's ``.metadata`` (a pickle) and refuses every global but the classes of DCP's
     metadata, ``torch.Size``, dtypes, layouts and paths: DCP itself would ``pickle.load`` it."""
 
-    _ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
-                ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("pathlib", "PosixPath"),
-                ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
-                ("pathlib", "Path")}
+    _ALLOWED = {
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),
+        ("collections", "OrderedDict"),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PurePosixPath"),
+        ("pathlib", "PureWindowsPath"),
+        ("pathlib", "Path"),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         found = getattr(dcp_metadata, name, None)
@@ -608,8 +672,12 @@ def _check_tensor_entry(fqn: str, entry: Any) -> None:
     props = entry.properties
     if type(props) is not dcp_metadata.TensorProperties or type(props.dtype) is not torch.dtype:
         raise _Invalid(f"tensor {fqn!r} has properties {props!r}, not TensorProperties with a dtype")
-    if type(props.layout) is not torch.layout or type(props.requires_grad) is not bool \
-            or type(props.pin_memory) is not bool or type(props.memory_format) is not torch.memory_format:
+    if (
+        type(props.layout) is not torch.layout
+        or type(props.requires_grad) is not bool
+        or type(props.pin_memory) is not bool
+        or type(props.memory_format) is not torch.memory_format
+    ):
         raise _Invalid(f"tensor {fqn!r} has properties {props!r} of the wrong types")
     size = _size(entry.size, f"the size of tensor {fqn!r}")
     if type(entry.chunks) is not list:
@@ -620,10 +688,15 @@ def _check_tensor_entry(fqn: str, entry: Any) -> None:
             raise _Invalid(f"chunk {i} of tensor {fqn!r} is a {type(chunk).__name__}")
         offsets = _size(chunk.offsets, f"the offsets of chunk {i} of tensor {fqn!r}")
         sizes = _size(chunk.sizes, f"the sizes of chunk {i} of tensor {fqn!r}")
-        if len(offsets) != len(size) or len(sizes) != len(size) or \
-                any(o + n > d for o, n, d in zip(offsets, sizes, size)):
-            raise _Invalid(f"chunk {i} of tensor {fqn!r} (offsets {list(offsets)}, sizes {list(sizes)}) does not lie "
-                           f"inside its size {list(size)}")
+        if (
+            len(offsets) != len(size)
+            or len(sizes) != len(size)
+            or any(o + n > d for o, n, d in zip(offsets, sizes, size))
+        ):
+            raise _Invalid(
+                f"chunk {i} of tensor {fqn!r} (offsets {list(offsets)}, sizes {list(sizes)}) does not lie "
+                f"inside its size {list(size)}"
+            )
         boxes.append((offsets, sizes))
     if sum(_volume(n) for _, n in boxes) != _volume(size):
         raise _Invalid(f"the chunks of tensor {fqn!r} do not cover its size {list(size)} exactly")
@@ -655,23 +728,35 @@ def _check_metadata(meta: Any, directory: Path) -> None:
             raise _Invalid(f"entry {fqn!r} is a {type(entry).__name__}, not tensor or bytes metadata")
         _check_tensor_entry(fqn, entry)
         for chunk in entry.chunks:
-            needed[dcp_metadata.MetadataIndex(fqn, chunk.offsets)] = _volume(chunk.sizes) * entry.properties.dtype.itemsize
+            needed[dcp_metadata.MetadataIndex(fqn, chunk.offsets)] = (
+                _volume(chunk.sizes) * entry.properties.dtype.itemsize
+            )
     if paths is not None:
         if type(paths) is not dict:
             raise _Invalid(f"its planner_data is a {type(paths).__name__}, not a dict")
         for fqn, keys in paths.items():
-            if fqn not in entries or type(keys) is not tuple or not keys or any(
-                    type(k) is not str and (type(k) is not int or not 0 <= k < len(entries)) for k in keys):
+            if (
+                fqn not in entries
+                or type(keys) is not tuple
+                or not keys
+                or any(type(k) is not str and (type(k) is not int or not 0 <= k < len(entries)) for k in keys)
+            ):
                 raise _Invalid(f"its planner_data maps {fqn!r} to {keys!r}, not a path of str and int keys of an entry")
-    if not isinstance(meta.storage_meta, (dcp_metadata.StorageMeta, type(None))) or \
-            not isinstance(meta.version, (str, type(None))):
-        raise _Invalid(f"its storage_meta ({type(meta.storage_meta).__name__}) or version "
-                       f"({type(meta.version).__name__}) has the wrong type")
+    if not isinstance(meta.storage_meta, (dcp_metadata.StorageMeta, type(None))) or not isinstance(
+        meta.version, (str, type(None))
+    ):
+        raise _Invalid(
+            f"its storage_meta ({type(meta.storage_meta).__name__}) or version "
+            f"({type(meta.version).__name__}) has the wrong type"
+        )
     sm = meta.storage_meta
-    if sm is not None and (type(sm) is not dcp_metadata.StorageMeta
-                           or not isinstance(sm.checkpoint_id, (str, os.PathLike, type(None)))
-                           or not all(isinstance(v, (str, type(None))) for v in (sm.save_id, sm.load_id))
-                           or type(sm.modules) is not list or any(type(m) is not str for m in sm.modules)):
+    if sm is not None and (
+        type(sm) is not dcp_metadata.StorageMeta
+        or not isinstance(sm.checkpoint_id, (str, os.PathLike, type(None)))
+        or not all(isinstance(v, (str, type(None))) for v in (sm.save_id, sm.load_id))
+        or type(sm.modules) is not list
+        or any(type(m) is not str for m in sm.modules)
+    ):
         raise _Invalid(f"its storage_meta {sm!r} has fields of the wrong types")
     ranges: dict[str, list[tuple[int, int]]] = {}
     for index, info in storage.items():
@@ -681,19 +766,33 @@ def _check_metadata(meta: Any, directory: Path) -> None:
             raise _Invalid(f"the storage of {index.fqn!r} is {info!r}, not a _StorageInfo with a file name")
         name = info.relative_path
         file = directory / name
-        if not name or name != Path(name).name or name in (".", "..") or _DCP_METADATA.match(name) \
-                or file.is_symlink() or not file.is_file():
+        if (
+            not name
+            or name != Path(name).name
+            or name in (".", "..")
+            or _DCP_METADATA.match(name)
+            or file.is_symlink()
+            or not file.is_file()
+        ):
             raise _Invalid(f"the storage of {index.fqn!r} names {name!r}, not a shard file of the directory")
-        offset, length = _count(info.offset, f"the offset of {index.fqn!r}"), _count(info.length, f"the length of {index.fqn!r}")
+        offset, length = (
+            _count(info.offset, f"the offset of {index.fqn!r}"),
+            _count(info.length, f"the length of {index.fqn!r}"),
+        )
         if offset + length > file.stat().st_size:
-            raise _Invalid(f"the storage of {index.fqn!r} (bytes {offset} to {offset + length}) lies past the end of "
-                           f"{name!r} ({file.stat().st_size} bytes)")
+            raise _Invalid(
+                f"the storage of {index.fqn!r} (bytes {offset} to {offset + length}) lies past the end of "
+                f"{name!r} ({file.stat().st_size} bytes)"
+            )
         if length < needed[index]:
-            raise _Invalid(f"the storage of {index.fqn!r} holds {length} bytes, less than its {needed[index]} bytes of "
-                           "data")
+            raise _Invalid(
+                f"the storage of {index.fqn!r} holds {length} bytes, less than its {needed[index]} bytes of data"
+            )
         if info.transform_descriptors:
-            raise _Invalid(f"the storage of {index.fqn!r} is transformed ({info.transform_descriptors!r}); "
-                           "ice_ignite reads untransformed shards only")
+            raise _Invalid(
+                f"the storage of {index.fqn!r} is transformed ({info.transform_descriptors!r}); "
+                "ice_ignite reads untransformed shards only"
+            )
         ranges.setdefault(name, []).append((offset, offset + length))
     missing = [index.fqn for index in needed if index not in storage]
     if missing:
@@ -704,7 +803,7 @@ def _check_metadata(meta: Any, directory: Path) -> None:
             raise _Invalid(f"two chunks are stored in overlapping bytes of {name!r}")
 
 
-def read_dcp_metadata(path: "str | os.PathLike") -> dcp_metadata.Metadata:
+def read_dcp_metadata(path: str | os.PathLike) -> dcp_metadata.Metadata:
     """The DCP metadata of directory ``path``, read and checked before torch sees the directory:
     every file DCP could unpickle (``.metadata`` and any ``__<rank>.metadata``) is read with an
     unpickler that admits DCP's metadata classes only, and validated (types of every field, sizes,
@@ -725,9 +824,11 @@ def read_dcp_metadata(path: "str | os.PathLike") -> dcp_metadata.Metadata:
     path = Path(path)
     files = sorted(p for p in path.iterdir() if _DCP_METADATA.match(p.name)) if path.is_dir() else []
     if path / ".metadata" not in files:
-        raise CheckpointError(f"checkpoint directory {str(path)!r} has no .metadata: its sharded part is missing or "
-                              "incomplete; resume from another checkpoint (resume_from='auto' picks the newest one "
-                              "that loads)")
+        raise CheckpointError(
+            f"checkpoint directory {str(path)!r} has no .metadata: its sharded part is missing or "
+            "incomplete; resume from another checkpoint (resume_from='auto' picks the newest one "
+            "that loads)"
+        )
     found = {}
     for file in files:
         try:
@@ -743,12 +844,16 @@ def read_dcp_metadata(path: "str | os.PathLike") -> dcp_metadata.Metadata:
                 "torch.distributed.checkpoint"
             ) from None
         except _Invalid as e:
-            raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its {file.name} does "
-                                  f"not describe the directory ({e}); resume from another checkpoint "
-                                  "(resume_from='auto' picks the newest one that loads)") from None
+            raise CheckpointError(
+                f"checkpoint directory {str(path)!r} is truncated or corrupted: its {file.name} does "
+                f"not describe the directory ({e}); resume from another checkpoint "
+                "(resume_from='auto' picks the newest one that loads)"
+            ) from None
         except Exception as e:
-            raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its {file.name} "
-                                  f"does not load ({type(e).__name__}: {e})") from None
+            raise CheckpointError(
+                f"checkpoint directory {str(path)!r} is truncated or corrupted: its {file.name} "
+                f"does not load ({type(e).__name__}: {e})"
+            ) from None
         found[file.name] = meta
     return found[".metadata"]
 
@@ -776,20 +881,23 @@ class _SafeLoadPlanner(DefaultLoadPlanner):
         try:
             torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
-            raise CheckpointError(f"refused the value {read_item.dest_index.fqn!r} of a sharded checkpoint: it holds "
-                                  f"pickled objects other than tensors and plain data, and loading it could run code "
-                                  f"({str(e).splitlines()[0]}); open only a checkpoint you trust with "
-                                  "torch.distributed.checkpoint") from None
+            raise CheckpointError(
+                f"refused the value {read_item.dest_index.fqn!r} of a sharded checkpoint: it holds "
+                f"pickled objects other than tensors and plain data, and loading it could run code "
+                f"({str(e).splitlines()[0]}); open only a checkpoint you trust with "
+                "torch.distributed.checkpoint"
+            ) from None
         value.seek(0)
         super().load_bytes(read_item, value)
 
 
-def dcp_load(state_dict: dict, path: "str | os.PathLike", metadata: dcp_metadata.Metadata, no_dist: bool = True) -> None:
+def dcp_load(state_dict: dict, path: str | os.PathLike, metadata: dcp_metadata.Metadata, no_dist: bool = True) -> None:
     """``torch.distributed.checkpoint.load`` of directory ``path`` into ``state_dict``, with the
     ``metadata`` of ``read_dcp_metadata(path)`` and non-tensor values loaded ``weights_only``."""
     with quiet_single_process_dcp():
-        dcp.load(state_dict, storage_reader=_CheckedReader(Path(path), metadata), planner=_SafeLoadPlanner(),
-                 no_dist=no_dist)
+        dcp.load(
+            state_dict, storage_reader=_CheckedReader(Path(path), metadata), planner=_SafeLoadPlanner(), no_dist=no_dist
+        )
 
 
 def nest(flat: dict, metadata: dcp_metadata.Metadata) -> dict:
@@ -861,9 +969,11 @@ def _read_shards(path: Path, map_location: Any) -> dict:
     try:
         dcp_load(flat, path, meta)  # every chunk of every process, into the full tensors
     except _DCP_ERRORS as e:
-        raise CheckpointError(f"checkpoint directory {str(path)!r} is truncated or corrupted: its shards do not load "
-                              f"({describe(e)}); resume from another checkpoint (resume_from='auto' picks the newest "
-                              "one that loads)") from e
+        raise CheckpointError(
+            f"checkpoint directory {str(path)!r} is truncated or corrupted: its shards do not load "
+            f"({describe(e)}); resume from another checkpoint (resume_from='auto' picks the newest "
+            "one that loads)"
+        ) from e
     return nest(flat, meta)
 
 
@@ -871,12 +981,16 @@ def _read_directory(path: Path, map_location: Any) -> dict:
     """A checkpoint directory in the form of a checkpoint file: ``state.pt`` with the sharded
     nodes' full tensors put back."""
     if _PARTIAL.match(path.name):
-        raise CheckpointError(f"checkpoint directory {str(path)!r} is the partial write of a save that did not finish; "
-                              "resume from a published checkpoint (resume_from='auto' picks the newest one that loads)")
+        raise CheckpointError(
+            f"checkpoint directory {str(path)!r} is the partial write of a save that did not finish; "
+            "resume from a published checkpoint (resume_from='auto' picks the newest one that loads)"
+        )
     if not (path / STATE).is_file():
-        raise CheckpointError(f"checkpoint directory {str(path)!r} has no {STATE}: not written by save_checkpoint, "
-                              "or incomplete; resume from another checkpoint (resume_from='auto' picks the newest one "
-                              "that loads)")
+        raise CheckpointError(
+            f"checkpoint directory {str(path)!r} has no {STATE}: not written by save_checkpoint, "
+            "or incomplete; resume from another checkpoint (resume_from='auto' picks the newest one "
+            "that loads)"
+        )
     state = _load_state_file(path / STATE, map_location, path)
     uids = state.pop("sharded_nodes", [])
     if not uids:
@@ -888,7 +1002,7 @@ def _read_directory(path: Path, map_location: Any) -> dict:
     return state
 
 
-def read_checkpoint(path: "str | Path", map_location: Any = "cpu") -> dict:
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     """Load a checkpoint file, or a checkpoint directory (consolidated into full tensors, the
     form of a file), without unpickling arbitrary objects (``weights_only=True``).
 
@@ -919,16 +1033,22 @@ def _not_a_checkpoint_file(path: Path) -> str:
         mode = path.stat().st_mode
     except FileNotFoundError:
         if path.is_symlink():
-            return (f"checkpoint {str(path)!r} is a broken symbolic link (to {os.readlink(path)!r}); check the path")
+            return f"checkpoint {str(path)!r} is a broken symbolic link (to {os.readlink(path)!r}); check the path"
         return f"checkpoint {str(path)!r} does not exist; check the path"
     except OSError as e:
         return f"checkpoint {str(path)!r} cannot be examined ({e.strerror}); check the path and its permissions"
-    kinds = [(stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    kinds = [
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
     kind = next((name for test, name in kinds if test(mode)), "not a regular file")
-    return (f"checkpoint {str(path)!r} is {kind}, not a checkpoint file or directory; nothing was read from it. "
-            "Pass the path of a checkpoint file (ckpts/ckpt-*.pt) or directory (ckpts/ckpt-*.dcp), or "
-            "resume_from='auto'")
+    return (
+        f"checkpoint {str(path)!r} is {kind}, not a checkpoint file or directory; nothing was read from it. "
+        "Pass the path of a checkpoint file (ckpts/ckpt-*.pt) or directory (ckpts/ckpt-*.dcp), or "
+        "resume_from='auto'"
+    )
 
 
 def latest_valid_checkpoint(ckpt_dir: Path, map_location: Any = "cpu") -> tuple[Path, dict] | None:
@@ -943,9 +1063,11 @@ def latest_valid_checkpoint(ckpt_dir: Path, map_location: Any = "cpu") -> tuple[
     if not ckpt_dir.is_dir():
         return None
     listed = list_checkpoints(ckpt_dir, best=True)
-    failures = [f"{p.name} (not a checkpoint name: ckpt-<sequence>-E<epochs>S<steps>.pt, or best-...)"
-                for p in sorted(ckpt_dir.iterdir())
-                if (p.name.startswith("ckpt-") or p.name.startswith("best-")) and p not in {q for _, q in listed}]
+    failures = [
+        f"{p.name} (not a checkpoint name: ckpt-<sequence>-E<epochs>S<steps>.pt, or best-...)"
+        for p in sorted(ckpt_dir.iterdir())
+        if (p.name.startswith("ckpt-") or p.name.startswith("best-")) and p not in {q for _, q in listed}
+    ]
     for _, path in reversed(listed):
         try:
             return path, read_checkpoint(path, map_location)
@@ -972,7 +1094,7 @@ class SaveCheckpointTask:
 
     __ice_schedule_item__ = True
 
-    def __init__(self, save_to: "str | Path | None" = None, tags: Any = "*"):
+    def __init__(self, save_to: str | Path | None = None, tags: Any = "*"):
         self.save_to = save_to
         self.tags = tags
 
@@ -1003,9 +1125,18 @@ class LoadCheckpointTask:
 
     __ice_schedule_item__ = True
 
-    def __init__(self, resume_from: "str | Path", strict: bool = False, tags: Any = "*", *,
-                 nodes: "str | Iterable[str] | None" = None, rename: "dict[str, str] | None" = None,
-                 weights: bool = True, optimizers: bool = False, other: bool = False):
+    def __init__(
+        self,
+        resume_from: str | Path,
+        strict: bool = False,
+        tags: Any = "*",
+        *,
+        nodes: str | Iterable[str] | None = None,
+        rename: dict[str, str] | None = None,
+        weights: bool = True,
+        optimizers: bool = False,
+        other: bool = False,
+    ):
         if not isinstance(resume_from, (str, Path)):
             raise TypeError(f"LoadCheckpointTask needs a checkpoint path, got {resume_from!r}")
         self.resume_from = resume_from
@@ -1015,8 +1146,16 @@ class LoadCheckpointTask:
 
     def __call__(self, g: Any) -> dict:
         s = self.spec
-        return g.load_checkpoint(self.resume_from, self.strict, self.tags, nodes=s.nodes, rename=s.rename,
-                                 weights=s.weights, optimizers=s.optimizers, other=s.other)
+        return g.load_checkpoint(
+            self.resume_from,
+            self.strict,
+            self.tags,
+            nodes=s.nodes,
+            rename=s.rename,
+            weights=s.weights,
+            optimizers=s.optimizers,
+            other=s.other,
+        )
 
     def __repr__(self) -> str:
         args = [repr(str(self.resume_from))]
@@ -1027,6 +1166,9 @@ class LoadCheckpointTask:
         s = self.spec
         args += [f"nodes={s.nodes!r}"] if s.nodes is not None else []
         args += [f"rename={s.rename!r}"] if s.rename else []
-        args += [f"{part}={getattr(s, part)!r}" for part in ("weights", "optimizers", "other")
-                 if getattr(s, part) != (part == "weights")]
+        args += [
+            f"{part}={getattr(s, part)!r}"
+            for part in ("weights", "optimizers", "other")
+            if getattr(s, part) != (part == "weights")
+        ]
         return f"LoadCheckpointTask({', '.join(args)})"

@@ -34,7 +34,8 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -95,7 +96,7 @@ class _Walk:
 
     def resize(self, value: Any, where: str, open_epoch: bool, sums: bool) -> Any:
         """``value`` with its metric states resized; None where a metric state is left out (not
-    loaded: the metric keeps the state it has)."""
+        loaded: the metric keeps the state it has)."""
         if _is_metric_state(value):
             if not open_epoch:
                 return None  # a finished epoch's accumulators: reset when the next epoch starts
@@ -116,9 +117,17 @@ class _Walk:
         return value
 
 
-def adapt_state(state: dict, world_size: int, *, running_task: str | None, running_nodes: Iterable[str],
-                loss_nodes: Iterable[str], strict: bool, source: str, task_names: dict[str, str] | None = None
-                ) -> dict:
+def adapt_state(
+    state: dict,
+    world_size: int,
+    *,
+    running_task: str | None,
+    running_nodes: Iterable[str],
+    loss_nodes: Iterable[str],
+    strict: bool,
+    source: str,
+    task_names: dict[str, str] | None = None,
+) -> dict:
     """A copy of checkpoint ``state`` (written by ``state["world_size"]`` processes) for a run of
     ``world_size`` processes.
 
@@ -139,18 +148,26 @@ def adapt_state(state: dict, world_size: int, *, running_task: str | None, runni
         held.append("it was taken in the middle of a gradient accumulation cycle, whose gradients are per process")
     for uid, node_state in state["nodes"].items():
         if isinstance(node_state, dict) and node_state.get("pass_open") and node_state.get("streams"):
-            held.append(f"the stream of DatasetNode {uid!r} is in the middle of a pass, and its position is per "
-                        "process and worker")
+            held.append(
+                f"the stream of DatasetNode {uid!r} is in the middle of a pass, and its position is per "
+                "process and worker"
+            )
     out = dict(state)
-    out["nodes"] = {uid: walk.resize(s, f"node {uid!r}", running_task is not None and uid in running,
-                                     uid in losses) for uid, s in state["nodes"].items()}
+    out["nodes"] = {
+        uid: walk.resize(s, f"node {uid!r}", running_task is not None and uid in running, uid in losses)
+        for uid, s in state["nodes"].items()
+    }
     out["handlers"] = {}
     for key, entry in state.get("handlers", {}).items():
         where = "handler " + handler_label(key, entry["type"], task_names or {})
-        out["handlers"][key] = {**entry, "state": walk.resize(entry["state"], where,
-                                                              key.split("/")[0] == running_task, False)}
-    out["objects"] = {name: walk.resize(s, f"object {name!r}", running_task is not None, False)
-                      for name, s in state.get("objects", {}).items()}
+        out["handlers"][key] = {
+            **entry,
+            "state": walk.resize(entry["state"], where, key.split("/")[0] == running_task, False),
+        }
+    out["objects"] = {
+        name: walk.resize(s, f"object {name!r}", running_task is not None, False)
+        for name, s in state.get("objects", {}).items()
+    }
     if held or walk.problems:
         fixes = [f"resume with {before} process(es)", "from a checkpoint taken at the end of an epoch or between tasks"]
         if walk.problems and not held:
@@ -160,13 +177,21 @@ def adapt_state(state: dict, world_size: int, *, running_task: str | None, runni
             f"{'; '.join(held + walk.problems)}: {', or '.join(fixes)}"
         )
     if walk.restarted:
-        warnings.warn(f"{source}: resumed with {world_size} process(es) instead of {before}: the accumulators of "
-                      f"{', '.join(walk.restarted)} restart for the rest of the unfinished epoch (strict_resume=False); "
-                      "their epoch values cover the resumed iterations only", stacklevel=5)
+        warnings.warn(
+            f"{source}: resumed with {world_size} process(es) instead of {before}: the accumulators of "
+            f"{', '.join(walk.restarted)} restart for the rest of the unfinished epoch (strict_resume=False); "
+            "their epoch values cover the resumed iterations only",
+            stacklevel=5,
+        )
     ranks = [copy.copy(r) for r in state["ranks"][:world_size]]
     ranks += [{"rng": None, "grads": {}} for _ in range(world_size - len(ranks))]
     out["ranks"] = ranks
-    logger.warning("resuming %s, written by %d process(es), with %d: the same schedule, counters, data order and "
-                   "optimizer states; not bit-exact (gradients are reduced in another order, random streams are per "
-                   "process)", source, before, world_size)
+    logger.warning(
+        "resuming %s, written by %d process(es), with %d: the same schedule, counters, data order and "
+        "optimizer states; not bit-exact (gradients are reduced in another order, random streams are per "
+        "process)",
+        source,
+        before,
+        world_size,
+    )
     return out

@@ -20,7 +20,7 @@ from ice_ignite.nodes.module import ModuleNode, key_name
 __all__ = ["training_record", "compare_training", "TrainingChanges"]
 
 
-def _autocast_name(autocast: "tuple[str, torch.dtype] | None") -> str:
+def _autocast_name(autocast: tuple[str, torch.dtype] | None) -> str:
     return "off" if autocast is None else str(autocast[1]).removeprefix("torch.")
 
 
@@ -28,8 +28,11 @@ def training_record(nodes: dict[str, Any], precision: Any) -> dict:
     """What the ModuleNodes' optimizers and the run's precision train with, for a checkpoint."""
     return {
         "autocast": _autocast_name(precision.autocast),
-        "optimizers": {uid: node.training_record() for uid, node in nodes.items()
-                       if isinstance(node, ModuleNode) and node.optimizers},
+        "optimizers": {
+            uid: node.training_record()
+            for uid, node in nodes.items()
+            if isinstance(node, ModuleNode) and node.optimizers
+        },
     }
 
 
@@ -93,17 +96,24 @@ def compare_training(state: dict, nodes: dict[str, Any], grad_acc_steps: int, pr
         wins = f"the code's: optimizers step every {grad_acc_steps} iteration(s) from the resume on"
         if mid_cycle:
             changes.grad_factor = old_k / grad_acc_steps
-            wins += (f"; the checkpoint's gradients of its unfinished cycle, scaled 1/{old_k} per micro-batch, are "
-                     f"rescaled to 1/{grad_acc_steps} and summed with the next micro-batches'")
+            wins += (
+                f"; the checkpoint's gradients of its unfinished cycle, scaled 1/{old_k} per micro-batch, are "
+                f"rescaled to 1/{grad_acc_steps} and summed with the next micro-batches'"
+            )
         changes.items.append(("gradient accumulation (set_gradient_accumulate)", f"{old_k} → {grad_acc_steps}", wins))
     record = state.get("training")
     if not isinstance(record, dict):  # a checkpoint of an older version: unknown, not an error
         return changes
     old_autocast, new_autocast = record.get("autocast"), _autocast_name(precision.autocast)
     if old_autocast is not None and old_autocast != new_autocast:
-        changes.items.append(("autocast dtype (init_autocast)", f"{old_autocast} → {new_autocast}",
-                              "the code's: forwards run with the new precision; a GradScaler continues from the "
-                              "checkpoint's state where both runs have one"))
+        changes.items.append(
+            (
+                "autocast dtype (init_autocast)",
+                f"{old_autocast} → {new_autocast}",
+                "the code's: forwards run with the new precision; a GradScaler continues from the "
+                "checkpoint's state where both runs have one",
+            )
+        )
     for uid, saved in record.get("optimizers", {}).items():
         node = nodes.get(uid)
         if not isinstance(node, ModuleNode):
@@ -121,22 +131,39 @@ def compare_training(state: dict, nodes: dict[str, Any], grad_acc_steps: int, pr
                 continue  # another kind of optimizer altogether: a CheckpointError when its state loads
             where = f"node {uid!r} optimizer {name!r}"
             if then.get("class") != mine["class"]:
-                changes.items.append((f"{where} class", f"{_short(then['class'])} → {_short(mine['class'])}",
-                                      "the code's optimizer, with the checkpoint's state (moments, step counts)"))
+                changes.items.append(
+                    (
+                        f"{where} class",
+                        f"{_short(then['class'])} → {_short(mine['class'])}",
+                        "the code's optimizer, with the checkpoint's state (moments, step counts)",
+                    )
+                )
             if not _same(then.get("grad_clip_norm"), mine["grad_clip_norm"]):
-                changes.items.append((f"{where} grad_clip_norm", f"{then.get('grad_clip_norm')!r} → "
-                                      f"{mine['grad_clip_norm']!r}", "the code's"))
+                changes.items.append(
+                    (
+                        f"{where} grad_clip_norm",
+                        f"{then.get('grad_clip_norm')!r} → {mine['grad_clip_norm']!r}",
+                        "the code's",
+                    )
+                )
             if len(groups_then) != len(groups_now):
-                changes.items.append((f"{where} param groups", f"{len(groups_then)} → {len(groups_now)}",
-                                      "the checkpoint's values, as loaded"))
+                changes.items.append(
+                    (
+                        f"{where} param groups",
+                        f"{len(groups_then)} → {len(groups_now)}",
+                        "the checkpoint's values, as loaded",
+                    )
+                )
                 continue
             for index, (a, b) in enumerate(zip(groups_then, groups_now)):
                 group = f" (param group {index})" if len(groups_now) > 1 else ""
                 for key in a:
                     if key in b and not _same(a[key], b[key]):
                         if key == "lr" and name in scheduled:
-                            wins = ("the checkpoint's: the loaded LR scheduler sets the learning rate; change the "
-                                    "scheduler, or start a new run from the weights, to use another")
+                            wins = (
+                                "the checkpoint's: the loaded LR scheduler sets the learning rate; change the "
+                                "scheduler, or start a new run from the weights, to use another"
+                            )
                         else:
                             wins = "the code's, set after the checkpoint's optimizer state is loaded"
                             changes.overrides.append((optimizers[name], index, key, built[name][index][key]))

@@ -11,7 +11,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["RunDir", "RunLock", "prepare_run_dir", "check_run_id", "check_run_path", "CKPT_GLOB", "BEST_GLOB", "DEFAULT_OUT_DIR", "LOCK_NAME"]
+__all__ = [
+    "RunDir",
+    "RunLock",
+    "prepare_run_dir",
+    "check_run_id",
+    "check_run_path",
+    "CKPT_GLOB",
+    "BEST_GLOB",
+    "DEFAULT_OUT_DIR",
+    "LOCK_NAME",
+]
 
 CKPT_GLOB = "ckpt-*"  # files (.pt) and sharded directories (.dcp)
 BEST_GLOB = "best-*"  # the best checkpoints of MetricNodes: whole checkpoints too
@@ -60,28 +70,38 @@ def check_run_id(run_id: object) -> None:
     if run_id is None:
         return
     if not isinstance(run_id, str):
-        raise TypeError(f"run_id must be a str (the run directory's name), got {type(run_id).__name__} {run_id!r}; "
-                        f"pass run_id={str(run_id)!r}")
+        raise TypeError(
+            f"run_id must be a str (the run directory's name), got {type(run_id).__name__} {run_id!r}; "
+            f"pass run_id={str(run_id)!r}"
+        )
     if not run_id or "/" in run_id or "\0" in run_id or run_id in (".", ".."):
-        raise ValueError(f"run_id must be a non-empty name without '/' or NUL characters, and not '.' or '..', "
-                         f"got {run_id!r}; pass a plain name such as 'exp1'")
+        raise ValueError(
+            f"run_id must be a non-empty name without '/' or NUL characters, and not '.' or '..', "
+            f"got {run_id!r}; pass a plain name such as 'exp1'"
+        )
     try:
         size = len(os.fsencode(run_id))
     except UnicodeEncodeError as e:
-        raise ValueError(f"run_id {run_id!r} cannot be a file name here: its character {run_id[e.start]!r} (position "
-                         f"{e.start}) is not encodable in the file system encoding {sys.getfilesystemencoding()!r}; "
-                         "pass a run_id of encodable characters") from None
+        raise ValueError(
+            f"run_id {run_id!r} cannot be a file name here: its character {run_id[e.start]!r} (position "
+            f"{e.start}) is not encodable in the file system encoding {sys.getfilesystemencoding()!r}; "
+            "pass a run_id of encodable characters"
+        ) from None
     if size > NAME_MAX:
-        raise ValueError(f"run_id {run_id[:40]!r}... is {size} bytes long; a directory name has at most {NAME_MAX} "
-                         "bytes: pass a shorter run_id")
+        raise ValueError(
+            f"run_id {run_id[:40]!r}... is {size} bytes long; a directory name has at most {NAME_MAX} "
+            "bytes: pass a shorter run_id"
+        )
     if size > NAME_MAX - WORKER_LOG_SUFFIX:
-        raise ValueError(f"run_id {run_id[:40]!r}... is {size} bytes long; the workers' log directory "
-                         f"logs/workers/<run_id>_XXXXXXXX of a run with several processes (a resume with more "
-                         f"included) would be longer than a file name may be ({NAME_MAX} bytes): pass a shorter "
-                         f"run_id, at most {NAME_MAX - WORKER_LOG_SUFFIX} bytes")
+        raise ValueError(
+            f"run_id {run_id[:40]!r}... is {size} bytes long; the workers' log directory "
+            f"logs/workers/<run_id>_XXXXXXXX of a run with several processes (a resume with more "
+            f"included) would be longer than a file name may be ({NAME_MAX} bytes): pass a shorter "
+            f"run_id, at most {NAME_MAX - WORKER_LOG_SUFFIX} bytes"
+        )
 
 
-def check_run_path(out_dir: "str | os.PathLike", run_id: str | None) -> None:
+def check_run_path(out_dir: str | os.PathLike, run_id: str | None) -> None:
     """Raise unless the run directory ``out_dir/run_id`` can hold what a run writes: its path
     encodable in the file system encoding, and short enough that the longest path below it (a file
     name of 255 bytes in ``ckpts/``) stays within the system's limit on a path (4096 bytes on
@@ -96,16 +116,20 @@ def check_run_path(out_dir: "str | os.PathLike", run_id: str | None) -> None:
     try:
         os.fsencode(text)
     except UnicodeEncodeError as e:
-        raise ValueError(f"out_dir {text!r} cannot be a path here: its character {text[e.start]!r} (position "
-                         f"{e.start}) is not encodable in the file system encoding {sys.getfilesystemencoding()!r}; "
-                         "pass an out_dir of encodable characters") from None
+        raise ValueError(
+            f"out_dir {text!r} cannot be a path here: its character {text[e.start]!r} (position "
+            f"{e.start}) is not encodable in the file system encoding {sys.getfilesystemencoding()!r}; "
+            "pass an out_dir of encodable characters"
+        ) from None
     root = os.path.join(os.path.abspath(text), run_id if run_id is not None else "YYYYmmdd-HHMMSS-NN")
     size = len(os.fsencode(root))
     if size + RESERVED >= PATH_MAX:
-        raise ValueError(f"the run directory {root[:60]!r}... is {size} bytes long: the files a run writes below it "
-                         f"(up to {RESERVED} bytes more, a checkpoint name in ckpts/) would pass the system's limit of "
-                         f"{PATH_MAX} bytes on a path, and the run would fail after training started. Pass a shorter "
-                         f"out_dir (or run_id): at most {PATH_MAX - RESERVED - 1} bytes for both, as an absolute path")
+        raise ValueError(
+            f"the run directory {root[:60]!r}... is {size} bytes long: the files a run writes below it "
+            f"(up to {RESERVED} bytes more, a checkpoint name in ckpts/) would pass the system's limit of "
+            f"{PATH_MAX} bytes on a path, and the run would fail after training started. Pass a shorter "
+            f"out_dir (or run_id): at most {PATH_MAX - RESERVED - 1} bytes for both, as an absolute path"
+        )
 
 
 class RunLock:
@@ -159,8 +183,9 @@ class RunLock:
             ) from None
         except OSError as e:  # a file system without locks (some network mounts): go on unlocked
             os.close(fd)
-            logger.warning("cannot lock the run directory %s (%s): another run of it would not be refused",
-                           self.path.parent, e)
+            logger.warning(
+                "cannot lock the run directory %s (%s): another run of it would not be refused", self.path.parent, e
+            )
             return
         except BaseException:
             os.close(fd)
@@ -214,15 +239,19 @@ class RunDir:
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise PermissionError(f"cannot create the run directory's {str(d)!r}: {e}; remove what is in its way, "
-                                      "or pass another out_dir / run_id") from e
+                raise PermissionError(
+                    f"cannot create the run directory's {str(d)!r}: {e}; remove what is in its way, "
+                    "or pass another out_dir / run_id"
+                ) from e
         for d in (self.ckpts, self.logs, self.src):
             try:
                 with tempfile.TemporaryFile(dir=d, prefix=".write-probe-"):
                     pass
             except OSError as e:
-                raise PermissionError(f"the run directory's {str(d)!r} cannot be written: {e}; make it writable, or "
-                                      "pass another out_dir / run_id") from e
+                raise PermissionError(
+                    f"the run directory's {str(d)!r} cannot be written: {e}; make it writable, or "
+                    "pass another out_dir / run_id"
+                ) from e
         st = os.stat(self.root)
         self._identity = (st.st_dev, st.st_ino)
 
@@ -269,8 +298,13 @@ def _fresh_root(out_dir: Path) -> Path:
             candidate = f"{stamp}-{n}"
 
 
-def prepare_run_dir(out_dir: "str | os.PathLike | None", run_id: str | None, resume_from: object,
-                    lock: bool = True, held_by_launcher: "str | None" = None) -> RunDir:
+def prepare_run_dir(
+    out_dir: str | os.PathLike | None,
+    run_id: str | None,
+    resume_from: object,
+    lock: bool = True,
+    held_by_launcher: str | None = None,
+) -> RunDir:
     """Create (or reopen) the run directory and, with ``lock``, take its lock (kept until
     ``rundir.lock.release()``), enforcing that a directory holding checkpoints is only reused to
     resume it. ``held_by_launcher`` is the directory whose lock the process that started this

@@ -26,17 +26,27 @@ Examples:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ice_ignite.checkpoint.files import (STATE, dcp_load, describe, load_plain_file, nest, publish_directory,
-                                        quiet_single_process_dcp, read_checkpoint, read_dcp_metadata,
-                                        write_checkpoint)
+from ice_ignite.checkpoint.files import (
+    STATE,
+    dcp_load,
+    describe,
+    load_plain_file,
+    nest,
+    publish_directory,
+    quiet_single_process_dcp,
+    read_checkpoint,
+    read_dcp_metadata,
+    write_checkpoint,
+)
 from ice_ignite.distributed import parallel
 from ice_ignite.errors import CheckpointError
 from ice_ignite.nodes.module import ModuleNode, key_name
@@ -71,7 +81,7 @@ def _clear(nodes: Mapping[str, ModuleNode], empty: Mapping[str, list[str]]) -> N
             optimizers[key].state.clear()
 
 
-def save(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode], meta: dict | None = None) -> Path:
+def save(directory: str | os.PathLike, nodes: Mapping[str, ModuleNode], meta: dict | None = None) -> Path:
     """Write the sharded states of ``nodes`` (by uid) and ``meta`` (plain data: ints, floats,
     strings, tensors, lists and dicts of them, e.g. the nodes' scheduler states) to ``directory``,
     published atomically. Call it on every process.
@@ -85,8 +95,10 @@ def save(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode], meta: 
         with quiet_single_process_dcp():
             dcp.save(states, checkpoint_id=partial, no_dist=parallel.world_size() == 1)
         if parallel.rank() == 0:
-            schedulers = {uid: {key: s.state_dict() for key, s in _named(node.lr_schedulers).items()}
-                          for uid, node in nodes.items()}
+            schedulers = {
+                uid: {key: s.state_dict() for key, s in _named(node.lr_schedulers).items()}
+                for uid, node in nodes.items()
+            }
             torch.save({"meta": meta or {}, "lr_schedulers": schedulers, "empty_optimizers": empty}, partial / META)
 
     return publish_directory(directory, write, what="sharded checkpoint")
@@ -97,7 +109,7 @@ def _named(objects: Mapping[Any, Any]) -> dict[str, Any]:
     return {key_name(k): obj for k, obj in objects.items()}
 
 
-def load(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode]) -> dict:
+def load(directory: str | os.PathLike, nodes: Mapping[str, ModuleNode]) -> dict:
     """Load the sharded states ``save`` wrote into ``nodes`` (by uid), resharded for the present
     layout (any number of processes, sharded or not); returns the ``meta`` saved with them. Call it
     on every process.
@@ -107,30 +119,39 @@ def load(directory: "str | os.PathLike", nodes: Mapping[str, ModuleNode]) -> dic
     """
     path = Path(directory)
     if not (path / META).is_file():
-        raise CheckpointError(f"{str(path)!r} is not a sharded checkpoint (no {META}: not written by "
-                              "ice_ignite.sharded.save, or its save did not finish)")
+        raise CheckpointError(
+            f"{str(path)!r} is not a sharded checkpoint (no {META}: not written by "
+            "ice_ignite.sharded.save, or its save did not finish)"
+        )
     saved = load_plain_file(path / META, path)
     metadata = read_dcp_metadata(path)  # checked before DCP sees the directory
     missing = [uid for uid in nodes if uid not in saved["lr_schedulers"]]
     if missing:
-        raise CheckpointError(f"sharded checkpoint {str(path)!r} holds no state for {', '.join(missing)} "
-                              f"(it holds {', '.join(saved['lr_schedulers']) or 'no node'})")
+        raise CheckpointError(
+            f"sharded checkpoint {str(path)!r} holds no state for {', '.join(missing)} "
+            f"(it holds {', '.join(saved['lr_schedulers']) or 'no node'})"
+        )
     states, _ = _states(nodes)  # the present layout: DCP reads into it, resharding what it must
     try:
         dcp_load(states, path, metadata, no_dist=parallel.world_size() == 1)
     except (Exception, dcp.CheckpointException) as e:
-        raise CheckpointError(f"sharded checkpoint {str(path)!r} does not load ({describe(e)}); save it again, or "
-                              "load another one") from e
+        raise CheckpointError(
+            f"sharded checkpoint {str(path)!r} does not load ({describe(e)}); save it again, or load another one"
+        ) from e
     for uid, node in nodes.items():
-        set_state_dict(node.module, list(node.optimizers.values()), model_state_dict=states[uid]["module"],
-                       optim_state_dict=states[uid]["optimizers"])
+        set_state_dict(
+            node.module,
+            list(node.optimizers.values()),
+            model_state_dict=states[uid]["module"],
+            optim_state_dict=states[uid]["optimizers"],
+        )
         for key, sched in _named(node.lr_schedulers).items():
             sched.load_state_dict(saved["lr_schedulers"][uid][key])
     _clear(nodes, saved["empty_optimizers"])  # saved before their first step: no state
     return saved["meta"]
 
 
-def export(directory: "str | os.PathLike", file: "str | os.PathLike") -> Path:
+def export(directory: str | os.PathLike, file: str | os.PathLike) -> Path:
     """Consolidate a sharded checkpoint into one file of full tensors (one process; no process
     group needed). A run's checkpoint directory (``ckpts/ckpt-...dcp``, written by
     ``save_checkpoint``) becomes an ice_ignite checkpoint file, which ``run(resume_from=file)``,
@@ -150,18 +171,24 @@ def export(directory: "str | os.PathLike", file: "str | os.PathLike") -> Path:
         write_checkpoint(read_checkpoint(source), target)
         return target
     if not (source / META).is_file():
-        raise CheckpointError(f"{str(source)!r} is not a sharded checkpoint (no {STATE} or {META}: not written by "
-                              "save_checkpoint or ice_ignite.sharded.save, or its save did not finish)")
+        raise CheckpointError(
+            f"{str(source)!r} is not a sharded checkpoint (no {STATE} or {META}: not written by "
+            "save_checkpoint or ice_ignite.sharded.save, or its save did not finish)"
+        )
     if target.exists():
         raise CheckpointError(f"checkpoint {str(target)!r} exists; save to another path or delete it first")
     metadata = read_dcp_metadata(source)  # checked before DCP sees the directory
-    flat = {fqn: torch.empty(entry.size, dtype=entry.properties.dtype) if
-            isinstance(entry, dcp_metadata.TensorStorageMetadata) else None
-            for fqn, entry in metadata.state_dict_metadata.items()}
+    flat = {
+        fqn: torch.empty(entry.size, dtype=entry.properties.dtype)
+        if isinstance(entry, dcp_metadata.TensorStorageMetadata)
+        else None
+        for fqn, entry in metadata.state_dict_metadata.items()
+    }
     try:
         dcp_load(flat, source, metadata)  # every process's pieces, into full tensors; plain values weights_only
     except (Exception, dcp.CheckpointException) as e:
-        raise CheckpointError(f"sharded checkpoint {str(source)!r} does not load ({describe(e)}); nothing was "
-                              "exported") from e
+        raise CheckpointError(
+            f"sharded checkpoint {str(source)!r} does not load ({describe(e)}); nothing was exported"
+        ) from e
     write_checkpoint(nest(flat, metadata), target)
     return target

@@ -6,8 +6,9 @@ map. A resume (``run(resume_from=...)``) restores everything instead; see ``Chec
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ice_ignite.errors import CheckpointError
 from ice_ignite.graph.tags import make_uid, split_uid
@@ -53,7 +54,7 @@ class LoadSpec:
     weights: bool = True
     optimizers: bool = False
     other: bool = False
-    nodes: "str | Iterable[str] | None" = None
+    nodes: str | Iterable[str] | None = None
     rename: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,10 +64,13 @@ class LoadSpec:
         if self.nodes is not None:
             object.__setattr__(self, "nodes", _names(self.nodes, "load_checkpoint nodes="))
         rename = {} if self.rename is None else self.rename
-        if not isinstance(rename, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str) and v
-                                                      for k, v in rename.items()):
-            raise TypeError(f"load_checkpoint rename= must be a dict {{source name or uid: destination name or uid}}, "
-                            f"e.g. {{'pretrain/encoder': 'finetune/encoder'}}; got {self.rename!r}")
+        if not isinstance(rename, Mapping) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in rename.items()
+        ):
+            raise TypeError(
+                f"load_checkpoint rename= must be a dict {{source name or uid: destination name or uid}}, "
+                f"e.g. {{'pretrain/encoder': 'finetune/encoder'}}; got {self.rename!r}"
+            )
         object.__setattr__(self, "rename", dict(rename))
 
     @property
@@ -88,16 +92,18 @@ def _resolve(query: str, uids: Iterable[str], where: str, what: str) -> list[str
         found = [uid for uid in uids if uid.rsplit("/", 1)[-1] == query]
     found = [uid for uid in found if uid in uids]
     if not found:
-        raise CheckpointError(f"{what}: {query!r} is not in {where}; name one of its nodes: "
-                              f"{', '.join(uids) or 'none'}")
+        raise CheckpointError(
+            f"{what}: {query!r} is not in {where}; name one of its nodes: {', '.join(uids) or 'none'}"
+        )
     return found
 
 
 def _resolve_one(query: str, uids: Iterable[str], where: str, what: str) -> str:
     found = _resolve(query, uids, where, what)
     if len(found) > 1:
-        raise CheckpointError(f"{what}: the name {query!r} matches several nodes of {where} ({', '.join(found)}); "
-                              "write one uid instead")
+        raise CheckpointError(
+            f"{what}: the name {query!r} matches several nodes of {where} ({', '.join(found)}); write one uid instead"
+        )
     return found[0]
 
 
@@ -140,8 +146,9 @@ def check_optimizer_kinds(node: ModuleNode, saved: dict, source: str, uid: str, 
             )
 
 
-def _pairs(saved: dict, graph: dict[str, Node], rename: Mapping[str, str], source: str
-           ) -> tuple[dict[str, str], dict[str, str]]:
+def _pairs(
+    saved: dict, graph: dict[str, Node], rename: Mapping[str, str], source: str
+) -> tuple[dict[str, str], dict[str, str]]:
     """``({source uid: destination uid}, {renamed source: destination})``; a saved state whose
     name another source was renamed onto, and which is not renamed itself, maps nowhere."""
     renamed: dict[str, str] = {}
@@ -153,8 +160,9 @@ def _pairs(saved: dict, graph: dict[str, Node], rename: Mapping[str, str], sourc
             raise CheckpointError(f"{what}: {s!r} is renamed twice, to {renamed[s]!r} and {d!r}; rename it once")
         if d in renamed.values():
             first = next(k for k, v in renamed.items() if v == d)
-            raise CheckpointError(f"{what}: {first!r} and {s!r} are both renamed to {d!r}; rename one saved state "
-                                  "onto each node")
+            raise CheckpointError(
+                f"{what}: {first!r} and {s!r} are both renamed to {d!r}; rename one saved state onto each node"
+            )
         renamed[s] = d
     targets = set(renamed.values())
     destination = {uid: renamed.get(uid, uid) for uid in saved if uid in renamed or uid not in targets}
@@ -174,8 +182,9 @@ def _load_one(node: Node, saved: dict, parts: list[str], strict: bool) -> None:
     node.load_state_dict(state, strict=strict)
 
 
-def load_node_states(saved: dict, graph: dict[str, Node], selected: dict[str, Node], spec: LoadSpec, strict: bool,
-                     source: str) -> dict:
+def load_node_states(
+    saved: dict, graph: dict[str, Node], selected: dict[str, Node], spec: LoadSpec, strict: bool, source: str
+) -> dict:
     """Load the parts ``spec`` asks for of the saved node states (by uid) into the ``selected``
     nodes (of ``graph``, every node by uid), following ``spec.rename``.
 
@@ -192,12 +201,18 @@ def load_node_states(saved: dict, graph: dict[str, Node], selected: dict[str, No
     """
     destination, renamed = _pairs(saved, graph, spec.rename, source)
     if spec.nodes is not None:
-        chosen = {uid for query in spec.nodes
-                  for uid in _resolve(query, selected, "the nodes the tags select", "load_checkpoint nodes=")}
+        chosen = {
+            uid
+            for query in spec.nodes
+            for uid in _resolve(query, selected, "the nodes the tags select", "load_checkpoint nodes=")
+        }
         selected = {uid: node for uid, node in selected.items() if uid in chosen}
     source_of = {dst: src for src, dst in destination.items() if dst in graph}
     report: dict[str, Any] = {
-        "loaded": [], "parts": {}, "left": {}, "renamed": renamed,
+        "loaded": [],
+        "parts": {},
+        "left": {},
+        "renamed": renamed,
         "not_selected": [dst for dst in source_of if dst not in selected],
         "only_in_checkpoint": [uid for uid in saved if destination.get(uid) not in graph],
         "only_in_graph": [uid for uid in selected if uid not in source_of],
@@ -211,9 +226,11 @@ def load_node_states(saved: dict, graph: dict[str, Node], selected: dict[str, No
         if isinstance(node, ModuleNode):
             have = _saved_parts(state)
             if have and "weights" not in have:
-                raise CheckpointError(f"{source}: the saved state of {src!r} is not a ModuleNode's (it has "
-                                      f"{', '.join(map(str, state))}) and cannot load into ModuleNode {dst!r}; "
-                                      "rename a ModuleNode of the checkpoint onto it")
+                raise CheckpointError(
+                    f"{source}: the saved state of {src!r} is not a ModuleNode's (it has "
+                    f"{', '.join(map(str, state))}) and cannot load into ModuleNode {dst!r}; "
+                    "rename a ModuleNode of the checkpoint onto it"
+                )
         else:  # the whole state of any other node is one part
             have = ["other"] if state else []
         parts = [p for p in have if p in spec.parts]
@@ -225,7 +242,7 @@ def load_node_states(saved: dict, graph: dict[str, Node], selected: dict[str, No
             report["parts"][dst] = parts
         if [p for p in have if p not in parts]:
             report["left"][dst] = [p for p in have if p not in parts]
-    for src, dst, node, state, parts in plan:
+    for _src, dst, node, state, parts in plan:
         if parts:
             try:
                 _load_one(node, state, parts, strict)
@@ -238,10 +255,16 @@ def load_node_states(saved: dict, graph: dict[str, Node], selected: dict[str, No
 def _warn_one_sided(report: dict, saved: dict, graph: dict[str, Node], spec: LoadSpec, source: str) -> None:
     """Warn about one-sided uids that hold (or could receive) a part that was asked for; with
     ``nodes=`` the saved states left out were left out on purpose."""
-    lost = [uid for uid in report["only_in_checkpoint"]
-            if spec.nodes is None and set(_saved_parts(saved[uid])) & set(spec.parts)]
+    lost = [
+        uid
+        for uid in report["only_in_checkpoint"]
+        if spec.nodes is None and set(_saved_parts(saved[uid])) & set(spec.parts)
+    ]
     fresh = [uid for uid in report["only_in_graph"] if set(_node_parts(graph[uid])) & set(spec.parts)]
     for uids, what in ((lost, "absent from this graph"), (fresh, "absent from the checkpoint")):
         if uids:
-            warnings.warn(f"{source}: node(s) {', '.join(uids)} {what}; left as they are (rename={{source: "
-                          f"destination}} maps nodes whose names differ)", stacklevel=5)
+            warnings.warn(
+                f"{source}: node(s) {', '.join(uids)} {what}; left as they are (rename={{source: "
+                f"destination}} maps nodes whose names differ)",
+                stacklevel=5,
+            )

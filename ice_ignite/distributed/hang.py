@@ -13,8 +13,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ignite.engine import Events
 
@@ -26,10 +27,19 @@ __all__ = ["CollectiveTimeout", "HangWatch", "DEFAULT_COLLECTIVE_TIMEOUT", "coll
 DEFAULT_COLLECTIVE_TIMEOUT = 300.0
 
 # where a rank is, event by event (GET_BATCH_STARTED to ITERATION_STARTED: it fetches the batches)
-_EVENTS = (Events.STARTED, Events.EPOCH_STARTED, Events.GET_BATCH_STARTED,
-           Events.ITERATION_STARTED, StepEvents.BACKWARD_STARTED, StepEvents.BACKWARD_COMPLETED,
-           StepEvents.OPTIM_STEP_STARTED, StepEvents.OPTIM_STEP_COMPLETED, Events.ITERATION_COMPLETED,
-           Events.EPOCH_COMPLETED, Events.COMPLETED)
+_EVENTS = (
+    Events.STARTED,
+    Events.EPOCH_STARTED,
+    Events.GET_BATCH_STARTED,
+    Events.ITERATION_STARTED,
+    StepEvents.BACKWARD_STARTED,
+    StepEvents.BACKWARD_COMPLETED,
+    StepEvents.OPTIM_STEP_STARTED,
+    StepEvents.OPTIM_STEP_COMPLETED,
+    Events.ITERATION_COMPLETED,
+    Events.EPOCH_COMPLETED,
+    Events.COMPLETED,
+)
 
 
 class CollectiveTimeout(RuntimeError):
@@ -55,16 +65,25 @@ def collective_timeout_of(value: Any, backend: str | None) -> datetime.timedelta
     else:
         seconds = float("nan")
     if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"collective_timeout must be None (5 minutes on CPU, torch's default on GPUs), a number of "
-                         f"seconds > 0 or a datetime.timedelta, got {value!r}")
+        raise ValueError(
+            f"collective_timeout must be None (5 minutes on CPU, torch's default on GPUs), a number of "
+            f"seconds > 0 or a datetime.timedelta, got {value!r}"
+        )
     return datetime.timedelta(seconds=seconds)
 
 
 class HangWatch:
     """One rank's watch (a daemon thread) while its run lasts."""
 
-    def __init__(self, logs: Path, rank: int, world_size: int, timeout: float, store: Any,
-                 node: Callable[[], str | None] = lambda: None):
+    def __init__(
+        self,
+        logs: Path,
+        rank: int,
+        world_size: int,
+        timeout: float,
+        store: Any,
+        node: Callable[[], str | None] = lambda: None,
+    ):
         self.logs, self.rank, self.world_size, self.timeout, self.store = logs, rank, world_size, timeout, store
         #: ``node()``: the uid of the node the rank is computing now (None between forwards)
         self.node = node
@@ -96,8 +115,11 @@ class HangWatch:
         return self._reported_at is not None and self._reported_at == self.beats
 
     def where(self) -> str:
-        return (f"in task {self.task} after {self.event} of iteration {self.iteration}" if self.task
-                else "before its first task event")
+        return (
+            f"in task {self.task} after {self.event} of iteration {self.iteration}"
+            if self.task
+            else "before its first task event"
+        )
 
     # -- reports --------------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -116,12 +138,21 @@ class HangWatch:
             path = self.logs / f"hang-rank{self.rank}.txt"
             node = self.node()
             stalled = time.monotonic() - self._last
-            summary = {"rank": self.rank, "beats": beats, "node": node, "where": self.where(),
-                       "host": socket.gethostname(), "pid": os.getpid(), "file": str(path),
-                       "stalled": round(stalled, 1)}
-            head = (f"rank {self.rank} of {self.world_size} (host {summary['host']}, pid {os.getpid()}): no progress "
-                    f"for {stalled:.1f} s (collective_timeout {self.timeout:g} s), "
-                    f"{'in node ' + repr(node) + ' ' if node else ''}{self.where()}; event #{beats}\n")
+            summary = {
+                "rank": self.rank,
+                "beats": beats,
+                "node": node,
+                "where": self.where(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "file": str(path),
+                "stalled": round(stalled, 1),
+            }
+            head = (
+                f"rank {self.rank} of {self.world_size} (host {summary['host']}, pid {os.getpid()}): no progress "
+                f"for {stalled:.1f} s (collective_timeout {self.timeout:g} s), "
+                f"{'in node ' + repr(node) + ' ' if node else ''}{self.where()}; event #{beats}\n"
+            )
             if error is not None:
                 head += f"its collective failed: {type(error).__name__}: {error}\n"
             self.logs.mkdir(parents=True, exist_ok=True)
@@ -166,12 +197,17 @@ class HangWatch:
             if len(behind) == len(found) and not missing:
                 stuck = "every rank stopped at the same event (a collective that only some ranks call?)"
             else:
-                stuck = "; ".join(f"rank {s['rank']} is stuck (host {s['host']}, pid {s['pid']}) "
-                                  f"{'in node ' + repr(s['node']) + ' ' if s['node'] else ''}{s['where']}, "
-                                  f"no progress for {s['stalled']} s" for s in behind)
+                stuck = "; ".join(
+                    f"rank {s['rank']} is stuck (host {s['host']}, pid {s['pid']}) "
+                    f"{'in node ' + repr(s['node']) + ' ' if s['node'] else ''}{s['where']}, "
+                    f"no progress for {s['stalled']} s"
+                    for s in behind
+                )
             if missing:
-                stuck += (f"; rank(s) {', '.join(map(str, missing))} sent no report (dead, or stuck in native code "
-                          "that holds the interpreter)")
+                stuck += (
+                    f"; rank(s) {', '.join(map(str, missing))} sent no report (dead, or stuck in native code "
+                    "that holds the interpreter)"
+                )
         else:
             stuck = "no rank could report where it is (the store is unreachable)"
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -197,9 +233,16 @@ def _is_collective_failure(error: BaseException) -> bool:
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         text = str(e).lower()
-        if isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and (
-                "timed out" in text or "timeout" in text or "connection reset" in text or "connection closed" in text
-                or "gloo" in text)):
+        if isinstance(e, dist.DistError) or (
+            isinstance(e, RuntimeError)
+            and (
+                "timed out" in text
+                or "timeout" in text
+                or "connection reset" in text
+                or "connection closed" in text
+                or "gloo" in text
+            )
+        ):
             return True
         e = e.__cause__ or e.__context__
     return False

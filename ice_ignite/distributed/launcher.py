@@ -6,29 +6,45 @@ from __future__ import annotations
 import os
 import re
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ice_ignite.distributed.launcher_record import Launcher
 
-__all__ = ["LaunchOptions", "parse_devices", "default_backend", "in_worker", "join", "leave", "launch",
-           "launch_config", "WorkerFailed", "preempted_signal", "joined_group", "script_command", "free_port"]
+__all__ = [
+    "LaunchOptions",
+    "parse_devices",
+    "default_backend",
+    "in_worker",
+    "join",
+    "leave",
+    "launch",
+    "launch_config",
+    "WorkerFailed",
+    "preempted_signal",
+    "joined_group",
+    "script_command",
+    "free_port",
+]
 
 
-def _std(name: str, value: "str | int") -> Any:
+def _std(name: str, value: str | int) -> Any:
     """torchrun's ``--redirects`` / ``--tee`` value as torch's ``Std`` (or a map by local rank)."""
     from torch.distributed.elastic.multiprocessing.api import Std
 
     try:
         return Std.from_str(str(value))
     except ValueError:
-        raise ValueError(f"{name}={value!r}: write torchrun's form, '0' (nothing), '1' (stdout), '2' (stderr), "
-                         f"'3' (both), or one per local rank such as '0:3,1:2'") from None
+        raise ValueError(
+            f"{name}={value!r}: write torchrun's form, '0' (nothing), '1' (stdout), '2' (stderr), "
+            f"'3' (both), or one per local rank such as '0:3,1:2'"
+        ) from None
 
 
-def _rdzv_configs(value: "dict[str, Any] | str | None") -> dict[str, Any]:
+def _rdzv_configs(value: dict[str, Any] | str | None) -> dict[str, Any]:
     """``rdzv_configs`` as a dict: a dict as it is, or torchrun's ``--rdzv-conf`` text ``'k=v,k2=v2'``."""
     if value is None or value == "":
         return {}
@@ -38,8 +54,10 @@ def _rdzv_configs(value: "dict[str, Any] | str | None") -> dict[str, Any]:
         pairs = [part.partition("=") for part in value.split(",") if part.strip()]
         if all(eq and key.strip() for key, eq, _ in pairs):
             return {key.strip(): v.strip() for key, _, v in pairs}
-    raise ValueError(f"rdzv_configs={value!r}: pass a dict such as {{'timeout': 1800}} or torchrun's "
-                     "--rdzv-conf text 'timeout=1800,read_timeout=120'")
+    raise ValueError(
+        f"rdzv_configs={value!r}: pass a dict such as {{'timeout': 1800}} or torchrun's "
+        "--rdzv-conf text 'timeout=1800,read_timeout=120'"
+    )
 
 
 @dataclass(frozen=True)
@@ -75,11 +93,11 @@ class LaunchOptions:
     rdzv_backend: str = "static"
     max_restarts: int = 0
     start_method: str = "spawn"
-    rdzv_configs: "dict[str, Any] | str | None" = None
+    rdzv_configs: dict[str, Any] | str | None = None
     standalone: bool = False
     monitor_interval: float = 0.1
-    redirects: "str | int" = "0"
-    tee: "str | int" = "0"
+    redirects: str | int = "0"
+    tee: str | int = "0"
     omp_num_threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -96,9 +114,11 @@ class LaunchOptions:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"omp_num_threads must be None (torchrun's default) or an int >= 1, got {n!r}")
         if self.standalone and (self.several_nodes or self.rdzv_endpoint or self.rdzv_backend != "static"):
-            raise ValueError(f"standalone=True runs on one machine with a rendezvous of its own, but nnodes="
-                             f"{self.nnodes!r}, rdzv_backend={self.rdzv_backend!r}, rdzv_endpoint="
-                             f"{self.rdzv_endpoint!r}; drop standalone=True, or these options")
+            raise ValueError(
+                f"standalone=True runs on one machine with a rendezvous of its own, but nnodes="
+                f"{self.nnodes!r}, rdzv_backend={self.rdzv_backend!r}, rdzv_endpoint="
+                f"{self.rdzv_endpoint!r}; drop standalone=True, or these options"
+            )
 
     @property
     def several_nodes(self) -> bool:
@@ -227,33 +247,44 @@ def _backend_names(backend: str) -> set[str]:
     return {part.rpartition(":")[2].strip().lower() for part in str(backend).split(",") if part.strip()}
 
 
-def _group_devices(devices: str, dist_backend: str, backend: str, local_rank: int,
-                   local_world_size: int) -> list[torch.device]:
+def _group_devices(
+    devices: str, dist_backend: str, backend: str, local_rank: int, local_world_size: int
+) -> list[torch.device]:
     """Every local worker's device in a process group that exists, with backend ``backend``;
     raises ValueError where ``devices`` or ``dist_backend`` contradict the group."""
     names = _backend_names(backend)
-    where = (f"this process is local rank {local_rank} of {local_world_size} in a process group with backend "
-             f"{backend!r} that was initialised before run (idist.Parallel, idist.initialize or "
-             "torch.distributed.init_process_group)")
+    where = (
+        f"this process is local rank {local_rank} of {local_world_size} in a process group with backend "
+        f"{backend!r} that was initialised before run (idist.Parallel, idist.initialize or "
+        "torch.distributed.init_process_group)"
+    )
     if dist_backend != "auto":
         default_backend([], dist_backend)  # the usual error for an unknown name
         if dist_backend not in names:
-            raise ValueError(f"dist_backend={dist_backend!r}, but {where}; pass dist_backend='auto' (or "
-                             f"{sorted(names)[0]!r}), or initialise the group with {dist_backend!r}")
+            raise ValueError(
+                f"dist_backend={dist_backend!r}, but {where}; pass dist_backend='auto' (or "
+                f"{sorted(names)[0]!r}), or initialise the group with {dist_backend!r}"
+            )
     if not 0 <= local_rank < local_world_size:
-        raise ValueError(f"{where}: the local rank is out of range; set LOCAL_RANK (or call "
-                         "idist.set_local_rank) before initialising the group")
+        raise ValueError(
+            f"{where}: the local rank is out of range; set LOCAL_RANK (or call "
+            "idist.set_local_rank) before initialising the group"
+        )
     local_devices = [_worker_device(devices, r, local_world_size) for r in range(local_world_size)]
     cuda = [d for d in local_devices if d.type == "cuda"]
     if cuda:
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         missing = sorted({d.index for d in cuda if d.index >= available})
         if missing:
-            raise ValueError(f"devices={devices!r} puts local ranks on CUDA device(s) {missing}, but this machine "
-                             f"has {available}; {where}")
+            raise ValueError(
+                f"devices={devices!r} puts local ranks on CUDA device(s) {missing}, but this machine "
+                f"has {available}; {where}"
+            )
     if names == {"nccl"} and default_backend(local_devices) != "nccl":
-        raise ValueError(f"devices={devices!r} gives the local ranks {[str(d) for d in local_devices]}, but {where}: "
-                         "nccl needs one GPU of its own per process; use devices='auto' or 'cuda', or a gloo group")
+        raise ValueError(
+            f"devices={devices!r} gives the local ranks {[str(d) for d in local_devices]}, but {where}: "
+            "nccl needs one GPU of its own per process; use devices='auto' or 'cuda', or a gloo group"
+        )
     return local_devices
 
 
@@ -276,13 +307,22 @@ def _adopt_group(devices: str, dist_backend: str) -> Launcher:
     backend = str(idist.backend() or dist.get_backend())
     local_rank, local_world_size = idist.get_local_rank(), idist.get_nproc_per_node()
     if not 1 <= local_world_size <= world_size:
-        raise RuntimeError(f"ignite.distributed counts {local_world_size} processes on this machine in a group of "
-                           f"{world_size}; call idist.sync() after creating the group")
+        raise RuntimeError(
+            f"ignite.distributed counts {local_world_size} processes on this machine in a group of "
+            f"{world_size}; call idist.sync() after creating the group"
+        )
     device = _group_devices(devices, dist_backend, backend, local_rank, local_world_size)[local_rank]
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    return Launcher(rank=rank, local_rank=local_rank, world_size=world_size, local_world_size=local_world_size,
-                    node_rank=idist.get_node_rank(), device=device, backend=backend)
+    return Launcher(
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world_size,
+        local_world_size=local_world_size,
+        node_rank=idist.get_node_rank(),
+        device=device,
+        backend=backend,
+    )
 
 
 #: the process group this process joined: its collective timeout (seconds) and a store for reports
@@ -347,9 +387,15 @@ def join(devices: str, dist_backend: str = "auto", collective_timeout: Any = Non
         idist.initialize(backend, timeout=timeout)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    launcher = Launcher(rank=idist.get_rank(), local_rank=idist.get_local_rank(), world_size=idist.get_world_size(),
-                        local_world_size=idist.get_nproc_per_node(), node_rank=idist.get_node_rank(), device=device,
-                        backend=idist.backend())
+    launcher = Launcher(
+        rank=idist.get_rank(),
+        local_rank=idist.get_local_rank(),
+        world_size=idist.get_world_size(),
+        local_world_size=idist.get_nproc_per_node(),
+        node_rank=idist.get_node_rank(),
+        device=device,
+        backend=idist.backend(),
+    )
     return launcher, True
 
 
@@ -377,14 +423,15 @@ def _init_elastic_worker(backend: str, timeout: Any = None) -> None:
     """
     import ignite.distributed as idist
     import torch.distributed as dist
-    from torch.distributed.rendezvous import _create_c10d_store  # the env:// store without its rendezvous: no public name
+    from torch.distributed.rendezvous import (
+        _create_c10d_store,  # the env:// store without its rendezvous: no public name
+    )
 
     env = os.environ
     rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
     timeout = timeout if timeout is not None else dist.default_pg_timeout
     # the store keeps torch's long timeout (rendezvous, hang reports); collectives get ``timeout``
-    store = _create_c10d_store(env["MASTER_ADDR"], int(env["MASTER_PORT"]), rank, world_size,
-                               dist.default_pg_timeout)
+    store = _create_c10d_store(env["MASTER_ADDR"], int(env["MASTER_PORT"]), rank, world_size, dist.default_pg_timeout)
     attempt = f"ice_ignite/attempt_{env['TORCHELASTIC_RESTART_COUNT']}"
     joins = store.add(f"{attempt}/joins_of_rank_{rank}", 1)  # 1 at this rank's first run, 2 at its second...
     store = dist.PrefixStore(f"{attempt}/run_{joins}", store)
@@ -411,7 +458,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _nodes(nnodes: "str | int") -> tuple[int, int]:
+def _nodes(nnodes: str | int) -> tuple[int, int]:
     text = str(nnodes)
     lo, _, hi = text.partition(":")
     try:
@@ -427,7 +474,6 @@ def script_command() -> list[str] | None:
     """The command that re-runs this process's entry script with its arguments, as ``torchrun``
     would, or None when there is no script (a notebook, ``python -c``)."""
     import sys
-
     import sysconfig
 
     main = sys.modules.get("__main__")
@@ -452,14 +498,17 @@ def _omp_threads(options: LaunchOptions, nproc_per_node: int) -> str | None:
     if options.omp_num_threads is None:
         return "1" if current is None and nproc_per_node > 1 else None  # torchrun's rule
     if current is not None and current != str(options.omp_num_threads):
-        raise ValueError(f"omp_num_threads={options.omp_num_threads}, but the environment sets OMP_NUM_THREADS="
-                         f"{current}; unset OMP_NUM_THREADS or drop omp_num_threads")
+        raise ValueError(
+            f"omp_num_threads={options.omp_num_threads}, but the environment sets OMP_NUM_THREADS="
+            f"{current}; unset OMP_NUM_THREADS or drop omp_num_threads"
+        )
     return str(options.omp_num_threads)
 
 
 def _forked(entrypoint: Callable[[], Any]) -> Callable[[], Any]:
     """``entrypoint`` for a forked worker, which inherits torch's threads from the launching
     process instead of reading ``OMP_NUM_THREADS`` at start-up."""
+
     def worker() -> Any:
         threads = os.environ.get("OMP_NUM_THREADS")
         if threads and threads.isdigit() and int(threads) > 0:
@@ -469,7 +518,7 @@ def _forked(entrypoint: Callable[[], Any]) -> Callable[[], Any]:
     return worker
 
 
-def preempted_signal(failures: "dict[int, Any]") -> int | None:
+def preempted_signal(failures: dict[int, Any]) -> int | None:
     """SIGTERM or SIGINT when the workers stopped for a preemption, else None: some exited with the
     code of ``Preempted`` (143 or 130: the ranks agreed on an iteration boundary and checkpointed
     there, then stopped), and every other failed one too, or was ended by SIGTERM / SIGINT once
@@ -484,8 +533,13 @@ def preempted_signal(failures: "dict[int, Any]") -> int | None:
     return signal.SIGTERM if 128 + signal.SIGTERM in codes else signal.SIGINT
 
 
-def launch_config(nproc_per_node: int, options: LaunchOptions | None = None, start_method: str = "spawn",
-                  run_id: str = "ice_ignite", log_dir: "str | os.PathLike | None" = None) -> Any:
+def launch_config(
+    nproc_per_node: int,
+    options: LaunchOptions | None = None,
+    start_method: str = "spawn",
+    run_id: str = "ice_ignite",
+    log_dir: str | os.PathLike | None = None,
+) -> Any:
     """The ``torch.distributed.launcher.api.LaunchConfig`` of torch's elastic agent for
     ``nproc_per_node`` workers on this machine with ``options``; ``log_dir`` receives the per-rank
     files of ``options.redirects`` / ``options.tee``.
@@ -512,11 +566,15 @@ def launch_config(nproc_per_node: int, options: LaunchOptions | None = None, sta
         run_id = f"{run_id}-{uuid.uuid4().hex[:8]}"
     if rdzv_backend == "static":
         if min_nodes != max_nodes:
-            raise ValueError(f"nnodes={o.nnodes!r}: a static rendezvous needs a fixed number of nodes; use "
-                             "rdzv_backend='c10d' for an elastic range")
+            raise ValueError(
+                f"nnodes={o.nnodes!r}: a static rendezvous needs a fixed number of nodes; use "
+                "rdzv_backend='c10d' for an elastic range"
+            )
         if o.master_port is None:  # several machines: one machine went to c10d above
-            raise ValueError("a run on several machines needs master_port= (the same on every machine), or a "
-                             "c10d rendezvous: rdzv_backend='c10d', rdzv_endpoint='host:port'")
+            raise ValueError(
+                "a run on several machines needs master_port= (the same on every machine), or a "
+                "c10d rendezvous: rdzv_backend='c10d', rdzv_endpoint='host:port'"
+            )
         endpoint, configs = f"{o.master_addr}:{o.master_port}", {**configs, "rank": o.node_rank}
     else:
         if not rdzv_endpoint:
@@ -524,17 +582,34 @@ def launch_config(nproc_per_node: int, options: LaunchOptions | None = None, sta
         endpoint = rdzv_endpoint
     logs = None
     if o.writes_worker_logs:
-        logs = DefaultLogsSpecs(log_dir=str(log_dir) if log_dir is not None else None,
-                                redirects=_std("redirects", o.redirects), tee=_std("tee", o.tee))
-    return LaunchConfig(min_nodes=min_nodes, max_nodes=max_nodes, nproc_per_node=nproc_per_node, run_id=run_id,
-                        rdzv_endpoint=endpoint, rdzv_backend=rdzv_backend, rdzv_configs=configs,
-                        max_restarts=o.max_restarts, monitor_interval=float(o.monitor_interval),
-                        start_method=start_method, logs_specs=logs)
+        logs = DefaultLogsSpecs(
+            log_dir=str(log_dir) if log_dir is not None else None,
+            redirects=_std("redirects", o.redirects),
+            tee=_std("tee", o.tee),
+        )
+    return LaunchConfig(
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        nproc_per_node=nproc_per_node,
+        run_id=run_id,
+        rdzv_endpoint=endpoint,
+        rdzv_backend=rdzv_backend,
+        rdzv_configs=configs,
+        max_restarts=o.max_restarts,
+        monitor_interval=float(o.monitor_interval),
+        start_method=start_method,
+        logs_specs=logs,
+    )
 
 
-def launch(entrypoint: "Callable[[], Any] | list[str]", nproc_per_node: int, options: LaunchOptions | None = None,
-           start_method: str = "spawn", run_id: str = "ice_ignite", log_dir: "str | os.PathLike | None" = None
-           ) -> None:
+def launch(
+    entrypoint: Callable[[], Any] | list[str],
+    nproc_per_node: int,
+    options: LaunchOptions | None = None,
+    start_method: str = "spawn",
+    run_id: str = "ice_ignite",
+    log_dir: str | os.PathLike | None = None,
+) -> None:
     """Start ``nproc_per_node`` workers on this machine through torch's elastic agent (what
     ``torchrun`` uses) with ``options`` (see ``launch_config``), and wait for them.
     ``entrypoint`` is a callable that forked workers call, or the python arguments each worker

@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -18,10 +19,28 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ice_ignite.errors import GraphError
 
-__all__ = ["world_size", "rank", "ddp_options", "DDP_SET_HERE", "check_wrapper_kwargs", "wrap_ddp", "batchnorm_layers",
-           "sync_batchnorm", "gather_objects", "broadcast_object", "any_rank", "AgreedFlag", "fsdp_options",
-           "FSDP_SET_HERE", "compile_options", "module_policy", "shard_fsdp", "full_tensors", "shard_like",
-           "local_bytes"]
+__all__ = [
+    "world_size",
+    "rank",
+    "ddp_options",
+    "DDP_SET_HERE",
+    "check_wrapper_kwargs",
+    "wrap_ddp",
+    "batchnorm_layers",
+    "sync_batchnorm",
+    "gather_objects",
+    "broadcast_object",
+    "any_rank",
+    "AgreedFlag",
+    "fsdp_options",
+    "FSDP_SET_HERE",
+    "compile_options",
+    "module_policy",
+    "shard_fsdp",
+    "full_tensors",
+    "shard_like",
+    "local_bytes",
+]
 
 #: DistributedDataParallel options ``wrap_ddp`` sets itself (``idist.auto_model`` places the module on
 #: the process's device), with what to do instead.
@@ -37,8 +56,14 @@ FSDP_SET_HERE = {
 }
 
 #: the kinds of layer ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` converts
-_BATCHNORM = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d,
-              torch.nn.LazyBatchNorm1d, torch.nn.LazyBatchNorm2d, torch.nn.LazyBatchNorm3d)
+_BATCHNORM = (
+    torch.nn.BatchNorm1d,
+    torch.nn.BatchNorm2d,
+    torch.nn.BatchNorm3d,
+    torch.nn.LazyBatchNorm1d,
+    torch.nn.LazyBatchNorm2d,
+    torch.nn.LazyBatchNorm3d,
+)
 #: device types on which torch's SyncBatchNorm cannot train: its forward raises a ValueError there
 #: (it trains on cuda, xpu, hpu and the PrivateUse1 backend only; torch 2.13)
 _NO_SYNC_BN_DEVICES = ("cpu", "mps")
@@ -111,12 +136,21 @@ def module_policy(policy: Any, argument: str, where: str) -> Callable[[torch.nn.
         return lambda m: isinstance(m, classes)
     if callable(policy) and not isinstance(policy, (type, tuple)):
         return policy
-    raise TypeError(f"{argument} of {where} must be a torch.nn.Module class, a tuple of them or a callable "
-                    f"module -> bool, got {policy!r}; e.g. {argument}=torch.nn.TransformerEncoderLayer")
+    raise TypeError(
+        f"{argument} of {where} must be a torch.nn.Module class, a tuple of them or a callable "
+        f"module -> bool, got {policy!r}; e.g. {argument}=torch.nn.TransformerEncoderLayer"
+    )
 
 
-def check_wrapper_kwargs(kwargs: Mapping[str, Any] | None, *, argument: str, wrapper: str, valid: Iterable[str],
-                         reserved: Mapping[str, str], where: str) -> dict[str, Any]:
+def check_wrapper_kwargs(
+    kwargs: Mapping[str, Any] | None,
+    *,
+    argument: str,
+    wrapper: str,
+    valid: Iterable[str],
+    reserved: Mapping[str, str],
+    where: str,
+) -> dict[str, Any]:
     """``kwargs`` for a model wrapper (``ddp_kwargs`` for DistributedDataParallel), checked by name.
 
     Args:
@@ -138,8 +172,10 @@ def check_wrapper_kwargs(kwargs: Mapping[str, Any] | None, *, argument: str, wra
     if kwargs is None:
         return {}
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        raise TypeError(f"{argument} of {where} must be a dict of {wrapper} options by name, got {kwargs!r}; "
-                        f"e.g. {argument}={{'bucket_cap_mb': 25}}")
+        raise TypeError(
+            f"{argument} of {where} must be a dict of {wrapper} options by name, got {kwargs!r}; "
+            f"e.g. {argument}={{'bucket_cap_mb': 25}}"
+        )
     valid = [n for n in valid if n not in reserved]
     for key in kwargs:
         if key in reserved:
@@ -147,8 +183,10 @@ def check_wrapper_kwargs(kwargs: Mapping[str, Any] | None, *, argument: str, wra
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise TypeError(f"{argument} of {where} has {key!r}, which is not a {wrapper} option: {hint}"
-                            f"valid options are {', '.join(valid)}")
+            raise TypeError(
+                f"{argument} of {where} has {key!r}, which is not a {wrapper} option: {hint}"
+                f"valid options are {', '.join(valid)}"
+            )
     return dict(kwargs)
 
 
@@ -159,9 +197,15 @@ def wrap_ddp(module: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module:
     return idist.auto_model(module, sync_bn=False, **ddp_kwargs)
 
 
-def shard_fsdp(root: torch.nn.Module, module: torch.nn.Module, pick: Callable[[torch.nn.Module], bool] | None,
-               device: torch.device, autocast: tuple[str, torch.dtype] | None, where: str,
-               **fsdp_kwargs: Any) -> torch.nn.Module:
+def shard_fsdp(
+    root: torch.nn.Module,
+    module: torch.nn.Module,
+    pick: Callable[[torch.nn.Module], bool] | None,
+    device: torch.device,
+    autocast: tuple[str, torch.dtype] | None,
+    where: str,
+    **fsdp_kwargs: Any,
+) -> torch.nn.Module:
     """Shard ``root`` (which holds ``module``) with FSDP2's ``fully_shard`` over all processes: first
     every submodule of ``module`` that ``pick`` selects (innermost first), then ``root``. In place
     (parameters become DTensors under the same names); returns ``root``.
@@ -178,13 +222,17 @@ def shard_fsdp(root: torch.nn.Module, module: torch.nn.Module, pick: Callable[[t
     from torch.distributed.tensor import DTensor
 
     if any(isinstance(p, DTensor) for p in module.parameters()):
-        raise GraphError(f"{where}: parallel='fsdp', but its module is sharded already (by another ModuleNode that "
-                         "shares it); give the module to one ModuleNode with parallel='fsdp', or use parallel='ddp'")
+        raise GraphError(
+            f"{where}: parallel='fsdp', but its module is sharded already (by another ModuleNode that "
+            "shares it); give the module to one ModuleNode with parallel='fsdp', or use parallel='ddp'"
+        )
     options = dict(fsdp_kwargs)
     if device.type == "cpu" and isinstance(options.get("offload_policy"), CPUOffloadPolicy):
-        raise GraphError(f"{where}: fsdp_kwargs offload_policy=CPUOffloadPolicy() moves parameters, gradients and "
-                         "optimizer state from an accelerator to the CPU, and this run's device is the CPU already; "
-                         "drop the offload_policy (or run on GPUs)")
+        raise GraphError(
+            f"{where}: fsdp_kwargs offload_policy=CPUOffloadPolicy() moves parameters, gradients and "
+            "optimizer state from an accelerator to the CPU, and this run's device is the CPU already; "
+            "drop the offload_policy (or run on GPUs)"
+        )
     if "mp_policy" not in options and autocast is not None:
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=autocast[1], reduce_dtype=torch.float32)
     mesh = init_device_mesh(device.type, (world_size(),))
@@ -224,8 +272,10 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(like, DTensor) or isinstance(full, DTensor):
         return full
     if tuple(full.shape) != tuple(like.shape):
-        raise ValueError(f"a saved tensor of shape {tuple(full.shape)} cannot load into a sharded parameter of "
-                         f"shape {tuple(like.shape)}")
+        raise ValueError(
+            f"a saved tensor of shape {tuple(full.shape)} cannot load into a sharded parameter of "
+            f"shape {tuple(like.shape)}"
+        )
     local = full.detach().to(device=like.device, dtype=like.dtype)
     return distribute_tensor(local, like.device_mesh, like.placements, src_data_rank=None)
 
@@ -305,7 +355,7 @@ class AgreedFlag:
     communication overlaps an iteration instead of adding its latency to it.
     """
 
-    def __init__(self, timeout: "Any" = None) -> None:
+    def __init__(self, timeout: Any = None) -> None:
         self._group = dist.new_group(backend="gloo", timeout=timeout) if world_size() > 1 else None
         self._pending: tuple[Any, torch.Tensor] | None = None
 

@@ -6,9 +6,10 @@ import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Iterator
+from typing import Any
 
 __all__ = ["Preempted", "PreemptionGuard"]
 
@@ -30,9 +31,11 @@ class Preempted(SystemExit):
     def __str__(self) -> str:
         name = signal.Signals(self.signum).name
         if self.launcher:
-            where = ("the workers were asked to checkpoint at their next iteration boundary, and stopped (a worker "
-                     "that never reached one, e.g. stuck in a hang, wrote nothing: the newest checkpoint in the run's "
-                     "ckpts/ is where a resume continues)")
+            where = (
+                "the workers were asked to checkpoint at their next iteration boundary, and stopped (a worker "
+                "that never reached one, e.g. stuck in a hang, wrote nothing: the newest checkpoint in the run's "
+                "ckpts/ is where a resume continues)"
+            )
         elif self.checkpoint:
             where = f"checkpoint saved to {self.checkpoint}"
         else:
@@ -41,7 +44,7 @@ class Preempted(SystemExit):
 
 
 #: the guard of the run in this process, and how deep this thread is in checkpoint writes
-_ACTIVE: "list[PreemptionGuard]" = []
+_ACTIVE: list[PreemptionGuard] = []
 _SAVING = [0]
 
 
@@ -60,7 +63,8 @@ def saving() -> Iterator[None]:
             guard.deferred = False
             raise KeyboardInterrupt(
                 "a second SIGINT: stopped once the checkpoint being written was complete (every published "
-                "checkpoint is intact); resume with run(..., resume_from='auto')")
+                "checkpoint is intact); resume with run(..., resume_from='auto')"
+            )
 
 
 class PreemptionGuard:
@@ -78,7 +82,7 @@ class PreemptionGuard:
         #: cannot reach an iteration boundary to checkpoint
         self.hung: Callable[[], bool] = lambda: False
 
-    def __enter__(self) -> "PreemptionGuard":
+    def __enter__(self) -> PreemptionGuard:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -89,17 +93,24 @@ class PreemptionGuard:
         if self.hung():
             from ice_ignite.distributed.hang import CollectiveTimeout
 
-            raise CollectiveTimeout(f"{signal.Signals(signum).name} while this rank was stuck (see logs/hang-rank*.txt): "
-                                    "stopped without a checkpoint, which it could not reach")
+            raise CollectiveTimeout(
+                f"{signal.Signals(signum).name} while this rank was stuck (see logs/hang-rank*.txt): "
+                "stopped without a checkpoint, which it could not reach"
+            )
         if self.requested is not None and signum == signal.SIGINT:
             if _SAVING[0] and threading.current_thread() is threading.main_thread():
                 if not self.deferred:
                     self.deferred = True
-                    print("ice_ignite: a second SIGINT: stopping as soon as the checkpoint being written is complete",
-                          file=sys.stderr, flush=True)
+                    print(
+                        "ice_ignite: a second SIGINT: stopping as soon as the checkpoint being written is complete",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 return
-            raise KeyboardInterrupt("a second SIGINT: stopped at once, between checkpoint writes (every published "
-                                    "checkpoint is intact); resume with run(..., resume_from='auto')")
+            raise KeyboardInterrupt(
+                "a second SIGINT: stopped at once, between checkpoint writes (every published "
+                "checkpoint is intact); resume with run(..., resume_from='auto')"
+            )
         self.requested = signum
 
     def __exit__(self, *exc: Any) -> None:

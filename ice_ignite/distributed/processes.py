@@ -20,7 +20,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 __all__ = ["die_with_parent", "children_spawned", "WorkerInit", "LAUNCHER_PID_ENV"]
 
@@ -52,7 +53,7 @@ def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
 
 
 #: the worker processes started in ``children_spawned`` blocks (they ignore SIGTERM): killed at exit
-_WORKERS: "weakref.WeakSet[multiprocessing.process.BaseProcess]" = weakref.WeakSet()
+_WORKERS: weakref.WeakSet[multiprocessing.process.BaseProcess] = weakref.WeakSet()
 
 
 def _kill_workers_left() -> None:

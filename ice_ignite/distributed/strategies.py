@@ -41,10 +41,21 @@ class DDP:
         DDP(static_graph=True, bucket_cap_mb=50)
     """
 
-    def __init__(self, *, find_unused_parameters: bool = False, static_graph: bool = False,
-                 broadcast_buffers: bool = True, sync_batchnorm: bool = False, **ddp_kwargs: Any):
-        for flag, value in (("find_unused_parameters", find_unused_parameters), ("static_graph", static_graph),
-                            ("broadcast_buffers", broadcast_buffers), ("sync_batchnorm", sync_batchnorm)):
+    def __init__(
+        self,
+        *,
+        find_unused_parameters: bool = False,
+        static_graph: bool = False,
+        broadcast_buffers: bool = True,
+        sync_batchnorm: bool = False,
+        **ddp_kwargs: Any,
+    ):
+        for flag, value in (
+            ("find_unused_parameters", find_unused_parameters),
+            ("static_graph", static_graph),
+            ("broadcast_buffers", broadcast_buffers),
+            ("sync_batchnorm", sync_batchnorm),
+        ):
             if not isinstance(value, bool):
                 raise TypeError(f"ice.DDP {flag} must be True or False, got {value!r}")
         self.find_unused_parameters = find_unused_parameters
@@ -54,20 +65,31 @@ class DDP:
         # the named options are valid too (so that a misspelt one is suggested); they never reach ddp_kwargs
         #: the other DistributedDataParallel options
         self.ddp_kwargs = parallel.check_wrapper_kwargs(
-            ddp_kwargs, argument="options", wrapper="DistributedDataParallel",
-            valid=[*parallel.ddp_options(), "sync_batchnorm"], reserved=parallel.DDP_SET_HERE, where="ice.DDP(...)")
+            ddp_kwargs,
+            argument="options",
+            wrapper="DistributedDataParallel",
+            valid=[*parallel.ddp_options(), "sync_batchnorm"],
+            reserved=parallel.DDP_SET_HERE,
+            where="ice.DDP(...)",
+        )
 
     def flags(self, unused_parameters: str) -> dict[str, Any]:
         """The DDP options to pass: those that differ from DDP's defaults (passing
         ``broadcast_buffers`` at all warns in torch 2.13), with ``find_unused_parameters`` on for
         a ModuleNode whose ``unused_parameters`` policy is not ``"error"``."""
-        flags = {"find_unused_parameters": self.find_unused_parameters or unused_parameters != "error",
-                 "static_graph": self.static_graph, "broadcast_buffers": self.broadcast_buffers}
+        flags = {
+            "find_unused_parameters": self.find_unused_parameters or unused_parameters != "error",
+            "static_graph": self.static_graph,
+            "broadcast_buffers": self.broadcast_buffers,
+        }
         return {**{k: v for k, v in flags.items() if v != (k == "broadcast_buffers")}, **self.ddp_kwargs}
 
     def __repr__(self) -> str:
-        given = [f"{k}={getattr(self, k)!r}" for k in (*_OWN, "sync_batchnorm")
-                 if getattr(self, k) != (k == "broadcast_buffers")]
+        given = [
+            f"{k}={getattr(self, k)!r}"
+            for k in (*_OWN, "sync_batchnorm")
+            if getattr(self, k) != (k == "broadcast_buffers")
+        ]
         return f"DDP({', '.join(given + [f'{k}={v!r}' for k, v in self.ddp_kwargs.items()])})"
 
 
@@ -100,10 +122,16 @@ class FSDP:
         self.pick = parallel.module_policy(policy, "policy", "ice.FSDP(...)")
         #: the ``fully_shard`` options
         self.fully_shard_kwargs = parallel.check_wrapper_kwargs(
-            fully_shard_kwargs, argument="options", wrapper="fully_shard", valid=parallel.fsdp_options(),
-            reserved=parallel.FSDP_SET_HERE, where="ice.FSDP(...)")
+            fully_shard_kwargs,
+            argument="options",
+            wrapper="fully_shard",
+            valid=parallel.fsdp_options(),
+            reserved=parallel.FSDP_SET_HERE,
+            where="ice.FSDP(...)",
+        )
 
     def __repr__(self) -> str:
-        given = ([f"policy={self.policy!r}"] if self.policy is not None else []) + \
-            [f"{k}={v!r}" for k, v in self.fully_shard_kwargs.items()]
+        given = ([f"policy={self.policy!r}"] if self.policy is not None else []) + [
+            f"{k}={v!r}" for k, v in self.fully_shard_kwargs.items()
+        ]
         return f"FSDP({', '.join(given)})"

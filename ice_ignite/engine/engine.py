@@ -22,7 +22,8 @@ import contextlib
 import functools
 import logging
 import weakref
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from ignite.engine import Engine, Events, EventsList, RemovableEventHandle
 
@@ -33,15 +34,31 @@ from ignite.engine.engine import _EngineTerminateException
 from ice_ignite.engine.events import STEP_EVENT_ATTRS, StepEvents
 from ice_ignite.errors import IceError, ScheduleError, StopAllTasks, StopTask
 
-__all__ = ["TaskEngine", "HandlerEngine", "HandlerView", "StepListening", "stateful_object", "EngineTerminate",
-           "FORWARDED_EVENTS"]
+__all__ = [
+    "TaskEngine",
+    "HandlerEngine",
+    "HandlerView",
+    "StepListening",
+    "stateful_object",
+    "EngineTerminate",
+    "FORWARDED_EVENTS",
+]
 
 EngineTerminate = _EngineTerminateException
 
 #: the events whose ice_ignite handlers run first, through ``engine.inner``
-FORWARDED_EVENTS = (Events.STARTED, Events.EPOCH_STARTED, Events.GET_BATCH_STARTED, Events.ITERATION_STARTED,
-                    Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED, Events.COMPLETED, Events.TERMINATE,
-                    Events.INTERRUPT, *StepEvents)
+FORWARDED_EVENTS = (
+    Events.STARTED,
+    Events.EPOCH_STARTED,
+    Events.GET_BATCH_STARTED,
+    Events.ITERATION_STARTED,
+    Events.ITERATION_COMPLETED,
+    Events.EPOCH_COMPLETED,
+    Events.COMPLETED,
+    Events.TERMINATE,
+    Events.INTERRUPT,
+    *StepEvents,
+)
 
 
 class HandlerView(Protocol):
@@ -60,8 +77,12 @@ def stateful_object(handler: Any) -> Any:
     the handler itself (``EarlyStopping``, a ``ParamScheduler``) or the object of a bound method
     (a metric's ``iteration_completed``)."""
     for obj in (handler, getattr(handler, "__self__", None)):
-        if obj is not None and callable(getattr(obj, "state_dict", None)) \
-                and callable(getattr(obj, "load_state_dict", None)) and not isinstance(obj, Engine):
+        if (
+            obj is not None
+            and callable(getattr(obj, "state_dict", None))
+            and callable(getattr(obj, "load_state_dict", None))
+            and not isinstance(obj, Engine)
+        ):
             return obj
     return None
 
@@ -125,7 +146,7 @@ class HandlerEngine(_Dispatching):
     ``attach``), and run before every handler a user attached to the task engine.
     """
 
-    def __init__(self, owner: "TaskEngine"):
+    def __init__(self, owner: TaskEngine):
         super().__init__(_never_run)
         self.register_events(*StepEvents, event_to_attr=STEP_EVENT_ATTRS)
         self.state = owner.state
@@ -144,8 +165,10 @@ class HandlerEngine(_Dispatching):
 
     def add_event_handler(self, event_name: Any, handler: Callable, *args: Any, **kwargs: Any) -> RemovableEventHandle:
         if not isinstance(event_name, EventsList) and event_name not in FORWARDED_EVENTS:
-            raise RuntimeError(f"ice_ignite's own handlers cannot listen to {event_name}: the task engine does not "
-                               "forward it (add it to FORWARDED_EVENTS)")
+            raise RuntimeError(
+                f"ice_ignite's own handlers cannot listen to {event_name}: the task engine does not "
+                "forward it (add it to FORWARDED_EVENTS)"
+            )
         return super().add_event_handler(event_name, handler, *args, **kwargs)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
@@ -348,13 +371,13 @@ class StepListening:
     plain attributes (reading one costs no hashing of the event), e.g.
     ``engine.listening.backward_completed``."""
 
-    __slots__ = ("backward_started", "backward_completed", "optim_step_started", "optim_step_completed")
+    __slots__ = ("backward_completed", "backward_started", "optim_step_completed", "optim_step_started")
 
     def __init__(self) -> None:
         for event in StepEvents:
             setattr(self, event.value, False)
 
-    def update(self, engine: "TaskEngine") -> None:
+    def update(self, engine: TaskEngine) -> None:
         """Re-read which step events have handlers on ``engine`` and its ``inner`` engine (the
         forwarding handler the task engine registers itself does not count)."""
         inner = getattr(engine, "inner", None)

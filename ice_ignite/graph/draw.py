@@ -33,12 +33,12 @@ def _kind(node: object) -> str:
     return type(node).__name__
 
 
-def graph_edges(graph: "ExecutableGraph") -> list[tuple[str, str]]:
+def graph_edges(graph: ExecutableGraph) -> list[tuple[str, str]]:
     """``(source, user)`` for every dependency recorded while the graph ran."""
     return [(dep, user) for user, deps in graph.cache.deps.items() for dep in deps if dep in graph.nodes]
 
 
-def to_dot(graph: "ExecutableGraph") -> str:
+def to_dot(graph: ExecutableGraph) -> str:
     """Graphviz DOT: nodes by kind (shape and colour) with their tags, edges from data to users."""
     lines = ["digraph ice_ignite {", '  rankdir=LR;', '  node [style=filled, fontname="Helvetica"];']
     for name, node in graph.nodes.items():
@@ -50,10 +50,14 @@ def to_dot(graph: "ExecutableGraph") -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_mermaid(graph: "ExecutableGraph") -> str:
+def to_mermaid(graph: ExecutableGraph) -> str:
     """Mermaid flowchart text (renders in GitHub markdown)."""
-    shapes = {"DatasetNode": ("[(", ")]"), "ModuleNode": ("[", "]"), "LossNode": ("{{", "}}"),
-              "MetricNode": ("([", "])")}
+    shapes = {
+        "DatasetNode": ("[(", ")]"),
+        "ModuleNode": ("[", "]"),
+        "LossNode": ("{{", "}}"),
+        "MetricNode": ("([", "])"),
+    }
     ids = {name: f"n{i}" for i, name in enumerate(graph.nodes)}
     lines = ["flowchart LR"]
     for name, node in graph.nodes.items():
@@ -63,8 +67,8 @@ def to_mermaid(graph: "ExecutableGraph") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _layers(graph: "ExecutableGraph", edges: list[tuple[str, str]]) -> dict[str, int]:
-    depth = {name: 0 for name in graph.nodes}
+def _layers(graph: ExecutableGraph, edges: list[tuple[str, str]]) -> dict[str, int]:
+    depth = dict.fromkeys(graph.nodes, 0)
     for _ in range(len(depth)):
         changed = False
         for a, b in edges:
@@ -76,7 +80,7 @@ def _layers(graph: "ExecutableGraph", edges: list[tuple[str, str]]) -> dict[str,
     return depth
 
 
-def _render_matplotlib(graph: "ExecutableGraph", path: Path) -> None:
+def _render_matplotlib(graph: ExecutableGraph, path: Path) -> None:
     # a Figure of its own, not pyplot: the user's backend (a notebook's inline one) stays as it is
     from matplotlib.figure import Figure
     from matplotlib.patches import FancyBboxPatch
@@ -94,14 +98,24 @@ def _render_matplotlib(graph: "ExecutableGraph", path: Path) -> None:
     for a, b in edges:
         (xa, ya), (xb, yb) = pos[a], pos[b]
         skip = depth[b] - depth[a] - 1  # an edge over other columns arcs around them
-        ax.annotate("", xy=(xb - 1.05, yb), xytext=(xa + 1.05, ya), zorder=1,
-                    arrowprops=dict(arrowstyle="->", color="#555555", lw=1.2,
-                                    connectionstyle=f"arc3,rad={-0.35 if skip > 0 else 0.0}"))
+        ax.annotate(
+            "",
+            xy=(xb - 1.05, yb),
+            xytext=(xa + 1.05, ya),
+            zorder=1,
+            arrowprops={
+                "arrowstyle": "->",
+                "color": "#555555",
+                "lw": 1.2,
+                "connectionstyle": f"arc3,rad={-0.35 if skip > 0 else 0.0}",
+            },
+        )
     for name, node in graph.nodes.items():
         x, y = pos[name]
         _, color = _STYLE.get(_kind(node), _DEFAULT)
-        ax.add_patch(FancyBboxPatch((x - 1.0, y - 0.45), 2.0, 0.9, boxstyle="round,pad=0.05", fc=color, ec="#333333",
-                                    zorder=2))
+        ax.add_patch(
+            FancyBboxPatch((x - 1.0, y - 0.45), 2.0, 0.9, boxstyle="round,pad=0.05", fc=color, ec="#333333", zorder=2)
+        )
         ax.text(x, y + 0.12, name, ha="center", va="center", fontsize=10, weight="bold", zorder=3)
         ax.text(x, y - 0.2, f"{_kind(node)} · {','.join(node.tags)}", ha="center", va="center", fontsize=7, zorder=3)
     ax.set_xlim(-1.3, 3.0 * (width - 1) + 1.3)
@@ -110,7 +124,7 @@ def _render_matplotlib(graph: "ExecutableGraph", path: Path) -> None:
     fig.savefig(path, bbox_inches="tight", dpi=120)
 
 
-def render(graph: "ExecutableGraph", path: Path) -> str | None:
+def render(graph: ExecutableGraph, path: Path) -> str | None:
     """Write ``path`` (``.png`` or ``.svg``) with Graphviz's ``dot`` if it is on the PATH, else with
     matplotlib if it is installed; returns the tool used, or None when neither is available."""
     fmt = path.suffix.lstrip(".").lower()
@@ -127,7 +141,7 @@ def render(graph: "ExecutableGraph", path: Path) -> str | None:
     return "matplotlib"
 
 
-def draw_graph(graph: "ExecutableGraph", path: "str | Path | None", run_dir: Path | None) -> list[Path]:
+def draw_graph(graph: ExecutableGraph, path: str | Path | None, run_dir: Path | None) -> list[Path]:
     """Write ``graph`` as DOT and Mermaid text beside ``path`` and, for a ``.png`` / ``.svg`` path, as
     a picture when Graphviz or matplotlib is installed (see ``HyperGraph.draw``). Returns the files."""
     if path is None:
@@ -143,6 +157,7 @@ def draw_graph(graph: "ExecutableGraph", path: "str | Path | None", run_dir: Pat
         if render(graph, path) is not None:
             written.append(path)
         else:
-            logger.warning("draw: neither Graphviz's dot nor matplotlib is installed; wrote %s and %s only",
-                           written[0], written[1])
+            logger.warning(
+                "draw: neither Graphviz's dot nor matplotlib is installed; wrote %s and %s only", written[0], written[1]
+            )
     return written

@@ -8,7 +8,8 @@ import functools
 import logging
 import operator
 import sys
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from ignite.engine import Events
@@ -82,9 +83,9 @@ class GraphOutputCache:
     ``"name" in x`` tells whether the task selected that node.
     """
 
-    __slots__ = ("_graph", "_nodes", "outputs", "_stack", "deps", "_timer", "_limit")
+    __slots__ = ("_graph", "_limit", "_nodes", "_stack", "_timer", "deps", "outputs")
 
-    def __init__(self, graph: "ExecutableGraph"):
+    def __init__(self, graph: ExecutableGraph):
         self._graph = graph
         self._nodes = graph.nodes
         #: this iteration's outputs by name, in the order computed (read it; the cache writes it)
@@ -133,7 +134,7 @@ class GraphOutputCache:
         if node is None:
             raise self._graph.not_selected_error(name, stack)
         if name in stack:
-            path = " -> ".join(stack[stack.index(name):] + [name])
+            path = " -> ".join(stack[stack.index(name) :] + [name])
             raise GraphError(
                 f"cycle in the graph of task tags ({_describe_tags(self._graph.tags)}): {path}; "
                 "a node may not depend on itself, directly or through others"
@@ -221,8 +222,9 @@ class ExecutableGraph:
     starts; ``bind`` makes the graph the running one at every repetition).
     """
 
-    def __init__(self, nodes: dict[str, Node], tags: tuple[str, ...], context: RunContext,
-                 uids_of: Callable[[str], list[str]]):
+    def __init__(
+        self, nodes: dict[str, Node], tags: tuple[str, ...], context: RunContext, uids_of: Callable[[str], list[str]]
+    ):
         self.nodes = nodes
         self.tags = tags
         self.context = context
@@ -385,8 +387,14 @@ class ExecutableGraph:
         finally:
             self.in_step = False
         tensor, data = torch.Tensor, self._data_names  # batches need no detaching
-        return {name: value if name in data else (value.detach() if value.requires_grad else value)
-                if type(value) is tensor else detach(value) for name, value in self.cache.outputs.items()}
+        return {
+            name: value
+            if name in data
+            else (value.detach() if value.requires_grad else value)
+            if type(value) is tensor
+            else detach(value)
+            for name, value in self.cache.outputs.items()
+        }
 
     def _forward_backward(self, engine: TaskEngine) -> None:
         self.cache.compute_all(self._names)
@@ -448,11 +456,15 @@ class ExecutableGraph:
         losses = ", ".join(repr(n.uid) for n in self.loss_nodes)
         head = f"the losses of the train task with tags ({_describe_tags(self.tags)}) do not require grad ({losses})"
         if not trained:
-            return GraphError(f"{head}: no ModuleNode of this task has optimizers, so nothing trains; give a "
-                              "ModuleNode optimizers (optimizers=ice.Optimizer(...)), or make the task train=False")
-        return GraphError(f"{head}: they do not depend on any trainable parameter (of {', '.join(trained)}); the "
-                          "loss's forward uses detached values (.detach(), .item(), torch.no_grad, a frozen "
-                          "module) — compute it from the ModuleNodes' outputs, x['name']")
+            return GraphError(
+                f"{head}: no ModuleNode of this task has optimizers, so nothing trains; give a "
+                "ModuleNode optimizers (optimizers=ice.Optimizer(...)), or make the task train=False"
+            )
+        return GraphError(
+            f"{head}: they do not depend on any trainable parameter (of {', '.join(trained)}); the "
+            "loss's forward uses detached values (.detach(), .item(), torch.no_grad, a frozen "
+            "module) — compute it from the ModuleNodes' outputs, x['name']"
+        )
 
     # -- helpers for nodes --------------------------------------------------------------------
     def batch_source(self, name: str) -> DatasetNode | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ class NodeRegistry:
         self.context = context
 
     # -- nodes ----------------------------------------------------------------------------------
-    def add(self, name: str, node: Node, tags: "str | Iterable[str]" = DEFAULT_TAG) -> Node:
+    def add(self, name: str, node: Node, tags: str | Iterable[str] = DEFAULT_TAG) -> Node:
         """Add ``node`` under ``name`` and ``tags``; returns the node.
 
         A ``"*"`` node is selected by every task unless a node of the same name is selected by
@@ -38,8 +39,11 @@ class NodeRegistry:
         """
         check_name(name)
         if not isinstance(node, Node):
-            hint = (" wrap it: ice.ModuleNode(module, forward=lambda n, x: n.module(x['data'][0]))"
-                    if isinstance(node, torch.nn.Module) else "")
+            hint = (
+                " wrap it: ice.ModuleNode(module, forward=lambda n, x: n.module(x['data'][0]))"
+                if isinstance(node, torch.nn.Module)
+                else ""
+            )
             raise TypeError(f"HyperGraph.add({name!r}, ...) needs an ice Node, got {type(node).__name__};{hint}")
         self._check_not_running("add")
         tag_tuple = normalize_tags(tags, what=f"tags of node {name!r}")
@@ -130,7 +134,7 @@ class NodeRegistry:
             return dict(self._nodes)
         return {node.uid: node for node in self._select(query).values()}
 
-    def select_egraph(self, tags: "str | Iterable[str]") -> ExecutableGraph:
+    def select_egraph(self, tags: str | Iterable[str]) -> ExecutableGraph:
         """The ExecutableGraph of a task with ``tags`` (built once, until the next add/remove)."""
         key = normalize_tags(tags, what="task tags")
         graph = self._egraphs.get(key)
@@ -145,7 +149,4 @@ class NodeRegistry:
     def _check_not_running(self, what: str) -> None:
         task = self._running_task()
         if task is not None:
-            raise RuntimeError(
-                f"cannot {what} nodes while {task!r} runs; do it in a schedule callable between tasks"
-            )
-
+            raise RuntimeError(f"cannot {what} nodes while {task!r} runs; do it in a schedule callable between tasks")

@@ -6,14 +6,25 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ice_ignite.errors import ScheduleError, StopAllTasks, StopTask
 from ice_ignite.graph.task import Task
 
-__all__ = ["Repeat", "ScheduleEntry", "ScheduleRunner", "flatten_schedule", "call_with_arity", "describe",
-           "keyed_tasks", "end_of_repeat", "train_spans", "resume_point"]
+__all__ = [
+    "Repeat",
+    "ScheduleEntry",
+    "ScheduleRunner",
+    "flatten_schedule",
+    "call_with_arity",
+    "describe",
+    "keyed_tasks",
+    "end_of_repeat",
+    "train_spans",
+    "resume_point",
+]
 
 logger = logging.getLogger("ice_ignite")
 
@@ -87,8 +98,9 @@ def call_with_arity(fn: Callable, hypergraph: Any, launcher: Any) -> Any:
     return fn(*(hypergraph, launcher)[: _arity(fn)])
 
 
-def flatten_schedule(tasks: Any, path: tuple[int, ...] = (), repeat: tuple[int, ...] | None = None
-                     ) -> list[ScheduleEntry]:
+def flatten_schedule(
+    tasks: Any, path: tuple[int, ...] = (), repeat: tuple[int, ...] | None = None
+) -> list[ScheduleEntry]:
     """Unroll Repeats into a flat list of entries; raise ``ScheduleError`` on a bad item."""
     if isinstance(tasks, (Task, Repeat)) or (callable(tasks) and not isinstance(tasks, type)):
         tasks = [tasks]
@@ -167,8 +179,9 @@ def _amountless(description: str) -> str:
     return re.sub(r"\b(epochs|steps)=\d+", "\\1=N", description)
 
 
-def resume_point(saved: list[tuple[tuple[int, ...], str]], progress: dict, engines: dict[str, Any],
-                 entries: list[ScheduleEntry]) -> tuple[int, dict | None] | None:
+def resume_point(
+    saved: list[tuple[tuple[int, ...], str]], progress: dict, engines: dict[str, Any], entries: list[ScheduleEntry]
+) -> tuple[int, dict | None] | None:
     """Where a checkpoint taken in a schedule continues in ``entries``, a new flattening of it in
     which ``Repeat(times=)`` or a train Task's ``epochs`` / ``steps`` may have been raised:
     ``(entry index, position inside its task or None)``, or None when the schedules differ.
@@ -203,14 +216,27 @@ def resume_point(saved: list[tuple[tuple[int, ...], str]], progress: dict, engin
     if point == len(entries):
         return point, None
     entry = entries[point]
-    position = dict(progress["task"]) if progress["task"] is not None and current is not None \
-        and current[0] == entry.path and _amountless(current[1]) == _amountless(entry.description) else None
+    position = (
+        dict(progress["task"])
+        if progress["task"] is not None
+        and current is not None
+        and current[0] == entry.path
+        and _amountless(current[1]) == _amountless(entry.description)
+        else None
+    )
     if spans[point] is not None:  # a train task: its repetition ends where the new schedule says
         engine = engines.get(keys[id(entry.item)])
-        if position is None and engine is not None and engine["epoch"] > spans[point][0] - (
-                1 if entry.item.step_mode else entry.item.epochs):  # raised: part of this repetition ran
-            position = {"iteration": engine["iteration"], "epoch_length": engine["epoch_length"],
-                        "max_epochs": spans[point][1], "epoch_done": True}
+        if (
+            position is None
+            and engine is not None
+            and engine["epoch"] > spans[point][0] - (1 if entry.item.step_mode else entry.item.epochs)
+        ):  # raised: part of this repetition ran
+            position = {
+                "iteration": engine["iteration"],
+                "epoch_length": engine["epoch_length"],
+                "max_epochs": spans[point][1],
+                "epoch_done": True,
+            }
         if position is not None:
             position["stop_at"] = spans[point][0]
     return point, position
@@ -223,7 +249,7 @@ def end_of_repeat(entries: list[ScheduleEntry], i: int) -> int:
     if repeat is None:
         return i + 1
     end = i + 1
-    while end < len(entries) and entries[end].path[:len(repeat)] == repeat:
+    while end < len(entries) and entries[end].path[: len(repeat)] == repeat:
         end += 1
     return end
 
@@ -233,7 +259,7 @@ def _validations_follow(entries: list[ScheduleEntry], i: int) -> bool:
     validations (and saves) an ignite trainer would run from its last EPOCH_COMPLETED, before its
     COMPLETED."""
     top = entries[i].path[0]
-    rest = [e.item for e in entries[i + 1:] if e.path[0] == top]
+    rest = [e.item for e in entries[i + 1 :] if e.path[0] == top]
     return bool(rest) and not any(isinstance(item, Task) and item.train for item in rest)
 
 
@@ -270,9 +296,15 @@ class ScheduleRunner:
         self.task: Task | None = None
         self._in_callable = False
 
-    def run(self, entries: list[ScheduleEntry], run_task: Callable[[Task, dict | None, Any, bool], bool],
-            call: Callable[[Any], Any], start: int = 0, resume: dict | None = None,
-            boundary: Callable[[], None] | None = None) -> None:
+    def run(
+        self,
+        entries: list[ScheduleEntry],
+        run_task: Callable[[Task, dict | None, Any, bool], bool],
+        call: Callable[[Any], Any],
+        start: int = 0,
+        resume: dict | None = None,
+        boundary: Callable[[], None] | None = None,
+    ) -> None:
         """Run ``entries[start:]`` (``resume``: the position inside the first one)."""
         if self.entries is not None:  # nested, from a schedule callable: progress stays the outer one
             self._guarded(entries, run_task, call, 0, None, None, track=False)
@@ -283,8 +315,16 @@ class ScheduleRunner:
         finally:
             self.entries, self.task, self._in_callable = None, None, False
 
-    def _guarded(self, entries: list[ScheduleEntry], run_task: Callable, call: Callable, start: int,
-                 resume: dict | None, boundary: Callable[[], None] | None, track: bool) -> None:
+    def _guarded(
+        self,
+        entries: list[ScheduleEntry],
+        run_task: Callable,
+        call: Callable,
+        start: int,
+        resume: dict | None,
+        boundary: Callable[[], None] | None,
+        track: bool,
+    ) -> None:
         tasks = keyed_tasks(entries).values()
         try:
             self._loop(entries, run_task, call, start, resume, boundary, track)
@@ -295,8 +335,16 @@ class ScheduleRunner:
         for task in tasks:
             task.finish()
 
-    def _loop(self, entries: list[ScheduleEntry], run_task: Callable, call: Callable, start: int,
-              resume: dict | None, boundary: Callable[[], None] | None, track: bool) -> None:
+    def _loop(
+        self,
+        entries: list[ScheduleEntry],
+        run_task: Callable,
+        call: Callable,
+        start: int,
+        resume: dict | None,
+        boundary: Callable[[], None] | None,
+        track: bool,
+    ) -> None:
         held: dict[int, tuple[Task, int]] = {}  # train runs held after their last repetition, by the item ending them
         spans = train_spans(entries)
         i = start
@@ -335,8 +383,11 @@ class ScheduleRunner:
                 logger.info("StopTask raised in %s, outside a task: ignored", entries[i].description)
             if ended:
                 end = end_of_repeat(entries, i)
-                logger.info("the engine of %s was terminated: %s", entries[i].description,
-                            "the Repeat holding it ends" if entries[i].repeat is not None else "it does not run again")
+                logger.info(
+                    "the engine of %s was terminated: %s",
+                    entries[i].description,
+                    "the Repeat holding it ends" if entries[i].repeat is not None else "it does not run again",
+                )
                 i = end
             else:
                 i += 1

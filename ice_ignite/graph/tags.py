@@ -8,7 +8,7 @@ is a *hash tag*: a node carrying one is selected when the task names it. The uid
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 __all__ = ["DEFAULT_TAG", "normalize_tags", "make_uid", "split_uid", "is_selected", "check_name"]
 
@@ -32,8 +32,10 @@ def check_name(name: object) -> str:
         raise TypeError(f"a node name must be a str, got {type(name).__name__} {name!r}")
     control = next((c for c in name if ord(c) < 32 or ord(c) == 127), None)
     if control is not None:
-        raise ValueError(f"invalid node name {name!r}: it holds the control character {control!r}; node names are "
-                         "part of file names and log keys: use printable characters only")
+        raise ValueError(
+            f"invalid node name {name!r}: it holds the control character {control!r}; node names are "
+            "part of file names and log keys: use printable characters only"
+        )
     if not name or not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid node name {name!r}: use a non-empty name without spaces, '/', ',', '#', quotes or brackets"
@@ -41,15 +43,19 @@ def check_name(name: object) -> str:
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError as e:
-        raise ValueError(f"invalid node name {name!r}: it cannot be encoded as a file name (UTF-8: {e.reason} at "
-                         f"position {e.start}); use a name of valid Unicode characters") from None
+        raise ValueError(
+            f"invalid node name {name!r}: it cannot be encoded as a file name (UTF-8: {e.reason} at "
+            f"position {e.start}); use a name of valid Unicode characters"
+        ) from None
     if size > _NAME_MAX_BYTES:
-        raise ValueError(f"invalid node name {name[:40]!r}... ({size} bytes in UTF-8): node names are at most "
-                         f"{_NAME_MAX_BYTES} bytes, the longest file name; use a shorter name")
+        raise ValueError(
+            f"invalid node name {name[:40]!r}... ({size} bytes in UTF-8): node names are at most "
+            f"{_NAME_MAX_BYTES} bytes, the longest file name; use a shorter name"
+        )
     return name
 
 
-def normalize_tags(tags: "str | Iterable[str]", what: str = "tags") -> tuple[str, ...]:
+def normalize_tags(tags: str | Iterable[str], what: str = "tags") -> tuple[str, ...]:
     """Turn ``"a"``, ``"a,b"`` or ``["b", "a"]`` into a sorted tuple of unique tags.
 
     Raises:

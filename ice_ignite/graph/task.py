@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from ignite.engine import Events
@@ -49,7 +50,7 @@ class Task:
         Task(train=True, epochs=2, tags='train')
     """
 
-    def __init__(self, *, train: bool, epochs: int = 0, steps: int = 0, tags: "str | Iterable[str]" = DEFAULT_TAG):
+    def __init__(self, *, train: bool, epochs: int = 0, steps: int = 0, tags: str | Iterable[str] = DEFAULT_TAG):
         if not isinstance(train, bool):
             raise TypeError(f"Task train must be True or False, got {train!r}")
         for name, value in (("epochs", epochs), ("steps", steps)):
@@ -131,14 +132,22 @@ class Task:
             )
         empty = [uid for uid, size in sizes.items() if size == 0]
         if empty:
-            raise ScheduleError(f"{self!r}: DatasetNode {', '.join(empty)} yields no batch (empty, or drop_last "
-                                "with fewer samples than batch_size)")
+            raise ScheduleError(
+                f"{self!r}: DatasetNode {', '.join(empty)} yields no batch (empty, or drop_last "
+                "with fewer samples than batch_size)"
+            )
         return min(sizes.values())
 
-    def run(self, graph: ExecutableGraph, attach: Callable[["Task"], None] | None = None,
-            user_handlers: Callable[["Task"], list] | None = None, resume: dict | None = None,
-            reload_epoch: Callable[[], None] | None = None, span: tuple[int, int] | None = None,
-            hold: bool = False) -> bool:
+    def run(
+        self,
+        graph: ExecutableGraph,
+        attach: Callable[[Task], None] | None = None,
+        user_handlers: Callable[[Task], list] | None = None,
+        resume: dict | None = None,
+        reload_epoch: Callable[[], None] | None = None,
+        span: tuple[int, int] | None = None,
+        hold: bool = False,
+    ) -> bool:
         """Run one repetition of the task on ``graph``: ``epochs`` more epochs (or one epoch of
         ``steps × k`` iterations) of its engine.
 
@@ -226,8 +235,13 @@ class Task:
         iteration, stop_at = resume["iteration"], resume.get("stop_at", resume["max_epochs"])
         return iteration < length * stop_at or _pending_epoch_end(resume, length)
 
-    def _bind(self, graph: ExecutableGraph, attach: Callable[["Task"], None] | None,
-              user_handlers: Callable[["Task"], list] | None, new_run: bool) -> None:
+    def _bind(
+        self,
+        graph: ExecutableGraph,
+        attach: Callable[[Task], None] | None,
+        user_handlers: Callable[[Task], list] | None,
+        new_run: bool,
+    ) -> None:
         """Make ``graph`` the running one: continue the suspended ignite run, or open a new one."""
         if self.engine.suspended and (new_run or graph is not self._open_graph):
             self.abandon()  # a resume, or the graph changed between repetitions (nodes added or removed)
@@ -248,16 +262,23 @@ class Task:
         self._stop_at = span[0]
         self.engine.run_task(data, max_epochs=span[1], epoch_length=length)
 
-    def _resume_repetition(self, data: Any, resume: dict, length: int, span: tuple[int, int] | None,
-                           reload_epoch: Callable[[], None] | None) -> Any:
+    def _resume_repetition(
+        self,
+        data: Any,
+        resume: dict,
+        length: int,
+        span: tuple[int, int] | None,
+        reload_epoch: Callable[[], None] | None,
+    ) -> Any:
         """Continue the repetition a checkpoint was taken in; returns the handle of the one-shot
         ``reload_epoch`` handler (None without one)."""
         engine, iteration = self.engine, resume["iteration"]
         stop_at = resume.get("stop_at", resume["max_epochs"])
         target = max(span[1], stop_at) if self.train else resume["max_epochs"]
         pending = _pending_epoch_end(resume, length)
-        engine.load_state_dict({"iteration": iteration, "epoch_length": length, "max_epochs": target,
-                                **self._user_state(resume)})
+        engine.load_state_dict(
+            {"iteration": iteration, "epoch_length": length, "max_epochs": target, **self._user_state(resume)}
+        )
         self._epoch_iter = iteration % length
         self._closed_epoch = iteration // length - (1 if pending else 0)
         self._stop_at = stop_at
@@ -290,8 +311,12 @@ class Task:
         # ignite trainer still runs from its EPOCH_COMPLETED); mid-epoch, the Repeat ends now
         return terminated and self._closed_epoch != state.epoch
 
-    def _open(self, graph: ExecutableGraph, attach: Callable[["Task"], None] | None,
-              user_handlers: Callable[["Task"], list] | None) -> None:
+    def _open(
+        self,
+        graph: ExecutableGraph,
+        attach: Callable[[Task], None] | None,
+        user_handlers: Callable[[Task], list] | None,
+    ) -> None:
         """Attach the handlers of a new ignite run of the engine: the task's, the graph's, the
         run's (``attach``), then user-level ones."""
         engine = self.engine
@@ -434,8 +459,14 @@ class Task:
         offset = -1 if self.engine.last_event_name == Events.ITERATION_STARTED else 0
         iteration, length = int(state.iteration) + offset, int(state.epoch_length)
         done = iteration % length != 0 or iteration // length <= self._closed_epoch
-        return {"iteration": iteration, "epoch_length": length, "max_epochs": int(state.max_epochs),
-                "epoch_done": done, "stop_at": self._stop_at, **self._user_keys()}
+        return {
+            "iteration": iteration,
+            "epoch_length": length,
+            "max_epochs": int(state.max_epochs),
+            "epoch_done": done,
+            "stop_at": self._stop_at,
+            **self._user_keys(),
+        }
 
     def _user_keys(self) -> dict:
         """``{"user": {key: value}}`` of ``engine.state_dict_user_keys`` (none: ``{}``)."""
@@ -458,10 +489,16 @@ class Task:
         state = self.engine.state
         if state.max_epochs is None:
             return None
-        out = {"iteration": int(state.iteration), "epoch": int(state.epoch), "epoch_length": int(state.epoch_length),
-               "max_epochs": int(state.max_epochs), "optim_step": int(state.optim_step),
-               "terminate": bool(self.engine.should_terminate and not self.running), "base": self.base_epoch,
-               **self._user_keys()}
+        out = {
+            "iteration": int(state.iteration),
+            "epoch": int(state.epoch),
+            "epoch_length": int(state.epoch_length),
+            "max_epochs": int(state.max_epochs),
+            "optim_step": int(state.optim_step),
+            "terminate": bool(self.engine.should_terminate and not self.running),
+            "base": self.base_epoch,
+            **self._user_keys(),
+        }
         if self.running:
             position = self.position()
             out["iteration"], out["epoch"] = position["iteration"], position["iteration"] // position["epoch_length"]
@@ -477,8 +514,14 @@ class Task:
             engine.state.max_epochs = None
             engine.state.iteration = engine.state.epoch = engine.state.optim_step = 0
             return
-        engine.load_state_dict({"iteration": saved["iteration"], "epoch_length": saved["epoch_length"],
-                                "max_epochs": saved["max_epochs"], **self._user_state(saved)})
+        engine.load_state_dict(
+            {
+                "iteration": saved["iteration"],
+                "epoch_length": saved["epoch_length"],
+                "max_epochs": saved["max_epochs"],
+                **self._user_state(saved),
+            }
+        )
         engine.state.optim_step = saved["optim_step"]
         engine.should_terminate = bool(saved["terminate"])
 
@@ -492,7 +535,7 @@ class _Batches:
         self.task = task
         self._fetchers = [(node.name, node.next_batch) for node in nodes]
 
-    def __iter__(self) -> "_Batches":
+    def __iter__(self) -> _Batches:
         return self
 
     def __next__(self) -> dict:

@@ -4,8 +4,9 @@ else of the HyperGraph. The upper layers fill it in; nodes only read it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 

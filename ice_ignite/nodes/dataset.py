@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
@@ -22,11 +23,17 @@ __all__ = ["DatasetNode", "move_to"]
 
 _MANAGED = {
     "batch_sampler": "pass batch_size=... (and sampler=... for another order): the DatasetNode batches samples "
-                     "itself, so that resume is exact",
+    "itself, so that resume is exact",
     "generator": "the DatasetNode seeds its own generator from run(seed=...)",
 }
-_PASSED = {"timeout", "worker_init_fn", "multiprocessing_context", "persistent_workers", "pin_memory_device",
-           "in_order"}
+_PASSED = {
+    "timeout",
+    "worker_init_fn",
+    "multiprocessing_context",
+    "persistent_workers",
+    "pin_memory_device",
+    "in_order",
+}
 
 
 def move_to(data: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -47,7 +54,7 @@ class _PassBatchSampler:
     """Yields the batches of the node's current pass, from its current position on: lists of
     indices, or ``(seed, indices)`` for ``SeededBatches`` when DataLoader workers load them."""
 
-    def __init__(self, node: "DatasetNode"):
+    def __init__(self, node: DatasetNode):
         self.node = node
 
     def __len__(self) -> int:
@@ -63,7 +70,7 @@ class _PassBatchSampler:
         seeded = node.num_workers > 0
         single, b = node._world_size == 1, node.batch_size
         for i in range(start, stop):
-            chunk = order[i * b:(i + 1) * b] if single else node._rank_slice(order, i)
+            chunk = order[i * b : (i + 1) * b] if single else node._rank_slice(order, i)
             if seeded:  # SeededBatches reseeds the worker's streams once for the batch
                 yield derive_seed(node._seed, node.uid, node._rank, pass_index, i), chunk
             else:
@@ -144,29 +151,43 @@ class DatasetNode(Node):
             )
         for name, value in (("batch_size", batch_size), ("num_workers", num_workers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
-                raise ValueError(f"DatasetNode {name} must be an int >= {1 if name == 'batch_size' else 0}, "
-                                 f"got {value!r}")
-        for name, value in (("shuffle", shuffle), ("pin_memory", pin_memory), ("drop_last", drop_last),
-                            ("batch_size_in_total", batch_size_in_total)):
+                raise ValueError(
+                    f"DatasetNode {name} must be an int >= {1 if name == 'batch_size' else 0}, got {value!r}"
+                )
+        for name, value in (
+            ("shuffle", shuffle),
+            ("pin_memory", pin_memory),
+            ("drop_last", drop_last),
+            ("batch_size_in_total", batch_size_in_total),
+        ):
             if not isinstance(value, bool):
                 raise TypeError(f"DatasetNode {name} must be True or False, got {value!r}")
         if self.iterable and shuffle:
             raise ValueError("DatasetNode cannot shuffle an IterableDataset: shuffle inside the dataset")
         if sampler is not None:
             if self.iterable or shuffle:
-                raise TypeError(f"DatasetNode takes sampler= ({type(sampler).__name__}) for a map-style dataset "
-                                "without shuffle=True: " + ("an IterableDataset orders itself; drop sampler="
-                                                            if self.iterable else "the sampler orders the samples; "
-                                                            "drop shuffle=True"))
+                raise TypeError(
+                    f"DatasetNode takes sampler= ({type(sampler).__name__}) for a map-style dataset "
+                    "without shuffle=True: "
+                    + (
+                        "an IterableDataset orders itself; drop sampler="
+                        if self.iterable
+                        else "the sampler orders the samples; drop shuffle=True"
+                    )
+                )
             check_sampler(sampler)
-        if prefetch_factor is not None and (isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int)
-                                            or prefetch_factor < 1):
+        if prefetch_factor is not None and (
+            isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int) or prefetch_factor < 1
+        ):
             raise ValueError(f"DatasetNode prefetch_factor must be an int >= 1 or None, got {prefetch_factor!r}")
-        for name, value in (("prefetch_factor", prefetch_factor),
-                            ("persistent_workers", dataloader_kwargs.get("persistent_workers"))):
+        for name, value in (
+            ("prefetch_factor", prefetch_factor),
+            ("persistent_workers", dataloader_kwargs.get("persistent_workers")),
+        ):
             if value not in (None, False) and num_workers == 0:
-                raise ValueError(f"DatasetNode {name}={value!r} needs worker processes: pass num_workers=... >= 1, "
-                                 f"or drop {name}")
+                raise ValueError(
+                    f"DatasetNode {name}={value!r} needs worker processes: pass num_workers=... >= 1, or drop {name}"
+                )
         if dataloader_kwargs.get("in_order", True) is not True:
             raise ValueError(
                 f"DatasetNode in_order={dataloader_kwargs['in_order']!r}: out of order, DataLoader workers hand over "
@@ -243,8 +264,10 @@ class DatasetNode(Node):
         """Samples per full batch in this process."""
         size = self._split(self._global_batch())[self._rank]
         if size == 0:
-            raise ValueError(f"DatasetNode {self.uid!r}: batch_size={self.batch_size} in total is smaller than "
-                             f"the {self._world_size} processes; raise it")
+            raise ValueError(
+                f"DatasetNode {self.uid!r}: batch_size={self.batch_size} in total is smaller than "
+                f"the {self._world_size} processes; raise it"
+            )
         return size
 
     def batches_per_pass(self) -> int | None:
@@ -274,7 +297,7 @@ class DatasetNode(Node):
 
     def _global_slice(self, order: list[int], k: int) -> list[int]:
         g = self._global_batch()
-        chunk = order[k * g:(k + 1) * g]
+        chunk = order[k * g : (k + 1) * g]
         ws = self._world_size
         while len(chunk) < ws:  # every rank needs a sample: repeat from the start of the order
             chunk = chunk + order[: ws - len(chunk)]
@@ -284,7 +307,7 @@ class DatasetNode(Node):
         chunk = self._global_slice(order, k)
         sizes = self._split(len(chunk))
         offset = sum(sizes[: self._rank])
-        return chunk[offset:offset + sizes[self._rank]]
+        return chunk[offset : offset + sizes[self._rank]]
 
     def loss_scale(self, position: int) -> float:
         """``world_size * local / global`` samples of batch ``position``: the factor that makes the
@@ -312,8 +335,13 @@ class DatasetNode(Node):
     def _build_loader(self, device: torch.device) -> DataLoader:
         generator = torch.Generator()
         generator.manual_seed(derive_seed(self._seed, self.uid, self._rank, "loader"))
-        kwargs = dict(num_workers=self.num_workers, collate_fn=self.collate_fn, generator=generator,
-                      pin_memory=self.pin_memory and device.type == "cuda", **self.dataloader_kwargs)
+        kwargs = dict(
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+            generator=generator,
+            pin_memory=self.pin_memory and device.type == "cuda",
+            **self.dataloader_kwargs,
+        )
         if self.prefetch_factor is not None:
             kwargs["prefetch_factor"] = self.prefetch_factor
         if self.num_workers > 0:  # workers leave SIGTERM / SIGINT to this process, and die with it
@@ -323,8 +351,9 @@ class DatasetNode(Node):
 
             with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecates
                 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
-                return StatefulDataLoader(self.dataset, batch_size=self.local_batch_size, drop_last=self.drop_last,
-                                          **kwargs)
+                return StatefulDataLoader(
+                    self.dataset, batch_size=self.local_batch_size, drop_last=self.drop_last, **kwargs
+                )
         if self.iterable:
             return DataLoader(self.dataset, batch_size=self.local_batch_size, drop_last=self.drop_last, **kwargs)
         dataset = SeededBatches(self.dataset) if self.num_workers > 0 else self.dataset
@@ -438,8 +467,14 @@ class DatasetNode(Node):
         except TypeError:  # an unsized IterableDataset
             size = None
         sampler = None if self.sampler is None else f"{type(self.sampler).__name__} of {len(self.sampler)}"
-        return {"batch_size": self.batch_size, "batch_size_in_total": self.batch_size_in_total,
-                "shuffle": self.shuffle, "drop_last": self.drop_last, "len(dataset)": size, "sampler": sampler}
+        return {
+            "batch_size": self.batch_size,
+            "batch_size_in_total": self.batch_size_in_total,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "len(dataset)": size,
+            "sampler": sampler,
+        }
 
     def state_dict(self) -> dict:
         """``{"pass_index", "position", "pass_open"}``: where the next batch comes from; for a

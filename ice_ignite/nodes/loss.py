@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from ignite.metrics import Loss
@@ -118,7 +119,7 @@ class LossNode(Node):
 
     def __init__(
         self,
-        forward: Callable[["LossNode", OutputCache], Any],
+        forward: Callable[[LossNode, OutputCache], Any],
         weight: float = 1.0,
         loss_mode: LossMode = LossMode.MANUAL,
         **resources: Any,
@@ -186,8 +187,10 @@ class LossNode(Node):
 
     def _aux_input(self, key: str) -> tuple[torch.Tensor, int]:
         if key not in self.aux:
-            raise GraphError(f"LossNode {self.uid!r} returned aux[{key!r}] before but not in this iteration; "
-                             "return the same aux keys in every iteration")
+            raise GraphError(
+                f"LossNode {self.uid!r} returned aux[{key!r}] before but not in this iteration; "
+                "return the same aux keys in every iteration"
+            )
         return self.aux[key], self._batch_size()
 
     def _loss_input(self, output: Mapping) -> tuple[torch.Tensor, int]:
@@ -212,8 +215,9 @@ class LossNode(Node):
 
     def _moved(self, metric: Loss, device: torch.device, key: str | None = None) -> Loss:
         moved = self._new_metric(device, key)
-        moved.load_state_dict({k: v.to(device) if isinstance(v, torch.Tensor) else v
-                               for k, v in metric.state_dict().items()})
+        moved.load_state_dict(
+            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in metric.state_dict().items()}
+        )
         return moved
 
     def _attach_engine(self, engine: Any) -> None:

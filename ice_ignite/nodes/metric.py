@@ -4,9 +4,9 @@ by the node's forward (B5)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from ignite.exceptions import NotComputableError
@@ -26,7 +26,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _name_uncomputable(node: "MetricNode") -> None:
+def _name_uncomputable(node: MetricNode) -> None:
     """Make the metric's ``completed`` handler (where ignite computes its value) raise
     ``MetricNotComputableError`` naming ``node`` and the task for ignite's ``NotComputableError``
     (a metric that saw no sample), which names neither. Set on the metric instance, so ``attach``
@@ -45,7 +45,10 @@ def _name_uncomputable(node: "MetricNode") -> None:
                 f"{engine.state.epoch}: {e} Its forward gave the metric no sample: check that the task's "
                 "DatasetNodes yield batches (not an empty dataset, nor drop_last=True with fewer samples than "
                 "batch_size) and that the forward returns the metric's input for them, or leave the MetricNode out "
-                "of this task's tags", node.uid, "compute") from e
+                "of this task's tags",
+                node.uid,
+                "compute",
+            ) from e
 
     metric.completed = named
 
@@ -83,15 +86,17 @@ class MetricNode(Node):
     def __init__(
         self,
         metric: Metric,
-        forward: Callable[["MetricNode", OutputCache], Any],
-        epoch_end: Callable[["MetricNode"], Any] | None = None,
+        forward: Callable[[MetricNode, OutputCache], Any],
+        epoch_end: Callable[[MetricNode], Any] | None = None,
         *,
-        usage: "str | MetricUsage | None" = None,
+        usage: str | MetricUsage | None = None,
         **resources: Any,
     ):
         if isinstance(metric, type):
-            raise TypeError(f"MetricNode needs an ignite.metrics.Metric instance, got the class {metric.__name__}: "
-                            f"instantiate it, e.g. {metric.__name__}()")
+            raise TypeError(
+                f"MetricNode needs an ignite.metrics.Metric instance, got the class {metric.__name__}: "
+                f"instantiate it, e.g. {metric.__name__}()"
+            )
         if not isinstance(metric, Metric):
             raise TypeError(
                 f"MetricNode needs an ignite.metrics.Metric instance, got {type(metric).__name__} {metric!r}; "
@@ -151,7 +156,7 @@ class MetricNode(Node):
             metrics[name] = result
             self._value = result
 
-    def save_best(self, value: Any, higher_better: bool = True, max_keep: int = 3) -> "Path | None":
+    def save_best(self, value: Any, higher_better: bool = True, max_keep: int = 3) -> Path | None:
         """Save a checkpoint when ``value`` is among the ``max_keep`` best seen so far, and delete
         the one that drops out. Call it on every rank, typically from ``epoch_end``:
         ``MetricNode(Accuracy(), forward, epoch_end=lambda n: n.save_best(n.value))``.
@@ -162,8 +167,9 @@ class MetricNode(Node):
         """
         save = self.context.save_best if self.context is not None else None
         if save is None:
-            raise RuntimeError(f"MetricNode {self.uid!r}: save_best needs a run directory: call it during "
-                               "HyperGraph.run")
+            raise RuntimeError(
+                f"MetricNode {self.uid!r}: save_best needs a run directory: call it during HyperGraph.run"
+            )
         if isinstance(value, torch.Tensor):
             value = value.item()
         return save(self, value, higher_better, max_keep)

@@ -7,7 +7,8 @@ import functools
 import re
 import reprlib
 import warnings
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
@@ -25,9 +26,21 @@ PatternKey = "str | tuple[str, ...]"
 
 #: ModuleNode's own options: a resource named within two edits of one is a typo (``module`` and
 #: ``forward`` are required, so Python reports theirs)
-_OPTIONS = ("optimizers", "weight_init_fn", "find_unused_parameters", "static_graph",
-            "broadcast_buffers", "unused_parameters", "ddp_kwargs", "sync_batchnorm", "parallel", "fsdp_policy",
-            "fsdp_kwargs", "compile", "activation_checkpointing")
+_OPTIONS = (
+    "optimizers",
+    "weight_init_fn",
+    "find_unused_parameters",
+    "static_graph",
+    "broadcast_buffers",
+    "unused_parameters",
+    "ddp_kwargs",
+    "sync_batchnorm",
+    "parallel",
+    "fsdp_policy",
+    "fsdp_kwargs",
+    "compile",
+    "activation_checkpointing",
+)
 #: names other libraries give to a ModuleNode option (ignite's ``idist.auto_model(sync_bn=...)``)
 _ALIASES = {"sync_bn": "sync_batchnorm"}
 #: DDP options too generic to tell from a resource: ``dim`` is the dimension DataParallel scatters
@@ -43,53 +56,77 @@ _LEGACY = (*_OWN_DDP_OPTIONS, "sync_batchnorm", "ddp_kwargs", "fsdp_policy", "fs
 _DEFAULT_STRATEGY = DDP()
 
 
-def _strategy(parallel: Any, legacy: dict[str, Any], what: str) -> "DDP | FSDP | None":
+def _strategy(parallel: Any, legacy: dict[str, Any], what: str) -> DDP | FSDP | None:
     """The strategy of ``ModuleNode(parallel=...)``, from the deprecated keywords too (``legacy``:
     ``find_unused_parameters``... ``fsdp_kwargs`` given to the ModuleNode; ``parallel`` a string)."""
     if parallel is None or isinstance(parallel, (DDP, FSDP)):
         if legacy and parallel is not _DEFAULT_STRATEGY:
-            raise TypeError(f"{what} got parallel={parallel!r} and the strategy options {', '.join(legacy)}: pass "
-                            "them to the strategy, e.g. parallel=ice.DDP(find_unused_parameters=True)")
+            raise TypeError(
+                f"{what} got parallel={parallel!r} and the strategy options {', '.join(legacy)}: pass "
+                "them to the strategy, e.g. parallel=ice.DDP(find_unused_parameters=True)"
+            )
         if not legacy:
             return parallel
         parallel = "ddp"
     if not isinstance(parallel, str) or parallel not in _PARALLEL:
         raise ValueError(f"{what} parallel must be ice.DDP(...), ice.FSDP(...) or None, got {parallel!r}")
     given = ", ".join(f"{k}=" for k in legacy)
-    warnings.warn(f"{what}: parallel={parallel!r}{' and ' + given if given else ''} are deprecated: pass "
-                  "parallel=ice.DDP(...) (its options by name), ice.FSDP(policy=..., **fully_shard options) or None",
-                  DeprecationWarning, stacklevel=4)
+    warnings.warn(
+        f"{what}: parallel={parallel!r}{' and ' + given if given else ''} are deprecated: pass "
+        "parallel=ice.DDP(...) (its options by name), ice.FSDP(policy=..., **fully_shard options) or None",
+        DeprecationWarning,
+        stacklevel=4,
+    )
     fsdp = {k: legacy.pop(k) for k in ("fsdp_policy", "fsdp_kwargs") if k in legacy}
     if parallel != "fsdp" and any(v for v in fsdp.values()):
-        raise TypeError(f"{what} got fsdp_policy/fsdp_kwargs with parallel={parallel!r}: they apply to "
-                        "parallel='fsdp' only; pass parallel='fsdp' or leave them out")
+        raise TypeError(
+            f"{what} got fsdp_policy/fsdp_kwargs with parallel={parallel!r}: they apply to "
+            "parallel='fsdp' only; pass parallel='fsdp' or leave them out"
+        )
     ddp = {k: v for k, v in legacy.items() if v != (k == "broadcast_buffers") and k != "ddp_kwargs"}
     ddp_kwargs = legacy.get("ddp_kwargs") or {}
     if parallel != "ddp" and (ddp or ddp_kwargs):
-        names = [k for k in ddp if k != "sync_batchnorm"] + (["ddp_kwargs"] if ddp_kwargs else []) + \
-            (["sync_batchnorm"] if "sync_batchnorm" in ddp else [])
-        raise TypeError(f"{what} got DistributedDataParallel options ({', '.join(names)}) with "
-                        f"parallel={parallel!r}: they apply to parallel='ddp' only; leave them out")
+        names = (
+            [k for k in ddp if k != "sync_batchnorm"]
+            + (["ddp_kwargs"] if ddp_kwargs else [])
+            + (["sync_batchnorm"] if "sync_batchnorm" in ddp else [])
+        )
+        raise TypeError(
+            f"{what} got DistributedDataParallel options ({', '.join(names)}) with "
+            f"parallel={parallel!r}: they apply to parallel='ddp' only; leave them out"
+        )
     if parallel == "fsdp":  # checked as the keywords were, naming the node
         parallel_mod.module_policy(fsdp.get("fsdp_policy"), "fsdp_policy", what)
         options = parallel_mod.check_wrapper_kwargs(
-            fsdp.get("fsdp_kwargs"), argument="fsdp_kwargs", wrapper="fully_shard", valid=parallel_mod.fsdp_options(),
-            reserved=parallel_mod.FSDP_SET_HERE, where=what)
+            fsdp.get("fsdp_kwargs"),
+            argument="fsdp_kwargs",
+            wrapper="fully_shard",
+            valid=parallel_mod.fsdp_options(),
+            reserved=parallel_mod.FSDP_SET_HERE,
+            where=what,
+        )
         return FSDP(policy=fsdp.get("fsdp_policy"), **options)
     if parallel == "none":
         return None
     for flag in (*_OWN_DDP_OPTIONS, "sync_batchnorm"):
         if flag in legacy and not isinstance(legacy[flag], bool):
             raise TypeError(f"ModuleNode {flag} must be True or False, got {legacy[flag]!r}")
-    reserved = {**parallel_mod.DDP_SET_HERE,
-                **{o: f"pass it to the ModuleNode itself: ModuleNode(..., {o}=...)" for o in _OWN_DDP_OPTIONS}}
+    reserved = {
+        **parallel_mod.DDP_SET_HERE,
+        **{o: f"pass it to the ModuleNode itself: ModuleNode(..., {o}=...)" for o in _OWN_DDP_OPTIONS},
+    }
     ddp_kwargs = parallel_mod.check_wrapper_kwargs(
-        ddp_kwargs, argument="ddp_kwargs", wrapper="DistributedDataParallel", valid=parallel_mod.ddp_options(),
-        reserved=reserved, where=what)
+        ddp_kwargs,
+        argument="ddp_kwargs",
+        wrapper="DistributedDataParallel",
+        valid=parallel_mod.ddp_options(),
+        reserved=reserved,
+        where=what,
+    )
     return DDP(**{k: legacy[k] for k in legacy if k != "ddp_kwargs"}, **ddp_kwargs)
 
 
-def key_name(key: "PatternKey") -> str:
+def key_name(key: PatternKey) -> str:
     """The name of an optimizer / scheduler pattern key in checkpoints: ``"a | b"`` for a tuple."""
     return key if isinstance(key, str) else " | ".join(key)
 
@@ -138,15 +175,19 @@ def _check_resources(resources: Mapping[str, Any], what: str) -> None:
         if key in ddp:
             if key in parallel_mod.DDP_SET_HERE:
                 raise TypeError(f"{got}, a DistributedDataParallel option: {parallel_mod.DDP_SET_HERE[key]}")
-            raise TypeError(f"{got}, a DistributedDataParallel option: DDP options go in ddp_kwargs, "
-                            f"e.g. ddp_kwargs={{{key!r}: {reprlib.repr(value)}}}")
+            raise TypeError(
+                f"{got}, a DistributedDataParallel option: DDP options go in ddp_kwargs, "
+                f"e.g. ddp_kwargs={{{key!r}: {reprlib.repr(value)}}}"
+            )
         option = _closest(key, _OPTIONS)
         if option is not None:
             raise TypeError(f"{got}: did you mean {option}? (DDP's other options go in ddp_kwargs={{...}}; {resource})")
         option = _closest(key, [o for o in ddp if o not in parallel_mod.DDP_SET_HERE])
         if option is not None:
-            raise TypeError(f"{got}: did you mean the DistributedDataParallel option {option}? DDP options go in "
-                            f"ddp_kwargs={{{option!r}: ...}} ({resource})")
+            raise TypeError(
+                f"{got}: did you mean the DistributedDataParallel option {option}? DDP options go in "
+                f"ddp_kwargs={{{option!r}: ...}} ({resource})"
+            )
 
 
 def _checkpoint_activations(module: torch.nn.Module, pick: Callable[[torch.nn.Module], bool]) -> None:
@@ -174,7 +215,7 @@ class _ForwardProxy(torch.nn.Module):
     the whole forward (including the pulls of other nodes' outputs) while ``n.module`` stays the
     raw module."""
 
-    def __init__(self, node: "ModuleNode"):
+    def __init__(self, node: ModuleNode):
         super().__init__()
         self.module = node.module
         object.__setattr__(self, "_node", node)  # a plain reference, not a registered submodule
@@ -254,13 +295,13 @@ class ModuleNode(Node):
     def __init__(
         self,
         module: torch.nn.Module,
-        forward: Callable[["ModuleNode", OutputCache], Any],
-        optimizers: "Optimizer | Mapping[PatternKey, Optimizer] | None" = None,
+        forward: Callable[[ModuleNode, OutputCache], Any],
+        optimizers: Optimizer | Mapping[PatternKey, Optimizer] | None = None,
         weight_init_fn: Callable[[torch.nn.Module], Any] | None = None,
         *,
-        parallel: "DDP | FSDP | str | None" = _DEFAULT_STRATEGY,
+        parallel: DDP | FSDP | str | None = _DEFAULT_STRATEGY,
         unused_parameters: str = "error",
-        compile: "bool | Mapping[str, Any]" = False,
+        compile: bool | Mapping[str, Any] = False,
         activation_checkpointing: Any = None,
         **resources: Any,
     ):
@@ -271,7 +312,8 @@ class ModuleNode(Node):
         check_callable(forward, 2, "forward of ModuleNode", "forward=lambda n, x: n.module(x['data'][0])")
         if unused_parameters not in _UNUSED_POLICIES:
             raise ValueError(
-                f"ModuleNode unused_parameters must be 'error', 'zero' or 'skip', got {unused_parameters!r}")
+                f"ModuleNode unused_parameters must be 'error', 'zero' or 'skip', got {unused_parameters!r}"
+            )
         what = f"ModuleNode({type(module).__name__})"
         legacy = {k: resources.pop(k) for k in _LEGACY if k in resources}
         _check_resources(resources, what)
@@ -283,11 +325,18 @@ class ModuleNode(Node):
             compile_kwargs = {} if compile else None
         elif isinstance(compile, Mapping):
             compile_kwargs = parallel_mod.check_wrapper_kwargs(
-                compile, argument="compile", wrapper="torch.compile", valid=parallel_mod.compile_options(),
-                reserved={}, where=what)
+                compile,
+                argument="compile",
+                wrapper="torch.compile",
+                valid=parallel_mod.compile_options(),
+                reserved={},
+                where=what,
+            )
         else:
-            raise TypeError(f"{what} compile must be True, False or a dict of torch.compile options, got "
-                            f"{compile!r}; e.g. compile={{'backend': 'inductor', 'mode': 'max-autotune'}}")
+            raise TypeError(
+                f"{what} compile must be True, False or a dict of torch.compile options, got "
+                f"{compile!r}; e.g. compile={{'backend': 'inductor', 'mode': 'max-autotune'}}"
+            )
         checkpointed = parallel_mod.module_policy(activation_checkpointing, "activation_checkpointing", what)
         if weight_init_fn is not None:
             check_callable(weight_init_fn, 1, f"weight_init_fn of {what}", "weight_init_fn=lambda m: ...")
@@ -322,11 +371,13 @@ class ModuleNode(Node):
             self._training_record[key_name(key)] = {  # as built: before a scheduler changes the lr
                 "class": f"{type(opt).__module__}.{type(opt).__qualname__}",
                 "grad_clip_norm": spec.grad_clip_norm,
-                "hyper_parameters": [{k: _recorded(v) for k, v in group.items() if k != "params"}
-                                     for group in opt.param_groups],
+                "hyper_parameters": [
+                    {k: _recorded(v) for k, v in group.items() if k != "params"} for group in opt.param_groups
+                ],
             }
-            self._built_groups[key_name(key)] = [{k: v for k, v in group.items() if k != "params"}
-                                                 for group in opt.param_groups]
+            self._built_groups[key_name(key)] = [
+                {k: v for k, v in group.items() if k != "params"} for group in opt.param_groups
+            ]
             sched = spec.build_scheduler(opt, where)
             self.optimizers[key] = opt
             if sched is not None:
@@ -415,8 +466,10 @@ class ModuleNode(Node):
         ``grad_clip_norm`` and ``hyper_parameters`` (every param group's entries but ``params``, as
         the optimizer was built from the code, before any LR scheduler changed them). Checkpoints
         carry it, so that a resume can tell that the code changed them (``strict_resume``)."""
-        return {name: {**record, "hyper_parameters": [dict(group) for group in record["hyper_parameters"]]}
-                for name, record in self._training_record.items()}
+        return {
+            name: {**record, "hyper_parameters": [dict(group) for group in record["hyper_parameters"]]}
+            for name, record in self._training_record.items()
+        }
 
     def built_hyper_parameters(self) -> dict[str, list[dict]]:
         """Every optimizer's param-group entries but ``params`` as built from the code (before any
@@ -488,9 +541,15 @@ class ModuleNode(Node):
         """Shard the module with FSDP2 and point the optimizers at the sharded parameters (their
         state, if any was loaded, sharded the same way)."""
         names = {id(p): name for name, p in self.module.named_parameters()}
-        root = parallel_mod.shard_fsdp(_ShardedProxy(self), self.module, self.strategy.pick, device,
-                                       self.egraph.autocast, f"ModuleNode {self.uid!r}",
-                                       **self.strategy.fully_shard_kwargs)
+        root = parallel_mod.shard_fsdp(
+            _ShardedProxy(self),
+            self.module,
+            self.strategy.pick,
+            device,
+            self.egraph.autocast,
+            f"ModuleNode {self.uid!r}",
+            **self.strategy.fully_shard_kwargs,
+        )
         sharded = dict(self.module.named_parameters())
         new = {pid: sharded[name] for pid, name in names.items()}
         for opt in self.optimizers.values():
@@ -517,8 +576,11 @@ class ModuleNode(Node):
         for handle in self._batchnorm_hooks:
             handle.remove()
         self._batchnorm_hooks = []
-        training = [f"{name or '<the module>'} ({type(m).__name__})"
-                    for name, m in parallel_mod.batchnorm_layers(self.module) if m.training]
+        training = [
+            f"{name or '<the module>'} ({type(m).__name__})"
+            for name, m in parallel_mod.batchnorm_layers(self.module)
+            if m.training
+        ]
         if not training or not self.training or parallel_mod.world_size() == 1:
             return
         self._batchnorm_warned = True
@@ -527,7 +589,9 @@ class ModuleNode(Node):
                 f"ModuleNode {self.uid!r}: BatchNorm layer(s) {', '.join(training)} of {type(self.module).__name__} "
                 f"train with per-process batch statistics in this {parallel_mod.world_size()}-process run. Pass "
                 "sync_batchnorm=True to the ModuleNode to compute them over the global batch (GPUs only), or keep "
-                "per-process statistics knowingly (put the layers in eval mode to freeze them)", stacklevel=2)
+                "per-process statistics knowingly (put the layers in eval mode to freeze them)",
+                stacklevel=2,
+            )
 
     def _check_unused(self) -> None:
         missing = []
@@ -596,7 +660,8 @@ class ModuleNode(Node):
                 f"ModuleNode {self.uid!r}: a checkpoint in the middle of a gradient accumulation cycle of a "
                 "parallel='fsdp' module would lose the gradients accumulated so far (FSDP holds them unsharded); "
                 "checkpoint at the end of a cycle (after a multiple of grad_acc_steps iterations) or use "
-                "parallel='ddp'")
+                "parallel='ddp'"
+            )
         state = {
             "module": self.module.state_dict(),
             "optimizers": {key_name(k): opt.state_dict() for k, opt in self.optimizers.items()},
@@ -608,8 +673,12 @@ class ModuleNode(Node):
         """``saved`` (an optimizer state_dict of full tensors) with each parameter's state sharded as
         the parameter is."""
         params = [p for group in opt.param_groups for p in group["params"]]
-        state = {i: {k: self._shard_state(v, params[i]) for k, v in values.items()}
-                 if isinstance(i, int) and 0 <= i < len(params) else values for i, values in saved["state"].items()}
+        state = {
+            i: {k: self._shard_state(v, params[i]) for k, v in values.items()}
+            if isinstance(i, int) and 0 <= i < len(params)
+            else values
+            for i, values in saved["state"].items()
+        }
         return {**saved, "state": state}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
@@ -622,7 +691,8 @@ class ModuleNode(Node):
         if not strict and (result.missing_keys or result.unexpected_keys):
             warnings.warn(
                 f"{self.uid}: module weights loaded non-strictly; missing {result.missing_keys}, "
-                f"unexpected {result.unexpected_keys}"
+                f"unexpected {result.unexpected_keys}",
+                stacklevel=2,
             )
         for kind, objects in (("optimizers", self.optimizers), ("lr_schedulers", self.lr_schedulers)):
             saved = dict(state.get(kind, {}))
@@ -636,9 +706,11 @@ class ModuleNode(Node):
                 elif strict:
                     raise KeyError(f"{self.uid}: the checkpoint has no state for {kind[:-1]} {name!r}")
                 else:
-                    warnings.warn(f"{self.uid}: the checkpoint has no state for {kind[:-1]} {name!r}; kept as is")
+                    warnings.warn(
+                        f"{self.uid}: the checkpoint has no state for {kind[:-1]} {name!r}; kept as is", stacklevel=2
+                    )
             if saved:
                 msg = f"{self.uid}: the checkpoint holds {kind} {sorted(saved)} that this node does not have"
                 if strict:
                     raise KeyError(msg)
-                warnings.warn(msg)
+                warnings.warn(msg, stacklevel=2)

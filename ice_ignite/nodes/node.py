@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import inspect
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -76,7 +77,7 @@ class Node:
         3
     """
 
-    def __init__(self, forward: Callable[["Node", OutputCache], Any] | None = None, **resources: Any):
+    def __init__(self, forward: Callable[[Node, OutputCache], Any] | None = None, **resources: Any):
         self._name: str | None = None
         self._uid: str | None = None
         self._tags: tuple[str, ...] = ()
@@ -130,8 +131,10 @@ class Node:
     def forward(self) -> Any:
         """This node's output for the current iteration (computed once, then cached)."""
         if self.egraph is None or self.egraph.task is None:
-            raise RuntimeError(f"node {self._uid!r} is not part of a running task: forward() works inside one, "
-                               "from a forward, a hook or a handler of the task's engine")
+            raise RuntimeError(
+                f"node {self._uid!r} is not part of a running task: forward() works inside one, "
+                "from a forward, a hook or a handler of the task's engine"
+            )
         return self.egraph.cache[self._name]
 
     # Hooks: no-ops here. The graph attaches only the ones a node defines (see ExecutableGraph).
@@ -244,7 +247,7 @@ class Node:
         return self._ctx("grad_acc_steps").grad_acc_steps
 
     @property
-    def grad_scaler(self) -> "torch.amp.GradScaler | None":
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
         """The run's GradScaler, or None when it is disabled."""
         return self._ctx("grad_scaler").precision.grad_scaler
 

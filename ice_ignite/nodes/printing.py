@@ -25,8 +25,11 @@ def _tensor(t: torch.Tensor) -> str:
     finite = torch.isfinite(data)
     nan, inf = int(torch.isnan(data).sum().item()), int(torch.isinf(data).sum().item())
     vals = data[finite]
-    stats = (f" min {vals.min().item():.4g} max {vals.max().item():.4g} mean {vals.mean().item():.4g}"
-             if vals.numel() else " no finite value")
+    stats = (
+        f" min {vals.min().item():.4g} max {vals.max().item():.4g} mean {vals.mean().item():.4g}"
+        if vals.numel()
+        else " no finite value"
+    )
     return head + stats + (f" nan {nan}" if nan else "") + (f" inf {inf}" if inf else "")
 
 
@@ -60,8 +63,7 @@ def summarize(value: Any, indent: str = "  ") -> str:
 class PrintProbe(Node):
     """Prints summaries of other nodes' outputs (``HyperGraph.print_forward_output``)."""
 
-    def __init__(self, names: tuple[str, ...], every: int, total: int | None, train_only: bool,
-                 localrank0_only: bool):
+    def __init__(self, names: tuple[str, ...], every: int, total: int | None, train_only: bool, localrank0_only: bool):
         self.names = names
         self.every = every
         self.total = total

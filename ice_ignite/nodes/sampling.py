@@ -18,7 +18,7 @@ __all__ = ["check_sampler", "sampler_order", "SeededBatches"]
 _REFUSED = {
     BatchSampler: "it yields batches: pass its sampler and batch_size=... instead",
     DistributedSampler: "the DatasetNode gives each process its slice of the order itself: pass the sampler it "
-                        "would wrap (or shuffle=True) instead",
+    "would wrap (or shuffle=True) instead",
 }
 
 
@@ -58,8 +58,10 @@ def check_sampler(sampler: Any) -> None:
     try:
         length = len(sampler)
     except TypeError:
-        raise TypeError(f"DatasetNode(sampler=...): the {name} has no __len__; the DatasetNode needs the number of "
-                        "samples of a pass (give the sampler a __len__)") from None
+        raise TypeError(
+            f"DatasetNode(sampler=...): the {name} has no __len__; the DatasetNode needs the number of "
+            "samples of a pass (give the sampler a __len__)"
+        ) from None
     first, second = sampler_order(sampler, 0), sampler_order(sampler, 0)
     if first != second:
         raise ValueError(
@@ -69,14 +71,18 @@ def check_sampler(sampler: Any) -> None:
             "global streams: the DatasetNode seeds them per pass. Or use shuffle=True instead of a sampler"
         )
     if len(first) != length:
-        raise ValueError(f"DatasetNode(sampler=...): the {name} yields {len(first)} indices but its __len__ is "
-                         f"{length}; fix its __len__")
+        raise ValueError(
+            f"DatasetNode(sampler=...): the {name} yields {len(first)} indices but its __len__ is "
+            f"{length}; fix its __len__"
+        )
     if first:
         try:
             operator.index(first[0])
         except TypeError:
-            raise TypeError(f"DatasetNode(sampler=...): the {name} yields {type(first[0]).__name__} "
-                            f"({first[0]!r}), not sample indices; batches come from batch_size=...") from None
+            raise TypeError(
+                f"DatasetNode(sampler=...): the {name} yields {type(first[0]).__name__} "
+                f"({first[0]!r}), not sample indices; batches come from batch_size=..."
+            ) from None
 
 
 class SeededBatches(Dataset):

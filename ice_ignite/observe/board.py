@@ -62,8 +62,9 @@ class _Events:
         self._logdir = logdir
         self.flush_secs = flush_secs
         # the second and the nanoseconds: files of one run directory sort in the order written
-        self.path = os.path.join(logdir, f"{EVENTS_PREFIX}{int(time.time()):010d}.{socket.gethostname()}."
-                                         f"{time.time_ns()}")
+        self.path = os.path.join(
+            logdir, f"{EVENTS_PREFIX}{int(time.time()):010d}.{socket.gethostname()}.{time.time_ns()}"
+        )
         self._file: Any = None
         self._last_flush = time.monotonic()
         try:
@@ -82,8 +83,9 @@ class _Events:
         try:
             data = event.SerializeToString()
             header = struct.pack("Q", len(data))
-            self._file.write(header + struct.pack("I", masked_crc32c(header)) + data +
-                             struct.pack("I", masked_crc32c(data)))
+            self._file.write(
+                header + struct.pack("I", masked_crc32c(header)) + data + struct.pack("I", masked_crc32c(data))
+            )
             if time.monotonic() - self._last_flush > self.flush_secs:
                 self._file.flush()
                 self._last_flush = time.monotonic()
@@ -120,9 +122,11 @@ class _Events:
                 file.close()
             except (OSError, MemoryError):
                 pass  # the buffered tail fails again: it is lost with the board's later events
-        message = (f"the board's event file {self.path!r} cannot be written ({type(error).__name__}: {error}); "
-                   "TensorBoard logging stops for the rest of this run and training goes on. Free disk space (or "
-                   "raise the file-size or memory limit) and resume from a checkpoint to log again")
+        message = (
+            f"the board's event file {self.path!r} cannot be written ({type(error).__name__}: {error}); "
+            "TensorBoard logging stops for the rest of this run and training goes on. Free disk space (or "
+            "raise the file-size or memory limit) and resume from a checkpoint to log again"
+        )
         logger.warning("%s", message)
         warnings.warn(message, stacklevel=3)
 
@@ -151,7 +155,7 @@ class BoardWriter(SummaryWriter):
         return self._get_file_writer().event_writer.path
 
 
-def board_files(logdir: "str | os.PathLike") -> dict[str, int]:
+def board_files(logdir: str | os.PathLike) -> dict[str, int]:
     """``{name: size}`` of the event files directly in ``logdir``: what a checkpoint records of
     the board."""
     logdir = Path(logdir)
@@ -160,7 +164,7 @@ def board_files(logdir: "str | os.PathLike") -> dict[str, int]:
     return {p.name: p.stat().st_size for p in logdir.iterdir() if p.name.startswith(EVENTS_PREFIX) and p.is_file()}
 
 
-def rewind_board(logdir: "str | os.PathLike", record: dict[str, int]) -> list[str]:
+def rewind_board(logdir: str | os.PathLike, record: dict[str, int]) -> list[str]:
     """Put the board of ``logdir`` back where a checkpoint recorded it (``board_files`` then):
     event files cut back to their recorded sizes, event files written after the checkpoint
     removed. So a resumed run logs what followed the checkpoint once, and nothing logged before
@@ -177,13 +181,19 @@ def rewind_board(logdir: "str | os.PathLike", record: dict[str, int]) -> list[st
                 os.truncate(file, record[name])
                 changed.append(f"cut {name} back to {record[name]} bytes")
         except OSError as e:
-            warnings.warn(f"cannot rewind the board's event file {str(file)!r} to the checkpoint ({e}): TensorBoard "
-                          "may show the steps after the checkpoint twice", stacklevel=4)
+            warnings.warn(
+                f"cannot rewind the board's event file {str(file)!r} to the checkpoint ({e}): TensorBoard "
+                "may show the steps after the checkpoint twice",
+                stacklevel=4,
+            )
     present = board_files(logdir)
     lost = [name for name, size in record.items() if present.get(name, -1) < size]
     if lost:
-        warnings.warn(f"the board's event files {', '.join(lost)} in {str(logdir)!r} are gone or shorter than when the "
-                      "checkpoint was taken: TensorBoard lacks what they held", stacklevel=4)
+        warnings.warn(
+            f"the board's event files {', '.join(lost)} in {str(logdir)!r} are gone or shorter than when the "
+            "checkpoint was taken: TensorBoard lacks what they held",
+            stacklevel=4,
+        )
     return changed
 
 

@@ -7,8 +7,8 @@ import contextlib
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tqdm import tqdm
 
@@ -54,9 +54,12 @@ class _RunLogFile(logging.FileHandler):
         error = sys.exc_info()[1]
         if not self.failed:
             self.failed = True
-            warnings.warn(f"the run's log file {self.baseFilename!r} cannot be written ({type(error).__name__}: "
-                          f"{error}); it gets no more records in this run, training goes on. Free disk space (or raise "
-                          "the file-size limit)", stacklevel=2)
+            warnings.warn(
+                f"the run's log file {self.baseFilename!r} cannot be written ({type(error).__name__}: "
+                f"{error}); it gets no more records in this run, training goes on. Free disk space (or raise "
+                "the file-size limit)",
+                stacklevel=2,
+            )
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.failed:
@@ -68,8 +71,11 @@ class _RunLogFile(logging.FileHandler):
         except (OSError, MemoryError) as e:  # the buffered tail fails again
             if not self.failed:
                 self.failed = True
-                warnings.warn(f"the run's log file {self.baseFilename!r} cannot be written ({type(e).__name__}: {e}); "
-                              "its last records are lost", stacklevel=2)
+                warnings.warn(
+                    f"the run's log file {self.baseFilename!r} cannot be written ({type(e).__name__}: {e}); "
+                    "its last records are lost",
+                    stacklevel=2,
+                )
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
@@ -76,8 +77,16 @@ class Progress:
         s = engine.state
         rate = (s.iteration - state["start_iter"]) / max(now - state["start"], 1e-9)
         losses = " ".join(f"{k} {v.item():.4g}" for k, v in _losses(task)(s.output).items())
-        logger.info("%s epoch %d/%d iteration %d/%d %s %.1f it/s", task.label, s.epoch, s.max_epochs,
-                    (s.iteration - 1) % s.epoch_length + 1, s.epoch_length, losses, rate)
+        logger.info(
+            "%s epoch %d/%d iteration %d/%d %s %.1f it/s",
+            task.label,
+            s.epoch,
+            s.max_epochs,
+            (s.iteration - 1) % s.epoch_length + 1,
+            s.epoch_length,
+            losses,
+            rate,
+        )
 
     @staticmethod
     def _line_epoch(engine: Engine, task: Any) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import csv
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -63,10 +64,10 @@ class NodeTimer:
         def end(what: str, phase: str) -> Callable[[], None]:
             return lambda: self.add(what, phase, self.now() - start[0])
 
-        for first, last, what, phase in ((StepEvents.BACKWARD_STARTED, StepEvents.BACKWARD_COMPLETED,
-                                          "(summed loss)", "backward"),
-                                         (StepEvents.OPTIM_STEP_STARTED, StepEvents.OPTIM_STEP_COMPLETED,
-                                          "(optimizers)", "update")):
+        for first, last, what, phase in (
+            (StepEvents.BACKWARD_STARTED, StepEvents.BACKWARD_COMPLETED, "(summed loss)", "backward"),
+            (StepEvents.OPTIM_STEP_STARTED, StepEvents.OPTIM_STEP_COMPLETED, "(optimizers)", "update"),
+        ):
             engine.add_event_handler(first, begin)
             engine.add_event_handler(last, end(what, phase))
 
@@ -80,8 +81,9 @@ class NodeTimer:
             writer.writerow(["task", "node", "phase", "calls", "total_s", "mean_ms", "share"])
             for (task, uid, phase), total in rows:
                 calls = self.calls[(task, uid, phase)]
-                writer.writerow([task, uid, phase, calls, f"{total:.6f}", f"{1e3 * total / calls:.4f}",
-                                 f"{total / grand:.4f}"])
+                writer.writerow(
+                    [task, uid, phase, calls, f"{total:.6f}", f"{1e3 * total / calls:.4f}", f"{total / grand:.4f}"]
+                )
         written = [csv_path]
         try:
             from matplotlib.figure import Figure  # not pyplot: the user's backend stays as it is

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from ignite.handlers.param_scheduler import ParamScheduler
@@ -53,8 +54,10 @@ class Optimizer:
                 "lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=10)"
             )
         if grad_clip_norm is not None:
-            if isinstance(grad_clip_norm, bool) or not isinstance(grad_clip_norm, (int, float)) or not (
-                math.isfinite(grad_clip_norm) and grad_clip_norm > 0
+            if (
+                isinstance(grad_clip_norm, bool)
+                or not isinstance(grad_clip_norm, (int, float))
+                or not (math.isfinite(grad_clip_norm) and grad_clip_norm > 0)
             ):
                 raise ValueError(f"grad_clip_norm must be a positive finite number, got {grad_clip_norm!r}")
         self.optimizer = optimizer

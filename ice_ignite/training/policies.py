@@ -4,7 +4,8 @@ events (like ignite's ``TerminateOnNan``, decided the same way on every rank).""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from ignite.engine import Events
@@ -19,8 +20,10 @@ __all__ = ["NonFinitePolicy", "POLICIES"]
 logger = logging.getLogger("ice_ignite")
 
 POLICIES = ("raise", "skip", "stop", "ignore")
-_HINT = ("Lower the learning rate, clip gradients (grad_clip_norm=), or choose g.set_nonfinite_policy('skip') to "
-         "skip such steps or 'stop' to checkpoint and stop")
+_HINT = (
+    "Lower the learning rate, clip gradients (grad_clip_norm=), or choose g.set_nonfinite_policy('skip') to "
+    "skip such steps or 'stop' to checkpoint and stop"
+)
 
 
 class NonFinitePolicy:
@@ -77,8 +80,11 @@ class NonFinitePolicy:
         this iteration's losses (not yet in the averages) are read too, on every rank."""
         now = context.counters.steps.train + (1 if before_step else 0)
         graph, bad = task.graph, []
-        current = torch.stack([graph.cache.value(n.name).detach().float() for n in graph.loss_nodes]
-                              ) if before_step and graph.loss_nodes else None
+        current = (
+            torch.stack([graph.cache.value(n.name).detach().float() for n in graph.loss_nodes])
+            if before_step and graph.loss_nodes
+            else None
+        )
         flags = (~torch.isfinite(current)).tolist() if current is not None else [False] * len(graph.loss_nodes)
         for node, flag in zip(graph.loss_nodes, flags):
             try:
@@ -107,12 +113,17 @@ class NonFinitePolicy:
         flag, self._bad = self._bad, None
         if not parallel.any_rank(bool(flag) if flag is not None else False):
             return
-        culprits = [f"{n.uid} = {graph.cache.value(n.name).item()}" for n in graph.loss_nodes
-                    if not torch.isfinite(graph.cache.value(n.name)).item()] or [
-            "a loss of an earlier micro-batch of the cycle, or of another rank"]
+        culprits = [
+            f"{n.uid} = {graph.cache.value(n.name).item()}"
+            for n in graph.loss_nodes
+            if not torch.isfinite(graph.cache.value(n.name)).item()
+        ] or ["a loss of an earlier micro-batch of the cycle, or of another rank"]
         where = f"in optimizer step {context.counters.steps.train + 1} of {task!r}: {'; '.join(culprits)}"
-        logger.warning("non-finite loss %s: the optimizer step is skipped%s", where,
-                       "; the run checkpoints and stops" if self.policy == "stop" else "")
+        logger.warning(
+            "non-finite loss %s: the optimizer step is skipped%s",
+            where,
+            "; the run checkpoints and stops" if self.policy == "stop" else "",
+        )
         graph.step_now = False  # no optimizer, scheduler or scaler step, and no step counted
         self.skipped_steps += 1
         self._stop = self.policy == "stop"

@@ -38,8 +38,12 @@ class Precision:
         #: whether an optimizer stepped through the scaler in this optimizer step
         self.scaler_stepped = False
 
-    def configure_autocast(self, enabled: bool = True, dtype: torch.dtype | None = None,
-                           grad_scaler: "bool | torch.amp.GradScaler | None" = None) -> None:
+    def configure_autocast(
+        self,
+        enabled: bool = True,
+        dtype: torch.dtype | None = None,
+        grad_scaler: bool | torch.amp.GradScaler | None = None,
+    ) -> None:
         """See ``HyperGraph.init_autocast``."""
         if not isinstance(enabled, bool):
             raise TypeError(f"autocast_enabled must be True or False, got {enabled!r}")
@@ -50,8 +54,9 @@ class Precision:
         if grad_scaler is not None:
             self.configure_scaler(grad_scaler)
 
-    def configure_scaler(self, grad_scaler: "bool | torch.amp.GradScaler" = True, enabled: bool = True,
-                         **scaler_kwargs: Any) -> None:
+    def configure_scaler(
+        self, grad_scaler: bool | torch.amp.GradScaler = True, enabled: bool = True, **scaler_kwargs: Any
+    ) -> None:
         """See ``HyperGraph.init_grad_scaler``."""
         if not isinstance(grad_scaler, (bool, torch.amp.GradScaler)):
             raise TypeError(f"grad_scaler must be True, False or a torch.amp.GradScaler, got {grad_scaler!r}")

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import linear_graph, saved_checkpoint
 from ignite.engine import Events
 from ignite.metrics import Accuracy
 
 import ice_ignite as ice
 from ice_ignite import CheckpointError, ResumeTaskFailed
-
-from conftest import linear_graph, saved_checkpoint
 
 CHILD = Path(__file__).resolve().parents[1] / "checkpoint_child.py"
 
@@ -45,26 +44,37 @@ def experiment(workers, accumulate=2):
     g.add("data", ice.DatasetNode(Augmented(28), batch_size=4, shuffle=True, num_workers=workers), tags="train")
     g.add("data", ice.DatasetNode(Augmented(12), batch_size=6), tags="val")
     net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(16, 3))
-    spec = ice.Optimizer(torch.optim.Adam, lr=1e-2,
-                         lr_scheduler=lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9))
+    spec = ice.Optimizer(
+        torch.optim.Adam, lr=1e-2, lr_scheduler=lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+    )
     g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0]), optimizers=spec))
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
     g.add("acc", ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1])), tags="val")
     seen = []
-    g.add("rec", ice.Node(forward=lambda n, x: seen.append(
-        (n.task.train, x["data"][2].tolist(), x["data"][0].sum().item(), x["net"].sum().item()))))
+    g.add(
+        "rec",
+        ice.Node(
+            forward=lambda n, x: seen.append(
+                (n.task.train, x["data"][2].tolist(), x["data"][0].sum().item(), x["net"].sum().item())
+            )
+        ),
+    )
     return g, net, seen
 
 
 def schedule():
     train = ice.Task(train=True, epochs=2, tags="train")  # 7 iterations per epoch, cycles of 2 (last one partial)
-    train.engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.state.g.save_checkpoint()
-                                   if hasattr(e.state, "g") else None)
+    train.engine.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: e.state.g.save_checkpoint() if hasattr(e.state, "g") else None
+    )
     val = ice.Task(train=False, epochs=1, tags="val")
-    val.engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.state.g.save_checkpoint()
-                                 if hasattr(e.state, "g") else None)
-    return [ice.Repeat([train, val, ice.SaveCheckpointTask()], times=2), ice.Task(train=True, steps=3, tags="train")], \
-        [train, val]
+    val.engine.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: e.state.g.save_checkpoint() if hasattr(e.state, "g") else None
+    )
+    return [ice.Repeat([train, val, ice.SaveCheckpointTask()], times=2), ice.Task(train=True, steps=3, tags="train")], [
+        train,
+        val,
+    ]
 
 
 def run_experiment(tmp_path, run_id, workers, resume_from=None, save_every_iteration=False):
@@ -78,10 +88,12 @@ def run_experiment(tmp_path, run_id, workers, resume_from=None, save_every_itera
 
 
 def final_state(g, net):
-    return {"module": {k: v.clone() for k, v in net.state_dict().items()},
-            "optim": g["*/net"].optimizers[".*"].state_dict(),
-            "sched": g["*/net"].lr_schedulers[".*"].state_dict(),
-            "counters": g.global_counters.state_dict()}
+    return {
+        "module": {k: v.clone() for k, v in net.state_dict().items()},
+        "optim": g["*/net"].optimizers[".*"].state_dict(),
+        "sched": g["*/net"].lr_schedulers[".*"].state_dict(),
+        "counters": g.global_counters.state_dict(),
+    }
 
 
 def assert_identical(a, b, path="state"):
@@ -101,19 +113,38 @@ def assert_identical(a, b, path="state"):
 
 
 def test_a_checkpoint_holds_everything_needed_to_resume(tmp_path):
-    g, net, _ = run_experiment(tmp_path, "ref", 0, save_every_iteration=True)
+    _g, _net, _ = run_experiment(tmp_path, "ref", 0, save_every_iteration=True)
     state = torch.load(sorted((tmp_path / "ref" / "ckpts").glob("ckpt-*.pt"))[3], weights_only=True)
     assert state["format"] == "ice_ignite.checkpoint.v1"
-    assert set(state) >= {"schedule", "progress", "nodes", "counters", "ranks", "seed", "grad_scaler", "engines",
-                          "handlers", "objects"}
+    assert set(state) >= {
+        "schedule",
+        "progress",
+        "nodes",
+        "counters",
+        "ranks",
+        "seed",
+        "grad_scaler",
+        "engines",
+        "handlers",
+        "objects",
+    }
     assert len(state["ranks"]) == 1 and set(state["ranks"][0]["rng"]) >= {"torch", "python", "numpy"}
     assert set(state["nodes"]) == {"train/data", "val/data", "*/net", "*/ce", "val/acc", "*/rec"}
     assert state["nodes"]["train/data"] == {"pass_index": 0, "position": 4, "pass_open": True}
     # one ignite run over the task's two repetitions: max_epochs is their total, this one ends at epoch 2
-    assert state["progress"] == {"entry": 0, "task": {"iteration": 4, "epoch_length": 7, "max_epochs": 4,
-                                                      "epoch_done": True, "stop_at": 2}}
-    assert state["engines"]["task0"] == {"iteration": 4, "epoch": 0, "epoch_length": 7, "max_epochs": 4,
-                                         "optim_step": 2, "terminate": False, "base": 0}
+    assert state["progress"] == {
+        "entry": 0,
+        "task": {"iteration": 4, "epoch_length": 7, "max_epochs": 4, "epoch_done": True, "stop_at": 2},
+    }
+    assert state["engines"]["task0"] == {
+        "iteration": 4,
+        "epoch": 0,
+        "epoch_length": 7,
+        "max_epochs": 4,
+        "optim_step": 2,
+        "terminate": False,
+        "base": 0,
+    }
     assert set(state["nodes"]["*/net"]) == {"module", "optimizers", "lr_schedulers"}
     assert state["ranks"][0]["grads"] == {}  # iteration 4 ends a cycle of 2
     mid = torch.load(sorted((tmp_path / "ref" / "ckpts").glob("ckpt-*.pt"))[2], weights_only=True)
@@ -132,7 +163,7 @@ def test_resume_from_any_checkpoint_continues_bit_for_bit(tmp_path, workers):
         done = torch.load(ckpt, weights_only=True)["nodes"]["*/rec"]
         g2, net2, seen = run_experiment(tmp_path, f"resume{k}", workers, resume_from=ckpt)
         assert_identical(final_state(g2, net2), reference, f"resumed from {ckpt.name}")
-        assert seen == reference_seen[len(reference_seen) - len(seen):], ckpt.name
+        assert seen == reference_seen[len(reference_seen) - len(seen) :], ckpt.name
         assert done == {}
 
 
@@ -142,11 +173,19 @@ def test_explicit_bad_files_are_clear_errors(tmp_path):
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": torch.zeros(1)}, foreign)
-    for path, words in [(truncated, "truncated or corrupted"), (foreign, "not an ice_ignite checkpoint"),
-                        (tmp_path / "missing.pt", "does not exist")]:
+    for path, words in [
+        (truncated, "truncated or corrupted"),
+        (foreign, "not an ice_ignite checkpoint"),
+        (tmp_path / "missing.pt", "does not exist"),
+    ]:
         with pytest.raises(CheckpointError, match=words) as info:
-            linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp_path,
-                               run_id="b", resume_from=path)
+            linear_graph().run(
+                [ice.Task(train=True, epochs=1, tags="train")],
+                devices="cpu",
+                out_dir=tmp_path,
+                run_id="b",
+                resume_from=path,
+            )
         assert str(path) in str(info.value)
 
 
@@ -168,8 +207,13 @@ def test_a_checkpoint_with_pickled_code_is_refused_and_nothing_runs(tmp_path):
     with pytest.raises(CheckpointError, match="refused to load .*could run code"):
         g.load_checkpoint(evil)
     with pytest.raises(CheckpointError, match="refused to load"):
-        linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp_path,
-                           run_id="x", resume_from=evil)
+        linear_graph().run(
+            [ice.Task(train=True, epochs=1, tags="train")],
+            devices="cpu",
+            out_dir=tmp_path,
+            run_id="x",
+            resume_from=evil,
+        )
     assert not marker.exists()
     torch.load(evil, weights_only=False)
     assert marker.exists()
@@ -191,13 +235,16 @@ def test_partial_writes_of_a_killed_process_are_cleaned_up(tmp_path):
     linear_graph().run(tasks(), devices="cpu", out_dir=tmp_path, run_id="r")
     (tmp_path / "r" / "ckpts" / "tmpab12cd").write_bytes(b"half a checkpoint")
     linear_graph().run(tasks() * 2, devices="cpu", out_dir=tmp_path, run_id="r", resume_from="auto")
-    assert sorted(p.name for p in (tmp_path / "r" / "ckpts").iterdir()) == ["ckpt-000000-E1S5.pt",
-                                                                           "ckpt-000001-E2S10.pt"]
+    assert sorted(p.name for p in (tmp_path / "r" / "ckpts").iterdir()) == [
+        "ckpt-000000-E1S5.pt",
+        "ckpt-000001-E2S10.pt",
+    ]
 
 
 def test_n_saved_keeps_the_newest_periodic_checkpoints_across_resumes(tmp_path):
-    tasks = lambda times: [ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()],
-                                      times=times)]
+    tasks = lambda times: [
+        ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], times=times)
+    ]
     linear_graph().run(tasks(4), devices="cpu", out_dir=tmp_path, run_id="r", n_saved=2)
     names = lambda: sorted(p.name for p in (tmp_path / "r" / "ckpts").iterdir())
     assert names() == ["ckpt-000002-E3S15.pt", "ckpt-000003-E4S20.pt"]
@@ -210,13 +257,28 @@ def test_save_best_keeps_the_best_k_across_resumes(tmp_path):
 
     def graph():
         g = linear_graph()
-        g.add("score", ice.MetricNode(Accuracy(), forward=lambda n, x: (torch.ones(1, 2), torch.zeros(1).long()),
-                                      epoch_end=lambda n: n.save_best(next(values), max_keep=2)), tags="val")
+        g.add(
+            "score",
+            ice.MetricNode(
+                Accuracy(),
+                forward=lambda n, x: (torch.ones(1, 2), torch.zeros(1).long()),
+                epoch_end=lambda n: n.save_best(next(values), max_keep=2),
+            ),
+            tags="val",
+        )
         return g
 
     def tasks(times):
-        return [ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.Task(train=False, epochs=1, tags="val"),
-                            ice.SaveCheckpointTask()], times=times)]
+        return [
+            ice.Repeat(
+                [
+                    ice.Task(train=True, epochs=1, tags="train"),
+                    ice.Task(train=False, epochs=1, tags="val"),
+                    ice.SaveCheckpointTask(),
+                ],
+                times=times,
+            )
+        ]
 
     g = graph()
     g.run(tasks(3), devices="cpu", out_dir=tmp_path, run_id="r")
@@ -232,12 +294,18 @@ def test_save_best_keeps_the_best_k_across_resumes(tmp_path):
 
 
 def test_schedule_mismatch_is_refused_or_restarted(tmp_path):
-    first = [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(),
-             ice.Task(train=True, epochs=1, tags="train")]
+    first = [
+        ice.Task(train=True, epochs=1, tags="train"),
+        ice.SaveCheckpointTask(),
+        ice.Task(train=True, epochs=1, tags="train"),
+    ]
     linear_graph().run(first, devices="cpu", out_dir=tmp_path, run_id="r", seed=0)
     changed = [ice.Task(train=False, epochs=1, tags="val"), ice.SaveCheckpointTask()]
-    with pytest.raises(ResumeTaskFailed, match=r"entry 0 was .Task\(train=True, epochs=1, tags=.train.\). and is "
-                                               r"now .Task\(train=False, epochs=1, tags=.val"):
+    with pytest.raises(
+        ResumeTaskFailed,
+        match=r"entry 0 was .Task\(train=True, epochs=1, tags=.train.\). and is "
+        r"now .Task\(train=False, epochs=1, tags=.val",
+    ):
         linear_graph().run(changed, devices="cpu", out_dir=tmp_path, run_id="r", resume_from="auto")
     g = linear_graph()
     with pytest.warns(UserWarning, match="restarting the schedule with the loaded states"):
@@ -249,8 +317,12 @@ def test_schedule_mismatch_is_refused_or_restarted(tmp_path):
 def test_raising_a_tasks_epochs_continues_to_the_new_total_and_no_further(tmp_path, where):
     def tasks(epochs):
         save = [ice.SaveCheckpointTask()] if where == "mid-schedule" else []
-        return [ice.Task(train=True, epochs=epochs, tags="train"), *save, ice.Task(train=False, epochs=1, tags="val"),
-                ice.SaveCheckpointTask()]
+        return [
+            ice.Task(train=True, epochs=epochs, tags="train"),
+            *save,
+            ice.Task(train=False, epochs=1, tags="val"),
+            ice.SaveCheckpointTask(),
+        ]
 
     straight = linear_graph()
     straight.run(tasks(5), devices="cpu", out_dir=tmp_path, run_id="straight", seed=0)
@@ -267,8 +339,10 @@ def test_raising_a_tasks_epochs_continues_to_the_new_total_and_no_further(tmp_pa
 def test_raising_repeat_times_continues_the_schedule(tmp_path, last):
     def tasks(times):
         after = [] if last else [ice.Task(train=False, epochs=1, tags="val"), ice.SaveCheckpointTask()]
-        return [ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], times=times),
-                *after]
+        return [
+            ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], times=times),
+            *after,
+        ]
 
     linear_graph().run(tasks(2), devices="cpu", out_dir=tmp_path, run_id="r")
     g = linear_graph()
@@ -287,10 +361,15 @@ def test_load_checkpoint_restores_only_the_selected_nodes_and_reports_the_rest(t
     other.add("extra", ice.Node(), tags="val")
     with pytest.warns(UserWarning) as warned:
         report = other.load_checkpoint(path, tags="val", other=True)
-    assert report == {"loaded": ["val/data", "*/net"], "parts": {"val/data": ["other"], "*/net": ["weights"]},
-                      "left": {"*/net": ["optimizers"]}, "renamed": {}, "not_selected": ["train/data"],
-                      "only_in_checkpoint": ["*/mse"],
-                      "only_in_graph": ["val/extra"]}
+    assert report == {
+        "loaded": ["val/data", "*/net"],
+        "parts": {"val/data": ["other"], "*/net": ["weights"]},
+        "left": {"*/net": ["optimizers"]},
+        "renamed": {},
+        "not_selected": ["train/data"],
+        "only_in_checkpoint": ["*/mse"],
+        "only_in_graph": ["val/extra"],
+    }
     assert any("*/mse absent from this graph" in str(w.message) for w in warned)
     assert torch.equal(other["*/net"].module.weight, g["*/net"].module.weight)
     assert other.global_counters.steps.train == 0  # counters are not touched
@@ -301,8 +380,12 @@ def test_load_checkpoint_task_loads_pretrained_weights_into_the_schedule(tmp_pat
     pre, path = saved_checkpoint(tmp_path, run_id="pre", epochs=3)
     fine = linear_graph()
     seen = []
-    fine.run([ice.LoadCheckpointTask(path, tags="val"), lambda g: seen.append(g["*/net"].module.weight.clone())],
-             devices="cpu", out_dir=tmp_path, run_id="fine")
+    fine.run(
+        [ice.LoadCheckpointTask(path, tags="val"), lambda g: seen.append(g["*/net"].module.weight.clone())],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="fine",
+    )
     assert torch.equal(seen[0], pre["*/net"].module.weight)
 
 
@@ -359,8 +442,12 @@ def test_a_resume_keeps_the_first_runs_sources_and_its_own_beside_them_when_they
 
 # -- processes that die ------------------------------------------------------------------------------
 def _start(out_dir, run_id, workers, slow=0.15):
-    return subprocess.Popen([sys.executable, "-u", str(CHILD), str(out_dir), run_id, str(workers), "--slow-save",
-                             str(slow)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-u", str(CHILD), str(out_dir), run_id, str(workers), "--slow-save", str(slow)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(proc, marker, timeout=60):
@@ -390,7 +477,7 @@ def _final(out_dir, run_id):
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, workers):
     rng = random.Random(1000 + workers)
     ref = _start(tmp_path, "ref", workers)
-    out, err = ref.communicate(timeout=300)
+    _out, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err
     kills, during_write, trials = 0, 0, 0
     while True:
@@ -414,7 +501,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, worker
                     kills += 1
                     during_write += in_write
                     continue
-            out, err = proc.communicate(timeout=300)
+            _out, err = proc.communicate(timeout=300)
             assert proc.returncode == 0, err
             break
         finally:
@@ -435,25 +522,29 @@ def test_preemption_saves_at_the_next_iteration_and_resumes_exactly(tmp_path, si
     _wait_for(proc, "STARTED")
     time.sleep(0.5)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert f"preempted by {signal.Signals(sig).name}: checkpoint saved to" in err
     assert "resume_from='auto'" in err
     resumed = _start(tmp_path, "pre", 0, slow=0.0)
-    out, err = resumed.communicate(timeout=300)
+    _out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert_identical(_final(tmp_path, "pre"), _final(tmp_path, "ref"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_to_the_process_group_with_dataloader_workers_checkpoints_and_exits_with_its_code(tmp_path, sig,
-                                                                                                     code):
+def test_a_signal_to_the_process_group_with_dataloader_workers_checkpoints_and_exits_with_its_code(tmp_path, sig, code):
     # as SLURM and `timeout` send it: to every process of the group, the DataLoader workers included
     ref = _start(tmp_path, "ref", 2, slow=0.0)
     assert ref.wait(timeout=300) == 0
-    proc = subprocess.Popen([sys.executable, "-u", str(CHILD), str(tmp_path), "pre", "2", "--slow-save", "0.05"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-u", str(CHILD), str(tmp_path), "pre", "2", "--slow-save", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _wait_for(proc, "STARTED")
         deadline = time.monotonic() + 30
@@ -461,7 +552,7 @@ def test_a_signal_to_the_process_group_with_dataloader_workers_checkpoints_and_e
             assert time.monotonic() < deadline, "no DataLoader workers"
             time.sleep(0.02)
         os.killpg(proc.pid, sig)
-        out, err = proc.communicate(timeout=120)
+        _out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -470,15 +561,19 @@ def test_a_signal_to_the_process_group_with_dataloader_workers_checkpoints_and_e
     assert f"preempted by {signal.Signals(sig).name}: checkpoint saved to" in err
     assert "__getitem__" not in err and "Traceback" not in err
     resumed = _start(tmp_path, "pre", 2, slow=0.0)
-    out, err = resumed.communicate(timeout=300)
+    _out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert_identical(_final(tmp_path, "pre"), _final(tmp_path, "ref"))
 
 
 @pytest.mark.slow
 def test_a_second_sigint_during_a_save_leaves_every_checkpoint_intact_and_says_so(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-u", str(CHILD), str(tmp_path), "int2", "0", "--slow-write", "0.05"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-u", str(CHILD), str(tmp_path), "int2", "0", "--slow-write", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(proc, "WRITE-START")
         _wait_for(proc, "WRITE-START")  # the second checkpoint: the first is published
@@ -486,7 +581,7 @@ def test_a_second_sigint_during_a_save_leaves_every_checkpoint_intact_and_says_s
         proc.send_signal(signal.SIGINT)
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)  # inside torch's zip writer, on old code
-        out, err = proc.communicate(timeout=120)
+        _out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

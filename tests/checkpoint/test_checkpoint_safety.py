@@ -14,16 +14,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from conftest import linear_graph, regression_set, saved_checkpoint
 from ignite.metrics import Accuracy
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
 
 import ice_ignite as ice
 from ice_ignite import CheckpointError
 from ice_ignite.checkpoint import sharded
-from ice_ignite.checkpoint.files import (FORMAT, STATE, best_filename, best_files, best_uid, read_checkpoint,
-                                         write_sharded_checkpoint)
-
-from conftest import linear_graph, regression_set, saved_checkpoint
+from ice_ignite.checkpoint.files import (
+    FORMAT,
+    STATE,
+    best_filename,
+    best_files,
+    best_uid,
+    read_checkpoint,
+    write_sharded_checkpoint,
+)
 
 RUN_DIR = "ckpt-000001-E1S5.dcp"
 
@@ -56,16 +62,19 @@ def edit_metadata(directory, change, name=".metadata"):
 
 
 def first_tensor(meta, ndim=1):
-    return next((fqn, e) for fqn, e in meta.state_dict_metadata.items()
-                if isinstance(e, TensorStorageMetadata) and len(e.size) == ndim)
+    return next(
+        (fqn, e)
+        for fqn, e in meta.state_dict_metadata.items()
+        if isinstance(e, TensorStorageMetadata) and len(e.size) == ndim
+    )
 
 
 def huge(meta):
     """A tensor of 2**43 float32 (32 TiB) in one chunk; its storage stays what it was."""
-    fqn, entry = first_tensor(meta)
+    _fqn, entry = first_tensor(meta)
     entry.properties.dtype = torch.float32
-    entry.size = torch.Size([2 ** 43])
-    entry.chunks = [ChunkStorageMetadata(offsets=torch.Size([0]), sizes=torch.Size([2 ** 43]))]
+    entry.size = torch.Size([2**43])
+    entry.chunks = [ChunkStorageMetadata(offsets=torch.Size([0]), sizes=torch.Size([2**43]))]
 
 
 def storage_of(meta, fqn=None):
@@ -75,7 +84,7 @@ def storage_of(meta, fqn=None):
 
 def past_end(meta):
     info = storage_of(meta)
-    info.offset = 10 ** 6
+    info.offset = 10**6
 
 
 def escaping_path(meta):
@@ -96,7 +105,7 @@ def storage_meta_int(meta):
 
 def uncovered(meta):
     """A tensor whose one chunk covers half of it: the rest would stay uninitialised memory."""
-    fqn, entry = first_tensor(meta, ndim=2)
+    _fqn, entry = first_tensor(meta, ndim=2)
     entry.size = torch.Size([entry.size[0] * 2, *entry.size[1:]])
 
 
@@ -106,23 +115,35 @@ def transformed(meta):
 
 # damage(directory, marker), and what the error says (besides the directory's path)
 HOSTILE = {
-    "payload-in-metadata": (lambda d, m: (d / ".metadata").write_bytes(pickle.dumps(Marker(m))),
-                            r"its \.metadata holds pickled objects other than DCP metadata"),
-    "payload-inside-metadata": (lambda d, m: edit_metadata(d, lambda meta: setattr(meta.storage_meta, "save_id",
-                                                                                   Marker(m))),
-                                r"its \.metadata holds pickled objects other than DCP metadata"),
+    "payload-in-metadata": (
+        lambda d, m: (d / ".metadata").write_bytes(pickle.dumps(Marker(m))),
+        r"its \.metadata holds pickled objects other than DCP metadata",
+    ),
+    "payload-inside-metadata": (
+        lambda d, m: edit_metadata(d, lambda meta: setattr(meta.storage_meta, "save_id", Marker(m))),
+        r"its \.metadata holds pickled objects other than DCP metadata",
+    ),
     # torch's read_metadata fails on storage_meta = 5 and DCP falls back to pickle.load(__0.metadata)
-    "payload-in-rank-metadata": (lambda d, m: [edit_metadata(d, storage_meta_int),
-                                               (d / "__0.metadata").write_bytes(pickle.dumps(Marker(m)))],
-                                 r"its (__0)?\.metadata"),
-    "payload-in-extra-rank-metadata": (lambda d, m: (d / "__1.metadata").write_bytes(pickle.dumps(Marker(m))),
-                                       r"its __1\.metadata holds pickled objects"),
-    "storage-meta-int": (lambda d, m: edit_metadata(d, storage_meta_int), r"its \.metadata does not describe .*"
-                                                                          r"storage_meta"),
+    "payload-in-rank-metadata": (
+        lambda d, m: [edit_metadata(d, storage_meta_int), (d / "__0.metadata").write_bytes(pickle.dumps(Marker(m)))],
+        r"its (__0)?\.metadata",
+    ),
+    "payload-in-extra-rank-metadata": (
+        lambda d, m: (d / "__1.metadata").write_bytes(pickle.dumps(Marker(m))),
+        r"its __1\.metadata holds pickled objects",
+    ),
+    "storage-meta-int": (
+        lambda d, m: edit_metadata(d, storage_meta_int),
+        r"its \.metadata does not describe .*"
+        r"storage_meta",
+    ),
     "huge-tensor": (lambda d, m: edit_metadata(d, huge), r"holds \d+ bytes, less than its 35184372088832 bytes"),
     "offset-past-end": (lambda d, m: edit_metadata(d, past_end), r"lies past the end of '__0_0.distcp'"),
-    "path-outside": (lambda d, m: edit_metadata(d, escaping_path), r"names '\.\./\.\./\.\./\.\./etc/hostname', not a "
-                                                                   r"shard file"),
+    "path-outside": (
+        lambda d, m: edit_metadata(d, escaping_path),
+        r"names '\.\./\.\./\.\./\.\./etc/hostname', not a "
+        r"shard file",
+    ),
     "dtype-as-str": (lambda d, m: edit_metadata(d, dtype_as_str), r"not TensorProperties with a dtype"),
     "offsets-as-list": (lambda d, m: edit_metadata(d, offsets_as_list), r"not a torch.Size"),
     "uncovered-tensor": (lambda d, m: edit_metadata(d, uncovered), r"do not cover its size"),
@@ -140,13 +161,15 @@ def hostile_run_dir(sources, tmp_path, case):
 
 
 def two_epochs():
-    return [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(),
-            ice.Task(train=True, epochs=1, tags="train")]
+    return [
+        ice.Task(train=True, epochs=1, tags="train"),
+        ice.SaveCheckpointTask(),
+        ice.Task(train=True, epochs=1, tags="train"),
+    ]
 
 
 RUN_PATHS = {
-    "resume": lambda d, tmp: linear_graph().run(two_epochs(), devices="cpu", out_dir=tmp, run_id="new",
-                                                resume_from=d),
+    "resume": lambda d, tmp: linear_graph().run(two_epochs(), devices="cpu", out_dir=tmp, run_id="new", resume_from=d),
     "load_checkpoint": lambda d, tmp: linear_graph().load_checkpoint(d),
     "LoadCheckpointTask": lambda d, tmp: linear_graph().exec_tasks([ice.LoadCheckpointTask(d)], ice.Launcher()),
     "export": lambda d, tmp: sharded.export(d, tmp / "exported.pt"),
@@ -166,7 +189,7 @@ def test_a_hostile_checkpoint_directory_is_refused_unread_by_every_path(sources,
 
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_auto_falls_back_past_a_hostile_checkpoint_directory(sources, tmp_path, case):
-    directory, marker = hostile_run_dir(sources, tmp_path, case)
+    _directory, marker = hostile_run_dir(sources, tmp_path, case)
     g = linear_graph()
     with pytest.warns(UserWarning, match=f"skipping checkpoint {RUN_DIR}: .*{HOSTILE[case][1]}"):
         g.run(two_epochs(), devices="cpu", out_dir=tmp_path, run_id="src", resume_from="auto")
@@ -209,18 +232,31 @@ def payload_in_a_value(directory, marker):
 
 
 def payload_in_meta(directory, marker):
-    torch.save({"meta": Marker(marker), "lr_schedulers": {"*/net": {}}, "empty_optimizers": {}},
-               directory / sharded.META)
+    torch.save(
+        {"meta": Marker(marker), "lr_schedulers": {"*/net": {}}, "empty_optimizers": {}}, directory / sharded.META
+    )
 
 
-SHARDED_HOSTILE = {**HOSTILE,
-                   "payload-in-a-value": (payload_in_a_value, r"refused the value '\*/net.optimizers.param_groups.0.lr'"
-                                                              r".*could run code"),
-                   "payload-in-meta": (payload_in_meta, r"\(its meta.pt\): it holds pickled objects")}
+SHARDED_HOSTILE = {
+    **HOSTILE,
+    "payload-in-a-value": (
+        payload_in_a_value,
+        r"refused the value '\*/net.optimizers.param_groups.0.lr'"
+        r".*could run code",
+    ),
+    "payload-in-meta": (payload_in_meta, r"\(its meta.pt\): it holds pickled objects"),
+}
 
 
-@pytest.mark.parametrize("case, path", [(case, path) for case in SHARDED_HOSTILE for path in SHARDED_PATHS
-                                        if (case, path) != ("payload-in-meta", "sharded.export")])  # export skips it
+@pytest.mark.parametrize(
+    "case, path",
+    [
+        (case, path)
+        for case in SHARDED_HOSTILE
+        for path in SHARDED_PATHS
+        if (case, path) != ("payload-in-meta", "sharded.export")
+    ],
+)  # export skips it
 def test_a_hostile_sharded_directory_is_refused_unread(sources, tmp_path, case, path):
     directory, marker = tmp_path / "sharded", tmp_path / "ran"
     shutil.copytree(sources / "sharded", directory)
@@ -294,14 +330,26 @@ def unreadable_handler(g, task, value):
 
 
 UNREADABLE = {
-    "numpy-array-in-a-node": (unreadable_node, lambda: __import__("numpy").zeros(3),
-                              r"nodes\['\*/table'\]\['extra'\]\['table'\] in the checkpoint is a numpy.ndarray"),
-    "custom-class-registered": (unreadable_object, Custom,
-                                r"objects\['ema'\]\['seen'\] in the checkpoint is a test_checkpoint_safety.Custom"),
-    "numpy-number-in-a-handler": (unreadable_handler, lambda: __import__("numpy").float64(0.5),
-                                  r"handlers\['task0/0'\]\['state'\]\['seen'\] in the checkpoint is a numpy.float64"),
-    "frozenset-in-a-node": (unreadable_node, lambda: frozenset({1}),
-                            r"nodes\['\*/table'\]\['extra'\]\['table'\] in the checkpoint is a builtins.frozenset"),
+    "numpy-array-in-a-node": (
+        unreadable_node,
+        lambda: __import__("numpy").zeros(3),
+        r"nodes\['\*/table'\]\['extra'\]\['table'\] in the checkpoint is a numpy.ndarray",
+    ),
+    "custom-class-registered": (
+        unreadable_object,
+        Custom,
+        r"objects\['ema'\]\['seen'\] in the checkpoint is a test_checkpoint_safety.Custom",
+    ),
+    "numpy-number-in-a-handler": (
+        unreadable_handler,
+        lambda: __import__("numpy").float64(0.5),
+        r"handlers\['task0/0'\]\['state'\]\['seen'\] in the checkpoint is a numpy.float64",
+    ),
+    "frozenset-in-a-node": (
+        unreadable_node,
+        lambda: frozenset({1}),
+        r"nodes\['\*/table'\]\['extra'\]\['table'\] in the checkpoint is a builtins.frozenset",
+    ),
 }
 
 
@@ -312,8 +360,12 @@ def test_a_state_weights_only_loading_refuses_is_an_error_before_anything_is_wri
     train = ice.Task(train=True, epochs=1, tags="train")
     add(g, train, make())
     with pytest.raises(CheckpointError, match=message + r".*none was written.*torch.from_numpy\(a\)"):
-        g.run([train, ice.SaveCheckpointTask(), ice.Task(train=True, epochs=1, tags="train")], devices="cpu",
-              out_dir=tmp_path, run_id="src")
+        g.run(
+            [train, ice.SaveCheckpointTask(), ice.Task(train=True, epochs=1, tags="train")],
+            devices="cpu",
+            out_dir=tmp_path,
+            run_id="src",
+        )
     assert list((tmp_path / "src" / "ckpts").iterdir()) == []
     assert g.global_counters.epochs.train == 1  # the task after the save never ran
     with pytest.raises(CheckpointError, match=message):
@@ -324,13 +376,22 @@ def test_a_set_is_what_weights_only_loading_reads_so_it_saves_and_resumes(tmp_pa
     """torch 2.13's weights_only unpickler allows sets (and complex, bytes, torch.device)."""
     g = linear_graph()
     g.register_stateful("ema", Stateful({1, 2, b"x", 1j, torch.device("cpu")}))
-    g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
-          out_dir=tmp_path, run_id="src")
+    g.run(
+        [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="src",
+    )
     g2 = linear_graph()
     ema = Stateful(None)
     g2.register_stateful("ema", ema)
-    g2.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
-           out_dir=tmp_path, run_id="src", resume_from="auto")
+    g2.run(
+        [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="src",
+        resume_from="auto",
+    )
     assert ema.value == {1, 2, b"x", 1j, torch.device("cpu")}
 
 
@@ -347,10 +408,15 @@ def test_auto_refuses_a_run_directory_whose_only_checkpoint_is_truncated(tmp_pat
     _, file = saved_checkpoint(tmp_path)
     file.write_bytes(file.read_bytes()[:200])
     g = linear_graph()
-    with pytest.warns(UserWarning, match="skipping checkpoint"), \
-            pytest.raises(CheckpointError, match=rf"holds 1 checkpoint\(s\) and none loads, so the run is not restarted "
-                                                 rf"from the beginning beside them: {file.name} \(.*truncated or "
-                                                 r"corrupted.*\)\. Resume from a copy you trust"):
+    with (
+        pytest.warns(UserWarning, match="skipping checkpoint"),
+        pytest.raises(
+            CheckpointError,
+            match=rf"holds 1 checkpoint\(s\) and none loads, so the run is not restarted "
+            rf"from the beginning beside them: {file.name} \(.*truncated or "
+            r"corrupted.*\)\. Resume from a copy you trust",
+        ),
+    ):
         g.run(rounds(2), devices="cpu", out_dir=tmp_path, run_id="src", resume_from="auto")
     assert g.global_counters.epochs.train == 0  # nothing trained
     assert ckpt_names(tmp_path) == [file.name]  # nothing written beside it
@@ -366,9 +432,12 @@ def test_auto_lists_every_checkpoint_that_does_not_load_and_why(tmp_path):
     with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="holds 4 checkpoint") as info:
         linear_graph().run(rounds(2), devices="cpu", out_dir=tmp_path, run_id="src", resume_from="auto")
     message = str(info.value)
-    for name, why in ((file.name, "truncated or corrupted"), ("ckpt-000001-E1S5.dcp", "has no state.pt"),
-                      ("best-000002-E1S5-val%2Fmse=0.5.pt", "refused to load"),
-                      ("ckpt-final.pt", "not a checkpoint name")):
+    for name, why in (
+        (file.name, "truncated or corrupted"),
+        ("ckpt-000001-E1S5.dcp", "has no state.pt"),
+        ("best-000002-E1S5-val%2Fmse=0.5.pt", "refused to load"),
+        ("ckpt-final.pt", "not a checkpoint name"),
+    ):
         assert re.search(rf"{re.escape(name)} \([^;]*{why}", message), (name, message)
 
 
@@ -395,16 +464,31 @@ def test_metric_nodes_of_one_name_under_different_tags_keep_their_own_best_files
     values = {"val": iter([0.5, 0.7, 0.6]), "test": iter([0.9, 0.4, 0.95])}
 
     def metric(tag):
-        return ice.MetricNode(Accuracy(), forward=lambda n, x: (torch.ones(1, 2), torch.zeros(1).long()),
-                              epoch_end=lambda n: n.save_best(next(values[tag]), max_keep=1))
+        return ice.MetricNode(
+            Accuracy(),
+            forward=lambda n, x: (torch.ones(1, 2), torch.zeros(1).long()),
+            epoch_end=lambda n: n.save_best(next(values[tag]), max_keep=1),
+        )
 
     g = linear_graph()
     g.add("acc", metric("val"), tags="val")
     g.add("acc", metric("test"), tags="test")
     g.add("data", ice.DatasetNode(regression_set(16, seed=2), batch_size=8), tags="test")
-    g.run([ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.Task(train=False, epochs=1, tags="val"),
-                       ice.Task(train=False, epochs=1, tags="test")], times=3)],
-          devices="cpu", out_dir=tmp_path, run_id="src")
+    g.run(
+        [
+            ice.Repeat(
+                [
+                    ice.Task(train=True, epochs=1, tags="train"),
+                    ice.Task(train=False, epochs=1, tags="val"),
+                    ice.Task(train=False, epochs=1, tags="test"),
+                ],
+                times=3,
+            )
+        ],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="src",
+    )
     ckpts = tmp_path / "src" / "ckpts"
     for uid, value in (("val/acc", 0.7), ("test/acc", 0.95)):
         records = g[uid].best_records

@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import linear_graph, saved_checkpoint
 from ignite.engine import Events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -19,15 +19,17 @@ import ice_ignite as ice
 from ice_ignite import CheckpointError
 from ice_ignite.checkpoint.files import read_checkpoint, write_checkpoint, write_sharded_checkpoint
 
-from conftest import linear_graph, saved_checkpoint
-
 BOARD_CHILD = Path(__file__).resolve().parents[1] / "board_child.py"
 
 
 # -- the board ----------------------------------------------------------------------------------
 def board_child(out_dir, run_id, *args, timeout=120):
-    return subprocess.run([sys.executable, "-u", str(BOARD_CHILD), str(out_dir), run_id, *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-u", str(BOARD_CHILD), str(out_dir), run_id, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def scalars(logdir):
@@ -71,8 +73,8 @@ def flip_byte_in_tensor_data(path: Path) -> None:
     data = bytearray(path.read_bytes())
     if start is None:  # the local header: 30 bytes, the name and the extra field
         offset = info.header_offset
-        name_len = int.from_bytes(data[offset + 26:offset + 28], "little")
-        extra_len = int.from_bytes(data[offset + 28:offset + 30], "little")
+        name_len = int.from_bytes(data[offset + 26 : offset + 28], "little")
+        extra_len = int.from_bytes(data[offset + 28 : offset + 30], "little")
         start = offset + 30 + name_len + extra_len
     data[start + info.file_size // 2] ^= 0x10
     path.write_bytes(bytes(data))
@@ -80,20 +82,40 @@ def flip_byte_in_tensor_data(path: Path) -> None:
 
 def test_a_flipped_byte_in_a_checkpoint_file_is_an_error_naming_it_and_auto_falls_back(tmp_path):
     g = linear_graph()
-    g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(),
-           ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu", out_dir=tmp_path,
-          run_id="r")
+    g.run(
+        [
+            ice.Task(train=True, epochs=1, tags="train"),
+            ice.SaveCheckpointTask(),
+            ice.Task(train=True, epochs=1, tags="train"),
+            ice.SaveCheckpointTask(),
+        ],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="r",
+    )
     ckpts = tmp_path / "r" / "ckpts"
     newest = ckpts / "ckpt-000001-E2S10.pt"
     flip_byte_in_tensor_data(newest)
-    with pytest.raises(CheckpointError, match=r"ckpt-000001-E2S10\.pt.* is corrupted: its record .*data/.* does not "
-                                              r"match the CRC-32 checksum"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"ckpt-000001-E2S10\.pt.* is corrupted: its record .*data/.* does not "
+        r"match the CRC-32 checksum",
+    ):
         read_checkpoint(newest)
     resumed = linear_graph()
     with pytest.warns(UserWarning, match=r"skipping checkpoint ckpt-000001-E2S10\.pt: .*CRC-32"):
-        resumed.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(),
-                     ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
-                    out_dir=tmp_path, run_id="r", resume_from="auto")
+        resumed.run(
+            [
+                ice.Task(train=True, epochs=1, tags="train"),
+                ice.SaveCheckpointTask(),
+                ice.Task(train=True, epochs=1, tags="train"),
+                ice.SaveCheckpointTask(),
+            ],
+            devices="cpu",
+            out_dir=tmp_path,
+            run_id="r",
+            resume_from="auto",
+        )
     assert resumed.global_counters.steps.train == 10  # from the older checkpoint (step 5), one more epoch
 
 
@@ -106,8 +128,11 @@ def test_a_flipped_byte_in_a_shard_of_a_checkpoint_directory_is_an_error_naming_
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=rf"ckpt\.dcp.* is corrupted: its file '{shard.name}' does not match "
-                                              r"the CRC-32 checksum"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"ckpt\.dcp.* is corrupted: its file '{shard.name}' does not match "
+        r"the CRC-32 checksum",
+    ):
         read_checkpoint(directory)
 
 
@@ -130,7 +155,7 @@ def test_a_checkpoint_is_flushed_to_disk_before_and_after_the_rename_that_publis
     write_checkpoint({"format": "ice_ignite.checkpoint.v1", "w": torch.ones(3)}, tmp_path / "c.pt")
     rename = calls.index(("rename", "c.pt"))
     assert any(op == "fsync" and name.startswith("tmp") for op, name in calls[:rename]), calls  # the data
-    assert ("fsync", "dir") in calls[rename + 1:], calls  # the directory entry
+    assert ("fsync", "dir") in calls[rename + 1 :], calls  # the directory entry
 
 
 # -- asynchronous checkpoints ----------------------------------------------------------------------
@@ -149,7 +174,7 @@ def test_an_async_checkpoint_holds_the_state_at_the_call_and_its_error_comes_at_
     train.engine.add_event_handler(Events.ITERATION_COMPLETED(once=2), save)
     g.run([train], devices="cpu", out_dir=tmp_path, run_id="a")
     saved = read_checkpoint(seen["path"])["nodes"]["*/net"]
-    module = saved["module"] if "module" in saved else saved
+    module = saved.get("module", saved)
     for key, value in seen["weights"].items():
         assert torch.equal(module[key], value), key
 
@@ -170,9 +195,20 @@ def test_the_end_of_a_run_waits_for_an_async_checkpoint_and_raises_its_error(tmp
     g = linear_graph()
     (tmp_path / "blocked").write_text("a file")
     with pytest.raises(CheckpointError, match=r"blocked/x\.pt.*an asynchronous checkpoint write"):
-        g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(tmp_path / "blocked" / "x.pt")],
-              devices="cpu", out_dir=tmp_path, run_id="c", async_checkpoints=True)
+        g.run(
+            [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(tmp_path / "blocked" / "x.pt")],
+            devices="cpu",
+            out_dir=tmp_path,
+            run_id="c",
+            async_checkpoints=True,
+        )
     g = linear_graph()
-    g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu", out_dir=tmp_path,
-          run_id="d", async_checkpoints=True, n_saved=1)
+    g.run(
+        [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="d",
+        async_checkpoints=True,
+        n_saved=1,
+    )
     assert [p.name for p in (tmp_path / "d" / "ckpts").iterdir()] == ["ckpt-000000-E1S5.pt"]  # written when run ends

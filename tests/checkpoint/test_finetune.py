@@ -7,11 +7,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import regression_set
 
 import ice_ignite as ice
 from ice_ignite import CheckpointError
-
-from conftest import regression_set
 
 
 def graph(optimizer=torch.optim.SGD, lr=0.01, tag="*", seed=0, **optimizer_kwargs):
@@ -22,8 +21,11 @@ def graph(optimizer=torch.optim.SGD, lr=0.01, tag="*", seed=0, **optimizer_kwarg
     spec = ice.Optimizer(optimizer, lr=lr, **optimizer_kwargs)
     encoder = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     g.add("encoder", ice.ModuleNode(encoder, forward=lambda n, x: n.module(x["data"][0]), optimizers=spec), tags=tag)
-    g.add("head", ice.ModuleNode(torch.nn.Linear(4, 1), forward=lambda n, x: n.module(x["encoder"]),
-                                 optimizers=spec), tags=tag)
+    g.add(
+        "head",
+        ice.ModuleNode(torch.nn.Linear(4, 1), forward=lambda n, x: n.module(x["encoder"]), optimizers=spec),
+        tags=tag,
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["head"], x["data"][1])))
     return g
 
@@ -49,10 +51,23 @@ def test_finetune_keeps_its_own_learning_rate_and_gets_the_pretrained_weights_an
     pre, path = pretrained(tmp_path, lr=0.01, momentum=0.9)
     fine = graph(lr=1e-4, momentum=0.9, seed=1)
     seen = []
-    fine.run([ice.LoadCheckpointTask(path),
-              lambda g: seen.append((g.learning_rates(), weights(g["*/encoder"]), g["*/data"].pass_index,
-                                     dict(g["*/encoder"].optimizers[".*"].state))),
-              ice.Task(train=True, epochs=1)], devices="cpu", out_dir=tmp_path, run_id="fine")
+    fine.run(
+        [
+            ice.LoadCheckpointTask(path),
+            lambda g: seen.append(
+                (
+                    g.learning_rates(),
+                    weights(g["*/encoder"]),
+                    g["*/data"].pass_index,
+                    dict(g["*/encoder"].optimizers[".*"].state),
+                )
+            ),
+            ice.Task(train=True, epochs=1),
+        ],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="fine",
+    )
     lrs, loaded, pass_index, optimizer_state = seen[0]
     assert lrs == {"*/encoder/.*": [1e-4], "*/head/.*": [1e-4]}  # not the pretraining 0.01
     assert_same(loaded, weights(pre["*/encoder"]))  # weights and BatchNorm running statistics
@@ -94,8 +109,7 @@ def test_other_true_loads_data_positions_and_loss_accumulators(tmp_path):
     pre, path = pretrained(tmp_path)
     fine = graph(seed=1)
     report = fine.load_checkpoint(path, other=True)
-    assert report["parts"] == {"*/data": ["other"], "*/encoder": ["weights"], "*/head": ["weights"],
-                               "*/mse": ["other"]}
+    assert report["parts"] == {"*/data": ["other"], "*/encoder": ["weights"], "*/head": ["weights"], "*/mse": ["other"]}
     assert fine["*/data"].state_dict() == pre["*/data"].state_dict()
     torch.testing.assert_close(fine["*/mse"].state_dict(), pre["*/mse"].state_dict(), rtol=0, atol=0)
     nothing = graph(seed=1).load_checkpoint(path, weights=False)
@@ -103,7 +117,7 @@ def test_other_true_loads_data_positions_and_loss_accumulators(tmp_path):
 
 
 def test_the_report_says_what_was_loaded_and_what_was_left(tmp_path):
-    pre, path = pretrained(tmp_path, momentum=0.9)
+    _pre, path = pretrained(tmp_path, momentum=0.9)
     fine = graph(seed=1)
     fine.remove("head")
     fine.add("classifier", ice.ModuleNode(torch.nn.Linear(4, 2), forward=lambda n, x: n.module(x["encoder"])))
@@ -140,18 +154,27 @@ def test_nodes_selects_by_name_or_uid_besides_tags(tmp_path):
 def test_a_rename_map_loads_nodes_whose_names_differ(tmp_path):
     pre, path = pretrained(tmp_path, tag="pretrain")
     fine = graph(tag="finetune", seed=1)
-    fine.add("probe", ice.ModuleNode(torch.nn.Linear(4, 1), forward=lambda n, x: n.module(x["encoder"])),
-                                     tags="finetune")
+    fine.add(
+        "probe", ice.ModuleNode(torch.nn.Linear(4, 1), forward=lambda n, x: n.module(x["encoder"])), tags="finetune"
+    )
     seen = []
-    fine.run([ice.LoadCheckpointTask(path, rename={"pretrain/encoder": "finetune/encoder", "head": "probe"}),
-              lambda g: seen.append((weights(g["finetune/encoder"]), weights(g["finetune/probe"]))),
-              ice.Task(train=True, epochs=1, tags="finetune")], devices="cpu", out_dir=tmp_path, run_id="fine")
+    fine.run(
+        [
+            ice.LoadCheckpointTask(path, rename={"pretrain/encoder": "finetune/encoder", "head": "probe"}),
+            lambda g: seen.append((weights(g["finetune/encoder"]), weights(g["finetune/probe"]))),
+            ice.Task(train=True, epochs=1, tags="finetune"),
+        ],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="fine",
+    )
     assert_same(seen[0][0], weights(pre["pretrain/encoder"]))
     assert_same(seen[0][1], weights(pre["pretrain/head"]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every node found its state: nothing to warn about
         report = graph(tag="finetune", seed=1).load_checkpoint(
-            path, rename={"pretrain/encoder": "finetune/encoder", "pretrain/head": "finetune/head"})
+            path, rename={"pretrain/encoder": "finetune/encoder", "pretrain/head": "finetune/head"}
+        )
     assert report["renamed"] == {"pretrain/encoder": "finetune/encoder", "pretrain/head": "finetune/head"}
     assert report["loaded"] == ["finetune/encoder", "finetune/head"]
 

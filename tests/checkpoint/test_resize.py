@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import classification_set, max_diff
 from ignite.engine import Events
 from ignite.metrics import Accuracy
 
@@ -15,8 +16,6 @@ import ice_ignite as ice
 from ice_ignite import ResumeTaskFailed
 from ice_ignite.checkpoint.files import read_checkpoint
 from ice_ignite.checkpoint.resize import METRIC_KEY, comparable_data_settings, merge_sums
-
-from conftest import classification_set, max_diff
 
 CHILD = Path(__file__).resolve().parents[1] / "resize_child.py"
 
@@ -42,10 +41,13 @@ def runs(tmp_path_factory):
     each checkpoint resumed with the other number of processes."""
     out = tmp_path_factory.mktemp("resize")
     finish(start(out, "two", "cpu:0-1"), start(out, "one", "cpu"))
-    finish(start(out, "two-to-one", "cpu", checkpoint(out, "two")),
-           start(out, "one-to-two", "cpu:0-1", checkpoint(out, "one")))
-    return {name: torch.load(out / f"{name}.pt", weights_only=False)
-            for name in ("two", "one", "two-to-one", "one-to-two")}
+    finish(
+        start(out, "two-to-one", "cpu", checkpoint(out, "two")),
+        start(out, "one-to-two", "cpu:0-1", checkpoint(out, "one")),
+    )
+    return {
+        name: torch.load(out / f"{name}.pt", weights_only=False) for name in ("two", "one", "two-to-one", "one-to-two")
+    }
 
 
 @pytest.mark.slow
@@ -61,8 +63,10 @@ def test_a_checkpoint_resumes_with_another_number_of_processes(runs, whole, resu
 
 
 def test_the_global_batch_is_what_must_not_change():
-    assert comparable_data_settings({"batch_size": 8, "batch_size_in_total": False, "drop_last": True}, 2) == \
-        {"global batch": 16, "drop_last": True}
+    assert comparable_data_settings({"batch_size": 8, "batch_size_in_total": False, "drop_last": True}, 2) == {
+        "global batch": 16,
+        "drop_last": True,
+    }
     assert comparable_data_settings({"batch_size": 16, "batch_size_in_total": True}, 2)["global batch"] == 16
 
 
@@ -76,12 +80,19 @@ def test_summed_accumulators_merge_and_split_keeping_their_totals():
 
 # -- one process, checkpoints rewritten as if two processes wrote them ----------------------
 
+
 def graph(batch_size=8, metric=False):
     torch.manual_seed(0)
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(classification_set(48), batch_size=batch_size), tags="train")
-    g.add("net", ice.ModuleNode(torch.nn.Linear(4, 3), forward=lambda n, x: n.module(x["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            torch.nn.Linear(4, 3),
+            forward=lambda n, x: n.module(x["data"][0]),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1),
+        ),
+    )
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
     if metric:
         g.add("acc", ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1])), tags="train")
@@ -140,8 +151,11 @@ def test_a_changed_global_batch_is_refused_with_the_batch_that_keeps_it(tmp_path
     state = read_checkpoint(path)
     state["world_size"], state["ranks"] = 2, state["ranks"] * 2  # 2 processes of batch 8: global 16
     torch.save(state, tmp_path / "forged.pt")
-    with pytest.raises(ResumeTaskFailed, match=r"'train/data': global batch was 16 and is now 8 \(2 process\(es\) "
-                                               r"then, 1 now: keep the global batch, with batch_size=16"):
+    with pytest.raises(
+        ResumeTaskFailed,
+        match=r"'train/data': global batch was 16 and is now 8 \(2 process\(es\) "
+        r"then, 1 now: keep the global batch, with batch_size=16",
+    ):
         resume(tmp_path, tmp_path / "forged.pt", "resumed")
 
 
@@ -149,19 +163,25 @@ def test_a_checkpoint_inside_an_accumulation_cycle_is_refused(tmp_path):
     path, _, _ = train_and_save(tmp_path, "whole", grad_acc=2)
     g = graph()
     g.set_gradient_accumulate(2)
-    with pytest.raises(ResumeTaskFailed, match="written by 2 process.*1, but it was taken in the middle of a gradient "
-                                               "accumulation cycle.*resume with 2 process"):
+    with pytest.raises(
+        ResumeTaskFailed,
+        match="written by 2 process.*1, but it was taken in the middle of a gradient "
+        "accumulation cycle.*resume with 2 process",
+    ):
         resume(tmp_path, as_if_two_processes(path, tmp_path), "resumed", g=g)
 
 
 def test_other_metrics_of_the_unfinished_epoch_are_refused_or_restarted_on_request(tmp_path):
     path, whole, _ = train_and_save(tmp_path, "whole", metric=True)
     forged = as_if_two_processes(path, tmp_path)
-    with pytest.raises(ResumeTaskFailed, match=r"accumulators of node 'train/acc'\['metric'\] in the unfinished "
-                                               "epoch are per process.*strict_resume=False"):
+    with pytest.raises(
+        ResumeTaskFailed,
+        match=r"accumulators of node 'train/acc'\['metric'\] in the unfinished "
+        "epoch are per process.*strict_resume=False",
+    ):
         resume(tmp_path, forged, "strict", g=graph(metric=True))
     with pytest.warns(UserWarning, match=r"accumulators of node 'train/acc'\['metric'\] restart"):
-        averages, g = resume(tmp_path, forged, "lenient", g=graph(metric=True), strict_resume=False)
+        averages, _g = resume(tmp_path, forged, "lenient", g=graph(metric=True), strict_resume=False)
     assert averages == pytest.approx(whole, abs=1e-7)  # the LossNode's sums still merge; both epochs ran
 
 
@@ -176,6 +196,9 @@ def test_a_saved_handler_state_without_its_handler_is_named_by_its_task(tmp_path
     Accuracy(output_transform=lambda out: (out["net"], out["data"][1])).attach(task.engine, "acc")
     task.engine.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.hypergraph.save_checkpoint())
     g.run([task], devices="cpu", out_dir=tmp_path, run_id="whole", progress=False)
-    with pytest.warns(UserWarning, match=r"saved state of handler\(s\) Accuracy #0 of Task\(train=True, epochs=2, "
-                                         r"tags='train'\) has no handler in this run"):
+    with pytest.warns(
+        UserWarning,
+        match=r"saved state of handler\(s\) Accuracy #0 of Task\(train=True, epochs=2, "
+        r"tags='train'\) has no handler in this run",
+    ):
         resume(tmp_path, next((tmp_path / "whole" / "ckpts").glob("ckpt-*.pt")), "resumed")

@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import linear_graph
 
 import ice_ignite as ice
-
-from conftest import linear_graph
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -23,8 +22,12 @@ def wait_until_released():
 
 
 def schedule():
-    return [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(), wait_until_released,
-            ice.Task(train=True, epochs=1, tags="train")]
+    return [
+        ice.Task(train=True, epochs=1, tags="train"),
+        ice.SaveCheckpointTask(),
+        wait_until_released,
+        ice.Task(train=True, epochs=1, tags="train"),
+    ]
 
 
 def test_a_second_run_of_a_directory_in_use_fails_at_once_naming_the_holder(tmp_path):
@@ -37,12 +40,19 @@ def test_a_second_run_of_a_directory_in_use_fails_at_once_naming_the_holder(tmp_
         refused.append((str(info.value), time.monotonic() - start))
 
     first = linear_graph()
-    first.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(), second_run], devices="cpu",
-              out_dir=tmp_path, run_id="exp")
-    (message, seconds), = refused
-    assert re.search(rf"the run directory '.*/exp' is in use by another run \(host {re.escape(socket.gethostname())}, "
-                     rf"pid {os.getpid()}, started \d{{4}}-\d\d-\d\dT[\d:]+[+-][\d:]+\); wait for that run "
-                     "to end .* or pass another run_id", message), message
+    first.run(
+        [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(), second_run],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="exp",
+    )
+    ((message, seconds),) = refused
+    assert re.search(
+        rf"the run directory '.*/exp' is in use by another run \(host {re.escape(socket.gethostname())}, "
+        rf"pid {os.getpid()}, started \d{{4}}-\d\d-\d\dT[\d:]+[+-][\d:]+\); wait for that run "
+        "to end .* or pass another run_id",
+        message,
+    ), message
     assert seconds < 2
     assert first.global_counters.steps.train == 5  # the second run neither trained nor disturbed the first
     assert len(list((tmp_path / "exp" / "ckpts").glob("ckpt-*.pt"))) == 1
@@ -87,8 +97,9 @@ linear_graph().run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckp
 @pytest.mark.slow
 def test_a_live_run_is_never_resumed_and_a_killed_one_is_taken_over(tmp_path):
     log = (tmp_path / "holder.log").open("w")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(tests=str(TESTS), out=str(tmp_path))],
-                              stdout=log, stderr=subprocess.STDOUT)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER.format(tests=str(TESTS), out=str(tmp_path))], stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "holding").exists():

@@ -5,11 +5,10 @@ import os
 import shutil
 
 import pytest
+from conftest import linear_graph
 from ignite.engine import Events
 
 import ice_ignite as ice
-
-from conftest import linear_graph
 
 
 def schedule():
@@ -41,8 +40,9 @@ def test_a_run_directory_with_checkpoints_is_never_reused_without_resume(tmp_pat
 
 
 def test_a_run_directory_without_checkpoints_may_be_reused(tmp_path):
-    first = linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", run_id="exp",
-                               out_dir=tmp_path)
+    first = linear_graph().run(
+        [ice.Task(train=True, epochs=1, tags="train")], devices="cpu", run_id="exp", out_dir=tmp_path
+    )
     again = linear_graph()
     second = again.run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", run_id="exp", out_dir=tmp_path)
     assert first == second == tmp_path / "exp" and again.global_counters.steps.train == 5  # it trained there
@@ -66,14 +66,16 @@ def test_out_dir_that_is_a_file_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, error, words",
-    [({"devices": "gpu"}, ValueError, "device kind must be 'cpu', 'cuda' or 'auto'"),
-     ({"devices": "cpu:0-1", "nnodes": "2:1"}, ValueError, "nnodes must be 'N' or 'MIN:MAX'"),
-     ({"seed": "0"}, TypeError, "seed must be an int"),
-     ({"resume_from": 3}, TypeError, "resume_from must be None, 'auto' or a checkpoint path"),
-     ({"run_id": "a/b"}, ValueError, "run_id must be a non-empty name"),
-     ({"run_id": 5}, TypeError, r"run_id must be a str \(the run directory's name\), got int 5; pass run_id='5'"),
-     ({"run_id": "a\0b"}, ValueError, "without '/' or NUL characters"),
-     ({"run_id": "é" * 128}, ValueError, "is 256 bytes long; a directory name has at most 255 bytes")],
+    [
+        ({"devices": "gpu"}, ValueError, "device kind must be 'cpu', 'cuda' or 'auto'"),
+        ({"devices": "cpu:0-1", "nnodes": "2:1"}, ValueError, "nnodes must be 'N' or 'MIN:MAX'"),
+        ({"seed": "0"}, TypeError, "seed must be an int"),
+        ({"resume_from": 3}, TypeError, "resume_from must be None, 'auto' or a checkpoint path"),
+        ({"run_id": "a/b"}, ValueError, "run_id must be a non-empty name"),
+        ({"run_id": 5}, TypeError, r"run_id must be a str \(the run directory's name\), got int 5; pass run_id='5'"),
+        ({"run_id": "a\0b"}, ValueError, "without '/' or NUL characters"),
+        ({"run_id": "é" * 128}, ValueError, "is 256 bytes long; a directory name has at most 255 bytes"),
+    ],
 )
 def test_bad_run_arguments(tmp_path, kwargs, error, words):
     with pytest.raises(error, match=words):
@@ -102,8 +104,11 @@ def test_a_part_of_the_run_directory_that_cannot_be_written_is_found_before_trai
     else:
         (run_dir / part).mkdir(mode=0o555)
     g = linear_graph()
-    with pytest.raises(PermissionError, match=rf"the run directory's '.*/exp/{part}' cannot be written: .*; make it "
-                                              "writable, or pass another out_dir / run_id"):
+    with pytest.raises(
+        PermissionError,
+        match=rf"the run directory's '.*/exp/{part}' cannot be written: .*; make it "
+        "writable, or pass another out_dir / run_id",
+    ):
         g.run(schedule(), devices="cpu", run_id="exp", out_dir=tmp_path)
     assert g.global_counters.steps.train == 0  # before any training, not at the first checkpoint
 
@@ -111,8 +116,11 @@ def test_a_part_of_the_run_directory_that_cannot_be_written_is_found_before_trai
 def test_a_file_where_the_run_directory_needs_a_folder_is_a_clear_error(tmp_path):
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "ckpts").write_text("not a folder")
-    with pytest.raises(PermissionError, match=r"cannot create the run directory's '.*/exp/ckpts'.*remove what is in "
-                                              "its way"):
+    with pytest.raises(
+        PermissionError,
+        match=r"cannot create the run directory's '.*/exp/ckpts'.*remove what is in "
+        "its way",
+    ):
         linear_graph().run(schedule(), devices="cpu", run_id="exp", out_dir=tmp_path)
 
 
@@ -120,7 +128,7 @@ def test_a_file_where_the_run_directory_needs_a_folder_is_a_clear_error(tmp_path
 def test_a_run_directory_deleted_during_the_run_ends_it_with_an_error(tmp_path, when):
     g = linear_graph()
     task = ice.Task(train=True, epochs=3, tags="train")
-    delete = lambda *_: shutil.rmtree(tmp_path / "exp")  # noqa: E731
+    delete = lambda *_: shutil.rmtree(tmp_path / "exp")
     if when == "during a task":
         task.engine.add_event_handler(Events.ITERATION_COMPLETED(once=2), delete)
         tasks = [task]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import linear_graph, saved_checkpoint
+from test_checkpoint import assert_identical
 
 import ice_ignite as ice
 from ice_ignite import CheckpointError
@@ -31,9 +33,6 @@ from ice_ignite.checkpoint.files import (
     write_sharded_checkpoint,
 )
 
-from conftest import linear_graph, saved_checkpoint
-from test_checkpoint import assert_identical
-
 CHILD = Path(__file__).resolve().parents[1] / "sharded_run_child.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(CHILD)]
 TIMEOUT = 240  # one launch takes 10-40 s on a loaded 2-core machine
@@ -41,8 +40,13 @@ SHARDS = [".metadata", "CHECKSUMS", "__0_0.distcp", "__1_0.distcp", STATE]
 
 
 def start(out, *args):
-    return subprocess.Popen([*TORCHRUN, str(out), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [*TORCHRUN, str(out), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc):
@@ -213,9 +217,17 @@ def test_a_directory_reads_as_the_file_of_the_same_state(tmp_path):
     assert names(directory) == [".metadata", "CHECKSUMS", "__0_0.distcp", STATE]
     assert_identical(read_checkpoint(directory), read_checkpoint(file))
     g = linear_graph()
-    g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask(),
-           ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp_path, run_id="src",
-          resume_from=directory)
+    g.run(
+        [
+            ice.Task(train=True, epochs=1, tags="train"),
+            ice.SaveCheckpointTask(),
+            ice.Task(train=True, epochs=1, tags="train"),
+        ],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="src",
+        resume_from=directory,
+    )
     assert g.global_counters.epochs.train == 2  # resumed after epoch 1
     with pytest.raises(CheckpointError, match="exists already; give a new directory"):
         write_sharded_checkpoint(read_checkpoint(file), ["*/net"], directory)
@@ -237,13 +249,16 @@ def test_listing_pruning_and_cleaning_take_files_and_directories_in_sequence_ord
     assert names(ckpts) == ["best-000002-E1S5-mse=0.5.dcp", "ckpt-000004-E2S10.dcp"]
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: (d / STATE).unlink(), "has no state.pt"),
-    (lambda d: (d / ".metadata").unlink(), "has no .metadata"),
-    (lambda d: (d / "__0_0.distcp").write_bytes((d / "__0_0.distcp").read_bytes()[:300]), "truncated or corrupted"),
-    (lambda d: (d / "__0_0.distcp").unlink(), "truncated or corrupted"),
-    (lambda d: (d / STATE).write_bytes((d / STATE).read_bytes()[:100]), "truncated or corrupted"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / STATE).unlink(), "has no state.pt"),
+        (lambda d: (d / ".metadata").unlink(), "has no .metadata"),
+        (lambda d: (d / "__0_0.distcp").write_bytes((d / "__0_0.distcp").read_bytes()[:300]), "truncated or corrupted"),
+        (lambda d: (d / "__0_0.distcp").unlink(), "truncated or corrupted"),
+        (lambda d: (d / STATE).write_bytes((d / STATE).read_bytes()[:100]), "truncated or corrupted"),
+    ],
+)
 def test_a_broken_directory_is_an_error_and_auto_falls_back_past_it(tmp_path, damage, message):
     file, directory = directory_checkpoint(tmp_path)
     damage(directory)
@@ -256,7 +271,7 @@ def test_a_broken_directory_is_an_error_and_auto_falls_back_past_it(tmp_path, da
 
 
 def test_the_partial_directory_of_an_unfinished_save_is_refused(tmp_path):
-    file, directory = directory_checkpoint(tmp_path)
+    _file, directory = directory_checkpoint(tmp_path)
     partial = directory.rename(directory.with_name(f".{directory.name}.partial"))
     with pytest.raises(CheckpointError, match="partial write of a save that did not finish"):
         read_checkpoint(partial)
@@ -270,10 +285,14 @@ def test_a_directory_whose_dcp_part_holds_more_than_tensors_is_refused_unread(tm
         item.unlink()
     marker = tmp_path / "ran"
     with pytest.warns(UserWarning, match="single process"):  # DCP's own, without a process group
-        dcp.save({"*/net": {"module": {"weight": torch.zeros(1, 3)}, "note": Marker(marker)}}, checkpoint_id=directory,
-                 no_dist=True)
-    with pytest.raises(CheckpointError, match="holds pickled objects, not only tensors .*open only a checkpoint you "
-                                              "trust"):
+        dcp.save(
+            {"*/net": {"module": {"weight": torch.zeros(1, 3)}, "note": Marker(marker)}},
+            checkpoint_id=directory,
+            no_dist=True,
+        )
+    with pytest.raises(
+        CheckpointError, match="holds pickled objects, not only tensors .*open only a checkpoint you trust"
+    ):
         read_checkpoint(directory)
     assert not marker.exists()
 

@@ -66,8 +66,9 @@ def spawned(out):
 
 def lock_holder(stdout):
     """The pid the run directory's lock file named during the run, and rank 0's pid and parent's."""
-    holder, me, parent = re.search(r"lock: host \S+, pid (\d+), started \S+; I am pid (\d+), child of (\d+)",
-                                   stdout).groups()
+    holder, me, parent = re.search(
+        r"lock: host \S+, pid (\d+), started \S+; I am pid (\d+), child of (\d+)", stdout
+    ).groups()
     return int(holder), int(me), int(parent)
 
 
@@ -107,15 +108,21 @@ def test_two_machines_on_loopback(out, spawned, how):
     procs = []
     for node_rank in (0, 1):
         if how == "torchrun-c10d":
-            cmd = torchrun("--nnodes=2", f"--node_rank={node_rank}", "--nproc_per_node=1", "--rdzv_backend=c10d",
-                           f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=loopback")
+            cmd = torchrun(
+                "--nnodes=2",
+                f"--node_rank={node_rank}",
+                "--nproc_per_node=1",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint=127.0.0.1:{port}",
+                "--rdzv_id=loopback",
+            )
             args = ()
         else:
             cmd, args = None, ("--devices", "cpu", "--nnodes", 2, "--node-rank", node_rank, "--master-port", port)
         full = (cmd or [sys.executable]) + [str(CHILD), str(out), how, *map(str, args)]
         procs.append(subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=180) for p in procs]
-    for p, (stdout, stderr) in zip(procs, outputs):
+    for p, (_stdout, stderr) in zip(procs, outputs):
         assert p.returncode == 0, stderr
     assert "rank 1 of 2 (local 0 of 1, node 1)" in outputs[1][0]
     assert max_diff(result(out, how), spawned[1]) == 0
@@ -123,9 +130,11 @@ def test_two_machines_on_loopback(out, spawned, how):
 
 def test_forked_workers_when_there_is_no_entry_script(out, spawned):
     """Also torchrun's options passed through: per-rank log files (tee) and OMP_NUM_THREADS."""
-    code = (f"import sys; sys.argv = ['-c', {str(out)!r}, 'forked', '--tee', '3', '--omp-num-threads', '2']; "
-            f"sys.path.insert(0, {str(CHILD.parent)!r})\n"
-            "import distributed_child; distributed_child.main(); print('the launching process goes on')")
+    code = (
+        f"import sys; sys.argv = ['-c', {str(out)!r}, 'forked', '--tee', '3', '--omp-num-threads', '2']; "
+        f"sys.path.insert(0, {str(CHILD.parent)!r})\n"
+        "import distributed_child; distributed_child.main(); print('the launching process goes on')"
+    )
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -166,13 +175,17 @@ def test_gradient_accumulation_skips_the_all_reduce_on_non_stepping_iterations(o
 
 
 def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes_exactly(out, spawned):
-    proc = subprocess.Popen([sys.executable, str(CHILD), str(out), "preempted", "--slow", "0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), str(out), "preempted", "--slow", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not list((out / "preempted" / "ckpts").glob("ckpt-*.pt")) and time.monotonic() < deadline:
         time.sleep(0.1)  # the first periodic checkpoint: training is under way
     proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
+    _stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
     # the launching process does not claim a checkpoint it cannot see (a hung worker writes none)
     assert "preempted by SIGTERM: the workers were asked to checkpoint at their next iteration boundary" in stderr
@@ -202,8 +215,13 @@ def _children(pid):
 
 def _start_slow(out, run_id, *extra):
     # a session of its own: a signal to the group reaches the launcher, the ranks and their DataLoader workers
-    return subprocess.Popen([sys.executable, str(CHILD), str(out), run_id, "--slow", "0.2", *map(str, extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), str(out), run_id, "--slow", "0.2", *map(str, extra)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _first_checkpoint(out, run_id, proc, timeout=60):
@@ -215,7 +233,7 @@ def _first_checkpoint(out, run_id, proc, timeout=60):
 
 def _preempted_and_resumed(out, run_id, proc, spawned):
     try:
-        stdout, stderr = proc.communicate(timeout=120)
+        _stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -298,8 +316,9 @@ def test_a_rank_stuck_in_user_code_ends_the_run_in_bounded_time_naming_it_with_i
     assert proc.returncode != 0, proc.stderr
     assert elapsed < 4 + 30, elapsed  # far from the 40 s the rank sleeps, let alone torch's 30 minutes
     assert "CollectiveTimeout" in proc.stderr and "collective_timeout=4 s" in proc.stderr
-    assert re.search(r"rank 1 is stuck \(host \S+, pid \d+\) in node '(train/)?stuck' in task Task\(train=True",
-                     proc.stderr), proc.stderr
+    assert re.search(
+        r"rank 1 is stuck \(host \S+, pid \d+\) in node '(train/)?stuck' in task Task\(train=True", proc.stderr
+    ), proc.stderr
     report = (out / "stuck" / "logs" / "hang-rank1.txt").read_text()
     assert "rank 1 of 2" in report and "in node" in report and "stuck_forward" in report  # its Python stack
     assert (out / "stuck" / "logs" / "hang-rank0.txt").exists()  # the waiting rank says where it waits

@@ -8,26 +8,34 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import max_diff
 
 import ice_ignite as ice
 from ice_ignite.errors import CheckpointError
 
-from conftest import max_diff
-
 CHILD = Path(__file__).resolve().parents[1] / "fsdp_child.py"
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "large-models.md"
-RUNS = {"fsdp": ("fsdp", "cpu:0-1"), "ddp": ("ddp", "cpu:0-1"), "single": ("fsdp", "cpu"),
-        "composed": ("fsdp-ac-compile", "cpu:0-1"), "bf16": ("fsdp-bf16", "cpu:0-1"),
-        "bf16-single": ("fsdp-bf16", "cpu")}
+RUNS = {
+    "fsdp": ("fsdp", "cpu:0-1"),
+    "ddp": ("ddp", "cpu:0-1"),
+    "single": ("fsdp", "cpu"),
+    "composed": ("fsdp-ac-compile", "cpu:0-1"),
+    "bf16": ("fsdp-bf16", "cpu:0-1"),
+    "bf16-single": ("fsdp-bf16", "cpu"),
+}
 
 
 def start(out, run_id, mode, devices, *extra):
-    return subprocess.Popen([sys.executable, str(CHILD), str(out), run_id, mode, devices, *map(str, extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), str(out), run_id, mode, devices, *map(str, extra)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc):
-    out, err = proc.communicate(timeout=300)
+    _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-4000:]
     return err
 
@@ -116,7 +124,8 @@ def test_an_fsdp_state_in_the_middle_of_an_accumulation_cycle_is_refused(runs):
         assert r["fsdp"][rank]["mid_cycle"] == [
             "ModuleNode '*/enc': a checkpoint in the middle of a gradient accumulation cycle of a parallel='fsdp' "
             "module would lose the gradients accumulated so far (FSDP holds them unsharded); checkpoint at the end "
-            "of a cycle (after a multiple of grad_acc_steps iterations) or use parallel='ddp'"]
+            "of a cycle (after a multiple of grad_acc_steps iterations) or use parallel='ddp'"
+        ]
     assert r["ddp"][0]["mid_cycle"] == r["single"][0]["mid_cycle"] == [None]
 
 
@@ -132,19 +141,24 @@ def test_an_fsdp_checkpoint_loads_into_one_process(runs):
 
 def test_fsdp_options_are_checked_by_name():
     net = torch.nn.Linear(2, 2)
-    fwd = lambda n, x: n.module(x["data"][0])  # noqa: E731
-    node = ice.ModuleNode(net, forward=fwd, parallel="fsdp", fsdp_policy=torch.nn.Linear,
-                          fsdp_kwargs={"reshard_after_forward": False})
+    fwd = lambda n, x: n.module(x["data"][0])
+    node = ice.ModuleNode(
+        net, forward=fwd, parallel="fsdp", fsdp_policy=torch.nn.Linear, fsdp_kwargs={"reshard_after_forward": False}
+    )
     assert node.parallel == "fsdp" and node.fsdp_kwargs == {"reshard_after_forward": False} and not node.sharded
-    with pytest.raises(TypeError, match="fsdp_kwargs of ModuleNode\\(Linear\\) has 'reshard_after_froward', which "
-                                        "is not a fully_shard option: did you mean 'reshard_after_forward'"):
+    with pytest.raises(
+        TypeError,
+        match="fsdp_kwargs of ModuleNode\\(Linear\\) has 'reshard_after_froward', which "
+        "is not a fully_shard option: did you mean 'reshard_after_forward'",
+    ):
         ice.ModuleNode(net, forward=fwd, parallel="fsdp", fsdp_kwargs={"reshard_after_froward": False})
     with pytest.raises(TypeError, match="fsdp_kwargs of ModuleNode\\(Linear\\) sets 'mesh': ice_ignite shards over"):
         ice.ModuleNode(net, forward=fwd, parallel="fsdp", fsdp_kwargs={"mesh": None})
     with pytest.raises(TypeError, match="got fsdp_policy/fsdp_kwargs with parallel='ddp'"):
         ice.ModuleNode(net, forward=fwd, fsdp_policy=torch.nn.Linear)
-    with pytest.raises(TypeError, match="DistributedDataParallel options \\(static_graph, ddp_kwargs\\) with "
-                                        "parallel='fsdp'"):
+    with pytest.raises(
+        TypeError, match="DistributedDataParallel options \\(static_graph, ddp_kwargs\\) with parallel='fsdp'"
+    ):
         ice.ModuleNode(net, forward=fwd, parallel="fsdp", static_graph=True, ddp_kwargs={"bucket_cap_mb": 1})
     with pytest.raises(ValueError, match=r"parallel must be ice.DDP\(...\), ice.FSDP\(...\) or None, got 'FSDP'"):
         ice.ModuleNode(net, forward=fwd, parallel="FSDP")
@@ -156,8 +170,11 @@ def test_fsdp_options_are_checked_by_name():
 
 @pytest.mark.slow
 def test_the_large_models_page_script_runs_in_two_processes(tmp_path):
-    scripts = [code for code in re.findall(r"<!-- fragment -->\n```python\n(.*?)```", PAGE.read_text(), re.S)
-               if 'if __name__ == "__main__":' in code]
+    scripts = [
+        code
+        for code in re.findall(r"<!-- fragment -->\n```python\n(.*?)```", PAGE.read_text(), re.S)
+        if 'if __name__ == "__main__":' in code
+    ]
     assert len(scripts) == 1
     (tmp_path / "large.py").write_text(scripts[0])
     proc = subprocess.run([sys.executable, "large.py"], cwd=tmp_path, capture_output=True, text=True, timeout=400)
@@ -171,8 +188,12 @@ SHARDED = Path(__file__).resolve().parents[1] / "sharded_child.py"
 
 
 def sharded_run(out, run_id, devices, save_to, *load_from):
-    proc = subprocess.run([sys.executable, str(SHARDED), str(out), run_id, devices, str(save_to), *map(str, load_from)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SHARDED), str(out), run_id, devices, str(save_to), *map(str, load_from)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out / f"{run_id}.pt", weights_only=False)
 
@@ -183,8 +204,13 @@ def test_sharded_checkpoints_reshard_from_two_processes_to_one_and_back(tmp_path
 
     two = sharded_run(tmp_path, "two", "cpu:0-1", tmp_path / "ckpt-2")  # FSDP, 2 processes: one shard file each
     assert two["saved_sharded"] == [True, True]
-    assert sorted(p.name for p in (tmp_path / "ckpt-2").iterdir()) == [".metadata", "CHECKSUMS", "__0_0.distcp",
-                                                                       "__1_0.distcp", "meta.pt"]
+    assert sorted(p.name for p in (tmp_path / "ckpt-2").iterdir()) == [
+        ".metadata",
+        "CHECKSUMS",
+        "__0_0.distcp",
+        "__1_0.distcp",
+        "meta.pt",
+    ]
     one = sharded_run(tmp_path, "one", "cpu", tmp_path / "ckpt-1", tmp_path / "ckpt-2")  # 2 -> 1
     assert one["meta"] == {"world": 2} and one["loaded_sharded"] == [False, False]
     assert max_diff(one["loaded"], two["saved"]) == 0.0  # weights, Adam moments and steps, the scheduler

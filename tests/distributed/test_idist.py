@@ -36,8 +36,13 @@ def single(tmp_path_factory):
 def assert_two_ranks_trained_as_one_process(out, run_id, single):
     ranks = [torch.load(out / f"{run_id}-rank{r}.pt", weights_only=True) for r in (0, 1)]
     for r, seen in enumerate(ranks):
-        assert (seen["rank"], seen["world_size"], seen["local_rank"], seen["local_world_size"], seen["node_rank"]) \
-            == (r, 2, r, 2, 0)
+        assert (seen["rank"], seen["world_size"], seen["local_rank"], seen["local_world_size"], seen["node_rank"]) == (
+            r,
+            2,
+            r,
+            2,
+            0,
+        )
         assert seen["parallel_local_rank"] == r  # what idist.Parallel passed to the function
         assert (seen["backend"], seen["device"]) == ("gloo", "cpu")
         # the group idist.Parallel created outlives g.run: an all-reduce of rank + 1 over both ranks
@@ -60,8 +65,17 @@ def test_a_graph_runs_in_workers_that_idist_parallel_spawns(tmp_path, single):
 
 @pytest.mark.slow
 def test_a_script_with_idist_parallel_under_torchrun(tmp_path, single):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(CHILD),
-           "torchrun", str(tmp_path), "torchrun"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(CHILD),
+        "torchrun",
+        str(tmp_path),
+        "torchrun",
+    ]
     proc, elapsed = run_child(cmd)
     assert "rank 0 of 2: done" in proc.stdout and "rank 1 of 2: done" in proc.stdout
     assert_two_ranks_trained_as_one_process(tmp_path, "torchrun", single)
@@ -75,7 +89,7 @@ def test_a_group_the_user_created_is_joined_and_left_initialised(tmp_path, monke
     monkeypatch.setenv("LOCAL_RANK", "0")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        g, net = idist_child.build()
+        g, _net = idist_child.build()
         seen = idist_child.train(g, tmp_path, "user")
         assert (seen["rank"], seen["world_size"], seen["local_world_size"], seen["backend"]) == (0, 1, 1, "gloo")
         assert dist.is_initialized()

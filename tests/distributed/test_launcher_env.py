@@ -37,11 +37,26 @@ def shard_batches(world_size, batch_size, in_total, n=10, shuffle=True, drop_las
     per_rank, scales = [], []
     for rank in range(world_size):
         g = ice.HyperGraph()
-        g.add("data", ice.DatasetNode(torch.utils.data.TensorDataset(torch.arange(n)), batch_size=batch_size,
-                                      shuffle=shuffle, batch_size_in_total=in_total, drop_last=drop_last))
+        g.add(
+            "data",
+            ice.DatasetNode(
+                torch.utils.data.TensorDataset(torch.arange(n)),
+                batch_size=batch_size,
+                shuffle=shuffle,
+                batch_size_in_total=in_total,
+                drop_last=drop_last,
+            ),
+        )
         seen, scale = [], []
-        g.add("rec", ice.Node(forward=lambda node, x: (seen.append(x["data"][0].tolist()),
-                                                        scale.append(node.hypergraph["*/data"].last_loss_scale))))
+        g.add(
+            "rec",
+            ice.Node(
+                forward=lambda node, x: (
+                    seen.append(x["data"][0].tolist()),
+                    scale.append(node.hypergraph["*/data"].last_loss_scale),
+                )
+            ),
+        )
         g.exec_tasks([ice.Task(train=False, epochs=1)], ice.Launcher(rank=rank, world_size=world_size))
         per_rank.append(seen)
         scales.append(scale)

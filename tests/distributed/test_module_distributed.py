@@ -13,8 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 def child(out_dir, run_id, mode):
-    return subprocess.run([sys.executable, str(CHILD), str(out_dir), run_id, mode], capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run(
+        [sys.executable, str(CHILD), str(out_dir), run_id, mode], capture_output=True, text=True, timeout=180
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,11 @@ def heads(tmp_path_factory):
 def test_ddp_kwargs_reach_distributed_data_parallel(heads):
     _, ranks = heads
     for r in ranks:
-        assert r["ddp"] == {"bucket_bytes_cap": 1024 * 1024, "gradient_as_bucket_view": True,
-                            "find_unused_parameters": True}  # "skip" needs DDP to look for unused parameters
+        assert r["ddp"] == {
+            "bucket_bytes_cap": 1024 * 1024,
+            "gradient_as_bucket_view": True,
+            "find_unused_parameters": True,
+        }  # "skip" needs DDP to look for unused parameters
 
 
 def test_skip_under_ddp_leaves_the_other_head_untouched_and_keeps_ranks_in_step(heads):
@@ -49,14 +53,18 @@ def test_skip_under_ddp_leaves_the_other_head_untouched_and_keeps_ranks_in_step(
 def test_batchnorm_training_in_several_processes_without_sync_batchnorm_warns_once(heads):
     proc, ranks = heads
     assert proc.stderr.count("BatchNorm layer(s)") == 1, proc.stderr  # once, on local rank 0, in three train tasks
-    assert "ModuleNode '*/bn': BatchNorm layer(s) 1 (BatchNorm1d) of Sequential train with per-process batch " \
-           "statistics in this 2-process run. Pass sync_batchnorm=True" in proc.stderr
+    assert (
+        "ModuleNode '*/bn': BatchNorm layer(s) 1 (BatchNorm1d) of Sequential train with per-process batch "
+        "statistics in this 2-process run. Pass sync_batchnorm=True" in proc.stderr
+    )
     assert ranks[0]["batchnorm"] == "BatchNorm1d"
 
 
 def test_sync_batchnorm_on_the_cpu_is_a_clear_error_before_any_step(tmp_path):
     proc = child(tmp_path, "sync", "sync-batchnorm")
     assert proc.returncode != 0
-    assert ("ModuleNode '*/bn': sync_batchnorm=True, but torch 2.13.0+cpu's SyncBatchNorm trains only on GPUs "
-            "(cuda, xpu, hpu) and this run is on cpu (layers 1)") in proc.stderr
+    assert (
+        "ModuleNode '*/bn': sync_batchnorm=True, but torch 2.13.0+cpu's SyncBatchNorm trains only on GPUs "
+        "(cuda, xpu, hpu) and this run is on cpu (layers 1)"
+    ) in proc.stderr
     assert "SyncBatchNorm expected input tensor" not in proc.stderr  # torch's own error, mid-forward

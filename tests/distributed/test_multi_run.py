@@ -20,16 +20,19 @@ CHILD = Path(__file__).resolve().parents[1] / "multi_run_child.py"
 REPEATS = int(os.environ.get("ICE_IGNITE_MULTI_RUN_REPEATS", "1"))
 # One script takes 15-45 s on a loaded 2-core machine; the hang waited for gloo's 30-minute timeout.
 TIMEOUT = 180
-COMMANDS = {"run": [sys.executable, str(CHILD)],
-            "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(CHILD)]}
+COMMANDS = {
+    "run": [sys.executable, str(CHILD)],
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(CHILD)],
+}
 LINE = re.compile(r"run (\d): pid \d+ rank (\d) of 2 main (True|False) idist rank \d dir (\S+)")
 
 
 def check_three_runs(out: Path, stdout: str) -> None:
     seen = LINE.findall(stdout)
     # every process of every run knows its rank, and only rank 0 is the main one
-    assert sorted((i, r, m) for i, r, m, _ in seen) == [(str(i), str(r), str(r == 0)) for i in range(3)
-                                                        for r in range(2)], stdout
+    assert sorted((i, r, m) for i, r, m, _ in seen) == [
+        (str(i), str(r), str(r == 0)) for i in range(3) for r in range(2)
+    ], stdout
     dirs = [{d for j, _, _, d in seen if j == str(i)} for i in range(3)]
     assert dirs[0] == {"pretrain"} and dirs[2] == {"evaluate"}
     assert len(dirs[1]) == 1 and dirs[1] != {"pretrain"}  # run_id=None: a fresh directory, agreed by both ranks

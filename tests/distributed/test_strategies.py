@@ -46,8 +46,9 @@ def test_a_module_node_takes_a_strategy_or_none_and_keeps_eight_parameters():
 
 def test_the_old_keywords_are_deprecated_aliases_of_the_strategies():
     with pytest.warns(DeprecationWarning, match="parallel='fsdp' and fsdp_policy=, fsdp_kwargs= are deprecated"):
-        old = ice.ModuleNode(net(), fwd, parallel="fsdp", fsdp_policy=torch.nn.Linear,
-                             fsdp_kwargs={"reshard_after_forward": False})
+        old = ice.ModuleNode(
+            net(), fwd, parallel="fsdp", fsdp_policy=torch.nn.Linear, fsdp_kwargs={"reshard_after_forward": False}
+        )
     assert isinstance(old.strategy, ice.FSDP) and old.fsdp_kwargs == {"reshard_after_forward": False}
     with pytest.warns(DeprecationWarning, match="find_unused_parameters=, ddp_kwargs= are deprecated"):
         old = ice.ModuleNode(net(), fwd, find_unused_parameters=True, ddp_kwargs={"bucket_cap_mb": 5})

@@ -1,10 +1,9 @@
 """The graph as DOT, Mermaid and a picture."""
 
 import matplotlib
+from conftest import linear_graph
 
 import ice_ignite as ice
-
-from conftest import linear_graph
 
 
 def test_draw_writes_dot_mermaid_and_a_png_with_the_recorded_edges(tmp_path, svg_backend):

@@ -24,9 +24,14 @@ def test_phase_order_forward_backward_update_and_lazy_cache():
         state["v"] += 1
         return state["v"]
 
-    g.add("n1", ice.Node(forward=n1_forward,
-                         backward=lambda n: state.__setitem__("v", state["v"] + 10),
-                         update=lambda n: state.__setitem__("v", state["v"] + 100)))
+    g.add(
+        "n1",
+        ice.Node(
+            forward=n1_forward,
+            backward=lambda n: state.__setitem__("v", state["v"] + 10),
+            update=lambda n: state.__setitem__("v", state["v"] + 100),
+        ),
+    )
     g.add("n2", ice.Node(forward=lambda n, x: seen.append(x["n1"] * 2)))
     run_steps(g, steps=1)
     assert state["v"] == 111
@@ -90,7 +95,7 @@ def test_contains_tells_whether_an_optional_node_is_selected():
     g = ice.HyperGraph()
     g.add("opt", ice.Node(forward=lambda n, x: 5), tags="b")
     got = []
-    g.add("user", ice.Node(forward=lambda n, x: got.append(x["opt"] if "opt" in x else None)))
+    g.add("user", ice.Node(forward=lambda n, x: got.append(x.get("opt", None))))
     run_steps(g, tags="a", train=False)
     run_steps(g, tags="a,b", train=False)
     assert got == [None, 5]
@@ -178,8 +183,14 @@ def test_train_loss_without_trainable_parameters_is_a_clear_error():
 
 def test_a_detached_loss_of_a_trained_module_says_it_depends_on_no_trainable_parameter():
     g = ice.HyperGraph()
-    g.add("net", ice.ModuleNode(torch.nn.Linear(2, 1), forward=lambda n, x: n.module(torch.ones(1, 2)),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            torch.nn.Linear(2, 1),
+            forward=lambda n, x: n.module(torch.ones(1, 2)),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1),
+        ),
+    )
     g.add("l", ice.LossNode(forward=lambda n, x: x["net"].detach().sum()))
     with pytest.raises(GraphError, match=r"do not depend on any trainable parameter \(of '\*/net'\).*detach") as e:
         run_steps(g, steps=1)
@@ -192,10 +203,15 @@ def chain(n, first_consumer=True):
     g = ice.HyperGraph()
     g.add("loss", ice.LossNode(forward=lambda node, x: x["m0"].pow(2).mean()))
     for i in range(n):
-        pull = (lambda node, x: node.module(torch.ones(1, 2))) if i == n - 1 else \
-            (lambda node, x, j=i + 1: node.module(x[f"m{j}"]))
-        g.add(f"m{i}", ice.ModuleNode(torch.nn.Linear(2, 2), forward=pull,
-                                      optimizers=ice.Optimizer(torch.optim.SGD, lr=0.01)))
+        pull = (
+            (lambda node, x: node.module(torch.ones(1, 2)))
+            if i == n - 1
+            else (lambda node, x, j=i + 1: node.module(x[f"m{j}"]))
+        )
+        g.add(
+            f"m{i}",
+            ice.ModuleNode(torch.nn.Linear(2, 2), forward=pull, optimizers=ice.Optimizer(torch.optim.SGD, lr=0.01)),
+        )
     return g
 
 
@@ -216,8 +232,12 @@ def test_a_chain_deeper_than_the_limit_is_a_graph_error_naming_the_depth_and_the
     g = ice.HyperGraph()
     n = MAX_PULL_DEPTH + 1
     for i in range(n):
-        g.add(f"n{i}", ice.Node(forward=(lambda node, x: 1) if i == n - 1 else
-                                (lambda node, x, j=i + 1: x[f"n{j}"] + 1)))
-    with pytest.raises(GraphError, match=rf"more than {MAX_PULL_DEPTH} nodes deep: pulling 'n{n - 1}' makes a chain "
-                                         rf"of {n} nodes.*n0 -> n1 -> n2 -> \.\.\. \({n - 6} more\).*add producers"):
+        g.add(
+            f"n{i}", ice.Node(forward=(lambda node, x: 1) if i == n - 1 else (lambda node, x, j=i + 1: x[f"n{j}"] + 1))
+        )
+    with pytest.raises(
+        GraphError,
+        match=rf"more than {MAX_PULL_DEPTH} nodes deep: pulling 'n{n - 1}' makes a chain "
+        rf"of {n} nodes.*n0 -> n1 -> n2 -> \.\.\. \({n - 6} more\).*add producers",
+    ):
         run_steps(g, train=False)

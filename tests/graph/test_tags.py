@@ -5,8 +5,13 @@ from ice_ignite.graph.tags import check_name, is_selected, make_uid, normalize_t
 
 @pytest.mark.parametrize(
     "tags, expected",
-    [("train", ("train",)), ("val,train", ("train", "val")), (["b", "a", "b"], ("a", "b")), ("*", ("*",)),
-     (" #dbg , val", ("#dbg", "val"))],
+    [
+        ("train", ("train",)),
+        ("val,train", ("train", "val")),
+        (["b", "a", "b"], ("a", "b")),
+        ("*", ("*",)),
+        (" #dbg , val", ("#dbg", "val")),
+    ],
 )
 def test_normalize_tags(tags, expected):
     assert normalize_tags(tags) == expected
@@ -14,9 +19,15 @@ def test_normalize_tags(tags, expected):
 
 @pytest.mark.parametrize(
     "tags, error, words",
-    [("", ValueError, "empty"), ([], ValueError, "empty"), ("*,train", ValueError, "combines"),
-     ("tr ain", ValueError, "invalid tag"), ("a/b", ValueError, "invalid tag"), (3, TypeError, "str"),
-     (["a", 1], TypeError, "str")],
+    [
+        ("", ValueError, "empty"),
+        ([], ValueError, "empty"),
+        ("*,train", ValueError, "combines"),
+        ("tr ain", ValueError, "invalid tag"),
+        ("a/b", ValueError, "invalid tag"),
+        (3, TypeError, "str"),
+        (["a", 1], TypeError, "str"),
+    ],
 )
 def test_bad_tags_name_the_problem(tags, error, words):
     with pytest.raises(error, match=words):

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from conftest import linear_graph
 from ignite.engine import Events
 
 import ice_ignite as ice
 from ice_ignite import ScheduleError
-
-from conftest import linear_graph
 
 
 def index_set(n):
@@ -63,8 +62,10 @@ def test_an_epoch_task_after_a_step_task_starts_a_fresh_pass():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(index_set(6), batch_size=2))
     seen = batches_seen(g, "data", "*")
-    g.exec_tasks([ice.Task(train=False, steps=2), ice.Task(train=False, epochs=1), ice.Task(train=False, steps=1)],
-                 ice.Launcher())
+    g.exec_tasks(
+        [ice.Task(train=False, steps=2), ice.Task(train=False, epochs=1), ice.Task(train=False, steps=1)],
+        ice.Launcher(),
+    )
     assert seen == [0, 2, 0, 2, 4, 0]
 
 
@@ -73,8 +74,9 @@ def test_engine_state_continues_across_repetitions_like_global_counters():
     train = ice.Task(train=True, epochs=2, tags="train")
     iterations = []
     for event in (Events.INTERRUPT, Events.COMPLETED):
-        train.engine.add_event_handler(event, lambda e, ev=event: iterations.append((ev.name, e.state.epoch,
-                                                                                     e.state.iteration)))
+        train.engine.add_event_handler(
+            event, lambda e, ev=event: iterations.append((ev.name, e.state.epoch, e.state.iteration))
+        )
     g.exec_tasks([ice.Repeat([train], times=3)], ice.Launcher())
     # B3 (turn 3): one ignite run of 6 epochs, suspended after each repetition's 2 epochs
     assert iterations == [("INTERRUPT", 2, 10), ("INTERRUPT", 4, 20), ("COMPLETED", 6, 30)]
@@ -98,13 +100,22 @@ def test_exact_counters_after_a_mixed_schedule():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(index_set(8), batch_size=2), tags="train")  # 4 batches
     g.add("data", ice.DatasetNode(index_set(4), batch_size=2), tags="val")  # 2 batches
-    g.add("net", ice.ModuleNode(torch.nn.Linear(1, 1), forward=lambda n, x: n.module(x["data"][0].float()[:, None]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.01)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            torch.nn.Linear(1, 1),
+            forward=lambda n, x: n.module(x["data"][0].float()[:, None]),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.01),
+        ),
+    )
     g.add("loss", ice.LossNode(forward=lambda n, x: x["net"].pow(2).mean()))
     train_e = ice.Task(train=True, epochs=2, tags="train")
     val_e = ice.Task(train=False, epochs=1, tags="val")
-    schedule = [ice.Repeat([train_e, val_e], times=2), ice.Task(train=True, steps=3, tags="train"),
-                ice.Task(train=False, steps=5, tags="val")]
+    schedule = [
+        ice.Repeat([train_e, val_e], times=2),
+        ice.Task(train=True, steps=3, tags="train"),
+        ice.Task(train=False, steps=5, tags="val"),
+    ]
     g.exec_tasks(schedule, ice.Launcher())
     c = g.global_counters
     assert (c.steps.train, c.steps.eval, c.epochs.train, c.epochs.eval) == (2 * 2 * 4 + 3, 2 * 2 + 5, 4, 2)
@@ -130,7 +141,9 @@ def test_stop_task_ends_the_task_without_counting_and_the_schedule_goes_on(where
     node = g.add("stopper", ice.Node(forward=forward))
     task = ice.Task(train=False, epochs=3)
     if where == "handler":
-        task.engine.add_event_handler(Events.ITERATION_COMPLETED(once=7), lambda e: (_ for _ in ()).throw(ice.StopTask()))
+        task.engine.add_event_handler(
+            Events.ITERATION_COMPLETED(once=7), lambda e: (_ for _ in ()).throw(ice.StopTask())
+        )
     events = _event_recorder(task)
     after = []
     g.exec_tasks([task, lambda: after.append("next")], ice.Launcher())
@@ -144,8 +157,10 @@ def test_stop_task_ends_the_task_without_counting_and_the_schedule_goes_on(where
 def test_stop_all_tasks_ends_the_run_cleanly():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(index_set(8), batch_size=2))
-    g.add("stopper", ice.Node(forward=lambda n, x: (_ for _ in ()).throw(ice.StopAllTasks())
-                              if n.epoch_steps == 2 else None))
+    g.add(
+        "stopper",
+        ice.Node(forward=lambda n, x: (_ for _ in ()).throw(ice.StopAllTasks()) if n.epoch_steps == 2 else None),
+    )
     task = ice.Task(train=False, epochs=2)
     events = _event_recorder(task)
     later = []
@@ -164,8 +179,12 @@ def test_callables_receive_nothing_the_graph_or_graph_and_launcher():
 
 @pytest.mark.parametrize(
     "schedule, words",
-    [([42], r"schedule\[1\] is int 42"), ([ice.Repeat([ice.Task(train=True, steps=1)], 2), "x"], r"schedule\[2\] is str"),
-     ([ice.SaveCheckpointTask], "not an instance: call it"), ([lambda a, b, c: 0], "takes more than 2 arguments")],
+    [
+        ([42], r"schedule\[1\] is int 42"),
+        ([ice.Repeat([ice.Task(train=True, steps=1)], 2), "x"], r"schedule\[2\] is str"),
+        ([ice.SaveCheckpointTask], "not an instance: call it"),
+        ([lambda a, b, c: 0], "takes more than 2 arguments"),
+    ],
 )
 def test_a_bad_schedule_is_refused_before_anything_runs(schedule, words):
     g = ice.HyperGraph()
@@ -188,8 +207,9 @@ def test_user_epoch_completed_handler_sees_this_epochs_metrics_and_output_is_det
     seen = []
     train.engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(dict(e.state.metrics)))
     outputs = []
-    train.engine.add_event_handler(Events.ITERATION_COMPLETED,
-                                   lambda e: outputs.append((dict(e.state.output), e.state.batch)))
+    train.engine.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: outputs.append((dict(e.state.output), e.state.batch))
+    )
     losses = []
     g.add("rec", ice.Node(update=lambda n: losses.append(n.egraph.cache.outputs["mse"].item())), tags="train")
     g.exec_tasks([train], ice.Launcher())
@@ -205,8 +225,14 @@ def test_node_properties_describe_the_running_task():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(index_set(6), batch_size=2))
     seen = []
-    g.add("probe", ice.Node(forward=lambda n, x: seen.append(
-        (n.training, n.step_mode, n.epoch_steps, n.epoch_size, n.global_auto_steps, repr(n.task)))))
+    g.add(
+        "probe",
+        ice.Node(
+            forward=lambda n, x: seen.append(
+                (n.training, n.step_mode, n.epoch_steps, n.epoch_size, n.global_auto_steps, repr(n.task))
+            )
+        ),
+    )
     g.exec_tasks([ice.Task(train=False, epochs=1), ice.Task(train=False, steps=2)], ice.Launcher())
     assert seen == [
         (False, False, 0, 3, 0, "Task(train=False, epochs=1, tags='*')"),
@@ -221,8 +247,15 @@ def test_epoch_hooks_run_around_every_engine_epoch_step_mode_included():
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(index_set(4), batch_size=2))
     calls = []
-    g.add("hooks", ice.Node(epoch_start=lambda n: calls.append("start"), epoch_end=lambda n: calls.append("end"),
-                            prepare=lambda n: calls.append("prepare"), clean_up=lambda n: calls.append("clean_up")))
+    g.add(
+        "hooks",
+        ice.Node(
+            epoch_start=lambda n: calls.append("start"),
+            epoch_end=lambda n: calls.append("end"),
+            prepare=lambda n: calls.append("prepare"),
+            clean_up=lambda n: calls.append("clean_up"),
+        ),
+    )
     g.exec_tasks([ice.Task(train=False, epochs=2), ice.Task(train=False, steps=3)], ice.Launcher())
     assert calls == ["prepare", "start", "end", "start", "end", "clean_up", "prepare", "start", "end", "clean_up"]
 

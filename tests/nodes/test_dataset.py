@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
-from torch.utils.data import DataLoader, SubsetRandomSampler, WeightedRandomSampler
+from torch.utils.data import SubsetRandomSampler, WeightedRandomSampler
 from torch.utils.data._utils.collate import default_collate
 
 import ice_ignite as ice
@@ -29,7 +28,7 @@ def orders(seed=0, uid_tags="train", passes=2, n=12, batch_size=4, **kwargs):
     g.seed = seed
     g.exec_tasks([ice.Task(train=False, epochs=passes, tags=uid_tags)], ice.Launcher())
     per = n // batch_size * batch_size
-    return [seen[i * per:(i + 1) * per] for i in range(passes)]
+    return [seen[i * per : (i + 1) * per] for i in range(passes)]
 
 
 def test_shuffle_order_is_a_pure_function_of_seed_uid_and_pass():
@@ -81,13 +80,16 @@ def test_drop_last_and_lengths():
 
 @pytest.mark.parametrize(
     "kwargs, error, words",
-    [({"batch_sampler": None}, TypeError, "does not take 'batch_sampler'"),
-     ({"foo": 1}, TypeError, "unknown argument 'foo'"),
-     ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1"), ({"shuffle": 1}, TypeError, "shuffle must be"),
-     ({"num_workers": -1}, ValueError, "num_workers must be an int >= 0"),
-     ({"prefetch_factor": 0, "num_workers": 1}, ValueError, "prefetch_factor must be an int >= 1"),
-     ({"persistent_workers": True}, ValueError, "persistent_workers=True needs worker processes"),
-     ({"sampler": torch.utils.data.SequentialSampler(range(4)), "shuffle": True}, TypeError, "drop shuffle=True")],
+    [
+        ({"batch_sampler": None}, TypeError, "does not take 'batch_sampler'"),
+        ({"foo": 1}, TypeError, "unknown argument 'foo'"),
+        ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1"),
+        ({"shuffle": 1}, TypeError, "shuffle must be"),
+        ({"num_workers": -1}, ValueError, "num_workers must be an int >= 0"),
+        ({"prefetch_factor": 0, "num_workers": 1}, ValueError, "prefetch_factor must be an int >= 1"),
+        ({"persistent_workers": True}, ValueError, "persistent_workers=True needs worker processes"),
+        ({"sampler": torch.utils.data.SequentialSampler(range(4)), "shuffle": True}, TypeError, "drop shuffle=True"),
+    ],
 )
 def test_bad_arguments(kwargs, error, words):
     with pytest.raises(error, match=words):
@@ -191,6 +193,7 @@ def test_prefetch_factor_reaches_the_dataloader(tmp_path):
             if not loaded:
                 time.sleep(1.0)  # let the worker fill the prefetch queue
                 loaded.append(len(Path(log).read_text().split()))
+
         g.add("rec", ice.Node(forward=first))
         g.exec_tasks([ice.Task(train=False, steps=1)], ice.Launcher())
         return loaded.pop()
@@ -209,7 +212,7 @@ def sampled(sampler, passes=2, batch_size=3, workers=0, seed=0):
     g.add("rec", ice.Node(forward=lambda n, x: seen.append(x["data"][0].tolist())))
     g.exec_tasks([ice.Task(train=False, epochs=passes)], ice.Launcher())
     per = -(-len(sampler) // batch_size)
-    return [sum(seen[p * per:(p + 1) * per], []) for p in range(passes)]
+    return [sum(seen[p * per : (p + 1) * per], []) for p in range(passes)]
 
 
 def test_a_weighted_sampler_draws_a_seeded_order_per_pass_and_leaves_every_stream_alone():
@@ -265,12 +268,15 @@ class OwnStreamSampler(GlobalStreamSampler):
         return iter(order)
 
 
-@pytest.mark.parametrize("sampler, error, words", [
-    (OwnStreamSampler(), ValueError, "the OwnStreamSampler cannot be resumed"),
-    (torch.utils.data.BatchSampler(range(20), 4, False), TypeError, "does not take a BatchSampler"),
-    (torch.utils.data.DistributedSampler(range(20), num_replicas=2, rank=0), TypeError, "its slice of the order"),
-    (iter(range(20)), TypeError, "has no __len__"),
-])
+@pytest.mark.parametrize(
+    "sampler, error, words",
+    [
+        (OwnStreamSampler(), ValueError, "the OwnStreamSampler cannot be resumed"),
+        (torch.utils.data.BatchSampler(range(20), 4, False), TypeError, "does not take a BatchSampler"),
+        (torch.utils.data.DistributedSampler(range(20), num_replicas=2, rank=0), TypeError, "its slice of the order"),
+        (iter(range(20)), TypeError, "has no __len__"),
+    ],
+)
 def test_samplers_that_cannot_resume_or_shard_are_refused(sampler, error, words):
     with pytest.raises(error, match=words):
         ice.DatasetNode(index_set(20), sampler=sampler)

@@ -11,13 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import data_child
 import pytest
 import torch
 
 from ice_ignite.nodes.sampling import sampler_order
 from ice_ignite.training.seeding import derive_seed
-
-import data_child
 
 CHILD = Path(__file__).resolve().parents[1] / "data_child.py"
 pytestmark = pytest.mark.slow
@@ -25,8 +24,13 @@ pytestmark = pytest.mark.slow
 
 def start(out_dir, run_id, mode, workers, *extra):
     # a session of its own: a kill takes the process with its DataLoader workers, as a lost machine would
-    return subprocess.Popen([sys.executable, "-u", str(CHILD), str(out_dir), run_id, mode, str(workers), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-u", str(CHILD), str(out_dir), run_id, mode, str(workers), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc, timeout=180):
@@ -74,8 +78,8 @@ def test_two_ranks_take_their_slices_of_the_sampled_order_and_their_shards_of_a_
     sampler = torch.utils.data.WeightedRandomSampler(torch.linspace(0.1, 1.0, 30), num_samples=26)
     expected = [sampler_order(sampler, derive_seed(0, "*/sampled", "sampler", p)) for p in range(3)]
     got = [a[0] + b[0] for a, b in zip(*ref)]
-    assert got[:5] == [expected[0][i:i + 6] for i in range(0, 26, 6)]
-    assert got[5:10] == [expected[1][i:i + 6] for i in range(0, 26, 6)]
+    assert got[:5] == [expected[0][i : i + 6] for i in range(0, 26, 6)]
+    assert got[5:10] == [expected[1][i : i + 6] for i in range(0, 26, 6)]
     # the stream: 2 ranks x 2 workers, 8 batches of 4 a rank per pass; together every element once
     streamed = [a[1] + b[1] for a, b in zip(*ref)]
     assert sorted(sum(streamed[:8], [])) == list(range(64))

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_child import CountingStream, Recorder
 
 import ice_ignite as ice
 from ice_ignite import CheckpointError
 from ice_ignite.distributed.streams import stream_shard
-
-from data_child import CountingStream, Recorder
 
 
 def produced(log_dir):
@@ -34,7 +33,7 @@ def test_a_stateful_stream_resumes_where_it_was_without_replaying(tmp_path, work
     reference, _ = stream_run(tmp_path, "ref", workers)
     assert sorted(reference) == list(range(64))
     checkpoint = next((tmp_path / "ref" / "ckpts").glob("ckpt-*.pt"))
-    before = reference[:5 * 4]
+    before = reference[: 5 * 4]
     resumed, made = stream_run(tmp_path, "resumed", workers, resume_from=checkpoint)
     assert resumed == reference  # the recorder's saved elements and the new ones: none twice, none skipped
     assert not set(made) & set(before)  # nothing consumed before the checkpoint was produced again
@@ -52,8 +51,11 @@ def test_a_stream_position_carries_over_between_step_tasks_and_into_a_new_pass(t
 def test_a_stream_resumed_with_other_num_workers_is_refused(tmp_path):
     stream_run(tmp_path, "ref", 2)
     checkpoint = next((tmp_path / "ref" / "ckpts").glob("ckpt-*.pt"))
-    with pytest.raises(CheckpointError, match=r"'\*/data'.*num_workers=2 and this node has num_workers=1.*resume "
-                                              r"with num_workers=2"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'\*/data'.*num_workers=2 and this node has num_workers=1.*resume "
+        r"with num_workers=2",
+    ):
         stream_run(tmp_path, "other", 1, resume_from=checkpoint)
 
 

@@ -3,13 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import regression_set
 from ignite.engine import Engine
 from ignite.metrics import Loss
 
 import ice_ignite as ice
 from ice_ignite import GraphError
-
-from conftest import regression_set
 
 
 def eval_graph(data, batch_size):
@@ -50,8 +49,14 @@ def test_aux_outputs_are_averaged_per_epoch_and_not_differentiated():
     g = ice.HyperGraph()
     x = torch.arange(8.0).unsqueeze(1)
     g.add("data", ice.DatasetNode(torch.utils.data.TensorDataset(x), batch_size=4))
-    g.add("net", ice.ModuleNode(torch.nn.Linear(1, 1, bias=False), forward=lambda n, c: n.module(c["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.0)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            torch.nn.Linear(1, 1, bias=False),
+            forward=lambda n, c: n.module(c["data"][0]),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.0),
+        ),
+    )
     seen = []
 
     def forward(n, c):

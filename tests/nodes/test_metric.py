@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import classification_set
 from ignite.metrics import Accuracy, Metric
 
 import ice_ignite as ice
-
-from conftest import classification_set
 
 
 def graph(metric, forward=None, epoch_end=None):
@@ -81,8 +80,14 @@ def test_metric_updates_in_train_tasks_do_not_track_gradients():
     torch.manual_seed(0)
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(classification_set(n=8), batch_size=8))
-    g.add("net", ice.ModuleNode(torch.nn.Linear(4, 3), forward=lambda n, x: n.module(x["data"][0]),
-                                optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            torch.nn.Linear(4, 3),
+            forward=lambda n, x: n.module(x["data"][0]),
+            optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1),
+        ),
+    )
     g.add("ce", ice.LossNode(forward=lambda n, x: torch.nn.functional.cross_entropy(x["net"], x["data"][1])))
     g.add("probe", ice.MetricNode(Probe(), forward=lambda n, x: (x["net"],)))
     g.exec_tasks([ice.Task(train=True, epochs=1)], ice.Launcher())

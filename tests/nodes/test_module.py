@@ -3,11 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
-import ice_ignite as ice
-
 from conftest import regression_set
 from module_child import TwoHeads  # the two-process tests train the same model
+
+import ice_ignite as ice
 
 
 def two_layer():
@@ -49,31 +48,46 @@ def test_fullmatch_not_prefix_match():
 
 def test_several_optimizers_by_pattern_and_tuple_keys():
     net = two_layer()
-    node = ice.ModuleNode(net, forward=fwd, optimizers={
-        (r"0\.weight", r"0\.bias"): ice.Optimizer(torch.optim.SGD, lr=0.1),
-        r"2\..*": ice.Optimizer(torch.optim.Adam, lr=1e-3)})
+    node = ice.ModuleNode(
+        net,
+        forward=fwd,
+        optimizers={
+            (r"0\.weight", r"0\.bias"): ice.Optimizer(torch.optim.SGD, lr=0.1),
+            r"2\..*": ice.Optimizer(torch.optim.Adam, lr=1e-3),
+        },
+    )
     assert set(map(type, node.optimizers.values())) == {torch.optim.SGD, torch.optim.Adam}
     assert len(node.optimizers[(r"0\.weight", r"0\.bias")].param_groups[0]["params"]) == 2
 
 
 def test_parameter_matched_twice_is_an_error_naming_it():
-    with pytest.raises(ValueError, match=r"parameter '2.weight' .* matched by pattern .* and by pattern '.\*weight': give each"):
-        ice.ModuleNode(two_layer(), forward=fwd, optimizers={r"2\..*": ice.Optimizer(torch.optim.SGD, lr=0.1),
-                                                             r".*weight": ice.Optimizer(torch.optim.SGD, lr=0.1)})
+    with pytest.raises(
+        ValueError, match=r"parameter '2.weight' .* matched by pattern .* and by pattern '.\*weight': give each"
+    ):
+        ice.ModuleNode(
+            two_layer(),
+            forward=fwd,
+            optimizers={
+                r"2\..*": ice.Optimizer(torch.optim.SGD, lr=0.1),
+                r".*weight": ice.Optimizer(torch.optim.SGD, lr=0.1),
+            },
+        )
 
 
 @pytest.mark.parametrize(
     "kwargs, error, words",
-    [({"module": "net"}, TypeError, "needs a torch.nn.Module"),
-     ({"optimizers": torch.optim.SGD}, TypeError, "must be an ice.Optimizer or a dict"),
-     ({"optimizers": {".*": torch.optim.SGD}}, TypeError, "must be an ice.Optimizer, got type"),
-     ({"optimizers": {"(": ice.Optimizer(torch.optim.SGD, lr=0.1)}}, ValueError, "not a valid regex"),
-     ({"optimizers": ice.Optimizer(torch.optim.SGD, lr=-1.0)}, ValueError, "building SGD"),
-     ({"forward": None}, TypeError, "needs a forward"),
-     ({"find_unused_parameters": "yes"}, TypeError, "find_unused_parameters must be True or False")],
+    [
+        ({"module": "net"}, TypeError, "needs a torch.nn.Module"),
+        ({"optimizers": torch.optim.SGD}, TypeError, "must be an ice.Optimizer or a dict"),
+        ({"optimizers": {".*": torch.optim.SGD}}, TypeError, "must be an ice.Optimizer, got type"),
+        ({"optimizers": {"(": ice.Optimizer(torch.optim.SGD, lr=0.1)}}, ValueError, "not a valid regex"),
+        ({"optimizers": ice.Optimizer(torch.optim.SGD, lr=-1.0)}, ValueError, "building SGD"),
+        ({"forward": None}, TypeError, "needs a forward"),
+        ({"find_unused_parameters": "yes"}, TypeError, "find_unused_parameters must be True or False"),
+    ],
 )
 def test_bad_arguments(kwargs, error, words):
-    args = dict(module=two_layer(), forward=fwd)
+    args = {"module": two_layer(), "forward": fwd}
     args.update(kwargs)
     with pytest.raises(error, match=words):
         ice.ModuleNode(**args)
@@ -82,8 +96,11 @@ def test_bad_arguments(kwargs, error, words):
 def test_optimizers_none_freezes_the_module_in_its_tasks():
     net = two_layer()
     first = [p.clone() for p in net.parameters()]
-    head = ice.ModuleNode(torch.nn.Linear(1, 1), forward=lambda n, x: n.module(x["frozen"]),
-                          optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1))
+    head = ice.ModuleNode(
+        torch.nn.Linear(1, 1),
+        forward=lambda n, x: n.module(x["frozen"]),
+        optimizers=ice.Optimizer(torch.optim.SGD, lr=0.1),
+    )
     g = ice.HyperGraph()
     g.add("frozen", ice.ModuleNode(net, forward=fwd))
     g.add("net", head)
@@ -97,14 +114,19 @@ def test_optimizers_none_freezes_the_module_in_its_tasks():
 def test_shared_module_parameter_is_trainable_if_any_node_of_the_task_matches_it():
     net = two_layer()
     head_only = ice.ModuleNode(net, forward=fwd, optimizers={r"2\..*": ice.Optimizer(torch.optim.SGD, lr=0.1)})
-    body_user = ice.ModuleNode(net, forward=lambda n, x: n.module[0](torch.randn(2, 3)),
-                               optimizers={r"0\..*": ice.Optimizer(torch.optim.SGD, lr=0.1)})
+    body_user = ice.ModuleNode(
+        net,
+        forward=lambda n, x: n.module[0](torch.randn(2, 3)),
+        optimizers={r"0\..*": ice.Optimizer(torch.optim.SGD, lr=0.1)},
+    )
     g = ice.HyperGraph()
     g.add("net", head_only)
     g.add("body", body_user, tags="both")
     seen = []
     g.add("probe", ice.Node(forward=lambda n, x: seen.append([p.requires_grad for p in net.parameters()])), tags="both")
-    g.add("loss", ice.LossNode(forward=lambda n, c: c["net"].sum() + c["body"].sum() if "body" in c else c["net"].sum()))
+    g.add(
+        "loss", ice.LossNode(forward=lambda n, c: c["net"].sum() + c["body"].sum() if "body" in c else c["net"].sum())
+    )
     g.exec_tasks([ice.Task(train=True, steps=1, tags="both")], ice.Launcher())
     assert seen == [[True, True, True, True]]
 
@@ -117,8 +139,9 @@ def test_weight_init_fn_runs_under_no_grad_at_construction():
 
 def test_lr_scheduler_steps_after_every_optimizer_step_and_state_round_trips():
     net = two_layer()
-    spec = ice.Optimizer(torch.optim.SGD, lr=1.0,
-                         lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1))
+    spec = ice.Optimizer(
+        torch.optim.SGD, lr=1.0, lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+    )
     node = ice.ModuleNode(net, forward=fwd, optimizers=spec)
     train_one_step([("net", node, "*")], steps=3)
     assert node.optimizers[".*"].param_groups[0]["lr"] == pytest.approx(0.1)
@@ -140,10 +163,17 @@ def test_load_state_dict_reports_missing_optimizer_state():
 
 
 # -- options that must not vanish into resources (issue 14, item 4) ------------------------------------
-@pytest.mark.parametrize("keyword, meant", [("find_unused_parameter", "find_unused_parameters"),
-                                            ("static_graf", "static_graph"), ("optimizer", "optimizers"),
-                                            ("unused_parameter", "unused_parameters"), ("sync_bn", "sync_batchnorm"),
-                                            ("bucket_cap_m", "the DistributedDataParallel option bucket_cap_mb")])
+@pytest.mark.parametrize(
+    "keyword, meant",
+    [
+        ("find_unused_parameter", "find_unused_parameters"),
+        ("static_graf", "static_graph"),
+        ("optimizer", "optimizers"),
+        ("unused_parameter", "unused_parameters"),
+        ("sync_bn", "sync_batchnorm"),
+        ("bucket_cap_m", "the DistributedDataParallel option bucket_cap_mb"),
+    ],
+)
 def test_a_misspelt_option_is_an_error_naming_the_option_meant(keyword, meant):
     with pytest.raises(TypeError, match=rf"ModuleNode\(Sequential\) got {keyword}=True: did you mean {meant}\?"):
         ice.ModuleNode(two_layer(), forward=fwd, **{keyword: True})
@@ -151,25 +181,43 @@ def test_a_misspelt_option_is_an_error_naming_the_option_meant(keyword, meant):
 
 @pytest.mark.parametrize("keyword, value", [("bucket_cap_mb", 25), ("gradient_as_bucket_view", True)])
 def test_a_ddp_option_as_a_plain_keyword_says_to_use_ddp_kwargs(keyword, value):
-    with pytest.raises(TypeError, match=rf"got {keyword}={value}, a DistributedDataParallel option: DDP options go "
-                                        rf"in ddp_kwargs, e.g. ddp_kwargs={{'{keyword}': {value}}}"):
+    with pytest.raises(
+        TypeError,
+        match=rf"got {keyword}={value}, a DistributedDataParallel option: DDP options go "
+        rf"in ddp_kwargs, e.g. ddp_kwargs={{'{keyword}': {value}}}",
+    ):
         ice.ModuleNode(two_layer(), forward=fwd, **{keyword: value})
 
 
-@pytest.mark.parametrize("ddp_kwargs, words", [
-    ({"bucket_cap": 25}, r"'bucket_cap', which is not a DistributedDataParallel option: did you mean 'bucket_cap_mb'\? "
-                         r"valid options are .*gradient_as_bucket_view"),
-    ({"find_unused_parameters": True}, r"sets 'find_unused_parameters': pass it to the ModuleNode itself"),
-    ({"device_ids": [0]}, r"sets 'device_ids': ice_ignite sets it to the process's device"),
-    ([("bucket_cap_mb", 25)], r"must be a dict of DistributedDataParallel options by name")])
+@pytest.mark.parametrize(
+    "ddp_kwargs, words",
+    [
+        (
+            {"bucket_cap": 25},
+            r"'bucket_cap', which is not a DistributedDataParallel option: did you mean 'bucket_cap_mb'\? "
+            r"valid options are .*gradient_as_bucket_view",
+        ),
+        ({"find_unused_parameters": True}, r"sets 'find_unused_parameters': pass it to the ModuleNode itself"),
+        ({"device_ids": [0]}, r"sets 'device_ids': ice_ignite sets it to the process's device"),
+        ([("bucket_cap_mb", 25)], r"must be a dict of DistributedDataParallel options by name"),
+    ],
+)
 def test_ddp_kwargs_are_checked_against_the_signature_of_distributed_data_parallel(ddp_kwargs, words):
     with pytest.raises(TypeError, match=words):
         ice.ModuleNode(two_layer(), forward=fwd, ddp_kwargs=ddp_kwargs)
 
 
 def test_valid_ddp_kwargs_are_kept_and_resources_far_from_any_option_stay_resources():
-    node = ice.ModuleNode(two_layer(), forward=fwd, ddp_kwargs={"bucket_cap_mb": 1, "gradient_as_bucket_view": True},
-                          find_unused_parameters=True, static_graph=False, dim=128, model="resnet", scale=2.0)
+    node = ice.ModuleNode(
+        two_layer(),
+        forward=fwd,
+        ddp_kwargs={"bucket_cap_mb": 1, "gradient_as_bucket_view": True},
+        find_unused_parameters=True,
+        static_graph=False,
+        dim=128,
+        model="resnet",
+        scale=2.0,
+    )
     assert node.ddp_kwargs == {"bucket_cap_mb": 1, "gradient_as_bucket_view": True}
     assert (node.dim, node.model, node.scale) == (128, "resnet", 2.0)
 
@@ -199,8 +247,15 @@ def two_task_graph(policy, optimizers=None):
     g.add("data", ice.DatasetNode(regression_set(16), batch_size=4))
     g.add("head", ice.Node(forward=lambda n, x: 1), tags="a")
     g.add("head", ice.Node(forward=lambda n, x: 2), tags="b")
-    g.add("net", ice.ModuleNode(net, forward=lambda n, x: n.module(x["data"][0], x["head"]), unused_parameters=policy,
-                                optimizers=optimizers or ice.Optimizer(torch.optim.Adam, lr=0.1, weight_decay=0.1)))
+    g.add(
+        "net",
+        ice.ModuleNode(
+            net,
+            forward=lambda n, x: n.module(x["data"][0], x["head"]),
+            unused_parameters=policy,
+            optimizers=optimizers or ice.Optimizer(torch.optim.Adam, lr=0.1, weight_decay=0.1),
+        ),
+    )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     return g, net
 
@@ -248,8 +303,13 @@ def test_zero_moves_the_unused_head_by_momentum_and_weight_decay_where_skip_does
 
 def test_skip_with_a_grad_scaler_and_an_optimizer_per_head_steps_the_heads_scheduler_like_the_others():
     def spec():
-        return ice.Optimizer(torch.optim.SGD, lr=0.1, momentum=0.9,
-                             lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+        return ice.Optimizer(
+            torch.optim.SGD,
+            lr=0.1,
+            momentum=0.9,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+        )
+
     g, net = two_task_graph("skip", {r"trunk\..*": spec(), r"head1\..*": spec(), r"head2\..*": spec()})
     g.init_grad_scaler(torch.amp.GradScaler("cpu", init_scale=4.0))
     head2 = net.head2.weight.detach().clone()

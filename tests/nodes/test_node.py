@@ -27,10 +27,12 @@ def test_resource_clashing_with_a_property_or_method_is_an_error(key):
 
 @pytest.mark.parametrize(
     "kwargs, words",
-    [({"forward": 3}, "forward of Node must be callable"),
-     ({"forward": lambda x: x}, "must accept 2 positional arguments"),
-     ({"update": lambda: 0}, "'update' hook of Node must accept 1 positional argument"),
-     ({"epoch_start": "no"}, "must be callable")],
+    [
+        ({"forward": 3}, "forward of Node must be callable"),
+        ({"forward": lambda x: x}, "must accept 2 positional arguments"),
+        ({"update": lambda: 0}, "'update' hook of Node must accept 1 positional argument"),
+        ({"epoch_start": "no"}, "must be callable"),
+    ],
 )
 def test_bad_forward_or_hook_signature_is_refused_at_construction(kwargs, words):
     with pytest.raises(TypeError, match=words):
@@ -43,8 +45,15 @@ def test_properties_outside_a_run():
         node.global_train_steps
     g = ice.HyperGraph()
     g.add("n", node, tags="a")
-    assert (node.name, node.uid, node.training, node.task, node.launcher, node.out_dir, node.run_id) == \
-        ("n", "a/n", False, None, None, None, None)
+    assert (node.name, node.uid, node.training, node.task, node.launcher, node.out_dir, node.run_id) == (
+        "n",
+        "a/n",
+        False,
+        None,
+        None,
+        None,
+        None,
+    )
     assert node.device == torch.device("cpu") and node.grad_acc_steps == 1 and node.grad_scaler is None
     assert not node.board  # a no-op writer outside a run
     node.board.add_scalar("x", 1.0, 0)

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import linear_graph
 
 import ice_ignite as ice
 from ice_ignite.nodes.printing import summarize
-
-from conftest import linear_graph
 
 
 def test_summaries_count_nan_and_inf_and_describe_nested_outputs():
@@ -20,8 +19,9 @@ def test_print_forward_output_every_and_total(capsys):
     g = linear_graph()
     probe = g.print_forward_output("net", "data", every=2, total=2, tags="train")
     assert probe.uid == "train/print_net_data"
-    g.exec_tasks([ice.Task(train=True, epochs=1, tags="train"), ice.Task(train=False, epochs=1, tags="val")],
-                 ice.Launcher())
+    g.exec_tasks(
+        [ice.Task(train=True, epochs=1, tags="train"), ice.Task(train=False, epochs=1, tags="val")], ice.Launcher()
+    )
     out = capsys.readouterr().out.splitlines()
     firsts = [line for line in out if not line.startswith(" ")]
     assert [line.split(":")[0] for line in firsts] == ["E0S0 net", "E0S0 data", "E0S1 net", "E0S1 data"]

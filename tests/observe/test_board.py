@@ -5,12 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import classification_set
 from ignite.metrics import Accuracy, Metric
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ice_ignite as ice
-
-from conftest import classification_set
 
 
 class Seen(Metric):
@@ -39,23 +38,26 @@ def logged_run(tmp_path_factory):
     g = ice.HyperGraph()
     g.add("data", ice.DatasetNode(classification_set(40), batch_size=4), tags="train")  # 10 iterations an epoch
     g.add("data", ice.DatasetNode(classification_set(12, seed=1), batch_size=4), tags="val")
-    spec = ice.Optimizer(torch.optim.SGD, lr=0.1,
-                         lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9))
+    spec = ice.Optimizer(
+        torch.optim.SGD, lr=0.1, lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
+    )
     g.add("net", ice.ModuleNode(torch.nn.Linear(4, 3), forward=lambda n, x: n.module(x["data"][0]), optimizers=spec))
-    g.add("ce", ice.LossNode(forward=lambda n, x: (F.cross_entropy(x["net"], x["data"][1]),
-                                                  {"maxlogit": x["net"].max()})))
+    g.add(
+        "ce", ice.LossNode(forward=lambda n, x: (F.cross_entropy(x["net"], x["data"][1]), {"maxlogit": x["net"].max()}))
+    )
     g.add("acc", ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1])), tags="val")
     g.add("seen", ice.MetricNode(Seen(), forward=lambda n, x: (x["net"], x["data"][1])), tags="val")
     g.init_grad_scaler(True, init_scale=8.0)
     g.set_gradient_accumulate(2)
-    tasks = [ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.Task(train=False, epochs=1, tags="val")],
-                        times=2)]
+    tasks = [
+        ice.Repeat([ice.Task(train=True, epochs=1, tags="train"), ice.Task(train=False, epochs=1, tags="val")], times=2)
+    ]
     run_dir = g.run(tasks, devices="cpu", out_dir=out, run_id="r", log_every=2, hparams={"lr": 0.1, "opt": "SGD"})
     return tasks[0].tasks[1], run_dir
 
 
 def test_losses_aux_lr_and_scale_every_n_optimizer_steps(logged_run):
-    val, run_dir = logged_run
+    _val, run_dir = logged_run
     acc = events(run_dir / "logs")
     tags = set(acc.Tags()["scalars"])
     assert {"train/ce/step", "train/ce/maxlogit/step", "lr/net", "grad_scale"} <= tags
@@ -78,7 +80,7 @@ def test_epoch_values_of_losses_and_metrics_against_train_steps(logged_run):
 
 
 def test_hparams_are_recorded_with_the_final_metrics(logged_run):
-    val, run_dir = logged_run
+    _val, run_dir = logged_run
     runs = [p for p in (run_dir / "logs").iterdir() if p.is_dir()]
     assert len(runs) == 1
     acc = events(runs[0])
@@ -89,6 +91,11 @@ def test_hparams_are_recorded_with_the_final_metrics(logged_run):
 def test_no_board_outside_global_rank_0(tmp_path):
     g = ice.HyperGraph()
     g.add("n", ice.Node(forward=lambda n, x: n.board.add_scalar("x", 1.0, 0)))
-    g.run([ice.Task(train=False, steps=1)], devices="cpu", out_dir=tmp_path, run_id="r0",
-          launcher=ice.Launcher(rank=1, world_size=1))
+    g.run(
+        [ice.Task(train=False, steps=1)],
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="r0",
+        launcher=ice.Launcher(rank=1, world_size=1),
+    )
     assert not list((tmp_path / "r0" / "logs").glob("events.*"))

@@ -2,16 +2,17 @@
 
 import logging
 
+from conftest import linear_graph
+
 import ice_ignite as ice
 from ice_ignite.observe.logs import run_logging
-
-from conftest import linear_graph
 
 
 def test_the_run_logs_to_a_file_in_the_run_directory(tmp_path):
     g = linear_graph()
-    run_dir = g.run([ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu",
-                    out_dir=tmp_path)
+    run_dir = g.run(
+        [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()], devices="cpu", out_dir=tmp_path
+    )
     text = (run_dir / "logs" / "run.log").read_text()
     assert "saved checkpoint" in text and "train[train] epoch 1/1 done" in text
     assert not g.launcher  # handlers are removed after the run

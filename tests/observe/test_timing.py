@@ -3,21 +3,28 @@
 import csv
 
 import matplotlib
+from conftest import linear_graph
 
 import ice_ignite as ice
-
-from conftest import linear_graph
 
 
 def test_timing_writes_a_table_and_a_chart(tmp_path, svg_backend):
     g = linear_graph()
-    run_dir = g.run([ice.Task(train=True, epochs=2, tags="train"), ice.Task(train=False, epochs=1, tags="val")],
-                    devices="cpu", out_dir=tmp_path, timing=True)
+    run_dir = g.run(
+        [ice.Task(train=True, epochs=2, tags="train"), ice.Task(train=False, epochs=1, tags="val")],
+        devices="cpu",
+        out_dir=tmp_path,
+        timing=True,
+    )
     rows = list(csv.DictReader(open(run_dir / "timing.csv")))
     keys = {(r["task"], r["node"], r["phase"]) for r in rows}
-    assert {("train[train]", "train/data", "forward"), ("train[train]", "*/net", "forward"),
-            ("train[train]", "(summed loss)", "backward"), ("train[train]", "(optimizers)", "update"),
-            ("eval[val]", "val/data", "forward")} <= keys
+    assert {
+        ("train[train]", "train/data", "forward"),
+        ("train[train]", "*/net", "forward"),
+        ("train[train]", "(summed loss)", "backward"),
+        ("train[train]", "(optimizers)", "update"),
+        ("eval[val]", "val/data", "forward"),
+    } <= keys
     calls = {(r["task"], r["node"], r["phase"]): int(r["calls"]) for r in rows}
     assert calls[("train[train]", "*/net", "forward")] == 10 and calls[("eval[val]", "*/mse", "forward")] == 3
     assert abs(sum(float(r["share"]) for r in rows) - 1.0) < 1e-3
