@@ -222,6 +222,8 @@ def _close_key(key: str, keys: list[str]) -> str:
     if not close:  # a misspelt group (modle.width): compare the last parts
         last = key.rsplit(".", 1)[-1]
         close = [k for k in keys if k.rsplit(".", 1)[-1] == last][:1]
+    if not close:  # a longer or shorter name (lr_rate for lr)
+        close = difflib.get_close_matches(key, keys + groups, n=1, cutoff=0.4)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
