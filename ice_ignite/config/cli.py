@@ -297,10 +297,10 @@ def load_config(schema: type[T], command_line: CommandLine) -> T:
             f"{missing[0]}=VALUE or set it in a --config file"
         )
     try:
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:  # the dataclass's own __post_init__ refused the values
-        cause = e.__cause__ if e.__cause__ is not None else e
-        raise ConfigError(f"{schema.__name__} refused the settings: {str(cause).splitlines()[0]}") from None
+        return typing.cast(T, OmegaConf.to_object(merged))
+    except (OmegaConfBaseException, ValueError, TypeError) as e:  # the dataclass's __post_init__ refused them
+        cause = e.__cause__ if isinstance(e, OmegaConfBaseException) and e.__cause__ is not None else e
+        raise ConfigError(f"{schema.__name__} refused the settings: {str(cause).splitlines()[0]}") from e
 
 
 def config(schema: type[T], argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None) -> T:

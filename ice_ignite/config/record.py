@@ -127,7 +127,7 @@ def git_state(directory: Path) -> tuple[dict | None, str]:
 
 def package_freeze() -> list[str]:
     """``name==version`` of every installed distribution, sorted (importlib.metadata: no pip)."""
-    found = {}
+    found: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
         if name:

@@ -84,6 +84,17 @@ def test_a_file_error_names_the_file_and_a_required_key_must_be_given(tmp_path):
     with pytest.raises(ice.ConfigError, match="no value for the required key data: give data=VALUE"):
         ice.config(Needs, [])
     assert ice.config(Needs, ["data=/x"]).data == "/x"
+
+    @dataclasses.dataclass
+    class Checked:
+        lr: float = 0.1
+
+        def __post_init__(self):
+            if self.lr <= 0:
+                raise ValueError(f"lr must be positive, got {self.lr}")
+
+    with pytest.raises(ice.ConfigError, match="Checked refused the settings: lr must be positive, got -1.0"):
+        ice.config(Checked, ["lr=-1"])
     with pytest.raises(TypeError, match="ice.config takes a dataclass type"):
         ice.config(Config(), [])
 
