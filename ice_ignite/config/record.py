@@ -15,6 +15,7 @@ Each start of the run directory (a resume) rewrites them; ``config-history.yaml`
 
 import datetime
 import importlib.metadata
+import logging
 import os
 import platform
 import socket
@@ -219,7 +220,10 @@ class RunRecord:
             text = "\n".join(package_freeze()) + "\n"
         except Exception as e:  # a broken distribution's metadata must not end the run
             text = f"# the package list could not be read: {type(e).__name__}: {e}\n"
-        _write_text(self.run_dir / PACKAGES_FILE, text)
+        try:
+            _write_text(self.run_dir / PACKAGES_FILE, text)
+        except OSError as e:  # the run directory removed or full: the run's own checks report it
+            logging.getLogger("ice_ignite").warning("could not write %s: %s", PACKAGES_FILE, e)
 
     def wait(self) -> None:
         """Wait until ``packages.txt`` is written."""

@@ -119,12 +119,10 @@ def test_help_lists_every_key_with_type_default_and_help(capsys):
 
 @pytest.mark.slow
 def test_from_a_script_an_error_is_one_line_on_stderr_and_status_2(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, str(CHILD), *a], capture_output=True, text=True, timeout=120)
-    bad = run("lr=fast")
+    """A fresh process (imports torch): 5-15 s."""
+    bad = subprocess.run([sys.executable, str(CHILD), "lr=fast"], capture_output=True, text=True, timeout=120)
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr == "config_child.py: error: key 'lr' got 'fast', expected float\n"
-    shown = run("--help")
-    assert shown.returncode == 0 and "lr           float  0.1      learning rate of SGD" in shown.stdout
 
 
 @pytest.mark.slow
