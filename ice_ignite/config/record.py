@@ -14,6 +14,7 @@ Each start of the run directory (a resume) rewrites them; ``config-history.yaml`
 """
 
 import datetime
+import functools
 import importlib.metadata
 import logging
 import os
@@ -21,6 +22,7 @@ import platform
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -126,14 +128,16 @@ def git_state(directory: Path) -> tuple[dict | None, str]:
     return state, diff
 
 
-def package_freeze() -> list[str]:
-    """``name==version`` of every installed distribution, sorted (importlib.metadata: no pip)."""
+@functools.lru_cache(maxsize=1)
+def package_freeze() -> tuple[str, ...]:
+    """``name==version`` of every installed distribution, sorted (importlib.metadata: no pip);
+    read once per process (packages installed while it runs are not what it imported)."""
     found: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
         if name:
             found.setdefault(name.lower(), f"{name}=={dist.version}")
-    return [found[k] for k in sorted(found)]
+    return tuple(found[k] for k in sorted(found))
 
 
 def versions() -> dict[str, str | None]:
@@ -152,9 +156,14 @@ def versions() -> dict[str, str | None]:
 
 
 def entry_script() -> Path | None:
-    """The script this process runs (``__main__``'s file), None in a notebook or ``python -c``."""
+    """The script this process runs (``__main__``'s file); None in a notebook, ``python -c`` or an
+    installed tool (pytest, an IPython kernel: their entry point is not the user's code)."""
     path = getattr(sys.modules.get("__main__"), "__file__", None)
-    return Path(path).resolve() if path and os.path.isfile(path) else None
+    if not path or not os.path.isfile(path):
+        return None
+    real = os.path.realpath(path)
+    installed = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib", "stdlib", "scripts")}
+    return None if any(real.startswith(d + os.sep) for d in installed) else Path(real)
 
 
 class RunRecord:
