@@ -104,6 +104,11 @@ class RunContext:
         self._board, self._board_dir = NullWriter(), None
 
     @property
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """The run's GradScaler, or None when it is disabled (``precision.grad_scaler``)."""
+        return self.precision.grad_scaler
+
+    @property
     def device(self) -> torch.device:
         """The device of this process (CPU outside a run)."""
         return self.launcher.device if self.launcher is not None else torch.device("cpu")
