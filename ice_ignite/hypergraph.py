@@ -62,6 +62,10 @@ class HyperGraph(NodeRegistry):
             bfloat16 on CPU.
         grad_scaler: True / False, a ``torch.amp.GradScaler``, or None: enabled for float16 only.
 
+    The run the graph is in is read from ``g.context`` (a ``RunContext``, the same object as every
+    node's ``n.context``): ``run_dir``, ``run_id``, ``seed``, ``launcher``, ``device``, ``rank``,
+    ``counters`` (also ``g.global_counters``), ``board``, ``grad_scaler``, ``grad_acc_steps``.
+
     Examples:
         >>> import torch, ice_ignite as ice
         >>> g = ice.HyperGraph()
@@ -426,10 +430,6 @@ class HyperGraph(NodeRegistry):
             launch=launch,
             outputs=outputs,
         )
-        return self._run(tasks, options, launcher)
-
-    def _run(self, tasks: Any, options: RunOptions, launcher: Launcher | None) -> RunPath:
-        """``run`` with its options: start the workers, or join or run in this process."""
         entries = flatten_schedule(tasks)
         joined = worker = False
         if launcher is None and in_worker():
@@ -440,7 +440,7 @@ class HyperGraph(NodeRegistry):
             if len(device_list) > 1 or options.launch.several_nodes:
                 # forked workers inherit the graph and its lambdas (nothing is pickled) and run with the agreed id
                 def start(agreed_id: str) -> None:
-                    self._run(tasks, dataclasses.replace(options, run_id=agreed_id), None)
+                    self.run(tasks, **dataclasses.replace(options, run_id=agreed_id).keywords())
 
                 return spawn_workers(start, len(device_list), options)
             launcher = Launcher(device=device_list[0])

@@ -181,6 +181,10 @@ class RunOptions:
             if not isinstance(getattr(self, name), cls):
                 raise TypeError(f"run {name}= needs an ice.{cls.__name__}, got {type(getattr(self, name)).__name__}")
 
+    def keywords(self) -> dict[str, Any]:
+        """The options as ``HyperGraph.run``'s keywords (``launch`` and ``outputs`` as objects)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def to_dict(self) -> dict[str, Any]:
         """The options as plain values, ``launch`` and ``outputs`` as nested dicts (paths as text,
         a ``timedelta`` as seconds), for the run's record."""

@@ -34,7 +34,8 @@ class RunningTask(Protocol):
 
 
 class RunContext:
-    """The shared state of one HyperGraph that its nodes may read.
+    """The shared state of one HyperGraph that its nodes may read: the one place to read the run
+    from, as ``g.context`` on the graph and ``n.context`` on each of its nodes (the same object).
 
     Examples:
         >>> ctx = RunContext()
