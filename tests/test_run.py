@@ -39,6 +39,8 @@ def test_run_takes_the_schedule_and_ten_keyword_options():
         "launcher",
     ]
     assert params[-1].kind is P.VAR_KEYWORD and len(params) == 12  # **deprecated: the old keywords, one release
+    # what a forked worker passes back to run: every option, by the names run takes
+    assert [*RunOptions().keywords(), "launcher"] == [p.name for p in params[1:11]]
     with pytest.raises(TypeError, match="positional argument"):
         ice.HyperGraph().run([], "cpu")
 

@@ -145,7 +145,7 @@ class Checkpointer:
         self.seq = 0
         self.n_saved: int | None = None
         self.rundir: RunDir | None = None
-        #: whether saves write in the background unless told otherwise (``run(async_checkpoints=...)``)
+        #: whether saves write in the background unless told otherwise (``OutputOptions(async_checkpoints=...)``)
         self.async_default = False
         self._pending: PendingWrite | None = None
         self._buffers: dict[str, torch.Tensor] = {}  # the CPU copies of the last asynchronous save, reused

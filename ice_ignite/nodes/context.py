@@ -61,7 +61,7 @@ class RunContext:
         self.run_id: str | None = None
         self._board: Any = NullWriter()
         self._board_dir: str | None = None
-        #: per-node timing of the run (``run(timing=True)``), else None
+        #: per-node timing of the run (``OutputOptions(timing=True)``), else None
         self.timer: NodeTimer | None = None
         #: ``save_best(node, value, higher_better, max_keep)`` of the run, None outside one
         self.save_best: Callable[..., Any] | None = None
