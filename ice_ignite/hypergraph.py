@@ -353,12 +353,12 @@ class HyperGraph(NodeRegistry):
     def run(
         self,
         tasks: Any,
-        *,
         devices: str = "auto",
         run_id: str | None = None,
         out_dir: str | os.PathLike | None = None,
         resume_from: str | os.PathLike | None = None,
         seed: int | None = None,
+        *,
         strict_resume: bool = True,
         progress: bool = True,
         launch: LaunchOptions | None = None,

@@ -23,15 +23,18 @@ def schedule():
     return [ice.Task(train=True, epochs=1, tags="train"), *(ice.SaveCheckpointTask() for _ in range(3))]
 
 
-def test_run_takes_the_schedule_and_ten_keyword_options():
+def test_run_takes_the_schedule_and_ten_options():
     params = list(inspect.signature(ice.HyperGraph.run).parameters.values())[1:]  # after self
-    assert (params[0].name, params[0].kind) == ("tasks", P.POSITIONAL_OR_KEYWORD)
-    assert [p.name for p in params[1:] if p.kind is P.KEYWORD_ONLY] == [
+    # API.md's positional head stays positional: run(tasks, devices, run_id, out_dir, resume_from, seed)
+    assert [p.name for p in params if p.kind is P.POSITIONAL_OR_KEYWORD] == [
+        "tasks",
         "devices",
         "run_id",
         "out_dir",
         "resume_from",
         "seed",
+    ]
+    assert [p.name for p in params[1:] if p.kind is P.KEYWORD_ONLY] == [
         "strict_resume",
         "progress",
         "launch",
@@ -42,7 +45,7 @@ def test_run_takes_the_schedule_and_ten_keyword_options():
     # what a forked worker passes back to run: every option, by the names run takes
     assert [*RunOptions().keywords(), "launcher"] == [p.name for p in params[1:11]]
     with pytest.raises(TypeError, match="positional argument"):
-        ice.HyperGraph().run([], "cpu")
+        ice.HyperGraph().run([], "cpu", None, None, None, None, "1:1")  # the old positional nnodes
 
 
 def test_old_keywords_warn_and_map_onto_the_options_objects():
@@ -163,3 +166,11 @@ def test_a_restarted_worker_resumes_from_the_last_checkpoint(monkeypatch):
     assert resume_from_of(None, worker=True) == "auto"
     assert resume_from_of(None, worker=False) is None  # a launching process starts nothing of its own
     assert resume_from_of("a.pt", worker=True) == "a.pt"
+
+
+def test_api_positional_head_still_works(tmp_path):
+    """API.md's ``run(tasks, devices, run_id, out_dir, resume_from, seed)`` called positionally."""
+    g = ice.HyperGraph()
+    g.add("data", ice.DatasetNode(torch.arange(8.0).unsqueeze(1), batch_size=4))
+    run_dir = g.run([ice.Task(train=False, epochs=1)], "cpu", "positional", tmp_path, None, 3, progress=False)
+    assert run_dir == tmp_path / "positional" and g.context.seed == 3
