@@ -52,7 +52,7 @@ def test_the_run_records_config_options_environment_and_checkpoints_the_config(t
     """About 2 s."""
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     cfg = ice.config(Config, ["lr=0.05", "model.width=8"])
-    run_dir = train(tmp_path, cfg, seed=3, hparams={"extra": 1})
+    run_dir = train(tmp_path, cfg, seed=3, outputs=ice.OutputOptions(hparams={"extra": 1}))
     values = ConfigValues.of(cfg)
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == {"lr": 0.05, "model": {"width": 8}, "note": ""}
     record = yaml.safe_load((run_dir / "record.yaml").read_text())
