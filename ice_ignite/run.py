@@ -430,8 +430,7 @@ class RunSession:
             self.checkpointer.config = config
             if launcher.rank == 0:  # written when the first task starts: after a resume's checks passed
                 self._record = RunRecord(self.rundir.root)
-                recorded = {**options.to_dict(), "device": str(launcher.device), "world_size": launcher.world_size}
-                self._unrecorded = (config, recorded, launcher.world_size)
+                self._unrecorded = (config, options.to_dict(), launcher)
             if launcher.rank == 0:
                 self.board_logger = BoardLogger(ctx, outputs.log_every)
             if options.progress and launcher.local_rank == 0:
@@ -480,9 +479,9 @@ class RunSession:
         the run directory. At the first task's start, so that a resume refused by its checks
         (another config) leaves the record of the run that wrote the checkpoint."""
         if self._unrecorded is not None and self._record is not None:
-            config, recorded, world_size = self._unrecorded
+            config, recorded, launcher = self._unrecorded
             self._unrecorded = None
-            self._record.write(config, recorded, world_size=world_size)
+            self._record.write(config, recorded, world_size=launcher.world_size, device=str(launcher.device))
 
     def attach(self, task: Any) -> None:
         """Attach the run's handlers to a starting task's engine (inside its ``internal()`` block)."""

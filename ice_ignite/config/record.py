@@ -180,12 +180,14 @@ class RunRecord:
         options: Mapping[str, Any],
         *,
         world_size: int,
+        device: str | None = None,
         argv: Sequence[str] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Path:
         """Write ``config.yaml`` (when ``config``), ``record.yaml``, ``git.diff`` (when the entry
         script's repository has changes) now, and ``packages.txt`` in the background. ``options``:
-        the run's own options as plain values (devices, seed, resume_from, launch options, ...).
+        the run's own options as plain values (``RunOptions.to_dict()``: devices, seed,
+        resume_from, launch options, ...); ``device``: this process's device (rank 0's).
         Returns ``record.yaml``'s path."""
         argv = list(sys.argv if argv is None else argv)
         script = entry_script()
@@ -211,6 +213,7 @@ class RunRecord:
             "platform": platform.platform(),
             "pid": os.getpid(),
             "world_size": world_size,
+            "device": device,
             "launcher_env": launcher_environment(environ),
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
