@@ -1,25 +1,31 @@
 """What ``ice.config`` and the run's record add to a run's start-up.
 
-    python benchmarks/config_startup.py            # 9 interleaved pairs of fresh processes, a table
+    python benchmarks/config_startup.py --baseline /path/to/checkout-without-the-record
+
+9 interleaved pairs of fresh processes; the baseline processes import ice_ignite from
+``--baseline`` (a checkout from before the run's record), the others from this checkout.
 
 Each child process (this script with ``--child``, so that the record finds an entry script in a git
 repository and runs git) builds a one-layer graph and runs one iteration: the baseline with
 ``g.run(...)`` as today (no config, no record), the other with ``cfg = ice.config(Config, argv)``
 (OmegaConf imported on first use) and ``g.run(..., config=cfg)`` (record.yaml, config.yaml, git,
-the package freeze in a background thread). Measured from just before ``ice.config`` (or the run) to
-the first iteration's ITERATION_STARTED ("start-up"), and to ``run``'s return ("whole run", which
-waits for the background freeze to be on disk).
+packages.txt). Measured
+from just before ``ice.config`` (or the run) to the first iteration's ITERATION_STARTED ("start-up"),
+and to ``run``'s return ("whole run").
 """
 
 import argparse
 import dataclasses
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 PAIRS = 9
+HERE = Path(__file__).resolve().parent
 
 
 @dataclasses.dataclass
@@ -56,22 +62,27 @@ def child(with_config: bool, out: str) -> None:
     first: list[float] = []
     task.engine.add_event_handler(Events.ITERATION_STARTED, lambda e: first.append(time.perf_counter()))
     t0 = time.perf_counter()
-    cfg = ice.config(Config, ["lr=0.05", "model.width=4"]) if with_config else None
-    g.run([task], devices="cpu", out_dir=out, progress=False, config=cfg)
+    if with_config:
+        cfg = ice.config(Config, ["lr=0.05", "model.width=4"])
+        g.run([task], devices="cpu", out_dir=out, progress=False, config=cfg)
+    else:
+        g.run([task], devices="cpu", out_dir=out, progress=False)
     t1 = time.perf_counter()
     print(first[0] - t0, t1 - t0)
 
 
-def measure(pairs: int = PAIRS) -> dict:
+def measure(baseline: str, pairs: int = PAIRS) -> dict:
     runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as out:
         for _ in range(pairs):
             for with_config in (False, True):
+                root = HERE.parent if with_config else Path(baseline)
                 proc = subprocess.run(
                     [sys.executable, __file__, "--child", "config" if with_config else "plain", out],
                     capture_output=True,
                     text=True,
                     check=True,
+                    env={**os.environ, "PYTHONPATH": str(root)},
                 )
                 start, whole = (float(v) for v in proc.stdout.split()[-2:])
                 runs[with_config].append((start, whole))
@@ -92,11 +103,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", nargs=2, metavar=("KIND", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=int, default=PAIRS)
+    parser.add_argument("--baseline", default=str(HERE.parent), help="the checkout the baseline runs import")
     args = parser.parse_args()
     if args.child:
         child(args.child[0] == "config", args.child[1])
         return
-    result = measure(args.pairs)
+    result = measure(args.baseline, args.pairs)
     print(
         "| measured to | run() as today, min s | ice.config + run(config=cfg), min s | added, min s | added, median of pairs s |"
     )

@@ -455,9 +455,7 @@ class RunSession:
     def _close(self) -> None:
         ctx = self.context
         self._guard = None
-        if self._record is not None:  # packages.txt on disk before the run returns
-            self._record.wait()
-            self._record, self._unrecorded = None, None
+        self._record, self._unrecorded = None, None
         self.checkpointer.config = None
         if self._agreed is not None:
             self._agreed.close()

@@ -19,7 +19,14 @@ def test_run_creates_the_layout_and_names_checkpoints_by_sequence_and_counters(t
     g = linear_graph()
     run_dir = g.run(schedule() * 2, devices="cpu", run_id="exp", out_dir=tmp_path)
     assert run_dir == tmp_path / "exp"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["ckpts", "logs", "run.lock", "src"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "ckpts",
+        "logs",
+        "packages.txt",
+        "record.yaml",
+        "run.lock",
+        "src",
+    ]
     assert (run_dir / "run.lock").read_text() == ""  # released: it names no holder
     assert sorted(p.name for p in (run_dir / "ckpts").iterdir()) == ["ckpt-000000-E1S5.pt", "ckpt-000001-E2S10.pt"]
     assert g.run_id == "exp" and g.run_dir == run_dir

@@ -82,9 +82,8 @@ def test_the_run_records_config_options_environment_and_checkpoints_the_config(t
     assert hparams_of(run_dir / "logs") == {"lr": 0.05, "model.width": 8, "note": "", "extra": 1}
 
 
-def test_argv_overrides_and_the_background_freeze(tmp_path):
-    record = write_run_record(tmp_path, Config(), {"devices": "cpu:0-1"}, argv=["t.py", "--config", "e.yaml", "lr=1"])
-    record.wait()
+def test_argv_overrides_and_the_package_list(tmp_path):
+    write_run_record(tmp_path, Config(), {"devices": "cpu:0-1"}, argv=["t.py", "--config", "e.yaml", "lr=1"])
     written = yaml.safe_load((tmp_path / "record.yaml").read_text())
     assert written["argv"] == ["t.py", "--config", "e.yaml", "lr=1"] and written["overrides"] == ["lr=1"]
     assert written["options"] == {"devices": "cpu:0-1"} and written["changed_from_defaults"] == {}
