@@ -105,18 +105,19 @@ def git_state(directory: Path) -> tuple[dict | None, str]:
             return None
         return done.stdout.decode(errors="replace") if done.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
+    head = git("rev-parse", "HEAD", "--abbrev-ref", "HEAD", "--show-toplevel")  # one call: three lines
+    if head is None or len(head.splitlines()) != 3:
         return None, ""
+    commit, branch, root = head.splitlines()
     status = git("status", "--porcelain", "--untracked-files=normal") or ""
     diff = git("diff", "HEAD", "--no-color") or ""
     cut = len(diff.encode()) > MAX_DIFF_BYTES
     if cut:
         diff = diff.encode()[:MAX_DIFF_BYTES].decode(errors="ignore")
     state = {
-        "commit": commit.strip(),
-        "branch": (git("rev-parse", "--abbrev-ref", "HEAD") or "").strip() or None,
-        "root": (git("rev-parse", "--show-toplevel") or "").strip() or None,
+        "commit": commit,
+        "branch": branch,
+        "root": root,
         "dirty": bool(status.strip()),
         "untracked": [line[3:] for line in status.splitlines() if line.startswith("??")],
     }
