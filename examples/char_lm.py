@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,52 +27,57 @@ import ice_ignite as ice
 VOCAB = "\t\n" + "".join(chr(i) for i in range(32, 127))
 
 
+def opt(default, help: str):
+    """A setting with its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Config:
     """Settings of examples/char_lm.py (command line: key=value)."""
 
-    megabytes: float = 4.0  # corpus size: the standard library's .py files in path order, cut here
-    context: int = 128  # characters the model sees
-    width: int = 128  # embedding width
-    depth: int = 4  # transformer blocks
-    heads: int = 4  # attention heads
-    batch_size: int = 16  # windows per micro-batch (per process)
-    grad_acc: int = 2  # micro-batches per optimizer step
-    steps: int = 500  # optimizer steps in all
-    eval_every: int = 50  # optimizer steps between validation + checkpoint
-    val_batches: int = 8  # validation batches (a fixed slice of the held-out text)
-    lr: float = 3e-3  # peak learning rate
-    warmup: int = 50  # warm-up steps (linear), then a cosine decay to 10 % of lr
-    weight_decay: float = 0.1
-    clip: float = 1.0  # gradient norm clip
-    precision: str = "bf16"  # "bf16", "fp16" (with a GradScaler) or "fp32"
-    compile: bool = False  # torch.compile the model's forward
-    devices: str = "cpu"  # "cpu", "cpu:0-1" (two processes), "cuda:0", ...
-    parallel: str = "ddp"  # with several processes: "ddp" or "fsdp"
-    sample_chars: int = 400  # characters sampled at the end
-    seed: int = 0
-    out_dir: str = "runs"
-    run_id: str | None = None  # the run directory's name (default: a fresh timestamp)
-    resume_from: str | None = None  # "auto": continue run_id from its newest checkpoint
+    megabytes: float = opt(4.0, "corpus size: the standard library's .py files in path order, cut here")
+    context: int = opt(128, "characters the model sees")
+    width: int = opt(128, "embedding width")
+    depth: int = opt(4, "transformer blocks")
+    heads: int = opt(4, "attention heads")
+    batch_size: int = opt(16, "windows per micro-batch (per process)")
+    grad_acc: int = opt(2, "micro-batches per optimizer step")
+    steps: int = opt(500, "optimizer steps in all")
+    eval_every: int = opt(50, "optimizer steps between validation + checkpoint")
+    val_batches: int = opt(8, "validation batches (a fixed slice of the held-out text)")
+    lr: float = opt(3e-3, "peak learning rate")
+    warmup: int = opt(50, "warm-up steps (linear), then a cosine decay to 10 % of lr")
+    weight_decay: float = opt(0.1, "AdamW's weight decay")
+    clip: float = opt(1.0, "gradient norm clip")
+    precision: str = opt("bf16", "bf16, fp16 (with a GradScaler) or fp32")
+    compile: bool = opt(False, "torch.compile the model's forward")
+    devices: str = opt("cpu", "cpu, cpu:0-1 (two processes), cuda:0, ...")
+    parallel: str = opt("ddp", "with several processes: ddp or fsdp (sharded)")
+    sample_chars: int = opt(400, "characters sampled at the end")
+    seed: int = opt(0, "initial weights and data order")
+    out_dir: str = opt("runs", "where run directories go")
+    run_id: str | None = opt(None, "the run directory's name (default: a fresh timestamp)")
+    resume_from: str | None = opt(None, "auto: continue run_id from its newest checkpoint")
 
 
-def load_corpus(megabytes: float) -> torch.Tensor:
-    """The standard library's ``.py`` files (tests left out), sorted by path, cut at ``megabytes``,
-    as character ids (uint8)."""
-    root, skip = os.path.dirname(os.__file__), {"site-packages", "test", "tests", "idlelib"}
+def load_corpus(megabytes: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The standard library's ``.py`` files (tests and codec tables left out) in path order, cut at
+    ``megabytes``, as character ids (uint8): (train, validation), every tenth file held out."""
+    root, skip = os.path.dirname(os.__file__), {"site-packages", "test", "tests", "idlelib", "encodings"}
     files = []
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = [d for d in subfolders if d not in skip]
         files += [os.path.relpath(os.path.join(folder, n), root) for n in names if n.endswith(".py")]
-    text, size, limit = [], 0, int(megabytes * 1e6)
-    for name in sorted(Path(f).as_posix() for f in files):
-        if size < limit:
-            text.append(Path(root, name).read_text(encoding="utf-8", errors="replace"))
-            size += len(text[-1])
     table = torch.full((256,), VOCAB.index("?"), dtype=torch.uint8)
     table[[ord(c) for c in VOCAB]] = torch.arange(len(VOCAB), dtype=torch.uint8)
-    raw = "".join(text)[:limit].encode("ascii", errors="replace")
-    return table[torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()]
+    parts, size, limit = ([], []), 0, int(megabytes * 1e6)
+    for i, name in enumerate(sorted(Path(f).as_posix() for f in files)):
+        text = Path(root, name).read_text(encoding="utf-8", errors="replace")[: limit - size].encode("ascii", "replace")
+        if text:
+            parts[i % 10 == 9].append(table[torch.frombuffer(bytearray(text), dtype=torch.uint8).long()])
+            size += len(text)
+    return torch.cat(parts[0]), torch.cat(parts[1])
 
 
 def decode(ids: torch.Tensor) -> str:
@@ -155,7 +160,8 @@ def build_graph(cfg: Config, train_set, val_set, shuffle: bool = True) -> ice.Hy
         grad_clip_norm=cfg.clip,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg)),
     )
-    parallel = {"ddp": ice.DDP(), "fsdp": ice.FSDP(policy=Block)}[cfg.parallel]
+    # FSDP: each block is sharded on its own, and so is the model (so that sample() can call it directly)
+    parallel = {"ddp": ice.DDP(), "fsdp": ice.FSDP(policy=(Block, GPT))}[cfg.parallel]
     forward = lambda n, x: n.module(x["data"][0])
     g.add("gpt", ice.ModuleNode(GPT(cfg), forward, optimizer, parallel=parallel, compile=cfg.compile))
     g.add("ce", ice.LossNode(forward=lambda n, x: next_char_loss(x["gpt"], x["data"][1])))
@@ -181,12 +187,10 @@ def sample(model: torch.nn.Module, prompt: torch.Tensor, chars: int, seed: int, 
 
 def main(cfg: Config) -> float:
     """Train as ``cfg`` says; returns the last validation loss (nats/char)."""
-    ids = load_corpus(cfg.megabytes)
-    n_val = len(ids) // 10
-    train_ids, val_ids = ids[:-n_val], ids[-n_val:]
-    val_ids = val_ids[: cfg.val_batches * cfg.batch_size * cfg.context + 1]  # a fixed validation slice
+    train_ids, val_ids = load_corpus(cfg.megabytes)
+    spread = (len(val_ids) - cfg.context - 1) // (cfg.val_batches * cfg.batch_size - 1)  # windows spread over it
     torch.manual_seed(cfg.seed)  # the initial weights and the run's seed
-    g = build_graph(cfg, Windows(train_ids, cfg.context), Windows(val_ids, cfg.context, stride=cfg.context))
+    g = build_graph(cfg, Windows(train_ids, cfg.context), Windows(val_ids, cfg.context, stride=spread))
     train = ice.Task(train=True, steps=cfg.eval_every, tags="train")
     val = ice.Task(train=False, epochs=1, tags="val")
 
