@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test lint docs bench bench-data bench-checkpoint bench-instructions install clean
+.PHONY: demo test lint docs bench bench-data bench-checkpoint bench-instructions bench-workloads bench-gpu install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,17 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/large.py
+	$(PY) benchmarks/workloads.py --render-only
+
+# examples/char_lm.py at its full size against the same training by hand (eager, compiled, 2-process DDP;
+# Lightning beside them), kept with the other results: about 30 minutes on 2 cores.
+bench-workloads: $(BENCH_STAMP)
+	$(PY) benchmarks/workloads.py
+
+# char_lm on a GPU (bf16, fp16 + GradScaler, eager and compiled): tokens/s of ice_ignite and the loop, in
+# benchmarks/gpu.json; under 5 minutes. Without a GPU it runs its small CPU fallback.
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/gpu.py
 
 # The data-bound epoch alone (DatasetNode against a plain DataLoader loop), kept with the other results.
 bench-data: $(BENCH_STAMP)

@@ -50,8 +50,7 @@ def setting(size: str, steps: int) -> char_lm.Config:
 def ordered_data(cfg: char_lm.Config, steps: int, world: int = 1) -> torch.utils.data.Dataset:
     """The training windows of ``steps`` optimizer steps (on ``world`` processes) in one fixed random
     order, the same for every variant (each then reads it in order)."""
-    ids = char_lm.load_corpus(cfg.megabytes)
-    windows = char_lm.Windows(ids[: -(len(ids) // 10)], cfg.context)
+    windows = char_lm.Windows(char_lm.load_corpus(cfg.megabytes)[0], cfg.context)
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(cfg.seed))
     return torch.utils.data.Subset(windows, order[: steps * cfg.grad_acc * cfg.batch_size * world].tolist())
 
@@ -311,7 +310,8 @@ def render(results: dict) -> str:
         f"{cfg.context}, width {cfg.width}, {cfg.depth} blocks, {cfg.heads} heads, micro-batches of {cfg.batch_size} "
         f"windows, {cfg.grad_acc} per optimizer step, bf16 autocast, AdamW + warm-up/cosine, clipping) against the "
         "same training written by hand. Time per optimizer step after "
-        f"{results['warmup']} warm-up steps of {results['steps']}, {results['repeats']} interleaved repeats, each "
+        f"{results['warmup']} warm-up steps of {results['steps']} ({results['eager_steps']} for the eager pairs), "
+        f"{results['repeats']} interleaved repeats, each "
         "in a fresh process. Compiled: `ModuleNode(compile=True)` against `torch.compile` of the forward. DDP: "
         "`devices=\"cpu:0-1\"` against a hand-written DDP loop (`DistributedSampler`, `no_sync` between steps), "
         "the same micro-batch per process.",
@@ -380,7 +380,8 @@ def main() -> None:
         losses: dict[str, list[list[float]]] = {v: [] for v in variants}
         for r in range(args.repeats):
             for v in variants:
-                out = measure(v, args.size, args.steps, args.warmup)
+                steps = max(args.steps, 25) if v.endswith("-eager") else args.steps  # eager: 50 losses to compare
+                out = measure(v, args.size, steps, args.warmup)
                 times[v].append(out["s_per_step"])
                 losses[v].append(out["losses"][:50])
                 print(f"repeat {r + 1}/{args.repeats}  {v:16s} {out['s_per_step']:.4f} s/step", flush=True)
@@ -391,6 +392,7 @@ def main() -> None:
             "note": args.note,
             "repeats": args.repeats,
             "steps": args.steps,
+            "eager_steps": max(args.steps, 25),
             "warmup": args.warmup,
             "s_per_step": times,
             "identical_losses": {"compared": compared, "equal": equal},
