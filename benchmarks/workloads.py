@@ -56,13 +56,15 @@ def ordered_data(cfg: char_lm.Config, steps: int, world: int = 1) -> torch.utils
 
 
 class Clock:
-    """Time stamps at the end of optimizer step ``warmup`` and of the last step (``steps``), the device
-    synchronised first; and the micro-batch losses, read at the end (no host sync per step)."""
+    """Time stamps (wall clock and this process's CPU time) at the end of optimizer step ``warmup`` and of
+    the last step (``steps``), the device synchronised first; and the micro-batch losses, read at the end
+    (no host sync per step)."""
 
     def __init__(self, warmup: int, steps: int, device: torch.device):
         self.warmup, self.steps, self.device = warmup, steps, device
         self.done = 0  # optimizer steps ended
         self.stamps: list[float] = []
+        self.cpu_stamps: list[float] = []  # this process's CPU time: what a shared machine's load leaves alone
         self.losses: list[torch.Tensor] = []
 
     def step(self) -> None:
@@ -72,10 +74,15 @@ class Clock:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.stamps.append(time.perf_counter())
+            self.cpu_stamps.append(time.process_time())
 
     def result(self) -> dict:
-        seconds = (self.stamps[-1] - self.stamps[0]) / (self.steps - self.warmup)
-        return {"s_per_step": seconds, "losses": [float(x) for x in self.losses]}
+        n = self.steps - self.warmup
+        return {
+            "s_per_step": (self.stamps[-1] - self.stamps[0]) / n,
+            "cpu_s_per_step": (self.cpu_stamps[-1] - self.cpu_stamps[0]) / n if self.cpu_stamps else None,
+            "losses": [float(x) for x in self.losses],
+        }
 
 
 def autocast_dtype(cfg: char_lm.Config) -> torch.dtype | None:
@@ -259,6 +266,30 @@ def run_variant(variant: str, size: str, steps: int, warmup: int) -> None:
         print(json.dumps(out), flush=True)
 
 
+def profile(variant: str, size: str, steps: int, warmup: int) -> str:
+    """Where ``variant``'s CPU time goes: cProfile (timed by this process's CPU clock) of one
+    measurement, its own time summed by package; a Markdown line."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile(time.process_time)
+    prof.runcall(run_variant, variant, size, steps, warmup)
+    groups: dict[str, float] = {}
+    stats = pstats.Stats(prof, stream=io.StringIO())
+    for (path, _, name), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        key = next(
+            (k for k in ("ice_ignite", "ignite", "torch") if f"/{k}/" in path),
+            "torch ops (C++)" if name.startswith("<built-in method") or name.startswith("<method") else "other Python",
+        )
+        groups[key] = groups.get(key, 0.0) + tottime
+    total = sum(groups.values())
+    parts = ", ".join(
+        f"{k} {v:.2f} s ({100 * v / total:.1f} %)" for k, v in sorted(groups.items(), key=lambda x: -x[1])
+    )
+    return f"Profile of `{variant}` ({steps} steps, CPU time by package, own time): {parts}."
+
+
 def measure(variant: str, size: str, steps: int, warmup: int) -> dict:
     """``variant`` in a fresh process: its result."""
     proc = subprocess.run(
@@ -318,19 +349,25 @@ def render(results: dict) -> str:
         "",
         f"Machine: {results['machine']}. {results.get('note', '')}".rstrip(),
         "",
-        "| pair | hand min s / step | ice_ignite min s / step | min ratio | median ratio | target |",
-        "|---|---|---|---|---|---|",
+        "| pair | hand s / step (min) | ice_ignite s / step (min) | wall ratio min | wall ratio median "
+        "| CPU ratio min | CPU ratio median | target |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    cpu = results.get("cpu_s_per_step", {})
     for name, (h, i) in PAIRS.items():
         if h in times and i in times:
             hm, im = min(times[h]), min(times[i])
-            ratio_med = statistics.median(times[i]) / statistics.median(times[h])
-            lines.append(f"| {name} | {hm:.3f} | {im:.3f} | {im / hm:.3f} | {ratio_med:.3f} | ≤ {TARGETS[name]} |")
+            med = statistics.median(times[i]) / statistics.median(times[h])
+            c_min = f"{min(cpu[i]) / min(cpu[h]):.3f}" if cpu.get(h) else ""
+            c_med = f"{statistics.median(cpu[i]) / statistics.median(cpu[h]):.3f}" if cpu.get(h) else ""
+            lines.append(
+                f"| {name} | {hm:.3f} | {im:.3f} | {im / hm:.3f} | {med:.3f} | {c_min} | {c_med} | ≤ {TARGETS[name]} |"
+            )
     if "lightning-eager" in times:
         lm, hm = min(times["lightning-eager"]), min(times["hand-eager"])
-        lines.append(f"| PyTorch Lightning, eager | {hm:.3f} | Lightning {lm:.3f} | {lm / hm:.3f} |  |  |")
+        lines.append(f"| PyTorch Lightning, eager | {hm:.3f} | Lightning {lm:.3f} | {lm / hm:.3f} |  |  |  |  |")
     else:
-        lines.append("| PyTorch Lightning | not installed (the `bench` extra) |  |  |  |  |")
+        lines.append("| PyTorch Lightning | not installed (the `bench` extra) |  |  |  |  |  |  |")
     same = results["identical_losses"]
     lines += [
         "",
@@ -365,10 +402,14 @@ def main() -> None:
     parser.add_argument("--variant")
     parser.add_argument("--only", nargs="*", help="measure these variants only")
     parser.add_argument("--render-only", action="store_true", help="rewrite the section from workloads.json")
+    parser.add_argument("--profile", help="profile this variant in-process and print where its CPU time goes")
     parser.add_argument("--note", default="", help="a sentence on the conditions, written under the machine line")
     args = parser.parse_args()
     if args.variant:
         return run_variant(args.variant, args.size, args.steps, args.warmup)
+    if args.profile:
+        print(profile(args.profile, args.size, args.steps, args.warmup))
+        return None
     store = HERE / "workloads.json"
     if args.render_only:
         results = json.loads(store.read_text())
@@ -377,14 +418,19 @@ def main() -> None:
         if not args.only and lightning_installed():
             variants.append("lightning-eager")
         times: dict[str, list[float]] = {v: [] for v in variants}
+        cpu: dict[str, list[float]] = {v: [] for v in variants}
         losses: dict[str, list[list[float]]] = {v: [] for v in variants}
         for r in range(args.repeats):
             for v in variants:
                 steps = max(args.steps, 25) if v.endswith("-eager") else args.steps  # eager: 50 losses to compare
                 out = measure(v, args.size, steps, args.warmup)
                 times[v].append(out["s_per_step"])
+                cpu[v].append(out["cpu_s_per_step"])
                 losses[v].append(out["losses"][:50])
-                print(f"repeat {r + 1}/{args.repeats}  {v:16s} {out['s_per_step']:.4f} s/step", flush=True)
+                print(
+                    f"repeat {r + 1}/{args.repeats}  {v:16s} {out['s_per_step']:.4f} s/step, cpu {out['cpu_s_per_step']:.4f}",
+                    flush=True,
+                )
         compared = min(len(x) for x in losses.get("hand-eager", [[]]) + losses.get("ice-eager", [[]]))
         equal = bool(losses.get("ice-eager")) and all(a == b for a, b in zip(losses["hand-eager"], losses["ice-eager"]))
         results = {
@@ -395,6 +441,7 @@ def main() -> None:
             "eager_steps": max(args.steps, 25),
             "warmup": args.warmup,
             "s_per_step": times,
+            "cpu_s_per_step": cpu,
             "identical_losses": {"compared": compared, "equal": equal},
         }
         if args.size != "full":

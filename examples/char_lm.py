@@ -60,6 +60,13 @@ class Config:
     run_id: str | None = opt(None, "the run directory's name (default: a fresh timestamp)")
     resume_from: str | None = opt(None, "auto: continue run_id from its newest checkpoint")
 
+    def __post_init__(self) -> None:
+        for key, allowed in (("precision", ("bf16", "fp16", "fp32")), ("parallel", ("ddp", "fsdp"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
+        if self.steps % self.eval_every:
+            raise ValueError(f"steps={self.steps} is not a multiple of eval_every={self.eval_every}")
+
 
 def load_corpus(megabytes: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The standard library's ``.py`` files (tests and codec tables left out) in path order, cut at

@@ -89,3 +89,15 @@ def test_corpus_is_the_standard_library_in_a_fixed_order():
     train, val = char_lm.load_corpus(0.2)
     assert len(train) + len(val) == 200_000 and 0.05 < len(val) / len(train) < 0.2
     assert char_lm.decode(train[:3]) == '"""' and char_lm.load_corpus(0.2)[1].equal(val)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"parallel": "fdsp"}, "parallel='fdsp': choose one of ddp, fsdp"),
+        ({"steps": 130}, "not a multiple of eval_every"),
+    ],
+)
+def test_a_bad_setting_is_an_error_naming_it(settings, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        char_lm.Config(**settings)
