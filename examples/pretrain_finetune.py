@@ -4,8 +4,8 @@
     python examples/pretrain_finetune.py pretrain_epochs=2 epochs=3  # a quick look
 
 Three runs, each its own run directory:
-1. "pretrain": an autoencoder (encoder -> 32 numbers -> decoder) learns to reconstruct every training
-   image; no labels are used. Its last checkpoint holds the encoder under the uid "*/encoder" (a node of every task).
+1. "pretrain": a denoising autoencoder (encoder -> 32 numbers -> decoder) learns to reconstruct every
+   training image from a copy with 30 % of its pixels zeroed; no labels are used. Its last checkpoint holds the encoder under the uid "*/encoder" (a node of every task).
 2. "finetune": a classifier (the same encoder architecture, named "features", and a linear head) on
    `labelled` (10 %) of the training labels. It starts by loading the pretrained encoder's weights
    only (not its optimizer) with a rename map {"*/encoder": "*/features"}; for the first
@@ -40,7 +40,9 @@ class Config:
     """share of the training images whose labels the classifier sees"""
     code: int = 32
     """size of the encoder's output"""
-    lr: float = 1e-3
+    drop: float = 0.3
+    """share of the pixels zeroed in the autoencoder's input (a denoising autoencoder)"""
+    lr: float = 3e-3
     seed: int = 0
     out_dir: str = "runs"
     run_id: str | None = None
@@ -56,7 +58,6 @@ def encoder(code: int) -> torch.nn.Module:
         torch.nn.ReLU(),
         torch.nn.Flatten(),
         torch.nn.Linear(32 * 4 * 4, code),
-        torch.nn.ReLU(),
     )
 
 
@@ -69,7 +70,12 @@ def pretrain(cfg: Config, run_id: str) -> Path:
     g = ice.HyperGraph()
     g.add("images", ice.DatasetNode(train_set, batch_size=32, shuffle=True), tags="pretrain")
     g.add("images", ice.DatasetNode(val_set, batch_size=256), tags="val")
-    g.add("encoder", ice.ModuleNode(encoder(cfg.code), forward=lambda n, x: n.module(x["images"][0]), optimizers=adam))
+
+    def corrupt(n, x):  # in training only: the validation measures the reconstruction of whole images
+        images = x["images"][0]
+        return n.module(images * (torch.rand_like(images) >= cfg.drop) if n.training else images)
+
+    g.add("encoder", ice.ModuleNode(encoder(cfg.code), forward=corrupt, optimizers=adam))
     g.add("decoder", ice.ModuleNode(decoder, forward=lambda n, x: n.module(x["encoder"]), optimizers=adam))
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["decoder"], x["images"][0])))  # the labels unused
     train, val = ice.Task(train=True, epochs=1, tags="pretrain"), ice.Task(train=False, epochs=1, tags="val")
