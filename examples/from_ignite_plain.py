@@ -14,7 +14,7 @@ the validation results of every epoch and the checkpoints it kept.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,16 +41,17 @@ class Config:
 
     max_epochs: int = 30
     lr: float = 2e-3
-    warmup: int = 100
-    """iterations of linear warm-up from 0 to `lr`, then a cosine down to 0 at `max_epochs`"""
-    patience: int = 3
-    """validations without a better accuracy before EarlyStopping ends the training"""
-    log_every: int = 20
-    """print and log the training loss every this many iterations"""
+    warmup: int = field(
+        default=100,
+        metadata={"help": "iterations of linear warm-up from 0 to `lr`, then a cosine down to 0 at `max_epochs`"},
+    )
+    patience: int = field(
+        default=3, metadata={"help": "validations without a better accuracy before EarlyStopping ends the training"}
+    )
+    log_every: int = field(default=20, metadata={"help": "print and log the training loss every this many iterations"})
     seed: int = 0
     out_dir: str = "runs"
-    run_id: str | None = None
-    """the run directory's name (default: a timestamp)"""
+    run_id: str | None = field(default=None, metadata={"help": "the run directory's name (default: a timestamp)"})
 
 
 def main(cfg: Config) -> Path:

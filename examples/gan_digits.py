@@ -15,7 +15,7 @@ class they were conditioned on.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib
 import torch
@@ -30,15 +30,11 @@ import ice_ignite as ice
 class Config:
     """Settings of examples/gan_digits.py (``key=value`` on the command line)."""
 
-    rounds: int = 30
-    """rounds of `steps` D/G step pairs, each followed by the judge"""
-    steps: int = 100
-    """discriminator and generator steps per round"""
-    clf_epochs: int = 10
-    """epochs of the judge's CNN on the real digits"""
+    rounds: int = field(default=30, metadata={"help": "rounds of `steps` D/G step pairs, each followed by the judge"})
+    steps: int = field(default=100, metadata={"help": "discriminator and generator steps per round"})
+    clf_epochs: int = field(default=10, metadata={"help": "epochs of the judge's CNN on the real digits"})
     batch_size: int = 64
-    noise: int = 32
-    """size of the generator's noise vector"""
+    noise: int = field(default=32, metadata={"help": "size of the generator's noise vector"})
     hidden: int = 256
     lr: float = 2e-4
     seed: int = 0

@@ -13,7 +13,7 @@ and `steps` of the "rec" task `switches` times, then validates each head in its 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +27,11 @@ import ice_ignite as ice
 class Config:
     """Settings of examples/multitask.py (``key=value`` on the command line)."""
 
-    rounds: int = 20
-    """rounds of alternating training, each followed by the two validations"""
-    switches: int = 3
-    """alternations of the two train tasks per round"""
-    steps: int = 15
-    """optimizer steps of one train task before the other takes over"""
+    rounds: int = field(
+        default=20, metadata={"help": "rounds of alternating training, each followed by the two validations"}
+    )
+    switches: int = field(default=3, metadata={"help": "alternations of the two train tasks per round"})
+    steps: int = field(default=15, metadata={"help": "optimizer steps of one train task before the other takes over"})
     lr: float = 1e-3
     seed: int = 0
     out_dir: str = "runs"

@@ -17,7 +17,7 @@ It prints the validation accuracy of both after the last epoch.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,21 +32,24 @@ import ice_ignite as ice
 class Config:
     """Settings of examples/pretrain_finetune.py (``key=value`` on the command line)."""
 
-    pretrain_epochs: int = 30
-    """autoencoder epochs over every training image"""
-    epochs: int = 40
-    """classifier epochs over the labelled images; the first with the features frozen"""
-    labelled: float = 0.1
-    """share of the training images whose labels the classifier sees"""
-    code: int = 32
-    """size of the encoder's output"""
-    drop: float = 0.3
-    """share of the pixels zeroed in the autoencoder's input (a denoising autoencoder)"""
+    pretrain_epochs: int = field(default=30, metadata={"help": "autoencoder epochs over every training image"})
+    epochs: int = field(
+        default=40, metadata={"help": "classifier epochs over the labelled images; the first with the features frozen"}
+    )
+    labelled: float = field(
+        default=0.1, metadata={"help": "share of the training images whose labels the classifier sees"}
+    )
+    code: int = field(default=32, metadata={"help": "size of the encoder's output"})
+    drop: float = field(
+        default=0.3,
+        metadata={"help": "share of the pixels zeroed in the autoencoder's input (a denoising autoencoder)"},
+    )
     lr: float = 3e-3
     seed: int = 0
     out_dir: str = "runs"
-    run_id: str | None = None
-    """prefix of the three run directories (default: a timestamp)"""
+    run_id: str | None = field(
+        default=None, metadata={"help": "prefix of the three run directories (default: a timestamp)"}
+    )
 
 
 def encoder(code: int) -> torch.nn.Module:
