@@ -44,6 +44,14 @@ def _match(patterns: list[str], available: list[str], where: str) -> list[str]:
     return tags
 
 
+def _ema(values: tuple[float, ...], weight: float) -> list[float]:
+    out, last = [], values[0]
+    for v in values:
+        last = weight * last + (1 - weight) * v
+        out.append(last)
+    return out
+
+
 def plot_board(
     runs: dict[str, str | Path],
     tags: list[str],
@@ -51,11 +59,17 @@ def plot_board(
     title: str | None = None,
     one_panel: bool = False,
     logy: bool = False,
+    smooth: float = 0.0,
+    xlabel: str = "optimizer step",
 ) -> Path:
     """Plot ``tags`` (names or glob patterns) of every run in ``runs`` (``{label: run directory}``) into ``out``.
 
     Tags are matched against the first run's board; a tag another run lacks is left out of its lines.
+    ``smooth`` in [0, 1): an exponential moving average as TensorBoard's slider draws it, over the
+    raw values drawn faint; series of 50 points or fewer (per-epoch validations) are drawn raw.
     """
+    if not 0 <= smooth < 1:
+        raise ValueError(f"smooth must be in [0, 1), got {smooth!r}")
     scalars = {label: read_scalars(d) for label, d in runs.items()}
     first = next(iter(runs))
     tags = _match(tags, list(scalars[first]), str(runs[first]))
@@ -70,8 +84,13 @@ def plot_board(
                     continue
                 steps, values = zip(*board[tag])
                 name = " ".join(x for x in (label if len(runs) > 1 else "", tag if one_panel else "") if x)
-                ax.plot(steps, values, marker="." if len(steps) < 40 else None, label=name or None)
-        ax.set_xlabel("optimizer step")
+                if smooth and len(values) > 50:
+                    raw = ax.plot(steps, values, alpha=0.25, linewidth=0.8)[0]
+                    values = _ema(values, smooth)
+                    ax.plot(steps, values, color=raw.get_color(), label=name or None)
+                else:
+                    ax.plot(steps, values, marker="." if len(steps) < 40 else None, label=name or None)
+        ax.set_xlabel(xlabel)
         if not one_panel:
             ax.set_title(panel[0], fontsize=10)
         if logy:
@@ -99,6 +118,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--title", default=None)
     parser.add_argument("--one-panel", action="store_true", help="all tags on one axes")
     parser.add_argument("--logy", action="store_true", help="a logarithmic y axis")
+    parser.add_argument("--xlabel", default="optimizer step", help="the x axis' label (ice_ignite: optimizer steps)")
+    parser.add_argument("--smooth", type=float, default=0.0, help="moving-average weight in [0, 1), e.g. 0.9")
     args = parser.parse_args(argv)
     runs: dict[str, str | Path] = {args.label: args.run_dir}
     for item in args.also:
@@ -106,7 +127,16 @@ def main(argv: list[str] | None = None) -> Path:
         if not sep or not label or not path:
             parser.error(f"--also takes LABEL=DIR, got {item!r}")
         runs[label] = path
-    out = plot_board(runs, args.tags, args.out, title=args.title, one_panel=args.one_panel, logy=args.logy)
+    out = plot_board(
+        runs,
+        args.tags,
+        args.out,
+        title=args.title,
+        one_panel=args.one_panel,
+        logy=args.logy,
+        smooth=args.smooth,
+        xlabel=args.xlabel,
+    )
     print(f"wrote {out}")
     return out
 
