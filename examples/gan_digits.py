@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from digits import Net, digits_split  # examples/digits.py: the judge's CNN and the data
 from ignite.metrics import Accuracy
 
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt
+
 import ice_ignite as ice
 
 
@@ -99,12 +102,9 @@ def build_graph(cfg: Config) -> ice.HyperGraph:
 
     # the GAN: real images with their classes, noise with random classes, the two networks
     g.add("real", ice.DatasetNode(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True), tags="D")
-    g.add(
-        "cond",
-        ice.Node(
-            forward=lambda n, x: (torch.randn(cfg.batch_size, cfg.noise), torch.randint(0, 10, (cfg.batch_size,)))
-        ),
-    )
+    draw = lambda n, x: (torch.randn(cfg.batch_size, cfg.noise), torch.randint(0, 10, (cfg.batch_size,)))
+    for tag in ("D", "G"):
+        g.add("cond", ice.Node(forward=draw), tags=tag)
     generate = lambda n, x: n.module(*x["cond"])
     g.add("fake", ice.ModuleNode(gen, forward=generate, optimizers=adam), tags="G")
     g.add("fake", ice.ModuleNode(gen, forward=generate), tags="D")  # frozen in D's task
@@ -133,9 +133,6 @@ def build_graph(cfg: Config) -> ice.HyperGraph:
 def look_at_samples(gen: Generator, real: torch.utils.data.TensorDataset, cfg: Config, png: str) -> tuple[float, float]:
     """Draw 8 samples of each class into ``png``; return the pixels' standard deviation within a class,
     averaged, for generated and for real images (a generator that ignores its noise scores 0)."""
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     with torch.no_grad():
         images = gen(torch.randn(1000, cfg.noise), torch.arange(1000) % 10).view(100, 10, 64)
     x, y = real.tensors
