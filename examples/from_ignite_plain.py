@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from digits import Net, digits_split  # examples/digits.py: the model and the data
-from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Events, create_supervised_evaluator, create_supervised_trainer
 from ignite.handlers import (
     EarlyStopping,
     ModelCheckpoint,
+    ProgressBar,
     TensorboardLogger,
     create_lr_scheduler_with_warmup,
     global_step_from_engine,
