@@ -895,6 +895,12 @@ CASES = {
         "['tee']",
         "in one place",
     ),
+    "run-unknown-keyword": (
+        lambda t: run_one(linear_graph(), t, max_restart=2),
+        TypeError,
+        "'max_restart'",
+        "did you mean 'max_restarts', in launch=ice.LaunchOptions(max_restarts=...)",
+    ),
     # checkpoints
     "resume-missing-file": (
         lambda t: run_one(linear_graph(), t, resume_from=t / "nope.pt"),
