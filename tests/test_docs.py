@@ -53,7 +53,11 @@ def test_every_code_block_runs(page, tmp_path, monkeypatch):
 def test_pages_have_code_to_run():
     runnable = {page.name: len(code_blocks(page)) for page in PAGES}
     assert runnable["README.md"] >= 2 and runnable["training-recipes.md"] >= 8
-    assert all(count > 0 for name, count in runnable.items() if name not in ("api.md", "errors.md", "distributed.md"))
+    assert all(
+        count > 0
+        for name, count in runnable.items()
+        if name not in ("api.md", "errors.md", "distributed.md", "gallery.md")
+    )
 
 
 @pytest.mark.slow

@@ -212,7 +212,9 @@ def _scalars(prefix: str, value: Any) -> dict[str, float]:
 class BoardLogger:
     """Attached to each task engine of a run on global rank 0 (see ``HyperGraph.run``).
 
-    * every ``log_every`` optimizer steps of a train task: each LossNode's value and aux values
+    * every ``log_every`` optimizer steps of a train task (its own steps, ``engine.state.optim_step``,
+      as ``Events.ITERATION_COMPLETED(every=N)`` counts a trainer's own iterations; the x axis is the
+      run's global step): each LossNode's value and aux values
       (``<task tags>/<loss>/step``), each optimizer's learning rate (``lr/<node>``, with the
       pattern after it when the node has several optimizers) and
       the grad scale (``grad_scale``); the only host reads it adds are these, every N steps;
@@ -234,10 +236,11 @@ class BoardLogger:
             engine.add_event_handler(StepEvents.OPTIM_STEP_COMPLETED, self._step, task)
 
     def _step(self, engine: Engine, task: Any) -> None:
+        # the task's own steps decide: with tasks taking turns, the global count would skip a task
+        if engine.state.optim_step % self.log_every:
+            return
         ctx = self.context
         step = ctx.counters.steps.train + 1  # this optimizer step, counted at ITERATION_COMPLETED
-        if step % self.log_every:
-            return
         board, prefix, graph = ctx.board, ",".join(task.tags), task.graph
         for node in graph.loss_nodes:
             board.add_scalar(f"{prefix}/{node.name}/step", graph.cache.value(node.name).item(), step)

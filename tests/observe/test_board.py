@@ -99,3 +99,31 @@ def test_no_board_outside_global_rank_0(tmp_path):
         launcher=ice.Launcher(rank=1, world_size=1),
     )
     assert not list((tmp_path / "r0" / "logs").glob("events.*"))
+
+
+def test_tasks_taking_turns_each_log_every_n_of_their_own_steps(tmp_path):
+    """Two one-step train tasks in turn (a GAN's schedule), ``log_every=2``: each task's loss and
+    learning rate reach the board at its own 2nd, 4th... step, as ``ITERATION_COMPLETED(every=2)``
+    on each ignite trainer would; the global count alone would log one task only."""
+    torch.manual_seed(0)
+    g = ice.HyperGraph()
+    g.add("data", ice.DatasetNode(torch.utils.data.TensorDataset(torch.randn(64, 3)), batch_size=8))
+    for tag in ("A", "B"):
+        net = torch.nn.Linear(3, 1)
+        forward = lambda n, x: n.module(x["data"][0])
+        g.add(f"net{tag}", ice.ModuleNode(net, forward, ice.Optimizer(torch.optim.SGD, lr=0.1)), tags=tag)
+        g.add(f"loss{tag}", ice.LossNode(forward=lambda n, x, t=tag: x[f"net{t}"].pow(2).mean()), tags=tag)
+    schedule = [ice.Repeat([ice.Task(train=True, steps=1, tags=t) for t in ("A", "B")], times=6)]
+    run_dir = g.run(
+        schedule,
+        devices="cpu",
+        out_dir=tmp_path,
+        run_id="turns",
+        outputs=ice.OutputOptions(log_every=2),
+        progress=False,
+    )
+    acc = events(run_dir / "logs")
+    # A's own steps 2, 4, 6 are global steps 3, 7, 11; B's are global 4, 8, 12
+    assert [e.step for e in acc.Scalars("A/lossA/step")] == [3, 7, 11]
+    assert [e.step for e in acc.Scalars("B/lossB/step")] == [4, 8, 12]
+    assert [e.step for e in acc.Scalars("lr/netA")] == [3, 7, 11]
