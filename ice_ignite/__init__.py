@@ -28,6 +28,7 @@ from ice_ignite.graph.task import Task
 from ice_ignite.hypergraph import HyperGraph
 from ice_ignite.nodes import DatasetNode, LossMode, LossNode, MetricNode, ModuleNode, Node
 from ice_ignite.run import LaunchOptions
+from ice_ignite.tracking import MLflow
 from ice_ignite.training.optimizer import Optimizer
 
 __version__ = "0.1.0"
@@ -65,4 +66,5 @@ __all__ = [
     "StopTask",
     "StopAllTasks",
     "Preempted",
+    "MLflow",
 ]

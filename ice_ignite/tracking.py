@@ -1,0 +1,274 @@
+"""``ice.MLflow``: a run's configuration, metrics and checkpoints sent to MLflow through ignite's
+own ``MLflowLogger`` and ``OutputHandler``, all against ``global_counters.steps.train`` (B4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from ignite.engine import Engine, Events
+
+from ice_ignite.checkpoint.files import list_checkpoints
+
+__all__ = ["MLflow", "flat_params", "RECORD_NAME"]
+
+logger = logging.getLogger("ice_ignite")
+
+#: the file in the run directory that names the MLflow run, so that a resume logs into it again
+RECORD_NAME = "mlflow.json"
+
+
+class _Graph(Protocol):
+    """What the tracker needs of a HyperGraph: attaching handlers to its task engines, and the
+    callbacks its runs call when they end."""
+
+    def on(self, event: Any, handler: Any, tags: Any = ..., train: bool | None = ...) -> None: ...
+
+    @property
+    def context(self) -> Any: ...
+
+
+def flat_params(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A configuration as flat ``{"dotted.key": value}``: a dataclass instance, an OmegaConf config or
+    a mapping, nested to any depth; lists and other values stay whole.
+
+    Examples:
+        >>> from dataclasses import dataclass, field
+        >>> @dataclass
+        ... class Data:
+        ...     batch_size: int = 64
+        >>> @dataclass
+        ... class Config:
+        ...     lr: float = 1e-3
+        ...     data: Data = field(default_factory=Data)
+        >>> flat_params(Config())
+        {'lr': 0.001, 'data.batch_size': 64}
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    elif type(config).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(config, resolve=True)
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"flat_params needs a dataclass instance, an OmegaConf config or a dict, got {type(config).__name__}"
+        )
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if (dataclasses.is_dataclass(value) and not isinstance(value, type)) or isinstance(value, Mapping):
+            out.update(flat_params(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _metric_prefix(task: Any) -> str:
+    """The task's tags as one MLflow name part (MLflow refuses ``*`` and ``,``): ``train``, ``val``,
+    ``train_aug``; a task of the default tag is ``train`` or ``eval``."""
+    tags = [t for t in task.tags if t != "*"]
+    return "_".join(t.replace("#", "") for t in tags) if tags else ("train" if task.train else "eval")
+
+
+class MLflow:
+    """Send a run to MLflow: ``params`` (the configuration, flattened to dotted keys) as the MLflow
+    run's parameters, every task's epoch metrics (``engine.state.metrics``) and every ``log_every``
+    optimizer steps the train losses as metrics whose step is ``global_counters.steps.train``, and
+    at the end of the run the newest checkpoint and the best checkpoints as artifacts
+    (``checkpoints/``). Metrics go through ignite's ``MLflowLogger`` and ``OutputHandler``
+    (``ignite.handlers.mlflow_logger``), named as ignite names them: ``"<task tags> <metric>"``
+    (``"val acc"``, ``"train ce"``; ``"train step ce"`` for the step losses).
+
+    Global rank 0 logs; other ranks do nothing. A resumed run (``resume_from``) logs into the same
+    MLflow run, named in ``<run dir>/mlflow.json``: the steps between the last checkpoint and a
+    crash are logged again, with the same values. The run's status is FINISHED, KILLED (preempted)
+    or FAILED. MLflow's telemetry is switched off (``MLFLOW_DISABLE_TELEMETRY=true``, unless the
+    environment sets it), so nothing leaves the machine for a ``file:`` store; MLflow's file store
+    is allowed (``MLFLOW_ALLOW_FILE_STORE=true``, unless set).
+
+    Args:
+        tracking_uri: where MLflow stores runs: ``file:/path/mlruns``, ``sqlite:///mlflow.db``,
+            ``http://server:5000``. None: ``MLFLOW_TRACKING_URI`` when set, else the file store
+            ``mlruns/`` beside the run directories (``<out_dir>/mlruns``).
+        experiment: the MLflow experiment's name (None: MLflow's default experiment).
+        params: the configuration to record: a dataclass instance (``ice.config``'s), an OmegaConf
+            config or a dict; None records none.
+        log_every: log the train losses every this many optimizer steps (0: epoch values only).
+        checkpoints: log the newest checkpoint and the best ones as artifacts when the run ends.
+
+    Examples:
+        >>> import ice_ignite as ice
+        >>> tracker = ice.MLflow("file:/tmp/mlruns", experiment="digits", params={"lr": 1e-3})
+        >>> tracker.attach(ice.HyperGraph())
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        *,
+        experiment: str | None = None,
+        params: Any = None,
+        log_every: int = 50,
+        checkpoints: bool = True,
+    ):
+        if tracking_uri is not None and not isinstance(tracking_uri, str):
+            raise TypeError(f"MLflow tracking_uri must be a str such as 'file:/path/mlruns', got {tracking_uri!r}")
+        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 0:
+            raise ValueError(f"MLflow log_every must be an int >= 0, got {log_every!r}")
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.params = flat_params(params) if params is not None else {}
+        self.log_every = log_every
+        self.checkpoints = checkpoints
+        self.logger: Any = None  # ignite's MLflowLogger while a run is open (global rank 0)
+        self.run_dir: Path | None = None
+        self._handlers: dict[str, Any] = {}
+        self._last_step = -1
+
+    def attach(self, graph: _Graph) -> None:
+        """Attach to every task engine of ``graph`` (``g.on``), and to the end of its runs."""
+        graph.on(Events.STARTED, self._started)
+        graph.on(Events.EPOCH_COMPLETED, self._epoch)
+        if self.log_every:
+            graph.on(Events.ITERATION_COMPLETED, self._step, train=True)
+        graph.context.run_end.append(self._ended)
+
+    # -- the MLflow run ---------------------------------------------------------------------------
+    def _started(self, engine: Engine) -> None:
+        graph = engine.hypergraph
+        if graph.launcher is None or graph.launcher.rank != 0 or graph.run_dir is None:
+            return
+        if self.logger is not None and self.run_dir == graph.run_dir:
+            return  # a later task of the same run
+        if self.logger is not None:  # a run that ended without calling back (exec_tasks, a crash)
+            self._end("FINISHED")
+        self._open(Path(graph.run_dir))
+
+    def _open(self, run_dir: Path) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # read when mlflow is imported
+        uri = (
+            self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (run_dir.parent / "mlruns").resolve().as_uri()
+        )
+        if uri.startswith("file:"):
+            # MLflow 3 refuses its file store unless asked: this is the store that needs no server
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        try:
+            import mlflow
+            from ignite.handlers.mlflow_logger import MLflowLogger
+        except ImportError as e:
+            raise ModuleNotFoundError(
+                f"ice.MLflow needs mlflow ({e}); install it with `pip install ice-ignite[mlflow]` "
+                "(mlflow-skinny) or `pip install mlflow`"
+            ) from e
+        record = run_dir / RECORD_NAME
+        previous = json.loads(record.read_text()) if record.is_file() else {}
+        mlflow.set_tracking_uri(uri)
+        if self.experiment is not None:
+            mlflow.set_experiment(self.experiment)
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        resumed = previous.get("tracking_uri") == uri and previous.get("run_id")
+        if resumed:
+            mlflow.start_run(run_id=previous["run_id"])
+        else:
+            mlflow.start_run(run_name=run_dir.name)
+            mlflow.set_tags({"ice_ignite.run_dir": str(run_dir.resolve())})
+        self.logger = MLflowLogger()  # ignite's logger, on the MLflow run started here
+        self.run_dir = run_dir
+        self._handlers, self._last_step = {}, -1
+        tmp = record.with_name(record.name + ".tmp")
+        tmp.write_text(json.dumps({"tracking_uri": uri, "run_id": self.logger.active_run.info.run_id}) + "\n")
+        os.replace(tmp, record)
+        self._log_params(mlflow, bool(resumed))
+
+    def _log_params(self, mlflow: Any, resumed: bool) -> None:
+        # MLflow keeps a parameter's first value; a resume with another value (strict_resume=False)
+        # keeps the old one and says so
+        params = {
+            k: v if isinstance(v, (bool, int, float, str)) or v is None else str(v) for k, v in self.params.items()
+        }
+        if resumed:
+            logged = mlflow.get_run(self.logger.active_run.info.run_id).data.params
+            changed = sorted(k for k in params if k in logged and logged[k] != str(params[k]))
+            if changed:
+                warnings.warn(
+                    f"ice.MLflow: the resumed MLflow run keeps its first values of {changed} (MLflow never changes a "
+                    "parameter); the new values are in the run directory's record",
+                    stacklevel=2,
+                )
+            params = {k: v for k, v in params.items() if k not in logged}
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
+            self.logger.log_params(dict(list(params.items())[start : start + 100]))
+
+    def _ended(self, run_dir: Path, error: BaseException | None) -> None:
+        if self.logger is None or self.run_dir != run_dir:
+            return
+        if self.checkpoints:
+            ckpts = run_dir / "ckpts"
+            newest = list_checkpoints(ckpts)[-1:] if ckpts.is_dir() else []
+            best = [(n, p) for n, p in list_checkpoints(ckpts, best=True) if p.name.startswith("best-")]
+            for _, path in newest + best:
+                if path.is_dir():
+                    self.logger.log_artifacts(str(path), f"checkpoints/{path.name}")
+                else:
+                    self.logger.log_artifact(str(path), "checkpoints")
+        if error is None:
+            status = "FINISHED"
+        else:
+            status = "KILLED" if isinstance(error, (SystemExit, KeyboardInterrupt)) else "FAILED"
+        self._end(status)
+
+    def _end(self, status: str) -> None:
+        import mlflow
+
+        mlflow.end_run(status=status)
+        self.logger, self.run_dir = None, None
+
+    # -- what is logged ---------------------------------------------------------------------------
+    def _handler(self, key: str, make: Callable[[], Any]) -> Any:
+        handler = self._handlers.get(key)
+        if handler is None:
+            handler = self._handlers[key] = make()
+        return handler
+
+    @staticmethod
+    def _train_step(engine: Engine, event: Any) -> int:
+        return int(engine.hypergraph.global_counters.steps.train)
+
+    def _epoch(self, engine: Engine) -> None:
+        if self.logger is None:
+            return
+        from ignite.handlers.mlflow_logger import OutputHandler
+
+        prefix = _metric_prefix(engine.task)
+        handler = self._handler(
+            prefix,
+            lambda: OutputHandler(tag=prefix, metric_names="all", global_step_transform=self._train_step),
+        )
+        handler(engine, self.logger, Events.EPOCH_COMPLETED)
+
+    def _step(self, engine: Engine) -> None:
+        step = engine.hypergraph.global_counters.steps.train
+        if self.logger is None or step == self._last_step or step % self.log_every:
+            return  # not an optimizer step (accumulation), or not one to log
+        self._last_step = step
+        from ignite.handlers.mlflow_logger import OutputHandler
+
+        prefix = _metric_prefix(engine.task)
+        names = [node.name for node in engine.task.graph.loss_nodes]
+        handler = self._handler(
+            prefix + " step",
+            lambda: OutputHandler(
+                tag=f"{prefix} step",
+                output_transform=lambda output: {name: output[name] for name in names},
+                global_step_transform=self._train_step,
+            ),
+        )
+        handler(engine, self.logger, Events.ITERATION_COMPLETED)
