@@ -35,6 +35,7 @@ from ice_ignite.nodes.context import RunContext
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import Node
 from ice_ignite.nodes.printing import PrintProbe
+from ice_ignite.replay import directed, passed_on, record_entry
 from ice_ignite.run import LaunchOptions, RunOptions, RunSession, open_run_dir, record_worker_error, spawn_workers
 from ice_ignite.training.policies import NonFinitePolicy
 
@@ -491,6 +492,7 @@ class HyperGraph(NodeRegistry):
             collective_timeout=collective_timeout,
             async_checkpoints=async_checkpoints,
         )
+        options, directed_dir = directed(options)  # hook (issue 24, replay): ICE_IGNITE_RUN_DIR names the run directory
         joined = worker = False
         if launcher is None and in_worker():
             launcher, joined = join(devices, launch.dist_backend, collective_timeout)
@@ -518,7 +520,8 @@ class HyperGraph(NodeRegistry):
                         async_checkpoints=async_checkpoints,
                     )
 
-                return spawn_workers(worker, len(device_list), launch, options)
+                with passed_on(directed_dir):  # hook (issue 24, replay): the workers take the same directory
+                    return spawn_workers(worker, len(device_list), launch, options)
             launcher = Launcher(device=device_list[0])
         if worker and options.resume_from is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
             options = dataclasses.replace(options, resume_from="auto")  # restarted workers continue
@@ -527,6 +530,7 @@ class HyperGraph(NodeRegistry):
             self._session = session = RunSession(self.context, self._checkpointer, launcher, rundir, options)
             with session.active():
                 self._backup_sources()
+                record_entry(rundir.root, launcher.rank)  # hook (issue 24, replay): src/ and replay.json
                 if options.resume_from is not None:
                     self._load_resume_state(options.resume_from)
                 self._execute(entries, launcher, options.strict_resume)
