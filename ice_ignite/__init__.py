@@ -5,6 +5,7 @@ runs as an ignite ``Engine``.
 """
 
 from ice_ignite.checkpoint.files import LoadCheckpointTask, SaveCheckpointTask
+from ice_ignite.config.cli import config
 from ice_ignite.distributed.launcher_record import Launcher
 from ice_ignite.distributed.preemption import Preempted
 from ice_ignite.distributed.strategies import DDP, FSDP
@@ -12,6 +13,7 @@ from ice_ignite.engine.counters import Counter, GlobalCounters
 from ice_ignite.engine.events import StepEvents
 from ice_ignite.errors import (
     CheckpointError,
+    ConfigError,
     GraphError,
     IceError,
     NodeError,
@@ -35,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HyperGraph",
+    "config",
     "ExecutableGraph",
     "GraphOutputCache",
     "StepEvents",
@@ -63,6 +66,7 @@ __all__ = [
     "ScheduleError",
     "CheckpointError",
     "ResumeTaskFailed",
+    "ConfigError",
     "StopTask",
     "StopAllTasks",
     "Preempted",

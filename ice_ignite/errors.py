@@ -17,6 +17,7 @@ __all__ = [
     "NonFiniteLossError",
     "CheckpointError",
     "ResumeTaskFailed",
+    "ConfigError",
     "StopTask",
     "StopAllTasks",
 ]
@@ -70,6 +71,12 @@ class CheckpointError(IceError):
 
 class ResumeTaskFailed(IceError):
     """The schedule stored in a checkpoint does not match the schedule being resumed."""
+
+
+class ConfigError(IceError, ValueError):
+    """A script's settings could not be read (``ice.config``): an unknown key, a value of the wrong
+    type, a missing required value, an unreadable ``--config`` file. The message is one line naming
+    the key (and the closest known key), the value and the expected type."""
 
 
 class StopTask(Exception):
