@@ -530,7 +530,7 @@ class HyperGraph(NodeRegistry):
             self._session = session = RunSession(self.context, self._checkpointer, launcher, rundir, options)
             with session.active():
                 self._backup_sources()
-                record_entry(rundir.root, launcher.rank)  # hook (issue 24, replay): src/ and replay.json
+                record_entry(rundir.root, launcher.rank, self._entrypoint)  # hook (issue 24, replay): src/, replay.json
                 if options.resume_from is not None:
                     self._load_resume_state(options.resume_from)
                 self._execute(entries, launcher, options.strict_resume)

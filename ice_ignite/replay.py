@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import runpy
 import sys
@@ -43,6 +44,8 @@ __all__ = [
     "resume",
     "show",
 ]
+
+logger = logging.getLogger("ice_ignite")
 
 #: the run directory that the next ``HyperGraph.run`` of a process uses, resuming it when it holds checkpoints
 RUN_DIR_ENV = "ICE_IGNITE_RUN_DIR"
@@ -97,14 +100,19 @@ def _entry_script() -> Path | None:
     return Path(sys.modules["__main__"].__file__).resolve()
 
 
-def record_entry(run_dir: Path | None, rank: int) -> Path | None:
+def record_entry(run_dir: Path | None, rank: int, registered: Path | None = None) -> Path | None:
     """At the start of a run, on global rank 0: keep the entry script's sources in ``src/`` (the first
     run; ``src-<n>/`` when a later run's differ) and write ``replay.json``, what ``resume`` needs to
-    run it again. Nothing where there is no entry script. Returns the record written."""
+    run it again. Nothing where there is no entry script, nor where the sources registered with
+    ``g.backup_source_files`` (``registered``) are another script's (the record would name a script
+    the run directory does not hold). Returns the record written."""
     if run_dir is None or rank != 0:
         return None
     script = _entry_script()
     if script is None:
+        return None
+    if registered is not None and registered.resolve() != script:
+        logger.info("replay.json not written: the kept sources are %s's, the entry script is %s", registered, script)
         return None
     keep_sources(script, run_dir)
     newest = source_copies(run_dir)[-1]
@@ -143,7 +151,7 @@ def read_record(run_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def resume(run_dir: str | os.PathLike, extra_argv: list[str] | None = None) -> None:
+def resume(run_dir: str | os.PathLike) -> None:
     """Run the recorded script of ``run_dir`` again, in this process, from its kept sources, with its
     recorded arguments and working directory, into ``run_dir`` (resumed from its newest checkpoint
     when it has one): what ``python -m ice_ignite resume RUN_DIR`` does. The script's own exit
@@ -169,7 +177,7 @@ def resume(run_dir: str | os.PathLike, extra_argv: list[str] | None = None) -> N
             file=sys.stderr,
         )
     os.environ[RUN_DIR_ENV] = str(root)
-    sys.argv = [str(script), *record["argv"], *(extra_argv or [])]
+    sys.argv = [str(script), *record["argv"]]
     sys.path.insert(0, str(script.parent))  # as `python script.py`: its directory first
     runpy.run_path(str(script), run_name="__main__")
 
@@ -195,7 +203,7 @@ def show(run_dir: str | os.PathLike) -> str:
     record = _read_json(root / RECORD_NAME)
     if record:
         lines.append(f"command: {record['script']} {' '.join(record['argv'])}".rstrip())
-        lines.append(f"  sources: {record['sources']}/, working directory: {record['cwd']}")
+        lines.append(f"  sources: {record['sources']}/, working directory: {record['cwd']}, python: {record['python']}")
     else:
         lines.append(f"command: not recorded (no {RECORD_NAME})")
     lines.append("checkpoints:")
