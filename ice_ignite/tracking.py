@@ -86,7 +86,8 @@ class MLflow:
     (``ignite.handlers.mlflow_logger``), named as ignite names them: ``"<task tags> <metric>"``
     (``"val acc"``, ``"train ce"``; ``"train step ce"`` for the step losses).
 
-    Global rank 0 logs; other ranks do nothing. A resumed run (``resume_from``) logs into the same
+    Global rank 0 logs; other ranks do nothing. Inside ``with mlflow.start_run():`` the run logs into
+    that MLflow run and leaves it open. A resumed run (``resume_from``) logs into the same
     MLflow run, named in ``<run dir>/mlflow.json``: the steps between the last checkpoint and a
     crash are logged again, with the same values. The run's status is FINISHED, KILLED (preempted)
     or FAILED. MLflow's telemetry is switched off (``MLFLOW_DISABLE_TELEMETRY=true``, unless the
@@ -97,7 +98,7 @@ class MLflow:
         tracking_uri: where MLflow stores runs: ``file:/path/mlruns``, ``sqlite:///mlflow.db``,
             ``http://server:5000``. None: ``MLFLOW_TRACKING_URI`` when set, else the file store
             ``mlruns/`` beside the run directories (``<out_dir>/mlruns``).
-        experiment: the MLflow experiment's name (None: MLflow's default experiment).
+        experiment: the MLflow experiment's name (None: MLflow's default experiment, ``Default``).
         params: the configuration to record: a dataclass instance (``ice.config``'s), an OmegaConf
             config or a dict; None records none.
         log_every: log the train losses every this many optimizer steps (0: epoch values only).
@@ -131,6 +132,7 @@ class MLflow:
         self.run_dir: Path | None = None
         self._handlers: dict[str, Any] = {}
         self._last_step = -1
+        self._owned = False  # whether the tracker started the MLflow run (and ends it)
 
     def attach(self, graph: _Graph) -> None:
         """Attach to every task engine of ``graph`` (``g.on``), and to the end of its runs."""
@@ -170,15 +172,18 @@ class MLflow:
         record = run_dir / RECORD_NAME
         previous = json.loads(record.read_text()) if record.is_file() else {}
         mlflow.set_tracking_uri(uri)
-        if self.experiment is not None:
-            mlflow.set_experiment(self.experiment)
-        if mlflow.active_run() is not None:
-            mlflow.end_run()
+        # by name, also the default: MLflow keeps the last experiment's id across tracking URIs
+        mlflow.set_experiment(self.experiment if self.experiment is not None else "Default")
+        active = mlflow.active_run()
         resumed = previous.get("tracking_uri") == uri and previous.get("run_id")
-        if resumed:
+        self._owned = active is None  # a run the user started (`with mlflow.start_run():`) stays theirs to end
+        if active is not None:
+            resumed = resumed and active.info.run_id == previous["run_id"]
+        elif resumed:
             mlflow.start_run(run_id=previous["run_id"])
         else:
             mlflow.start_run(run_name=run_dir.name)
+        if not resumed:
             mlflow.set_tags({"ice_ignite.run_dir": str(run_dir.resolve())})
         self.logger = MLflowLogger()  # ignite's logger, on the MLflow run started here
         self.run_dir = run_dir
@@ -228,7 +233,8 @@ class MLflow:
     def _end(self, status: str) -> None:
         import mlflow
 
-        mlflow.end_run(status=status)
+        if self._owned:
+            mlflow.end_run(status=status)
         self.logger, self.run_dir = None, None
 
     # -- what is logged ---------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def test_params_metrics_and_checkpoints_reach_mlflow_and_a_resume_logs_into_the_
 def test_a_failed_run_is_marked_failed(tmp_path):
     uri = (tmp_path / "mlruns").as_uri()
     g = linear_graph()
-    ice.MLflow(uri, experiment="failing").attach(g)
+    ice.MLflow(uri).attach(g)  # MLflow's default experiment
 
     def fail(engine):
         raise RuntimeError("boom")
@@ -78,7 +78,7 @@ def test_a_failed_run_is_marked_failed(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         g.run(schedule(1), devices="cpu", out_dir=tmp_path / "runs", run_id="b", progress=False)
     client = mlflow.MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("failing").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
     assert run.info.status == "FAILED"
     assert client.list_artifacts(run.info.run_id, "checkpoints") == []  # failed before its first checkpoint
 
@@ -88,3 +88,19 @@ def test_bad_arguments_are_refused():
         ice.MLflow(log_every=-1)
     with pytest.raises(TypeError, match="flat_params needs"):
         ice.MLflow(params=[1, 2])
+
+
+def test_inside_a_users_mlflow_run_the_run_logs_there_and_leaves_it_open(tmp_path, monkeypatch):
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the user's own start_run on a file store
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("users")
+    g = linear_graph()
+    ice.MLflow(uri, params={"lr": 0.1}).attach(g)
+    with mlflow.start_run(run_name="mine") as mine:
+        g.run(schedule(1), devices="cpu", out_dir=tmp_path / "runs", run_id="c", progress=False)
+        assert mlflow.active_run().info.run_id == mine.info.run_id  # still open: it is the user's
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(mine.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+    assert [m.step for m in client.get_metric_history(mine.info.run_id, "val mse")] == [5]
