@@ -380,6 +380,7 @@ class HyperGraph(NodeRegistry):
         omp_num_threads: int | None = None,
         launch: LaunchOptions | None = None,
         collective_timeout: float | datetime.timedelta | None = None,
+        config: Any = None,
     ) -> Path:
         """Run the schedule ``tasks`` in a run directory ``out_dir/run_id``, which the run holds
         (an OS lock on ``run.lock``) until it ends: another run of it fails at once.
@@ -438,6 +439,11 @@ class HyperGraph(NodeRegistry):
                 default on nccl. When it expires, every rank writes where it is and its stacks to
                 ``logs/hang-rank<r>.txt`` and the run ends with a ``CollectiveTimeout`` naming
                 the stuck rank.
+            config: the script's settings (what ``ice.config`` returns: a dataclass instance, or a
+                dict): written to ``config.yaml`` with the run's record (``record.yaml``) at start,
+                kept in every checkpoint with its hash, compared on resume (a changed key is
+                ``ResumeTaskFailed`` with ``strict_resume``), and its flat keys go to TensorBoard's
+                HParams with the final metrics (``hparams`` adds to them).
 
         With several devices (or ``nnodes`` > 1) ``run`` starts one worker per device and, in
         ``spawn`` mode, exits when they are done; a worker's ``run`` (also under ``torchrun``,
@@ -491,6 +497,8 @@ class HyperGraph(NodeRegistry):
             timing=timing,
             collective_timeout=collective_timeout,
             async_checkpoints=async_checkpoints,
+            config=config,  # issue 24 hook (config): the config, and the options recorded besides RunOptions
+            recorded={"devices": devices, "launch": dataclasses.asdict(launch)},
         )
         options, directed_dir = directed(options)  # hook (issue 24, replay): ICE_IGNITE_RUN_DIR names the run directory
         joined = worker = False
@@ -518,6 +526,7 @@ class HyperGraph(NodeRegistry):
                         timing=timing,
                         collective_timeout=collective_timeout,
                         async_checkpoints=async_checkpoints,
+                        config=config,
                     )
 
                 with passed_on(directed_dir):  # hook (issue 24, replay): the workers take the same directory

@@ -4,6 +4,7 @@ what a run attaches around its schedule (logging, board, progress, timing, preem
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -18,6 +19,8 @@ from ignite.engine import Events
 
 from ice_ignite.checkpoint.checkpointer import Checkpointer
 from ice_ignite.checkpoint.rundir import DEFAULT_OUT_DIR, RunDir, check_run_id, prepare_run_dir
+from ice_ignite.config.record import RunRecord
+from ice_ignite.config.values import ConfigValues, flatten
 from ice_ignite.distributed import parallel
 from ice_ignite.distributed.hang import HangWatch, collective_timeout_of
 from ice_ignite.distributed.launcher import LaunchOptions, joined_group, launch, script_command
@@ -101,6 +104,10 @@ class RunOptions:
     timing: bool = False
     collective_timeout: Any = None
     async_checkpoints: bool = False
+    # -- issue 24 hook (config): the run's config, and the options HyperGraph.run records besides
+    # these fields (devices, the launch options) as plain values --
+    config: Any = None
+    recorded: dict | None = field(default=None)
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
@@ -117,6 +124,13 @@ class RunOptions:
             raise ValueError(f"log_every must be an int >= 0, got {e!r}")
         if self.hparams is not None and not isinstance(self.hparams, dict):
             raise TypeError(f"hparams must be a dict of hyper-parameters, got {type(self.hparams).__name__}")
+        if self.config is not None:
+            ConfigValues.of(self.config)  # the error (not a dataclass instance or a dict), before anything starts
+
+    def record(self, launcher: Launcher) -> dict:
+        """The run's own options as plain values, for ``record.yaml`` (the config is recorded apart)."""
+        mine = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("config", "recorded")}
+        return {**(self.recorded or {}), **mine, "device": str(launcher.device), "world_size": launcher.world_size}
 
 
 def record_worker_error(e: BaseException) -> None:
@@ -220,6 +234,8 @@ class RunSession:
         self._guard: PreemptionGuard | None = None
         self._agreed: parallel.AgreedFlag | None = None
         self._watch: HangWatch | None = None
+        self._record: RunRecord | None = None
+        self._unrecorded: tuple | None = None
 
     @contextlib.contextmanager
     def active(self) -> Iterator[RunSession]:
@@ -275,16 +291,24 @@ class RunSession:
             self.checkpointer.open(
                 self.rundir, options.n_saved, writer=launcher.rank == 0, async_default=options.async_checkpoints
             )
+            # -- issue 24 hook (config): the config in every checkpoint, the run's record at start --
+            config = ConfigValues.of(options.config) if options.config is not None else None
+            self.checkpointer.config = config
+            if launcher.rank == 0:  # written when the first task starts: after a resume's checks passed
+                self._record = RunRecord(self.rundir.root)
+                self._unrecorded = (config, options.record(launcher), launcher.world_size)
             if launcher.rank == 0:
                 self.board_logger = BoardLogger(ctx, options.log_every)
             if options.progress and launcher.local_rank == 0:
                 self.progress = Progress(sys.stderr)
             try:
                 yield
+                self.write_record()  # a schedule without tasks
                 self.checkpointer.wait()  # a checkpoint still being written: its error is the run's
                 self.rundir.check_present()
-                if options.hparams is not None and self.board_logger is not None:
-                    self.board_logger.write_hparams(options.hparams)
+                hparams = {**flatten(config.values), **(options.hparams or {})} if config else options.hparams
+                if hparams is not None and self.board_logger is not None:
+                    self.board_logger.write_hparams(hparams)
                 if ctx.timer is not None and launcher.rank == 0:
                     ctx.timer.write(self.rundir.root)
             finally:
@@ -297,6 +321,10 @@ class RunSession:
     def _close(self) -> None:
         ctx = self.context
         self._guard = None
+        if self._record is not None:  # packages.txt on disk before the run returns
+            self._record.wait()
+            self._record, self._unrecorded = None, None
+        self.checkpointer.config = None
         if self._agreed is not None:
             self._agreed.close()
             self._agreed = None
@@ -312,8 +340,18 @@ class RunSession:
         name = graph.cache.pulling() if graph is not None else None
         return graph.nodes[name].uid if name is not None and name in graph.nodes else None
 
+    def write_record(self) -> None:
+        """Global rank 0, once per run: the run's record (``record.yaml``, ``config.yaml``, ...) in
+        the run directory. At the first task's start, so that a resume refused by its checks
+        (another config) leaves the record of the run that wrote the checkpoint."""
+        if self._unrecorded is not None and self._record is not None:
+            config, recorded, world_size = self._unrecorded
+            self._unrecorded = None
+            self._record.write(config, recorded, world_size=world_size)
+
     def attach(self, task: Any) -> None:
         """Attach the run's handlers to a starting task's engine (inside its ``internal()`` block)."""
+        self.write_record()
         engine = task.engine
         # before the engine fetches the next batches (a task without DatasetNodes fetches none)
         boundary = Events.GET_BATCH_STARTED if task.graph.dataset_nodes else Events.ITERATION_STARTED

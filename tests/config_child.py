@@ -1,5 +1,6 @@
-"""A training script that takes its settings with ``ice.config``, for tests/config/: each process
-writes the config it got to OUT_DIR/config-rank<r>.txt after the run.
+"""A training script that takes its settings with ``ice.config`` and records them with the run
+(``run(config=cfg)``), for tests/config/: each process writes the config it got to
+OUT_DIR/config-rank<r>.txt after the run.
 
     python config_child.py out_dir=OUT_DIR [devices=cpu:0-1] [lr=...] [model.width=...] [--config FILE]
 """
@@ -45,7 +46,12 @@ def main() -> None:
     )
     g.add("mse", ice.LossNode(forward=lambda n, x: F.mse_loss(x["net"], x["data"][1])))
     run_dir = g.run(
-        [ice.Task(train=True, epochs=cfg.epochs)], devices=cfg.devices, out_dir=cfg.out_dir, run_id=cfg.run_id
+        [ice.Task(train=True, epochs=cfg.epochs)],
+        devices=cfg.devices,
+        out_dir=cfg.out_dir,
+        run_id=cfg.run_id,
+        config=cfg,
+        progress=False,
     )
     (Path(cfg.out_dir) / f"config-rank{run_dir.rank}.txt").write_text(repr(cfg))
 

@@ -28,9 +28,17 @@ from ice_ignite.checkpoint.files import (
     write_sharded_checkpoint,
 )
 from ice_ignite.checkpoint.resize import adapt_state, comparable_data_settings
-from ice_ignite.checkpoint.resume_checks import TrainingChanges, compare_training, training_record
+from ice_ignite.checkpoint.resume_checks import (
+    TrainingChanges,
+    compare_config,
+    compare_training,
+    config_record,
+    training_record,
+)
 from ice_ignite.checkpoint.rundir import RunDir
 from ice_ignite.checkpoint.transfer import LoadSpec, check_optimizer_kinds, has_state, load_node_states
+from ice_ignite.config.record import append_config_history
+from ice_ignite.config.values import ConfigValues
 from ice_ignite.distributed import parallel, preemption
 from ice_ignite.errors import CheckpointError, ResumeTaskFailed
 from ice_ignite.graph.schedule import ScheduleEntry, ScheduleRunner, handler_label, keyed_tasks, resume_point
@@ -151,6 +159,8 @@ class Checkpointer:
         self._buffers: dict[str, torch.Tensor] = {}  # the CPU copies of the last asynchronous save, reused
         #: the entries of the schedule that ran last (their tasks' engines are checkpointed)
         self.entries: list[ScheduleEntry] = []
+        #: the run's config (``run(config=...)``): checkpointed, and compared on resume
+        self.config: ConfigValues | None = None
 
     def open(self, rundir: RunDir, n_saved: int | None, writer: bool, async_default: bool = False) -> None:
         """Start a run in ``rundir``; the ``writer`` process clears partial writes of a killed run."""
@@ -218,6 +228,8 @@ class Checkpointer:
             # the optimizers' classes, hyper-parameters and clipping, and the autocast dtype (resume checks)
             "training": training_record(self.nodes(DEFAULT_TAG), ctx.precision),
             "world_size": ctx.world_size,
+            # the run's config and its hash (``run(config=...)``; None without one): compared on resume
+            "run_config": config_record(self.config),
             "engines": {key: task.engine_state() for key, task in tasks.items()},
             "handlers": {
                 f"{key}/{i}": {"type": type(obj).__name__, "state": obj.state_dict()}
@@ -378,6 +390,7 @@ class Checkpointer:
         """Restore everything from a checkpoint's ``state`` for a run of ``entries``; returns where
         it continues."""
         self._check_graph(state, source, strict)
+        self._check_config(state, source, strict)
         changes = self._check_training(state, source, strict)
         point = self._resume_point(state, source, entries, strict)
         if state["world_size"] != self.context.world_size:
@@ -578,6 +591,34 @@ class Checkpointer:
             "changed DatasetNodes continue from their saved position with the new settings",
             stacklevel=5,
         )
+
+    def _check_config(self, state: dict, source: str, strict: bool) -> None:
+        """Whether the run's config differs from the checkpoint's: ``ResumeTaskFailed`` (``strict``)
+        listing every changed key as ``key: old → new``, or a warning and an entry in the run
+        directory's ``config-history.yaml`` (the keys, and the optimizer step they change at)."""
+        changed = compare_config(state, self.config)
+        if not changed:
+            return
+        saved_hash = state["run_config"]["hash"]
+        msg = (
+            f"checkpoint {source!r} was taken with another config (hash {saved_hash[:12]}, now "
+            f"{self.config.hash[:12]}): " + "; ".join(changed)
+        )
+        if strict:
+            raise ResumeTaskFailed(
+                msg + ". A resume continues the same run exactly: give the checkpoint's values (the run "
+                "directory's config.yaml holds them: --config <run dir>/config.yaml); or pass strict_resume=False "
+                "to continue with the new config (the change is kept in config-history.yaml); or start a new run "
+                "(another run_id) from its weights with g.load_checkpoint(path)"
+            )
+        step = int(state["counters"]["steps"]["train"])
+        warnings.warn(
+            msg + f"; resuming anyway with the new config from optimizer step {step} (strict_resume=False; "
+            "recorded in config-history.yaml)",
+            stacklevel=5,
+        )
+        if self.context.rank == 0 and self.rundir is not None:
+            append_config_history(self.rundir.root, step, source, saved_hash, self.config.hash, changed)
 
     def _check_training(self, state: dict, source: str, strict: bool) -> TrainingChanges:
         """Whether resuming would change training: an optimizer's class, hyper-parameters or

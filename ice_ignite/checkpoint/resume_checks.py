@@ -7,6 +7,9 @@ gradient accumulation only (unknown is not an error). ``compare_training`` lists
 ``strict_resume=True`` makes them one ``ResumeTaskFailed``, ``strict_resume=False`` one warning that
 says which value wins: the code's, except the learning rate of an optimizer that has an LR
 scheduler, which the loaded scheduler state sets (docs/checkpoints.md says why).
+
+The run's config (``run(config=cfg)``) is checkpointed too (``config_record``); ``compare_config``
+lists every key whose value differs, as ``key: old → new``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from typing import Any
 
 import torch
 
+from ice_ignite.config.values import ConfigValues, differences, show
 from ice_ignite.nodes.module import ModuleNode, key_name
 
-__all__ = ["training_record", "compare_training", "TrainingChanges"]
+__all__ = ["training_record", "compare_training", "TrainingChanges", "config_record", "compare_config"]
 
 
 def _autocast_name(autocast: tuple[str, torch.dtype] | None) -> str:
@@ -169,3 +173,20 @@ def compare_training(state: dict, nodes: dict[str, Any], grad_acc_steps: int, pr
                             changes.overrides.append((optimizers[name], index, key, built[name][index][key]))
                         changes.items.append((f"{where} {key}{group}", f"{_show(a[key])} → {_show(b[key])}", wins))
     return changes
+
+
+def config_record(config: ConfigValues | None) -> dict | None:
+    """The run's config as a checkpoint holds it: its plain values and their hash (None: no config)."""
+    return None if config is None else {"values": config.values, "hash": config.hash}
+
+
+def compare_config(state: dict, config: ConfigValues | None) -> list[str]:
+    """``key: old → new`` for every config key that differs between the checkpoint ``state`` and
+    the run's ``config``, except the fields marked ``metadata={"compare": False}`` (where to write,
+    how many rounds); [] when they are equal or either has no config (an older checkpoint, a run
+    given none: nothing to compare)."""
+    saved = state.get("run_config")
+    if not isinstance(saved, dict) or config is None or saved.get("hash") == config.hash:
+        return []
+    changed = differences(saved.get("values", {}), config.values)
+    return [f"{key}: {show(old)} → {show(new)}" for key, old, new in changed if config.compared(key)]

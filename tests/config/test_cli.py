@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import ice_ignite as ice
 
@@ -117,7 +118,7 @@ def test_from_a_script_an_error_is_one_line_on_stderr_and_status_2(tmp_path):
 
 @pytest.mark.slow
 def test_two_spawned_ranks_get_the_same_config(tmp_path):
-    """devices="cpu:0-1": the workers re-run the script with its arguments (about 10 s)."""
+    """devices="cpu:0-1": the workers re-run the script with its arguments (10-25 s)."""
     (tmp_path / "exp.yaml").write_text("model:\n  width: 6\n")
     argv = [f"out_dir={tmp_path}", "devices=cpu:0-1", "--config", str(tmp_path / "exp.yaml"), "lr=0.05"]
     proc = subprocess.run([sys.executable, str(CHILD), *argv], capture_output=True, text=True, timeout=180)
@@ -126,3 +127,9 @@ def test_two_spawned_ranks_get_the_same_config(tmp_path):
         f"Config(out_dir='{tmp_path}', run_id='child', devices='cpu:0-1', lr=0.05, epochs=1, model=Model(width=6))"
     )
     assert [(tmp_path / f"config-rank{r}.txt").read_text() for r in (0, 1)] == [expected, expected]
+    # global rank 0 recorded it, with the workers' command line and launcher environment
+    record = yaml.safe_load((tmp_path / "child" / "record.yaml").read_text())
+    assert record["argv"][1:] == argv and record["overrides"] == argv[:2] + ["lr=0.05"]
+    assert record["world_size"] == 2 and record["launcher_env"]["WORLD_SIZE"] == "2"
+    assert record["options"]["devices"] == "cpu:0-1" and record["options"]["world_size"] == 2
+    assert yaml.safe_load((tmp_path / "child" / "config.yaml").read_text())["model"] == {"width": 6}
