@@ -35,7 +35,7 @@ from ice_ignite.nodes.context import RunContext
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import Node
 from ice_ignite.nodes.printing import PrintProbe
-from ice_ignite.replay import directed, passed_on, record_entry
+from ice_ignite.replay import directed, keep_entry_sources, passed_on
 from ice_ignite.run import LaunchOptions, RunOptions, RunSession, open_run_dir, record_worker_error, spawn_workers
 from ice_ignite.training.policies import NonFinitePolicy
 
@@ -539,7 +539,7 @@ class HyperGraph(NodeRegistry):
             self._session = session = RunSession(self.context, self._checkpointer, launcher, rundir, options)
             with session.active():
                 self._backup_sources()
-                record_entry(rundir.root, launcher.rank, self._entrypoint)  # hook (issue 24, replay): src/, replay.json
+                keep_entry_sources(rundir.root, launcher.rank, self._entrypoint)  # hook (issue 24, replay): src/
                 if options.resume_from is not None:
                     self._load_resume_state(options.resume_from)
                 self._execute(entries, launcher, options.strict_resume)

@@ -1,23 +1,22 @@
-"""Replaying a run from its run directory alone: what a run keeps for it (the entry script's sources
-in ``src/`` and ``replay.json``: the script, its arguments, the working directory), the environment
-variable that hands a run its directory (``ICE_IGNITE_RUN_DIR``), and ``resume`` / ``show``, the
-commands of ``python -m ice_ignite``.
+"""Replaying a run from its run directory alone: the entry script's sources kept in ``src/`` (here),
+the run's record (``record.yaml``: argv, working directory, options, written by ``config/record.py``),
+the environment variable that hands a run its directory (``ICE_IGNITE_RUN_DIR``), and ``resume`` /
+``show``, the commands of ``python -m ice_ignite``.
 
 The argument flow of ``python -m ice_ignite resume RUN_DIR``: it sets ``ICE_IGNITE_RUN_DIR=RUN_DIR``
-and runs the kept script in this process (as ``python src/train.py ARGS`` would, from the recorded
-working directory, with the recorded arguments). The first ``HyperGraph.run`` of that process takes
-the variable (and removes it, so a later ``run`` of the script is its own): its run directory is
-``RUN_DIR`` whatever ``out_dir`` / ``run_id`` the script passes, and ``resume_from`` is ``"auto"``
-when ``RUN_DIR`` holds checkpoints (else the script's own ``resume_from``). Workers that ``run``
-starts get the variable back, so every rank of a multi-process run agrees. A sweep member
-(``ice.config``'s ``-m``) is started with the same variable.
+and runs the newest kept copy of the script in this process (as ``python src/train.py ARGS`` would,
+from the recorded working directory, with the recorded arguments). The first ``HyperGraph.run`` of
+that process takes the variable (and removes it, so a later ``run`` of the script is its own): its
+run directory is ``RUN_DIR`` whatever ``out_dir`` / ``run_id`` the script passes, and
+``resume_from`` is ``"auto"`` when ``RUN_DIR`` holds checkpoints (else the script's own
+``resume_from``). Workers that ``run`` starts get the variable back, so every rank of a
+multi-process run agrees. A sweep's runs (``ice.config``'s ``-m``) are started with the same variable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -30,17 +29,18 @@ from typing import Any
 from ice_ignite.checkpoint.backup import keep_sources, source_copies
 from ice_ignite.checkpoint.files import list_checkpoints
 from ice_ignite.checkpoint.rundir import RunDir
+from ice_ignite.config.record import CONFIG_FILE, HISTORY_FILE, RECORD_FILE
 from ice_ignite.observe.board import METRICS_NAME
 
 __all__ = [
     "RUN_DIR_ENV",
-    "RECORD_NAME",
     "METRICS_NAME",
     "RecordError",
     "directed",
     "passed_on",
-    "record_entry",
+    "keep_entry_sources",
     "read_record",
+    "replay_script",
     "resume",
     "show",
 ]
@@ -49,8 +49,6 @@ logger = logging.getLogger("ice_ignite")
 
 #: the run directory that the next ``HyperGraph.run`` of a process uses, resuming it when it holds checkpoints
 RUN_DIR_ENV = "ICE_IGNITE_RUN_DIR"
-#: what ``resume`` re-runs: the entry script (in the newest source copy), its arguments, the working directory
-RECORD_NAME = "replay.json"
 
 
 class RecordError(FileNotFoundError):
@@ -100,74 +98,95 @@ def _entry_script() -> Path | None:
     return Path(sys.modules["__main__"].__file__).resolve()
 
 
-def record_entry(run_dir: Path | None, rank: int, registered: Path | None = None) -> Path | None:
-    """At the start of a run, on global rank 0: keep the entry script's sources in ``src/`` (the first
-    run; ``src-<n>/`` when a later run's differ) and write ``replay.json``, what ``resume`` needs to
-    run it again. Nothing where there is no entry script, nor where the sources registered with
-    ``g.backup_source_files`` (``registered``) are another script's (the record would name a script
-    the run directory does not hold). Returns the record written."""
+def keep_entry_sources(run_dir: Path | None, rank: int, registered: Path | None = None) -> Path | None:
+    """At the start of a run, on global rank 0: keep the entry script and the local modules it imports
+    in ``src/`` (the first run; ``src-<n>/`` when a later run's differ), as
+    ``g.backup_source_files(__file__)`` does, so that ``resume`` can run it again. Nothing where there
+    is no entry script, nor where the sources registered with ``g.backup_source_files``
+    (``registered``) are another script's. Returns the folder written (None: nothing new)."""
     if run_dir is None or rank != 0:
         return None
     script = _entry_script()
     if script is None:
         return None
     if registered is not None and registered.resolve() != script:
-        logger.info("replay.json not written: the kept sources are %s's, the entry script is %s", registered, script)
+        logger.info("src/ keeps %s's sources (backup_source_files), not the entry script %s's", registered, script)
         return None
-    keep_sources(script, run_dir)
-    newest = source_copies(run_dir)[-1]
-    record = {
-        "script": script.name,
-        "sources": newest.name,
-        "argv": sys.argv[1:],
-        "cwd": os.getcwd(),
-        "python": sys.executable,
-        "written": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    path = run_dir / RECORD_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return keep_sources(script, run_dir)
 
 
 def read_record(run_dir: str | os.PathLike) -> dict:
-    """``replay.json`` of ``run_dir``.
+    """``record.yaml`` of ``run_dir`` (written by every start of its run, see ``config/record.py``).
 
     Raises:
-        RecordError: ``run_dir`` is not a run directory, or its run kept no record (it had no
-            entry script: a notebook, ``python -c``), naming what is missing and what to do.
+        RecordError: ``run_dir`` is not a run directory, or holds no record, naming what is missing
+            and what to do.
     """
+    import yaml
+
     root = Path(run_dir)
     if not root.is_dir():
         raise RecordError(f"{str(root)!r} is not a directory: pass a run directory (out_dir/run_id)")
-    path = root / RECORD_NAME
+    path = root / RECORD_FILE
     if not path.is_file():
         raise RecordError(
-            f"{str(root)!r} holds no {RECORD_NAME}: its run had no entry script to keep (a notebook, python -c) "
-            "or it is not a run directory; resume it by running its script with resume_from='auto' and "
-            f"run_id={root.name!r}"
+            f"{str(root)!r} holds no {RECORD_FILE}: it is not a run directory, or its run ended before its first "
+            "task started; run its script again with resume_from='auto' and run_id=" + repr(root.name)
         )
-    return json.loads(path.read_text())
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def replay_script(run_dir: str | os.PathLike) -> tuple[Path, dict]:
+    """The kept script that ``resume`` runs (in the newest source copy of ``run_dir``) and the record.
+
+    Raises:
+        RecordError: no record; the run had no entry script (a notebook, ``python -c``); its copy is
+            not in the run directory; the run's processes were started by torchrun or SLURM and this
+            process is not one of such a launch.
+    """
+    from ice_ignite.distributed.launcher import in_worker, parse_devices
+
+    root = Path(run_dir).resolve()
+    record = read_record(root)
+    entry = record.get("entry_script")
+    copies = source_copies(root)
+    script = copies[-1] / Path(entry).name if entry and copies else None
+    if script is None or not script.is_file():
+        raise RecordError(
+            f"{str(root)!r} keeps no copy of its entry script {entry!r} in src/: its run had no script to keep "
+            "(a notebook, python -c, a test), or src/ was removed; run the script again with "
+            f"resume_from='auto' and run_id={root.name!r}"
+        )
+    options = record.get("options") or {}
+    world_size = int(record.get("world_size") or 1)
+    try:
+        started_here = len(parse_devices(str(options.get("devices", "auto")))) * _nodes(options)
+    except (ValueError, RuntimeError):
+        started_here = world_size
+    if world_size > started_here and not in_worker():
+        raise RecordError(
+            f"{str(root)!r} ran {world_size} processes started by a launcher (torchrun, SLURM): resume it under the "
+            f"same launcher, e.g. torchrun --nproc_per_node={world_size} -m ice_ignite resume {root}"
+        )
+    return script, record
+
+
+def _nodes(options: dict) -> int:
+    nnodes = str((options.get("launch") or {}).get("nnodes", "1"))
+    return int(nnodes.split(":")[-1])
 
 
 def resume(run_dir: str | os.PathLike) -> None:
-    """Run the recorded script of ``run_dir`` again, in this process, from its kept sources, with its
-    recorded arguments and working directory, into ``run_dir`` (resumed from its newest checkpoint
-    when it has one): what ``python -m ice_ignite resume RUN_DIR`` does. The script's own exit
-    (``SystemExit``) ends it, as it would end the script.
+    """Run the recorded script of ``run_dir`` again, in this process, from its newest source copy
+    (``src/``, ``src-<n>/``), with its recorded arguments and working directory, into ``run_dir``
+    (resumed from its newest checkpoint when it has one): what ``python -m ice_ignite resume
+    RUN_DIR`` does. The script's own exit (``SystemExit``) ends it, as it would end the script.
 
     Raises:
-        RecordError: no record, or the kept script is gone.
+        RecordError: see ``replay_script``.
     """
     root = Path(run_dir).resolve()
-    record = read_record(root)
-    script = root / record["sources"] / record["script"]
-    if not script.is_file():
-        raise RecordError(
-            f"{str(script)!r}, the script {str(root)!r} recorded, is gone: restore {record['sources']}/ of the run "
-            "directory, or run the original script with resume_from='auto'"
-        )
+    script, record = replay_script(root)
     cwd = record.get("cwd")
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)
@@ -177,7 +196,7 @@ def resume(run_dir: str | os.PathLike) -> None:
             file=sys.stderr,
         )
     os.environ[RUN_DIR_ENV] = str(root)
-    sys.argv = [str(script), *record["argv"]]
+    sys.argv = [str(script), *list(record.get("argv") or [])[1:]]
     sys.path.insert(0, str(script.parent))  # as `python script.py`: its directory first
     runpy.run_path(str(script), run_name="__main__")
 
@@ -189,23 +208,58 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _indented(text: str) -> list[str]:
+    return ["  " + line for line in text.rstrip().splitlines()]
+
+
 def show(run_dir: str | os.PathLike) -> str:
-    """What a run directory records, for a person: the command that ran it, the configuration and
-    the rest of the run's record (when written), its checkpoints and its last metrics.
+    """What a run directory records, for a person: the command that ran it and where, the overrides
+    and the keys changed from their defaults, the configuration, the versions and the code's git
+    state, the configuration's history across resumes, the checkpoints and the last metrics.
 
     Raises:
         RecordError: ``run_dir`` is not a directory.
     """
+    import yaml
+
     root = Path(run_dir)
     if not root.is_dir():
         raise RecordError(f"{str(root)!r} is not a directory: pass a run directory (out_dir/run_id)")
     lines = [f"run directory: {root.resolve()}"]
-    record = _read_json(root / RECORD_NAME)
+    try:
+        record = yaml.safe_load((root / RECORD_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        record = {}
     if record:
-        lines.append(f"command: {record['script']} {' '.join(record['argv'])}".rstrip())
-        lines.append(f"  sources: {record['sources']}/, working directory: {record['cwd']}, python: {record['python']}")
+        argv = list(record.get("argv") or [])
+        script = Path(argv[0]).name if argv else "?"
+        options = record.get("options") or {}
+        lines.append(f"command: {' '.join([script, *argv[1:]])}")
+        lines.append(f"  started {record.get('started')} on {record.get('host')} in {record.get('cwd')}")
+        lines.append(
+            f"  devices {options.get('devices')}, world size {record.get('world_size')}, seed {options.get('seed')}"
+        )
+        lines.append(f"overrides: {' '.join(record.get('overrides') or []) or 'none'}")
+        changed = record.get("changed_from_defaults") or {}
+        lines.append(
+            "changed from the defaults: "
+            + (", ".join(f"{k}={v['value']!r} (default {v['default']!r})" for k, v in changed.items()) or "none")
+        )
+        versions = record.get("versions") or {}
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        git = record.get("git")
+        if git:
+            lines.append(
+                f"git: {git.get('commit')} ({git.get('branch')}){', dirty: see ' + str(git.get('diff')) if git.get('dirty') else ''}"
+            )
     else:
-        lines.append(f"command: not recorded (no {RECORD_NAME})")
+        lines.append(f"command: not recorded (no {RECORD_FILE})")
+    if (root / CONFIG_FILE).is_file():
+        lines.append(f"config ({CONFIG_FILE}, hash {record.get('config_hash')}):")
+        lines.extend(_indented((root / CONFIG_FILE).read_text()))
+    if (root / HISTORY_FILE).is_file():
+        lines.append(f"config history ({HISTORY_FILE}):")
+        lines.extend(_indented((root / HISTORY_FILE).read_text()))
     lines.append("checkpoints:")
     ckpts = list_checkpoints(root / "ckpts", best=True)
     lines.extend(f"  {path.name}" for _, path in ckpts)

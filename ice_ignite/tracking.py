@@ -3,20 +3,21 @@ own ``MLflowLogger`` and ``OutputHandler``, all against ``global_counters.steps.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from ignite.engine import Engine, Events
 
 from ice_ignite.checkpoint.files import list_checkpoints
+from ice_ignite.config.record import CONFIG_FILE
+from ice_ignite.config.values import flatten, plain_values
 
-__all__ = ["MLflow", "flat_params", "RECORD_NAME"]
+__all__ = ["MLflow", "RECORD_NAME"]
 
 logger = logging.getLogger("ice_ignite")
 
@@ -34,42 +35,6 @@ class _Graph(Protocol):
     def context(self) -> Any: ...
 
 
-def flat_params(config: Any, prefix: str = "") -> dict[str, Any]:
-    """A configuration as flat ``{"dotted.key": value}``: a dataclass instance, an OmegaConf config or
-    a mapping, nested to any depth; lists and other values stay whole.
-
-    Examples:
-        >>> from dataclasses import dataclass, field
-        >>> @dataclass
-        ... class Data:
-        ...     batch_size: int = 64
-        >>> @dataclass
-        ... class Config:
-        ...     lr: float = 1e-3
-        ...     data: Data = field(default_factory=Data)
-        >>> flat_params(Config())
-        {'lr': 0.001, 'data.batch_size': 64}
-    """
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        config = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    elif type(config).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        config = OmegaConf.to_container(config, resolve=True)
-    if not isinstance(config, Mapping):
-        raise TypeError(
-            f"flat_params needs a dataclass instance, an OmegaConf config or a dict, got {type(config).__name__}"
-        )
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if (dataclasses.is_dataclass(value) and not isinstance(value, type)) or isinstance(value, Mapping):
-            out.update(flat_params(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def _metric_prefix(task: Any) -> str:
     """The task's tags as one MLflow name part (MLflow refuses ``*`` and ``,``): ``train``, ``val``,
     ``train_aug``; a task of the default tag is ``train`` or ``eval``."""
@@ -78,7 +43,7 @@ def _metric_prefix(task: Any) -> str:
 
 
 class MLflow:
-    """Send a run to MLflow: ``params`` (the configuration, flattened to dotted keys) as the MLflow
+    """Send a run to MLflow: the configuration (flattened to dotted keys) as the MLflow
     run's parameters, every task's epoch metrics (``engine.state.metrics``) and every ``log_every``
     optimizer steps the train losses as metrics whose step is ``global_counters.steps.train``, and
     at the end of the run the newest checkpoint and the best checkpoints as artifacts
@@ -99,8 +64,9 @@ class MLflow:
             ``http://server:5000``. None: ``MLFLOW_TRACKING_URI`` when set, else the file store
             ``mlruns/`` beside the run directories (``<out_dir>/mlruns``).
         experiment: the MLflow experiment's name (None: MLflow's default experiment, ``Default``).
-        params: the configuration to record: a dataclass instance (``ice.config``'s), an OmegaConf
-            config or a dict; None records none.
+        params: the configuration to record: a dataclass instance (``ice.config``'s) or a dict;
+            None: the run's own (``run(config=cfg)``, as ``config.yaml`` of the run directory holds
+            it), if it has one.
         log_every: log the train losses every this many optimizer steps (0: epoch values only).
         checkpoints: log the newest checkpoint and the best ones as artifacts when the run ends.
 
@@ -125,7 +91,7 @@ class MLflow:
             raise ValueError(f"MLflow log_every must be an int >= 0, got {log_every!r}")
         self.tracking_uri = tracking_uri
         self.experiment = experiment
-        self.params = flat_params(params) if params is not None else {}
+        self.params = flatten(plain_values(params)) if params is not None else None
         self.log_every = log_every
         self.checkpoints = checkpoints
         self.logger: Any = None  # ignite's MLflowLogger while a run is open (global rank 0)
@@ -194,11 +160,15 @@ class MLflow:
         self._log_params(mlflow, bool(resumed))
 
     def _log_params(self, mlflow: Any, resumed: bool) -> None:
+        params = self.params
+        if params is None:  # the run's config, as recorded when its first task started
+            import yaml
+
+            recorded = self.run_dir / CONFIG_FILE if self.run_dir is not None else None
+            params = flatten(yaml.safe_load(recorded.read_text()) or {}) if recorded and recorded.is_file() else {}
         # MLflow keeps a parameter's first value; a resume with another value (strict_resume=False)
         # keeps the old one and says so
-        params = {
-            k: v if isinstance(v, (bool, int, float, str)) or v is None else str(v) for k, v in self.params.items()
-        }
+        params = {k: v if isinstance(v, (bool, int, float, str)) or v is None else str(v) for k, v in params.items()}
         if resumed:
             logged = mlflow.get_run(self.logger.active_run.info.run_id).data.params
             changed = sorted(k for k in params if k in logged and logged[k] != str(params[k]))

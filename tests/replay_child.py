@@ -41,6 +41,8 @@ if kill_at:
     g.on(Events.ITERATION_COMPLETED, kill, train=True)
 train = ice.Task(train=True, epochs=1, tags="train")
 schedule = [ice.Repeat([train, ice.Task(train=False, epochs=1, tags="val"), ice.SaveCheckpointTask()], times=cfg.times)]
-run_dir = g.run(schedule, devices=cfg.devices, out_dir=cfg.out_dir, run_id=cfg.run_id, seed=cfg.seed, progress=False)
+run_dir = g.run(
+    schedule, devices=cfg.devices, out_dir=cfg.out_dir, run_id=cfg.run_id, seed=cfg.seed, progress=False, config=cfg
+)
 if run_dir.is_main:
     torch.save(g["*/net"].module.state_dict(), run_dir / "weights.pt")

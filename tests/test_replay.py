@@ -83,6 +83,9 @@ def test_resume_after_sigkill_ends_bit_identical_to_an_uninterrupted_run(tmp_pat
         main(["show", str(run_dir)])
         text = capsys.readouterr().out
         assert f"command: replay_child.py {' '.join(args)} run_id=killed" in text
+        assert "overrides: devices=cpu out_dir=runs lr=0.05 run_id=killed" in text
+        assert "changed from the defaults: lr=0.05 (default 0.1), run_id='killed' (default None)" in text
+        assert "config (config.yaml, hash " in text and "\n  lr: 0.05\n" in text
         assert "ckpt-000003-E4S20.pt" in text
         assert "last metrics (at steps.train 20):" in text and "val/mse: " in text
 
@@ -101,13 +104,13 @@ def test_the_run_dir_variable_directs_the_next_run_only_and_resumes_what_has_che
 
 
 def test_resume_and_show_refuse_what_is_not_a_recorded_run_directory(tmp_path, capsys):
-    # a run without an entry script (here pytest's process) keeps no record to replay
+    # a run without an entry script of its own (here pytest's process) keeps no script to replay
     run_dir = linear_graph().run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp_path)
-    assert not (run_dir / "replay.json").exists() and (run_dir / "metrics.json").exists()
+    assert list((run_dir / "src").iterdir()) == [] and (run_dir / "metrics.json").exists()
     with pytest.raises(SystemExit) as e:
         main(["resume", str(run_dir)])
     assert e.value.code == 2
-    assert "holds no replay.json" in capsys.readouterr().err
+    assert "keeps no copy of its entry script" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["show", str(tmp_path / "missing")])
     assert "is not a directory" in capsys.readouterr().err

@@ -35,14 +35,14 @@ def test_params_metrics_and_checkpoints_reach_mlflow_and_a_resume_logs_into_the_
     uri = (tmp_path / "mlruns").as_uri()
     config = Config()
     g = linear_graph()
-    ice.MLflow(uri, experiment="linear", params=config, log_every=2).attach(g)
+    ice.MLflow(uri, experiment="linear", log_every=2).attach(g)  # params: the run's config
     seen = []  # (steps.train, val mse) at each val epoch end
     g.on(
         Events.EPOCH_COMPLETED,
         lambda e: seen.append((g.global_counters.steps.train, e.state.metrics["mse"])),
         tags="val",
     )
-    run_dir = g.run(schedule(2), devices="cpu", out_dir=tmp_path / "runs", run_id="a", progress=False)
+    run_dir = g.run(schedule(2), devices="cpu", out_dir=tmp_path / "runs", run_id="a", progress=False, config=config)
 
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("linear").experiment_id])
@@ -58,7 +58,7 @@ def test_params_metrics_and_checkpoints_reach_mlflow_and_a_resume_logs_into_the_
 
     # a resume with one more repetition continues the same MLflow run
     g = linear_graph()
-    ice.MLflow(uri, experiment="linear", params=config, log_every=2).attach(g)
+    ice.MLflow(uri, experiment="linear", params=config, log_every=2).attach(g)  # the same, given
     g.run(schedule(3), devices="cpu", out_dir=tmp_path / "runs", run_id="a", resume_from="auto", progress=False)
     (again,) = client.search_runs([run.info.experiment_id])
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
@@ -86,7 +86,7 @@ def test_a_failed_run_is_marked_failed(tmp_path):
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="log_every"):
         ice.MLflow(log_every=-1)
-    with pytest.raises(TypeError, match="flat_params needs"):
+    with pytest.raises(TypeError, match="config must be a dataclass instance"):
         ice.MLflow(params=[1, 2])
 
 
