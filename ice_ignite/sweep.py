@@ -7,7 +7,8 @@ combination's configuration first (an unknown key or a wrong type stops the swee
 then starts the script as a new process per combination, with that combination's ``key=value``
 arguments and ``ICE_IGNITE_RUN_DIR`` naming its run directory (see ``ice_ignite.replay``): the
 run resumes from its directory's newest checkpoint when it has one. Running the same command again
-skips the combinations that finished and resumes the others.
+skips the combinations that finished and resumes the others. SIGTERM or SIGINT to the process group
+(SLURM, Ctrl-C) makes the running run checkpoint and exit; the sweep then stops with 128 + the signal.
 
     runs/sweep_lr=1e-3,3e-3_seed=0,1/
         lr=1e-3,seed=0/  lr=1e-3,seed=1/  lr=3e-3,seed=0/  lr=3e-3,seed=1/   (run directories)
@@ -23,6 +24,7 @@ import io
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -38,6 +40,7 @@ __all__ = ["Member", "split_values", "expand", "sweep_dir_name", "run_sweep", "s
 
 #: the sweep's state: its command and each combination's status
 STATE_NAME = "sweep.json"
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _NAME_MAX = 200  # bytes of a directory name made of overrides, below the 255 a file system allows
 
 
@@ -226,17 +229,37 @@ def run_sweep(
         _write(sweep_dir / STATE_NAME, json.dumps(record, indent=2) + "\n")
         _write_summary(sweep_dir, members, status)
 
-    for i, member in enumerate(members, 1):
-        if status.get(member.name) == "done":
-            print(f"ice_ignite sweep: [{i}/{len(members)}] {member.name}: done before, skipped", flush=True)
-            continue
-        run_dir = sweep_dir / member.name
-        print(f"ice_ignite sweep: [{i}/{len(members)}] {member.name} -> {run_dir}", flush=True)
-        status[member.name] = "running"
-        save()
-        code = subprocess.call([*command, *files, *member.overrides], env={**os.environ, RUN_DIR_ENV: str(run_dir)})
-        status[member.name] = "done" if code == 0 else f"failed (exit {code})"
-        save()
+    # SIGTERM / SIGINT to the process group (SLURM, Ctrl-C) reach the running run too, which checkpoints
+    # and exits: the driver waits for it (never kills it), records it, and starts no other run
+    stopped: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda number, frame: stopped.append(number)) for sig in _STOP_SIGNALS}
+    try:
+        for i, member in enumerate(members, 1):
+            if status.get(member.name) == "done":
+                print(f"ice_ignite sweep: [{i}/{len(members)}] {member.name}: done before, skipped", flush=True)
+                continue
+            if stopped:
+                break
+            run_dir = sweep_dir / member.name
+            print(f"ice_ignite sweep: [{i}/{len(members)}] {member.name} -> {run_dir}", flush=True)
+            status[member.name] = "running"
+            save()
+            child = subprocess.Popen(
+                [*command, *files, *member.overrides], env={**os.environ, RUN_DIR_ENV: str(run_dir)}
+            )
+            code = child.wait()
+            status[member.name] = "done" if code == 0 else f"{'stopped' if stopped else 'failed'} (exit {code})"
+            save()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if stopped:
+        print(
+            f"ice_ignite sweep: stopped by signal {stopped[0]}; run the same command again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(128 + stopped[0])
     failed = [name for name, s in status.items() if s != "done" and name in {m.name for m in members}]
     print(f"ice_ignite sweep: summary in {sweep_dir / 'summary.md'}", flush=True)
     if failed:
