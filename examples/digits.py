@@ -1,14 +1,14 @@
 """Train a small CNN on scikit-learn's digits (8x8 images, shipped with scikit-learn: no download).
 
-    python examples/digits.py                 # 10 rounds of train -> validate -> checkpoint
-    python examples/digits.py --rounds 2 --out-dir /tmp/runs
+    python examples/digits.py                          # 10 rounds of train -> validate -> checkpoint
+    python examples/digits.py rounds=2 out_dir=/tmp/runs lr=1e-3
+    python examples/digits.py --help                   # every setting, its type, default and help
 
-It prints the validation accuracy and where the run directory is.
+It prints the validation accuracy and where the run directory is; the run directory keeps the
+settings (config.yaml) and the run's record (record.yaml).
 """
 
-from __future__ import annotations
-
-import argparse
+import dataclasses
 import time
 
 import torch
@@ -45,15 +45,33 @@ def digits_split(val_fraction: float = 0.2, seed: int = 0):
     return (torch.utils.data.TensorDataset(x[train], y[train]), torch.utils.data.TensorDataset(x[val], y[val]))
 
 
-def build_graph(workers: int = 0) -> ice.HyperGraph:
+def setting(default, help: str, compare: bool = True):
+    """A field of Settings with its ``--help`` text; ``compare=False``: a resume may change it."""
+    return dataclasses.field(default=default, metadata={"help": help, "compare": compare})
+
+
+@dataclasses.dataclass
+class Settings:
+    """Train a small CNN on scikit-learn's digits."""
+
+    rounds: int = setting(10, "train/validate/checkpoint rounds", compare=False)
+    lr: float = setting(2e-3, "Adam's learning rate")
+    batch_size: int = setting(32, "training batch size")
+    workers: int = setting(0, "DataLoader workers of the training data", compare=False)
+    out_dir: str = setting("runs", "where run directories go", compare=False)
+    run_id: str | None = setting(None, "run directory name (null: a fresh timestamp)", compare=False)
+    resume: bool = setting(False, "continue the run directory from its last checkpoint", compare=False)
+
+
+def build_graph(workers: int = 0, lr: float = 2e-3, batch_size: int = 32) -> ice.HyperGraph:
     train_set, val_set = digits_split()
     g = ice.HyperGraph()
-    g.add("data", ice.DatasetNode(train_set, batch_size=32, shuffle=True, num_workers=workers), tags="train")
+    g.add("data", ice.DatasetNode(train_set, batch_size=batch_size, shuffle=True, num_workers=workers), tags="train")
     g.add("data", ice.DatasetNode(val_set, batch_size=256), tags="val")
     g.add(
         "net",
         ice.ModuleNode(
-            Net(), forward=lambda n, x: n.module(x["data"][0]), optimizers=ice.Optimizer(torch.optim.Adam, lr=2e-3)
+            Net(), forward=lambda n, x: n.module(x["data"][0]), optimizers=ice.Optimizer(torch.optim.Adam, lr=lr)
         ),
     )
     g.add("ce", ice.LossNode(forward=lambda n, x: F.cross_entropy(x["net"], x["data"][1])))
@@ -62,16 +80,11 @@ def build_graph(workers: int = 0) -> ice.HyperGraph:
 
 
 def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=10, help="train/validate/checkpoint rounds")
-    parser.add_argument("--out-dir", default="runs", help="where run directories go")
-    parser.add_argument("--run-id", default=None, help="run directory name (default: a fresh timestamp)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the training data")
-    parser.add_argument("--resume", action="store_true", help="continue the run directory from its last checkpoint")
-    args = parser.parse_args(argv)
+    """Train with the settings of ``argv`` (None: the command line), as ``key=value`` arguments."""
+    cfg = ice.config(Settings, argv)
 
     torch.manual_seed(0)  # the model's initial weights
-    g = build_graph(args.workers)
+    g = build_graph(cfg.workers, cfg.lr, cfg.batch_size)
     train = ice.Task(train=True, epochs=1, tags="train")
     val = ice.Task(train=False, epochs=1, tags="val")
 
@@ -85,11 +98,12 @@ def main(argv: list[str] | None = None) -> float:
 
     start = time.perf_counter()
     run_dir = g.run(
-        [ice.Repeat([train, val, report, ice.SaveCheckpointTask()], times=args.rounds)],
+        [ice.Repeat([train, val, report, ice.SaveCheckpointTask()], times=cfg.rounds)],
         devices="cpu",
-        out_dir=args.out_dir,
-        run_id=args.run_id,
-        resume_from="auto" if args.resume else None,
+        out_dir=cfg.out_dir,
+        run_id=cfg.run_id,
+        resume_from="auto" if cfg.resume else None,
+        config=cfg,  # recorded in the run directory and the checkpoints, compared on resume
     )
     elapsed = time.perf_counter() - start
     accuracy = val.engine.state.metrics.get("acc", float("nan"))

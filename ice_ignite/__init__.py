@@ -29,7 +29,7 @@ from ice_ignite.graph.schedule import Repeat
 from ice_ignite.graph.task import Task
 from ice_ignite.hypergraph import HyperGraph
 from ice_ignite.nodes import DatasetNode, LossMode, LossNode, MetricNode, ModuleNode, Node
-from ice_ignite.run import LaunchOptions
+from ice_ignite.run import LaunchOptions, OutputOptions
 from ice_ignite.tracking import MLflow
 from ice_ignite.training.optimizer import Optimizer
 
@@ -42,6 +42,7 @@ __all__ = [
     "GraphOutputCache",
     "StepEvents",
     "LaunchOptions",
+    "OutputOptions",
     "Node",
     "ModuleNode",
     "LossNode",

@@ -4,11 +4,11 @@ the entry points that run a schedule on them (``exec_tasks``, ``run``) or checkp
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import functools
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,9 @@ import torch
 
 from ice_ignite.checkpoint.backup import entry_script, keep_sources
 from ice_ignite.checkpoint.checkpointer import Checkpointer
-from ice_ignite.checkpoint.files import latest_valid_checkpoint, read_checkpoint
+from ice_ignite.checkpoint.files import read_checkpoint
+from ice_ignite.checkpoint.resume import PendingResume, resume, resume_from_of
 from ice_ignite.checkpoint.transfer import LoadSpec
-from ice_ignite.distributed import parallel
 from ice_ignite.distributed.launcher import in_worker, join, leave, parse_devices
 from ice_ignite.distributed.launcher_record import Launcher
 from ice_ignite.distributed.preemption import Preempted
@@ -28,7 +28,7 @@ from ice_ignite.engine.events import StepEvents
 from ice_ignite.errors import CheckpointError
 from ice_ignite.graph.draw import draw_graph
 from ice_ignite.graph.registry import NodeRegistry
-from ice_ignite.graph.schedule import ScheduleEntry, ScheduleRunner, call_with_arity, flatten_schedule, keyed_tasks
+from ice_ignite.graph.schedule import ScheduleEntry, ScheduleRunner, call_with_arity, flatten_schedule
 from ice_ignite.graph.tags import DEFAULT_TAG, check_name, normalize_tags
 from ice_ignite.graph.task import Task
 from ice_ignite.nodes.context import RunContext
@@ -36,7 +36,17 @@ from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import Node
 from ice_ignite.nodes.printing import PrintProbe
 from ice_ignite.replay import directed, keep_entry_sources, passed_on
-from ice_ignite.run import LaunchOptions, RunOptions, RunSession, open_run_dir, record_worker_error, spawn_workers
+from ice_ignite.run import (
+    LaunchOptions,
+    OutputOptions,
+    RunOptions,
+    RunPath,
+    RunSession,
+    open_run_dir,
+    options_of_keywords,
+    record_worker_error,
+    spawn_workers,
+)
 from ice_ignite.training.policies import NonFinitePolicy
 
 __all__ = ["HyperGraph"]
@@ -52,6 +62,10 @@ class HyperGraph(NodeRegistry):
         autocast_dtype: ``torch.float16`` or ``torch.bfloat16``; None picks float16 on CUDA and
             bfloat16 on CPU.
         grad_scaler: True / False, a ``torch.amp.GradScaler``, or None: enabled for float16 only.
+
+    The run the graph is in is read from ``g.context`` (a ``RunContext``, the same object as every
+    node's ``n.context``): ``run_dir``, ``run_id``, ``seed``, ``launcher``, ``device``, ``rank``,
+    ``counters`` (also ``g.global_counters``), ``board``, ``grad_scaler``, ``grad_acc_steps``.
 
     Examples:
         >>> import torch, ice_ignite as ice
@@ -80,63 +94,64 @@ class HyperGraph(NodeRegistry):
         self._checkpointer = Checkpointer(self.select_nodes, self.context, self._runner, self._objects)
         self._handlers: list[tuple[Any, Any, tuple[str, ...], bool | None]] = []
         self._session: RunSession | None = None
-        self._pending: tuple[dict, str] | None = None  # a state given to load_state_dict, resumed by the next run
+        self._resume = PendingResume()  # the checkpoint state the next schedule resumes from
         self._entrypoint: Path | None = None
 
-    # -- what the context holds, under the names of ice-learn and API.md ------------------------
+    # -- the run context: ``g.context`` (a RunContext), the same object as every node's ``context`` --
     @property
     def global_counters(self) -> GlobalCounters:
-        """``steps`` and ``epochs`` counters (train / eval / total) of this graph."""
+        """``steps`` and ``epochs`` counters (train / eval / total) of this graph (API.md; the same
+        object as ``g.context.counters``)."""
         return self.context.counters
 
-    @property
-    def grad_acc_steps(self) -> int:
-        """Micro-batches per optimizer step."""
-        return self.context.grad_acc_steps
-
+    # Deprecated mirrors of the context, for one release: read ``g.context.<name>``.
     @property
     def grad_scaler(self) -> torch.amp.GradScaler | None:
-        """The run's GradScaler, or None when disabled."""
-        return self.context.precision.grad_scaler
-
-    @property
-    def autocast(self) -> tuple[str, torch.dtype] | None:
-        """(device type, dtype) while a run uses autocast, else None."""
-        return self.context.precision.autocast
+        """Deprecated: ``g.context.grad_scaler``."""
+        return self._deprecated_context("grad_scaler").grad_scaler
 
     @property
     def launcher(self) -> Launcher | None:
-        """This process's launcher during a run (None outside one)."""
-        return self.context.launcher
+        """Deprecated: ``g.context.launcher``."""
+        return self._deprecated_context("launcher").launcher
 
     @property
     def run_dir(self) -> Path | None:
-        """The run directory during a run (None outside one)."""
-        return self.context.run_dir
+        """Deprecated: ``g.context.run_dir``."""
+        return self._deprecated_context("run_dir").run_dir
 
     @property
     def run_id(self) -> str | None:
-        """The run's id during a run (None outside one)."""
-        return self.context.run_id
+        """Deprecated: ``g.context.run_id``."""
+        return self._deprecated_context("run_id").run_id
+
+    @property
+    def board(self) -> Any:
+        """Deprecated: ``g.context.board``."""
+        return self._deprecated_context("board").board
 
     @property
     def seed(self) -> int:
-        """The base seed of the last run."""
-        return self.context.seed
+        """Deprecated: ``g.context.seed``."""
+        return self._deprecated_context("seed").seed
 
     @seed.setter
     def seed(self, value: int) -> None:
-        self.context.seed = value
+        self._deprecated_context("seed").seed = value
+
+    def _deprecated_context(self, name: str) -> RunContext:
+        warnings.warn(
+            f"HyperGraph.{name} is deprecated and goes in the next release: read g.context.{name} (the run "
+            f"context, as node.context.{name})",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return self.context
 
     @property
     def skipped_steps(self) -> int:
         """Optimizer steps skipped for a non-finite loss (policies "skip" and "stop")."""
         return self.nonfinite.skipped_steps
-
-    @property
-    def board(self) -> Any:
-        """A tensorboardX SummaryWriter into ``logs/`` on global rank 0 of a run, else a NullWriter."""
-        return self.context.board
 
     def _running_task(self) -> Task | None:
         task = self._runner.task
@@ -263,7 +278,7 @@ class HyperGraph(NodeRegistry):
         beside it. Edges are the dependencies recorded while the graph ran (run a task first).
         Default path: ``<run dir>/graph-<tags>.png``. Returns the files written.
         """
-        return draw_graph(self.select_egraph(tags), path, self.run_dir)
+        return draw_graph(self.select_egraph(tags), path, self.context.run_dir)
 
     # -- schedule -------------------------------------------------------------------------------
     def exec_tasks(self, tasks: Any, launcher: Launcher) -> None:
@@ -289,24 +304,14 @@ class HyperGraph(NodeRegistry):
         if self._runner.entries is not None:  # nested, from a schedule callable
             self._runner.run(entries, self._run_task, lambda item: call_with_arity(item, self, launcher))
             return
-        resume = None
-        if self._pending is not None:
-            (state, source), self._pending = self._pending, None
-            resume = self._checkpointer.restore(state, source, entries, strict)
-        self._checkpointer.entries = entries
+        point = resume(self._checkpointer, self._resume, entries, strict)
         session = self._session
-        if resume is None:  # a new schedule: it continues the engines; a task terminated before runs again
-            for task in keyed_tasks(entries).values():
-                state = task.engine.state
-                task.base_epoch = state.epoch if state.max_epochs is not None else 0
-                if not task.engine.suspended:
-                    task.engine.should_terminate = False
         self._runner.run(
             entries,
-            lambda task, position, span, hold: self._run_task(task, position, span, hold, resume),
+            lambda task, position, span, hold: self._run_task(task, position, span, hold, point),
             lambda item: call_with_arity(item, self, launcher),
-            start=resume.entry if resume is not None else 0,
-            resume=resume.task if resume is not None else None,
+            start=point.entry if point is not None else 0,
+            resume=point.task if point is not None else None,
             boundary=functools.partial(session.check_preemption, blocking=True) if session is not None else None,
         )
 
@@ -354,40 +359,22 @@ class HyperGraph(NodeRegistry):
         out_dir: str | os.PathLike | None = None,
         resume_from: str | os.PathLike | None = None,
         seed: int | None = None,
-        nnodes: str = "1:1",
-        node_rank: int = 0,
-        dist_backend: str = "auto",
-        master_addr: str = "127.0.0.1",
-        master_port: int | None = None,
-        rdzv_endpoint: str = "",
-        rdzv_backend: str = "static",
-        max_restarts: int = 0,
-        start_method: str = "spawn",
-        launcher: Launcher | None = None,
         *,
         strict_resume: bool = True,
-        n_saved: int | None = None,
-        log_every: int = 50,
         progress: bool = True,
-        hparams: dict | None = None,
-        timing: bool = False,
-        async_checkpoints: bool = False,
-        rdzv_configs: dict | str | None = None,
-        standalone: bool = False,
-        monitor_interval: float = 0.1,
-        redirects: str | int = "0",
-        tee: str | int = "0",
-        omp_num_threads: int | None = None,
         launch: LaunchOptions | None = None,
-        collective_timeout: float | datetime.timedelta | None = None,
+        outputs: OutputOptions | None = None,
         config: Any = None,
-    ) -> Path:
+        launcher: Launcher | None = None,
+        **deprecated: Any,
+    ) -> RunPath:
         """Run the schedule ``tasks`` in a run directory ``out_dir/run_id``, which the run holds
         (an OS lock on ``run.lock``) until it ends: another run of it fails at once.
 
         Args:
             tasks: a list of Tasks, Repeats and callables.
-            devices: ``"auto"``, ``"cpu"``, ``"cuda:0"``, ... (see ``parse_devices``).
+            devices: ``"auto"``, ``"cpu"``, ``"cuda:0"``, ``"cpu:0-1"``, ... (see ``parse_devices``):
+                one process per device.
             run_id: the run directory's name; None makes a fresh timestamped one.
             out_dir: where run directories live (default ``runs``).
             resume_from: a checkpoint path, or ``"auto"`` for the newest valid checkpoint of the
@@ -396,54 +383,24 @@ class HyperGraph(NodeRegistry):
                 ``torch.initial_seed()`` of global rank 0, so ``torch.manual_seed`` or ignite's
                 ``manual_seed`` called before the run decide it, as in an ignite script. Logged and
                 checkpointed; a resume continues with the checkpoint's seed.
-            nnodes: ``"N"`` or ``"MIN:MAX"`` machines (torchrun's ``--nnodes``).
-            node_rank: this machine's rank (static rendezvous).
-            master_addr: the address of node 0 (static rendezvous).
-            master_port: the port on node 0 (static rendezvous; required with several machines).
-            rdzv_endpoint: ``host:port`` of a c10d rendezvous.
-            rdzv_backend: ``"static"`` or ``"c10d"``.
-            max_restarts: how many times torch's elastic agent restarts failed workers; restarted
-                workers resume from the run's last checkpoint.
-            dist_backend: ``"auto"`` (gloo on CPU, nccl on CUDA), ``"gloo"`` or ``"nccl"``.
-            start_method: ``"spawn"``: workers re-run the entry script (as under torchrun);
-                ``"fork"``: workers are forked from this process (the default where there is
-                no entry script: a notebook, ``python -c``, pytest).
-            launcher: run in this process with this Launcher, starting or joining nothing.
             strict_resume: a resumed checkpoint whose schedule is not a prefix of ``tasks``, that
                 holds a node this graph lacks (or lacks a node with state), or whose DatasetNode
                 settings differ raises ``ResumeTaskFailed`` (True), or warns (False): the
                 schedule restarts with the loaded states, new nodes start afresh.
-            n_saved: keep only the newest ``n_saved`` periodic checkpoints (None: keep all).
-            log_every: write losses, learning rates and the grad scale to the board every this
-                many optimizer steps (0: only epoch values); the only host reads logging adds.
             progress: show progress (a bar per task on a terminal, a line every 30 s otherwise).
-            hparams: hyper-parameters to record with the final metrics (TensorBoard's HParams).
-            timing: time every node's forward, backward and update per task, and write
-                ``timing.csv`` and ``timing.png`` into the run directory.
-            async_checkpoints: checkpoints (``save_checkpoint``, ``SaveCheckpointTask``,
-                ``save_best``, preemption) are written in the background from a CPU copy taken at
-                the call; the next save and the end of the run wait for a pending write and raise
-                its error.
-            rdzv_configs: torchrun's ``--rdzv-conf``, a dict or ``'k=v,...'``.
-            standalone: torchrun's ``--standalone``.
-            monitor_interval: torchrun's ``--monitor-interval``, in seconds.
-            redirects: torchrun's ``--redirects`` (``'0'``-``'3'`` or ``'0:3,1:0'``): per-rank
-                ``stdout.log`` / ``stderr.log`` files under ``<run dir>/logs/workers/``.
-            tee: torchrun's ``--tee``, as ``redirects``.
-            omp_num_threads: ``OMP_NUM_THREADS`` of the workers (None: 1 with several workers
-                per machine, unless the environment sets it, as torchrun).
-            launch: the launch options as one ``ice.LaunchOptions`` (instead of ``nnodes`` ...
-                ``start_method``, ``rdzv_configs`` ... ``omp_num_threads``).
-            collective_timeout: seconds (or a ``timedelta``) a collective of a multi-process run
-                may wait (torch.distributed's ``timeout``). None: 5 minutes on gloo (CPU), torch's
-                default on nccl. When it expires, every rank writes where it is and its stacks to
-                ``logs/hang-rank<r>.txt`` and the run ends with a ``CollectiveTimeout`` naming
-                the stuck rank.
+            launch: how processes are started and joined, ``ice.LaunchOptions`` (torchrun's
+                options, the backend, the collective timeout); None: the defaults.
+            outputs: what the run writes, ``ice.OutputOptions`` (board cadence, hparams, timing,
+                checkpoints kept, asynchronous checkpoints); None: the defaults.
             config: the script's settings (what ``ice.config`` returns: a dataclass instance, or a
-                dict): written to ``config.yaml`` with the run's record (``record.yaml``) at start,
-                kept in every checkpoint with its hash, compared on resume (a changed key is
-                ``ResumeTaskFailed`` with ``strict_resume``), and its flat keys go to TensorBoard's
-                HParams with the final metrics (``hparams`` adds to them).
+                dict): written to ``config.yaml`` with the run's record (``record.yaml``) when the
+                first task starts, kept in every checkpoint with its hash, compared on resume (a
+                changed key is ``ResumeTaskFailed`` with ``strict_resume``), and its flat keys go to
+                TensorBoard's HParams with the final metrics (``outputs.hparams`` adds to them).
+            launcher: run in this process with this Launcher, starting or joining nothing.
+            **deprecated: the keywords of ``LaunchOptions`` and ``OutputOptions`` (``nnodes=``,
+                ``tee=``, ``n_saved=``, ``log_every=`` ...) as before, with a DeprecationWarning,
+                for one release; any other keyword is a TypeError naming the closest.
 
         With several devices (or ``nnodes`` > 1) ``run`` starts one worker per device and, in
         ``spawn`` mode, exits when they are done; a worker's ``run`` (also under ``torchrun``,
@@ -457,83 +414,47 @@ class HyperGraph(NodeRegistry):
             (``idist.get_rank()`` is 0 everywhere): write files after the run only where
             ``run_dir.is_main``. In the launching process of forked workers (no entry script)
             the graph did not train: there ``.launcher`` is None and ``.is_main`` False.
+
+        Examples:
+            >>> import tempfile, ice_ignite as ice
+            >>> g = ice.HyperGraph()
+            >>> run_dir = g.run([lambda g: print(g.context.run_id)], devices="cpu", out_dir=tempfile.mkdtemp(),
+            ...                 run_id="doc", progress=False, launch=ice.LaunchOptions(collective_timeout=60),
+            ...                 outputs=ice.OutputOptions(n_saved=2))
+            doc
+            >>> run_dir.name, run_dir.is_main
+            ('doc', True)
         """
-        entries = flatten_schedule(tasks)
-        keywords = LaunchOptions(
-            nnodes=nnodes,
-            node_rank=node_rank,
-            dist_backend=dist_backend,
-            master_addr=master_addr,
-            master_port=master_port,
-            rdzv_endpoint=rdzv_endpoint,
-            rdzv_backend=rdzv_backend,
-            max_restarts=max_restarts,
-            start_method=start_method,
-            rdzv_configs=rdzv_configs,
-            standalone=standalone,
-            monitor_interval=monitor_interval,
-            redirects=redirects,
-            tee=tee,
-            omp_num_threads=omp_num_threads,
-        )
-        if launch is None:
-            launch = keywords
-        elif keywords != LaunchOptions():
-            given = [f.name for f in dataclasses.fields(keywords) if getattr(keywords, f.name) != f.default]
-            raise TypeError(
-                f"run got launch=LaunchOptions(...) and the launch keywords {given} too; pass the "
-                "launch options in one place: the keywords, or launch=ice.LaunchOptions(...)"
-            )
+        launch, outputs = options_of_keywords(deprecated, launch, outputs)
         options = RunOptions(
+            devices=devices,
             run_id=run_id,
             out_dir=out_dir,
             resume_from=resume_from,
             seed=seed,
             strict_resume=strict_resume,
-            n_saved=n_saved,
-            log_every=log_every,
             progress=progress,
-            hparams=hparams,
-            timing=timing,
-            collective_timeout=collective_timeout,
-            async_checkpoints=async_checkpoints,
-            config=config,  # issue 24 hook (config): the config, and the options recorded besides RunOptions
-            recorded={"devices": devices, "launch": dataclasses.asdict(launch)},
+            launch=launch,
+            outputs=outputs,
+            config=config,  # issue 24 hook (config): recorded, checkpointed and compared by the run
         )
         options, directed_dir = directed(options)  # hook (issue 24, replay): ICE_IGNITE_RUN_DIR names the run directory
+        entries = flatten_schedule(tasks)
         joined = worker = False
         if launcher is None and in_worker():
-            launcher, joined = join(devices, launch.dist_backend, collective_timeout)
+            launcher, joined = join(options.devices, options.launch.dist_backend, options.launch.collective_timeout)
             worker = True
         elif launcher is None:
-            device_list = parse_devices(devices)
-            if len(device_list) > 1 or launch.several_nodes:
-
-                def worker(agreed_id: str) -> None:  # forked: the graph and its lambdas are inherited, not pickled
-                    self.run(
-                        tasks,
-                        devices=devices,
-                        launch=launch,
-                        run_id=agreed_id,
-                        out_dir=out_dir,
-                        resume_from=resume_from,
-                        seed=seed,
-                        strict_resume=strict_resume,
-                        n_saved=n_saved,
-                        log_every=log_every,
-                        progress=progress,
-                        hparams=hparams,
-                        timing=timing,
-                        collective_timeout=collective_timeout,
-                        async_checkpoints=async_checkpoints,
-                        config=config,
-                    )
+            device_list = parse_devices(options.devices)
+            if len(device_list) > 1 or options.launch.several_nodes:
+                # forked workers inherit the graph and its lambdas (nothing is pickled) and run with the agreed id
+                def start(agreed_id: str) -> None:
+                    self.run(tasks, **dataclasses.replace(options, run_id=agreed_id).keywords())
 
                 with passed_on(directed_dir):  # hook (issue 24, replay): the workers take the same directory
-                    return spawn_workers(worker, len(device_list), launch, options)
+                    return spawn_workers(start, len(device_list), options)
             launcher = Launcher(device=device_list[0])
-        if worker and options.resume_from is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-            options = dataclasses.replace(options, resume_from="auto")  # restarted workers continue
+        options = dataclasses.replace(options, resume_from=resume_from_of(options.resume_from, worker))
         try:
             rundir = open_run_dir(options, launcher)
             self._session = session = RunSession(self.context, self._checkpointer, launcher, rundir, options)
@@ -541,7 +462,7 @@ class HyperGraph(NodeRegistry):
                 self._backup_sources()
                 keep_entry_sources(rundir.root, launcher.rank, self._entrypoint)  # hook (issue 24, replay): src/
                 if options.resume_from is not None:
-                    self._load_resume_state(options.resume_from)
+                    self._resume.read(options.resume_from, self._checkpointer)
                 self._execute(entries, launcher, options.strict_resume)
         except Preempted as e:
             logger.warning("%s", e)
@@ -553,32 +474,9 @@ class HyperGraph(NodeRegistry):
             raise
         finally:
             self._session = None
-            self._pending = None
+            self._resume.clear()
             leave(joined)
         return session.run_path()
-
-    def _load_resume_state(self, resume_from: Any) -> None:
-        """Read the checkpoint to resume (``"auto"``: the newest valid one of the run directory,
-        picked by global rank 0) and keep it for ``_execute``."""
-        ckpts = self._checkpointer.rundir.ckpts
-        where = self._checkpointer.map_location()
-        if str(resume_from) != "auto":
-            self._pending = (read_checkpoint(resume_from, map_location=where), str(resume_from))
-            return
-        found, error = None, None
-        if self.context.rank == 0:
-            try:
-                found = latest_valid_checkpoint(ckpts, map_location=where)
-            except CheckpointError as e:
-                error = str(e)
-        chosen, error = parallel.broadcast_object((str(found[0]) if found is not None else None, error))
-        if error is not None:  # every rank raises it
-            raise CheckpointError(error)
-        if chosen is None:
-            logger.info("resume_from='auto': %s holds no checkpoint; starting from the beginning", ckpts.parent)
-            return
-        state = found[1] if found is not None else read_checkpoint(chosen, map_location=where)
-        self._pending = (state, chosen)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(
@@ -691,7 +589,7 @@ class HyperGraph(NodeRegistry):
                 "HyperGraph.load_state_dict cannot resume in the middle of a running schedule; call "
                 "it before run(), or use LoadCheckpointTask to load node states"
             )
-        self._pending = (state, "the state given to load_state_dict")
+        self._resume.keep(state, "the state given to load_state_dict")
 
     def register_stateful(self, name: str, obj: Any) -> None:
         """Checkpoint ``obj`` (anything with ``state_dict`` / ``load_state_dict`` that is not a

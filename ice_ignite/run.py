@@ -1,14 +1,18 @@
-"""The run: where ``HyperGraph.run`` starts or joins processes, prepares the run directory, and
-what a run attaches around its schedule (logging, board, progress, timing, preemption)."""
+"""The run: its options (``RunOptions``, ``OutputOptions``, and ``LaunchOptions`` from
+``distributed.launcher``), the keywords ``HyperGraph.run`` still takes for them (deprecated),
+where a run starts or joins processes and prepares the run directory, and what it attaches around
+its schedule (logging, board, progress, timing, preemption)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import logging
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +26,15 @@ from ice_ignite.checkpoint.rundir import DEFAULT_OUT_DIR, RunDir, check_run_id, 
 from ice_ignite.config.record import RunRecord
 from ice_ignite.config.values import ConfigValues, flatten
 from ice_ignite.distributed import parallel
-from ice_ignite.distributed.hang import HangWatch, collective_timeout_of
-from ice_ignite.distributed.launcher import LaunchOptions, joined_group, launch, script_command
+from ice_ignite.distributed.hang import HangWatch
+from ice_ignite.distributed.launcher import (
+    LaunchOptions,
+    joined_group,
+    launch,
+    options_from_dict,
+    plain_value,
+    script_command,
+)
 from ice_ignite.distributed.launcher_record import Launcher
 from ice_ignite.distributed.preemption import Preempted, PreemptionGuard
 from ice_ignite.distributed.processes import LAUNCHER_PID_ENV
@@ -37,7 +48,9 @@ from ice_ignite.training.seeding import seed_everything
 
 __all__ = [
     "LaunchOptions",
+    "OutputOptions",
     "RunOptions",
+    "options_of_keywords",
     "RunPath",
     "RunSession",
     "spawn_workers",
@@ -89,33 +102,36 @@ class RunPath(type(Path())):  # Path itself can be subclassed only from Python 3
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """What one run does besides its schedule (see ``HyperGraph.run`` for each)."""
+class OutputOptions:
+    """What a run writes besides its checkpoints' contents: how often it logs to the board and
+    which hyper-parameters it records there, per-node timing, how many periodic checkpoints it
+    keeps and whether it writes them in the background. ``run(outputs=ice.OutputOptions(...))``.
 
-    run_id: str | None = None
-    out_dir: str | os.PathLike | None = None
-    resume_from: str | os.PathLike | None = None
-    seed: int | None = None
-    strict_resume: bool = True
-    n_saved: int | None = None
+    * ``log_every``: write losses, learning rates and the grad scale to the board every this many
+      optimizer steps (0: only epoch values); the only host reads logging adds.
+    * ``hparams``: hyper-parameters to record with the final metrics (TensorBoard's HParams).
+    * ``timing``: time every node's forward, backward and update per task, and write
+      ``timing.csv`` and ``timing.png`` into the run directory.
+    * ``n_saved``: keep only the newest ``n_saved`` periodic checkpoints (None: keep all).
+    * ``async_checkpoints``: checkpoints (``save_checkpoint``, ``SaveCheckpointTask``,
+      ``save_best``, preemption) are written in the background from a CPU copy taken at the
+      call; the next save and the end of the run wait for a pending write and raise its error.
+
+    A frozen dataclass: ``to_dict()`` (or ``dataclasses.asdict``) records it, ``from_dict``
+    reads the record back.
+
+    Examples:
+        >>> OutputOptions(n_saved=3, timing=True).to_dict()["n_saved"]
+        3
+    """
+
     log_every: int = 50
-    progress: bool = True
     hparams: dict | None = field(default=None)
     timing: bool = False
-    collective_timeout: Any = None
+    n_saved: int | None = None
     async_checkpoints: bool = False
-    # -- issue 24 hook (config): the run's config, and the options HyperGraph.run records besides
-    # these fields (devices, the launch options) as plain values --
-    config: Any = None
-    recorded: dict | None = field(default=None)
 
     def __post_init__(self) -> None:
-        check_run_id(self.run_id)
-        collective_timeout_of(self.collective_timeout, None)  # the error, before anything starts
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise TypeError(f"seed must be an int or None (torch.initial_seed()), got {self.seed!r}")
-        if self.resume_from is not None and not isinstance(self.resume_from, (str, os.PathLike)):
-            raise TypeError(f"resume_from must be None, 'auto' or a checkpoint path, got {self.resume_from!r}")
         n = self.n_saved
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"n_saved must be None (keep all) or an int >= 1, got {n!r}")
@@ -124,13 +140,139 @@ class RunOptions:
             raise ValueError(f"log_every must be an int >= 0, got {e!r}")
         if self.hparams is not None and not isinstance(self.hparams, dict):
             raise TypeError(f"hparams must be a dict of hyper-parameters, got {type(self.hparams).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as plain values, for the run's record."""
+        return {key: plain_value(value) for key, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> OutputOptions:
+        """The options ``to_dict()`` recorded."""
+        return options_from_dict(cls, values)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything one ``HyperGraph.run`` was asked besides its schedule (see ``HyperGraph.run``
+    for each): what the run records as its own options, and what its forked workers get.
+
+    Examples:
+        >>> options = RunOptions(devices="cpu:0-1", run_id="exp", launch=LaunchOptions(tee="3"))
+        >>> record = options.to_dict()
+        >>> record["launch"]["tee"], record["outputs"]["log_every"], RunOptions.from_dict(record) == options
+        ('3', 50, True)
+    """
+
+    devices: str = "auto"
+    run_id: str | None = None
+    out_dir: str | os.PathLike | None = None
+    resume_from: str | os.PathLike | None = None
+    seed: int | None = None
+    strict_resume: bool = True
+    progress: bool = True
+    launch: LaunchOptions = field(default_factory=LaunchOptions)
+    outputs: OutputOptions = field(default_factory=OutputOptions)
+    # issue 24 hook (config): the script's settings (``ice.config``), recorded apart from the options
+    config: Any = None
+
+    def __post_init__(self) -> None:
+        check_run_id(self.run_id)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise TypeError(f"seed must be an int or None (torch.initial_seed()), got {self.seed!r}")
+        if self.resume_from is not None and not isinstance(self.resume_from, (str, os.PathLike)):
+            raise TypeError(f"resume_from must be None, 'auto' or a checkpoint path, got {self.resume_from!r}")
+        for name, cls in (("launch", LaunchOptions), ("outputs", OutputOptions)):
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"run {name}= needs an ice.{cls.__name__}, got {type(getattr(self, name)).__name__}")
         if self.config is not None:
             ConfigValues.of(self.config)  # the error (not a dataclass instance or a dict), before anything starts
 
-    def record(self, launcher: Launcher) -> dict:
-        """The run's own options as plain values, for ``record.yaml`` (the config is recorded apart)."""
-        mine = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("config", "recorded")}
-        return {**(self.recorded or {}), **mine, "device": str(launcher.device), "world_size": launcher.world_size}
+    def keywords(self) -> dict[str, Any]:
+        """The options as ``HyperGraph.run``'s keywords (``launch`` and ``outputs`` as objects)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as plain values, ``launch`` and ``outputs`` as nested dicts (paths as text,
+        a ``timedelta`` as seconds), for the run's record; the config is recorded apart
+        (``config.yaml``)."""
+        return {
+            f.name: plain_value(dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
+            for f in dataclasses.fields(self)
+            if f.name != "config"
+            for v in (getattr(self, f.name),)
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunOptions:
+        """The options ``to_dict()`` recorded."""
+        values = dict(values)
+        if isinstance(values.get("launch"), dict):
+            values["launch"] = LaunchOptions.from_dict(values["launch"])
+        if isinstance(values.get("outputs"), dict):
+            values["outputs"] = OutputOptions.from_dict(values["outputs"])
+        return options_from_dict(cls, values)
+
+
+#: ``run``'s own keyword parameters, besides ``tasks``
+RUN_KEYWORDS = (*(f.name for f in dataclasses.fields(RunOptions)), "launcher")
+#: the keywords ``run`` took before its options objects, by the object that holds them now
+OLD_KEYWORDS = {
+    "launch": tuple(f.name for f in dataclasses.fields(LaunchOptions)),
+    "outputs": tuple(f.name for f in dataclasses.fields(OutputOptions)),
+}
+
+
+def options_of_keywords(
+    keywords: dict[str, Any], launch: LaunchOptions | None, outputs: OutputOptions | None
+) -> tuple[LaunchOptions, OutputOptions]:
+    """``run``'s ``launch`` and ``outputs`` objects, with the old keywords (``tee=``, ``n_saved=``
+    ...) mapped onto them, each with a DeprecationWarning. An unknown keyword is a TypeError naming
+    the closest; an old keyword beside the object that holds it now is a TypeError too.
+
+    Examples:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     launch, outputs = options_of_keywords({"tee": "3", "n_saved": 2}, None, None)
+        >>> launch.tee, outputs.n_saved
+        ('3', 2)
+    """
+    known = {name: group for group, names in OLD_KEYWORDS.items() for name in names}
+    for key in keywords:
+        if key not in known:
+            candidates = [*RUN_KEYWORDS, *known]
+            close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+            if not close:
+                hint = f"; its keywords are {', '.join(RUN_KEYWORDS)}"
+            elif close[0] in known:
+                group = known[close[0]]
+                hint = f"; did you mean {close[0]!r}, in {group}=ice.{_CLASSES[group].__name__}({close[0]}=...)?"
+            else:
+                hint = f"; did you mean {close[0]!r}?"
+            raise TypeError(f"HyperGraph.run() got an unexpected keyword argument {key!r}{hint}")
+    given = {"launch": launch, "outputs": outputs}
+    built: dict[str, Any] = {}
+    for group in OLD_KEYWORDS:
+        old = {key: value for key, value in keywords.items() if known[key] == group}
+        cls = _CLASSES[group]
+        if old and given[group] is not None:
+            raise TypeError(
+                f"run got {group}={cls.__name__}(...) and the {group.rstrip('s')} keywords {sorted(old)} too; "
+                f"pass the {group.rstrip('s')} options in one place: {group}=ice.{cls.__name__}(...)"
+            )
+        if old:
+            shown = ", ".join(f"{key}=..." for key in old)
+            warnings.warn(
+                f"run({shown}) is deprecated: pass {group}=ice.{cls.__name__}({shown}); the keywords "
+                "go in the next release",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        built[group] = given[group] if given[group] is not None else cls(**old)
+    return built["launch"], built["outputs"]
+
+
+_CLASSES: dict[str, Any] = {"launch": LaunchOptions, "outputs": OutputOptions}
 
 
 def record_worker_error(e: BaseException) -> None:
@@ -141,9 +283,7 @@ def record_worker_error(e: BaseException) -> None:
         ErrorHandler().record_exception(e)
 
 
-def spawn_workers(
-    worker: Callable[[str], Any], nproc: int, launch_options: LaunchOptions, options: RunOptions
-) -> RunPath:
+def spawn_workers(worker: Callable[[str], Any], nproc: int, options: RunOptions) -> RunPath:
     """Start the workers of a multi-process run from this (launching) process. In ``spawn`` mode
     they re-run the entry script and this process exits when they are done (as under
     ``torchrun``); forked workers call ``worker(run_id)`` and the run directory is returned.
@@ -151,7 +291,7 @@ def spawn_workers(
     On one machine this process holds the run directory's lock until the workers are done (its
     workers do not take it again); on several, global rank 0 takes it (which machine gets that
     rank is known only once the workers meet)."""
-    o = launch_options
+    o = options.launch
     rundir = prepare_run_dir(options.out_dir, options.run_id, options.resume_from, lock=not o.several_nodes)
     command = script_command() if o.start_method == "spawn" else None
     fork = command is None  # no entry script to re-run (a notebook, python -c): fork
@@ -277,7 +417,7 @@ class RunSession:
             seed_everything(seed + launcher.rank)
             ctx.precision.setup(launcher.device)
             ctx.open_board(str(self.rundir.logs) if launcher.rank == 0 else None)
-            ctx.timer = NodeTimer(launcher.device) if options.timing else None
+            ctx.timer = NodeTimer(launcher.device) if options.outputs.timing else None
             ctx.save_best = self.checkpointer.save_best
             if launcher.world_size > 1:
                 timeout, store = joined_group()
@@ -288,17 +428,18 @@ class RunSession:
                 self._agreed = parallel.AgreedFlag()
             else:
                 self._agreed = None
+            outputs = options.outputs
             self.checkpointer.open(
-                self.rundir, options.n_saved, writer=launcher.rank == 0, async_default=options.async_checkpoints
+                self.rundir, outputs.n_saved, writer=launcher.rank == 0, async_default=outputs.async_checkpoints
             )
             # -- issue 24 hook (config): the config in every checkpoint, the run's record at start --
             config = ConfigValues.of(options.config) if options.config is not None else None
             self.checkpointer.config = config
             if launcher.rank == 0:  # written when the first task starts: after a resume's checks passed
                 self._record = RunRecord(self.rundir.root)
-                self._unrecorded = (config, options.record(launcher), launcher.world_size)
+                self._unrecorded = (config, options.to_dict(), launcher)
             if launcher.rank == 0:
-                self.board_logger = BoardLogger(ctx, options.log_every)
+                self.board_logger = BoardLogger(ctx, outputs.log_every)
             if options.progress and launcher.local_rank == 0:
                 self.progress = Progress(sys.stderr)
             try:
@@ -306,7 +447,7 @@ class RunSession:
                 self.write_record()  # a schedule without tasks
                 self.checkpointer.wait()  # a checkpoint still being written: its error is the run's
                 self.rundir.check_present()
-                hparams = {**flatten(config.values), **(options.hparams or {})} if config else options.hparams
+                hparams = {**flatten(config.values), **(outputs.hparams or {})} if config else outputs.hparams
                 if hparams is not None and self.board_logger is not None:
                     self.board_logger.write_hparams(hparams)
                 if ctx.timer is not None and launcher.rank == 0:
@@ -345,9 +486,9 @@ class RunSession:
         the run directory. At the first task's start, so that a resume refused by its checks
         (another config) leaves the record of the run that wrote the checkpoint."""
         if self._unrecorded is not None and self._record is not None:
-            config, recorded, world_size = self._unrecorded
+            config, recorded, launcher = self._unrecorded
             self._unrecorded = None
-            self._record.write(config, recorded, world_size=world_size)
+            self._record.write(config, recorded, world_size=launcher.world_size, device=str(launcher.device))
 
     def attach(self, task: Any) -> None:
         """Attach the run's handlers to a starting task's engine (inside its ``internal()`` block)."""

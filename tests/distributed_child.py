@@ -133,12 +133,12 @@ def main():
         print(
             f"rank {launcher.rank} of {launcher.world_size} (local {launcher.local_rank} of "
             f"{launcher.local_world_size}, node {launcher.node_rank}) on {launcher.device} with {launcher.backend}: done; all-reduces {allreduces[0] if allreduces else 0}; "
-            f"board {type(g.board).__name__}; threads {torch.get_num_threads()}; weights {checksum:.12f}",
+            f"board {type(g.context.board).__name__}; threads {torch.get_num_threads()}; weights {checksum:.12f}",
             flush=True,
         )
         if launcher.rank == 0:
             print(
-                f"lock: {(g.run_dir / 'run.lock').read_text().strip()}; I am pid {os.getpid()}, child of "
+                f"lock: {(g.context.run_dir / 'run.lock').read_text().strip()}; I am pid {os.getpid()}, child of "
                 f"{os.getppid()}",
                 flush=True,
             )
@@ -158,15 +158,17 @@ def main():
         out_dir=args.out_dir,
         run_id=args.run_id,
         resume_from="auto",
-        max_restarts=args.max_restarts,
-        nnodes=args.nnodes,
-        node_rank=args.node_rank,
-        master_port=args.master_port,
-        rdzv_endpoint=args.rdzv_endpoint,
-        rdzv_backend="c10d" if args.rdzv_endpoint else "static",
-        tee=args.tee,
-        omp_num_threads=args.omp_num_threads,
-        collective_timeout=args.collective_timeout,
+        launch=ice.LaunchOptions(
+            max_restarts=args.max_restarts,
+            nnodes=args.nnodes,
+            node_rank=args.node_rank,
+            master_port=args.master_port,
+            rdzv_endpoint=args.rdzv_endpoint,
+            rdzv_backend="c10d" if args.rdzv_endpoint else "static",
+            tee=args.tee,
+            omp_num_threads=args.omp_num_threads,
+            collective_timeout=args.collective_timeout,
+        ),
     )
     print(f"after run: pid {os.getpid()} rank {run_dir.rank} main {run_dir.is_main}", flush=True)
 

@@ -1,6 +1,7 @@
 """Every bad input a user can make gets a clear error: the right type, a message that names the
 culprit and says what to do. docs/errors.md lists the same cases (checked at the end)."""
 
+import dataclasses
 import os
 import pickle
 import re
@@ -16,7 +17,15 @@ from ignite.metrics import Accuracy
 from torch.distributed.fsdp import CPUOffloadPolicy
 
 import ice_ignite as ice
-from ice_ignite import CheckpointError, GraphError, NodeError, NodeNotSelectedError, ResumeTaskFailed, ScheduleError
+from ice_ignite import (
+    CheckpointError,
+    ConfigError,
+    GraphError,
+    NodeError,
+    NodeNotSelectedError,
+    ResumeTaskFailed,
+    ScheduleError,
+)
 from ice_ignite.checkpoint import sharded as ice_sharded
 from ice_ignite.checkpoint.files import read_checkpoint, write_sharded_checkpoint
 from ice_ignite.distributed import parallel as ice_parallel
@@ -372,7 +381,65 @@ def epoch_length_changed(tmp_path):
     g.exec_tasks([train], ice.Launcher())
 
 
+@dataclasses.dataclass
+class Settings:
+    """A script's settings for the config cases."""
+
+    lr: float = 0.1
+    data: str = "???"  # required
+
+
+def resumed_with_config(tmp):
+    """A run with config lr=0.1 resumed with lr=0.2."""
+
+    def run(lr, **kwargs):
+        linear_graph().run(
+            [ice.Task(train=True, epochs=1, tags="train"), ice.SaveCheckpointTask()],
+            devices="cpu",
+            out_dir=tmp,
+            run_id="src",
+            config=Settings(lr=lr, data="d"),
+            **kwargs,
+        )
+
+    run(0.1)
+    run(0.2, resume_from="auto")
+
+
 CASES = {
+    # the script's settings (ice.config)
+    "config-unknown-key": (
+        lambda t: ice.config(Settings, ["data=d", "lr_rate=0.1"]),
+        ConfigError,
+        "unknown key 'lr_rate'",
+        "did you mean 'lr'?",
+    ),
+    "config-wrong-type": (
+        lambda t: ice.config(Settings, ["data=d", "lr=fast"]),
+        ConfigError,
+        "key 'lr' got 'fast'",
+        "expected float",
+    ),
+    "config-required": (lambda t: ice.config(Settings, []), ConfigError, "required key data", "give data=VALUE"),
+    "config-not-key-value": (
+        lambda t: ice.config(Settings, ["--lr", "0.1"]),
+        ConfigError,
+        "unknown option '--lr'",
+        "key=value (e.g. lr=0.1)",
+    ),
+    "config-file": (
+        lambda t: ice.config(Settings, ["--config", str(t / "exp.yaml")]),
+        ConfigError,
+        "exp.yaml",
+        "no such file",
+    ),
+    "config-not-a-dataclass": (lambda t: ice.config({"lr": 0.1}, []), TypeError, "got dict", "@dataclasses.dataclass"),
+    "resume-config-changed": (
+        resumed_with_config,
+        ResumeTaskFailed,
+        "lr: 0.1 → 0.2",
+        "strict_resume=False",
+    ),
     # constructors
     "node-forward-not-callable": (
         lambda t: ice.Node(forward=3),
@@ -894,6 +961,12 @@ CASES = {
         TypeError,
         "['tee']",
         "in one place",
+    ),
+    "run-unknown-keyword": (
+        lambda t: run_one(linear_graph(), t, max_restart=2),
+        TypeError,
+        "'max_restart'",
+        "did you mean 'max_restarts', in launch=ice.LaunchOptions(max_restarts=...)",
     ),
     # checkpoints
     "resume-missing-file": (

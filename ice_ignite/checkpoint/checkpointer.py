@@ -153,7 +153,7 @@ class Checkpointer:
         self.seq = 0
         self.n_saved: int | None = None
         self.rundir: RunDir | None = None
-        #: whether saves write in the background unless told otherwise (``run(async_checkpoints=...)``)
+        #: whether saves write in the background unless told otherwise (``OutputOptions(async_checkpoints=...)``)
         self.async_default = False
         self._pending: PendingWrite | None = None
         self._buffers: dict[str, torch.Tensor] = {}  # the CPU copies of the last asynchronous save, reused
@@ -406,7 +406,7 @@ class Checkpointer:
             if ctx.seed_given:  # the default seed (torch.initial_seed()) silently gives way to the checkpoint's
                 warnings.warn(
                     f"checkpoint {Path(source).name} was taken with seed={state['seed']}; continuing with it",
-                    stacklevel=4,
+                    stacklevel=5,
                 )
             ctx.seed = state["seed"]
         mine = state["ranks"][ctx.rank]
@@ -494,7 +494,7 @@ class Checkpointer:
                 if entry is None:
                     warnings.warn(
                         f"{source}: handler {type(obj).__name__} #{i} of {task!r} has no saved state; it starts afresh",
-                        stacklevel=5,
+                        stacklevel=6,
                     )
                     continue
                 if entry["type"] != type(obj).__name__:
@@ -510,7 +510,7 @@ class Checkpointer:
             names = [handler_label(key, entry["type"], labels) for key, entry in sorted(saved_handlers.items())]
             warnings.warn(
                 f"{source}: saved state of handler(s) {', '.join(names)} has no handler in this run; left unused",
-                stacklevel=5,
+                stacklevel=6,
             )
         saved_objects = state.get("objects", {})
         for name, obj in self.objects.items():
@@ -518,7 +518,7 @@ class Checkpointer:
                 if saved_objects[name] is not None:
                     obj.load_state_dict(saved_objects[name])
             else:
-                warnings.warn(f"{source}: registered object {name!r} has no saved state", stacklevel=5)
+                warnings.warn(f"{source}: registered object {name!r} has no saved state", stacklevel=6)
         rng = state["ranks"][self.context.rank]["rng"]
         if rng is not None:  # None: a process the checkpoint did not have keeps this run's streams
             set_rng_state(rng)
@@ -589,7 +589,7 @@ class Checkpointer:
         warnings.warn(
             msg + "; resuming anyway (strict_resume=False): nodes absent from the checkpoint start afresh, "
             "changed DatasetNodes continue from their saved position with the new settings",
-            stacklevel=5,
+            stacklevel=6,
         )
 
     def _check_config(self, state: dict, source: str, strict: bool) -> None:
@@ -615,7 +615,7 @@ class Checkpointer:
         warnings.warn(
             msg + f"; resuming anyway with the new config from optimizer step {step} (strict_resume=False; "
             "recorded in config-history.yaml)",
-            stacklevel=5,
+            stacklevel=6,
         )
         if self.context.rank == 0 and self.rundir is not None:
             append_config_history(self.rundir.root, step, source, saved_hash, self.config.hash, changed)
@@ -638,7 +638,7 @@ class Checkpointer:
                 "run from its weights with g.load_checkpoint(path) or LoadCheckpointTask"
             )
         warnings.warn(
-            msg + changes.describe(with_winner=True) + "; resuming anyway (strict_resume=False)", stacklevel=5
+            msg + changes.describe(with_winner=True) + "; resuming anyway (strict_resume=False)", stacklevel=6
         )
         return changes
 
@@ -665,5 +665,5 @@ class Checkpointer:
                 "to run the new schedule from its beginning with the loaded states (every "
                 "task of it runs again in full)"
             )
-        warnings.warn(msg + "; restarting the schedule with the loaded states", stacklevel=5)
+        warnings.warn(msg + "; restarting the schedule with the loaded states", stacklevel=7)
         return True

@@ -181,7 +181,7 @@ def adapt_state(
             f"{source}: resumed with {world_size} process(es) instead of {before}: the accumulators of "
             f"{', '.join(walk.restarted)} restart for the rest of the unfinished epoch (strict_resume=False); "
             "their epoch values cover the resumed iterations only",
-            stacklevel=5,
+            stacklevel=6,
         )
     ranks = [copy.copy(r) for r in state["ranks"][:world_size]]
     ranks += [{"rng": None, "grads": {}} for _ in range(world_size - len(ranks))]

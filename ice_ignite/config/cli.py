@@ -222,6 +222,8 @@ def _close_key(key: str, keys: list[str]) -> str:
     if not close:  # a misspelt group (modle.width): compare the last parts
         last = key.rsplit(".", 1)[-1]
         close = [k for k in keys if k.rsplit(".", 1)[-1] == last][:1]
+    if not close:  # a longer or shorter name (lr_rate for lr)
+        close = difflib.get_close_matches(key, keys + groups, n=1, cutoff=0.4)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -295,10 +297,10 @@ def load_config(schema: type[T], command_line: CommandLine) -> T:
             f"{missing[0]}=VALUE or set it in a --config file"
         )
     try:
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:  # the dataclass's own __post_init__ refused the values
-        cause = e.__cause__ if e.__cause__ is not None else e
-        raise ConfigError(f"{schema.__name__} refused the settings: {str(cause).splitlines()[0]}") from None
+        return typing.cast(T, OmegaConf.to_object(merged))
+    except (OmegaConfBaseException, ValueError, TypeError) as e:  # the dataclass's __post_init__ refused them
+        cause = e.__cause__ if isinstance(e, OmegaConfBaseException) and e.__cause__ is not None else e
+        raise ConfigError(f"{schema.__name__} refused the settings: {str(cause).splitlines()[0]}") from e
 
 
 def _load_member(schema: type[T], config_files: Sequence[str], overrides: Sequence[str]) -> T:

@@ -14,12 +14,15 @@ Each start of the run directory (a resume) rewrites them; ``config-history.yaml`
 """
 
 import datetime
+import functools
 import importlib.metadata
+import logging
 import os
 import platform
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -125,14 +128,16 @@ def git_state(directory: Path) -> tuple[dict | None, str]:
     return state, diff
 
 
-def package_freeze() -> list[str]:
-    """``name==version`` of every installed distribution, sorted (importlib.metadata: no pip)."""
-    found = {}
+@functools.lru_cache(maxsize=1)
+def package_freeze() -> tuple[str, ...]:
+    """``name==version`` of every installed distribution, sorted (importlib.metadata: no pip);
+    read once per process (packages installed while it runs are not what it imported)."""
+    found: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
         if name:
             found.setdefault(name.lower(), f"{name}=={dist.version}")
-    return [found[k] for k in sorted(found)]
+    return tuple(found[k] for k in sorted(found))
 
 
 def versions() -> dict[str, str | None]:
@@ -151,9 +156,14 @@ def versions() -> dict[str, str | None]:
 
 
 def entry_script() -> Path | None:
-    """The script this process runs (``__main__``'s file), None in a notebook or ``python -c``."""
+    """The script this process runs (``__main__``'s file); None in a notebook, ``python -c`` or an
+    installed tool (pytest, an IPython kernel: their entry point is not the user's code)."""
     path = getattr(sys.modules.get("__main__"), "__file__", None)
-    return Path(path).resolve() if path and os.path.isfile(path) else None
+    if not path or not os.path.isfile(path):
+        return None
+    real = os.path.realpath(path)
+    installed = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib", "stdlib", "scripts")}
+    return None if any(real.startswith(d + os.sep) for d in installed) else Path(real)
 
 
 class RunRecord:
@@ -170,12 +180,14 @@ class RunRecord:
         options: Mapping[str, Any],
         *,
         world_size: int,
+        device: str | None = None,
         argv: Sequence[str] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Path:
         """Write ``config.yaml`` (when ``config``), ``record.yaml``, ``git.diff`` (when the entry
         script's repository has changes) now, and ``packages.txt`` in the background. ``options``:
-        the run's own options as plain values (devices, seed, resume_from, launch options, ...).
+        the run's own options as plain values (``RunOptions.to_dict()``: devices, seed,
+        resume_from, launch options, ...); ``device``: this process's device (rank 0's).
         Returns ``record.yaml``'s path."""
         argv = list(sys.argv if argv is None else argv)
         script = entry_script()
@@ -201,6 +213,7 @@ class RunRecord:
             "platform": platform.platform(),
             "pid": os.getpid(),
             "world_size": world_size,
+            "device": device,
             "launcher_env": launcher_environment(environ),
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +232,10 @@ class RunRecord:
             text = "\n".join(package_freeze()) + "\n"
         except Exception as e:  # a broken distribution's metadata must not end the run
             text = f"# the package list could not be read: {type(e).__name__}: {e}\n"
-        _write_text(self.run_dir / PACKAGES_FILE, text)
+        try:
+            _write_text(self.run_dir / PACKAGES_FILE, text)
+        except OSError as e:  # the run directory removed or full: the run's own checks report it
+            logging.getLogger("ice_ignite").warning("could not write %s: %s", PACKAGES_FILE, e)
 
     def wait(self) -> None:
         """Wait until ``packages.txt`` is written."""

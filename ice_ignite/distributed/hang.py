@@ -43,13 +43,13 @@ _EVENTS = (
 
 
 class CollectiveTimeout(RuntimeError):
-    """A collective of a multi-process run did not complete within ``run(collective_timeout=...)``;
+    """A collective of a multi-process run did not complete within ``LaunchOptions(collective_timeout=...)``;
     the message names the stuck rank and where it was, and ``logs/hang-rank<r>.txt`` holds every
     rank's stacks."""
 
 
 def collective_timeout_of(value: Any, backend: str | None) -> datetime.timedelta | None:
-    """``run(collective_timeout=...)`` as a timedelta: None gives 5 minutes on gloo and torch's
+    """``LaunchOptions(collective_timeout=...)`` as a timedelta: None gives 5 minutes on gloo and torch's
     default elsewhere (None); a number of seconds > 0 or a timedelta is taken as it is.
 
     Examples:
@@ -214,7 +214,7 @@ class HangWatch:
         return CollectiveTimeout(
             f"rank {self.rank}: a collective did not complete within collective_timeout={self.timeout:g} s "
             f"({type(error).__name__}: {first[:300]}). {stuck}. Every rank's stacks are in {logs}. Fix what blocks "
-            "that rank (its stack says where), or raise run(collective_timeout=...) if it is only slow"
+            "that rank (its stack says where), or raise LaunchOptions(collective_timeout=...) if it is only slow"
         )
 
     def close(self) -> None:

@@ -3,6 +3,9 @@ the processes of a multi-process run through torch's elastic agent and ``ignite.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import difflib
 import os
 import re
 import signal
@@ -12,10 +15,12 @@ from typing import Any
 
 import torch
 
+from ice_ignite.distributed.hang import collective_timeout_of
 from ice_ignite.distributed.launcher_record import Launcher
 
 __all__ = [
     "LaunchOptions",
+    "options_from_dict",
     "parse_devices",
     "default_backend",
     "in_worker",
@@ -60,11 +65,45 @@ def _rdzv_configs(value: dict[str, Any] | str | None) -> dict[str, Any]:
     )
 
 
+def options_from_dict(cls: Any, values: dict[str, Any]) -> Any:
+    """An options dataclass ``cls`` from what its ``to_dict()`` returned; an unknown key is a
+    ``TypeError`` naming the closest field.
+
+    Examples:
+        >>> options_from_dict(LaunchOptions, {"tee": "3", "max_restarts": 2}).max_restarts
+        2
+    """
+    if not isinstance(values, dict):
+        raise TypeError(f"{cls.__name__}.from_dict needs a dict, got {type(values).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; its fields are {', '.join(names)}"
+            raise TypeError(f"{cls.__name__} has no option {key!r}{hint}")
+    return cls(**values)
+
+
+def plain_value(value: Any) -> Any:
+    """``value`` as a plain recordable value (JSON, YAML): a path as text, a ``timedelta`` as
+    seconds, dicts, lists and tuples element by element; anything else as it is."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        return {k: plain_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class LaunchOptions:
-    """How ``run`` starts the processes of a multi-process run: torchrun's options, passed to
-    torch's elastic agent (``torch.distributed.launcher.api.LaunchConfig``). A run that joins
-    (a worker, a script under torchrun) starts nothing and ignores them.
+    """How ``run`` starts and joins the processes of a multi-process run: torchrun's options,
+    passed to torch's elastic agent (``torch.distributed.launcher.api.LaunchConfig``), and the
+    process group's. A run that joins (a worker, a script under torchrun) starts nothing: it
+    uses only ``dist_backend`` and ``collective_timeout``.
 
     * ``nnodes``, ``node_rank``, ``master_addr``, ``master_port``, ``rdzv_endpoint``,
       ``rdzv_backend``, ``rdzv_configs`` (a dict or ``'k=v,...'``), ``max_restarts``,
@@ -76,12 +115,21 @@ class LaunchOptions:
       (``tee``: and to the console).
     * ``omp_num_threads``: ``OMP_NUM_THREADS`` of the workers. None: torchrun's rule, 1 when a
       machine runs several workers and the environment sets none.
-    * ``dist_backend``: ``"auto"``, ``"gloo"``, ``"nccl"`` or ``"mpi"``; ``start_method``:
-      ``"spawn"`` (re-run the script) or ``"fork"``.
+    * ``dist_backend``: ``"auto"`` (gloo on CPU, nccl on CUDA), ``"gloo"``, ``"nccl"`` or
+      ``"mpi"``; ``start_method``: ``"spawn"`` (re-run the script) or ``"fork"``.
+    * ``collective_timeout``: seconds (or a ``timedelta``) a collective may wait
+      (torch.distributed's ``timeout``). None: 5 minutes on gloo (CPU), torch's default on nccl.
+      When it expires, every rank writes where it is and its stacks to ``logs/hang-rank<r>.txt``
+      and the run ends with a ``CollectiveTimeout`` naming the stuck rank.
+
+    A frozen dataclass: ``to_dict()`` (or ``dataclasses.asdict``) records it, ``from_dict``
+    reads the record back.
 
     Examples:
         >>> LaunchOptions(tee="3", omp_num_threads=2, rdzv_configs="timeout=60").rdzv_config_dict()
         {'timeout': '60'}
+        >>> LaunchOptions.from_dict(LaunchOptions(max_restarts=2).to_dict()) == LaunchOptions(max_restarts=2)
+        True
     """
 
     nnodes: str = "1:1"
@@ -99,8 +147,10 @@ class LaunchOptions:
     redirects: str | int = "0"
     tee: str | int = "0"
     omp_num_threads: int | None = None
+    collective_timeout: float | datetime.timedelta | None = None
 
     def __post_init__(self) -> None:
+        collective_timeout_of(self.collective_timeout, None)  # the error, before anything starts
         if self.start_method not in ("spawn", "fork"):
             raise ValueError(f"start_method must be 'spawn' (re-run the script) or 'fork', got {self.start_method!r}")
         _nodes(self.nnodes)
@@ -119,6 +169,15 @@ class LaunchOptions:
                 f"{self.nnodes!r}, rdzv_backend={self.rdzv_backend!r}, rdzv_endpoint="
                 f"{self.rdzv_endpoint!r}; drop standalone=True, or these options"
             )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as plain values (a ``timedelta`` as seconds), for the run's record."""
+        return {key: plain_value(value) for key, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LaunchOptions:
+        """The options ``to_dict()`` recorded."""
+        return options_from_dict(cls, values)
 
     @property
     def several_nodes(self) -> bool:
@@ -350,8 +409,6 @@ def join(devices: str, dist_backend: str = "auto", collective_timeout: Any = Non
     Returns the launcher and whether the group was initialised here."""
     import ignite.distributed as idist
     import torch.distributed as dist
-
-    from ice_ignite.distributed.hang import collective_timeout_of
 
     _die_with_launcher()
     _JOINED.update(timeout=None, store=None)

@@ -34,7 +34,8 @@ class RunningTask(Protocol):
 
 
 class RunContext:
-    """The shared state of one HyperGraph that its nodes may read.
+    """The shared state of one HyperGraph that its nodes may read: the one place to read the run
+    from, as ``g.context`` on the graph and ``n.context`` on each of its nodes (the same object).
 
     Examples:
         >>> ctx = RunContext()
@@ -60,7 +61,7 @@ class RunContext:
         self.run_id: str | None = None
         self._board: Any = NullWriter()
         self._board_dir: str | None = None
-        #: per-node timing of the run (``run(timing=True)``), else None
+        #: per-node timing of the run (``OutputOptions(timing=True)``), else None
         self.timer: NodeTimer | None = None
         #: ``save_best(node, value, higher_better, max_keep)`` of the run, None outside one
         self.save_best: Callable[..., Any] | None = None
@@ -105,6 +106,11 @@ class RunContext:
         if not isinstance(self._board, NullWriter):
             self._board.close()
         self._board, self._board_dir = NullWriter(), None
+
+    @property
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """The run's GradScaler, or None when it is disabled (``precision.grad_scaler``)."""
+        return self.precision.grad_scaler
 
     @property
     def device(self) -> torch.device:

@@ -65,6 +65,13 @@ class Node:
     * ``backward``: ``StepEvents.BACKWARD_COMPLETED`` in train iterations (gradients exist);
     * ``update``: ``ITERATION_COMPLETED``, after the optimizers stepped.
 
+    The run a node is in is read from ``n.context`` (a ``RunContext``, the same object as the
+    graph's ``g.context``): ``n.context.run_dir``, ``.run_id``, ``.seed``, ``.launcher``,
+    ``.device``, ``.rank``, ``.counters``, ``.board``, ``.grad_acc_steps``, ``.grad_scaler``.
+    The properties ``launcher``, ``device``, ``board``, ``out_dir``, ``run_id``, ``grad_scaler``,
+    ``grad_acc_steps`` and ``global_*`` are one-line shorthands of those (API.md names them); the
+    running task's are ``task``, ``training``, ``step_mode``, ``epoch_steps``, ``epoch_size``.
+
     Args:
         forward: ``forward(n, x) -> output``; a node without one outputs ``None``.
         resources: attributes of the node, or hooks.
@@ -181,6 +188,7 @@ class Node:
         return f"{type(self).__name__}({self._uid or 'not added'})"
 
     # -- properties (API.md A "Nodes", B4) ------------------------------------------------------
+    # Those of the run are shorthands of ``self.context``, the one place that holds them.
     @property
     def name(self) -> str | None:
         """The node's name in its HyperGraph."""
@@ -249,7 +257,7 @@ class Node:
     @property
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """The run's GradScaler, or None when it is disabled."""
-        return self._ctx("grad_scaler").precision.grad_scaler
+        return self._ctx("grad_scaler").grad_scaler
 
     @property
     def launcher(self) -> Launcher | None:
@@ -262,14 +270,14 @@ class Node:
         return self._ctx("device").device
 
     @property
-    def board(self):
+    def board(self) -> Any:
         """A tensorboardX ``SummaryWriter`` into the run's ``logs/`` on global rank 0; a no-op
         writer on other ranks and outside a run."""
         return self._ctx("board").board
 
     @property
     def out_dir(self) -> Path | None:
-        """The run directory ``out_dir/run_id``, or None outside a run."""
+        """The run directory ``out_dir/run_id`` (``context.run_dir``), or None outside a run."""
         return self._ctx("out_dir").run_dir
 
     @property

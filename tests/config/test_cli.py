@@ -84,6 +84,17 @@ def test_a_file_error_names_the_file_and_a_required_key_must_be_given(tmp_path):
     with pytest.raises(ice.ConfigError, match="no value for the required key data: give data=VALUE"):
         ice.config(Needs, [])
     assert ice.config(Needs, ["data=/x"]).data == "/x"
+
+    @dataclasses.dataclass
+    class Checked:
+        lr: float = 0.1
+
+        def __post_init__(self):
+            if self.lr <= 0:
+                raise ValueError(f"lr must be positive, got {self.lr}")
+
+    with pytest.raises(ice.ConfigError, match="Checked refused the settings: lr must be positive, got -1.0"):
+        ice.config(Checked, ["lr=-1"])
     with pytest.raises(TypeError, match="ice.config takes a dataclass type"):
         ice.config(Config(), [])
 
@@ -108,12 +119,10 @@ def test_help_lists_every_key_with_type_default_and_help(capsys):
 
 @pytest.mark.slow
 def test_from_a_script_an_error_is_one_line_on_stderr_and_status_2(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, str(CHILD), *a], capture_output=True, text=True, timeout=120)
-    bad = run("lr=fast")
+    """A fresh process (imports torch): 5-15 s."""
+    bad = subprocess.run([sys.executable, str(CHILD), "lr=fast"], capture_output=True, text=True, timeout=120)
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr == "config_child.py: error: key 'lr' got 'fast', expected float\n"
-    shown = run("--help")
-    assert shown.returncode == 0 and "lr           float  0.1      learning rate of SGD" in shown.stdout
 
 
 @pytest.mark.slow
@@ -131,5 +140,5 @@ def test_two_spawned_ranks_get_the_same_config(tmp_path):
     record = yaml.safe_load((tmp_path / "child" / "record.yaml").read_text())
     assert record["argv"][1:] == argv and record["overrides"] == argv[:2] + ["lr=0.05"]
     assert record["world_size"] == 2 and record["launcher_env"]["WORLD_SIZE"] == "2"
-    assert record["options"]["devices"] == "cpu:0-1" and record["options"]["world_size"] == 2
+    assert record["options"]["devices"] == "cpu:0-1" and record["device"] == "cpu"
     assert yaml.safe_load((tmp_path / "child" / "config.yaml").read_text())["model"] == {"width": 6}

@@ -16,6 +16,7 @@ import ice_ignite as ice
 from ice_ignite.checkpoint.files import read_checkpoint
 from ice_ignite.config.record import git_state, read_config_history, write_run_record
 from ice_ignite.config.values import ConfigValues
+from ice_ignite.run import RunOptions
 
 
 @dataclasses.dataclass
@@ -52,7 +53,7 @@ def test_the_run_records_config_options_environment_and_checkpoints_the_config(t
     """About 2 s."""
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     cfg = ice.config(Config, ["lr=0.05", "model.width=8"])
-    run_dir = train(tmp_path, cfg, seed=3, hparams={"extra": 1})
+    run_dir = train(tmp_path, cfg, seed=3, outputs=ice.OutputOptions(hparams={"extra": 1}))
     values = ConfigValues.of(cfg)
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == {"lr": 0.05, "model": {"width": 8}, "note": ""}
     record = yaml.safe_load((run_dir / "record.yaml").read_text())
@@ -64,6 +65,8 @@ def test_the_run_records_config_options_environment_and_checkpoints_the_config(t
     options = record["options"]
     assert (options["devices"], options["seed"], options["resume_from"], options["run_id"]) == ("cpu", 3, None, "r")
     assert options["launch"]["nnodes"] == "1:1" and options["launch"]["start_method"] == "spawn"
+    assert options["outputs"]["hparams"] == {"extra": 1} and record["device"] == "cpu"
+    assert RunOptions.from_dict(options).to_dict() == options  # the record reads back as the run's options
     assert record["versions"]["torch"] == torch.__version__
     assert record["versions"]["ignite"] == importlib.metadata.version("pytorch-ignite")
     assert record["versions"]["numpy"] == importlib.metadata.version("numpy")
