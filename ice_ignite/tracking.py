@@ -110,14 +110,14 @@ class MLflow:
 
     # -- the MLflow run ---------------------------------------------------------------------------
     def _started(self, engine: Engine) -> None:
-        graph = engine.hypergraph
-        if graph.launcher is None or graph.launcher.rank != 0 or graph.run_dir is None:
+        ctx = engine.hypergraph.context  # the run's context: its launcher and directory
+        if ctx.launcher is None or ctx.launcher.rank != 0 or ctx.run_dir is None:
             return
-        if self.logger is not None and self.run_dir == graph.run_dir:
+        if self.logger is not None and self.run_dir == ctx.run_dir:
             return  # a later task of the same run
         if self.logger is not None:  # a run that ended without calling back (exec_tasks, a crash)
             self._end("FINISHED")
-        self._open(Path(graph.run_dir))
+        self._open(Path(ctx.run_dir))
 
     def _open(self, run_dir: Path) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # read when mlflow is imported
@@ -216,7 +216,7 @@ class MLflow:
 
     @staticmethod
     def _train_step(engine: Engine, event: Any) -> int:
-        return int(engine.hypergraph.global_counters.steps.train)
+        return int(engine.hypergraph.context.counters.steps.train)
 
     def _epoch(self, engine: Engine) -> None:
         if self.logger is None:
@@ -231,7 +231,7 @@ class MLflow:
         handler(engine, self.logger, Events.EPOCH_COMPLETED)
 
     def _step(self, engine: Engine) -> None:
-        step = engine.hypergraph.global_counters.steps.train
+        step = engine.hypergraph.context.counters.steps.train
         if self.logger is None or step == self._last_step or step % self.log_every:
             return  # not an optimizer step (accumulation), or not one to log
         self._last_step = step

@@ -31,8 +31,8 @@ kill_at = int(os.environ.get("REPLAY_KILL_AT_STEP", "0"))
 
 
 def kill(engine):
-    if g.global_counters.steps.train == kill_at and g.launcher.rank == 0:
-        if g.launcher.world_size > 1:  # the launching process first (its workers die with it)
+    if g.global_counters.steps.train == kill_at and g.context.launcher.rank == 0:
+        if g.context.launcher.world_size > 1:  # the launching process first (its workers die with it)
             os.kill(os.getppid(), signal.SIGKILL)
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
