@@ -14,7 +14,7 @@ $(PY):
 
 $(STAMP): setup.py setup.cfg | $(PY)
 	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e ".[dev,examples]"
+	$(PY) -m pip install --quiet -e ".[dev,examples,mlflow]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -30,6 +30,7 @@ from ice_ignite.graph.task import Task
 from ice_ignite.hypergraph import HyperGraph
 from ice_ignite.nodes import DatasetNode, LossMode, LossNode, MetricNode, ModuleNode, Node
 from ice_ignite.run import LaunchOptions, OutputOptions
+from ice_ignite.tracking import MLflow
 from ice_ignite.training.optimizer import Optimizer
 
 __version__ = "0.1.0"
@@ -70,4 +71,5 @@ __all__ = [
     "StopTask",
     "StopAllTasks",
     "Preempted",
+    "MLflow",
 ]

@@ -35,6 +35,7 @@ from ice_ignite.nodes.context import RunContext
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import Node
 from ice_ignite.nodes.printing import PrintProbe
+from ice_ignite.replay import directed, keep_entry_sources, passed_on
 from ice_ignite.run import (
     LaunchOptions,
     OutputOptions,
@@ -437,6 +438,7 @@ class HyperGraph(NodeRegistry):
             outputs=outputs,
             config=config,  # issue 24 hook (config): recorded, checkpointed and compared by the run
         )
+        options, directed_dir = directed(options)  # hook (issue 24, replay): ICE_IGNITE_RUN_DIR names the run directory
         entries = flatten_schedule(tasks)
         joined = worker = False
         if launcher is None and in_worker():
@@ -449,7 +451,8 @@ class HyperGraph(NodeRegistry):
                 def start(agreed_id: str) -> None:
                     self.run(tasks, **dataclasses.replace(options, run_id=agreed_id).keywords())
 
-                return spawn_workers(start, len(device_list), options)
+                with passed_on(directed_dir):  # hook (issue 24, replay): the workers take the same directory
+                    return spawn_workers(start, len(device_list), options)
             launcher = Launcher(device=device_list[0])
         options = dataclasses.replace(options, resume_from=resume_from_of(options.resume_from, worker))
         try:
@@ -457,6 +460,7 @@ class HyperGraph(NodeRegistry):
             self._session = session = RunSession(self.context, self._checkpointer, launcher, rundir, options)
             with session.active():
                 self._backup_sources()
+                keep_entry_sources(rundir.root, launcher.rank, self._entrypoint)  # hook (issue 24, replay): src/
                 if options.resume_from is not None:
                     self._resume.read(options.resume_from, self._checkpointer)
                 self._execute(entries, launcher, options.strict_resume)

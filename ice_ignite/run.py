@@ -382,19 +382,26 @@ class RunSession:
         """Enter the run: logging, signal handling, context, board; restored on exit, and the run
         directory's lock released (however the run ends). A collective that times out becomes a
         ``CollectiveTimeout`` naming the stuck rank (its stacks in ``logs/``)."""
+        ended: BaseException | None = None  # hook (issue 24, replay branch): what ended the run, for run_end
         try:
             with self._entered():
                 yield self
-        except Exception as e:
-            hang = self._watch.explain(e) if self._watch is not None else None
+        except BaseException as e:
+            ended = e
+            hang = self._watch.explain(e) if self._watch is not None and isinstance(e, Exception) else None
             if hang is not None:
+                ended = hang
                 raise hang from e
             raise
         finally:
             if self._watch is not None:
                 self._watch.close()
                 self._watch = None
-            self.rundir.lock.release()
+            try:  # hook (issue 24, replay branch): the run's end handlers (ice.MLflow), its last checkpoint on disk
+                for handler in list(self.context.run_end):
+                    handler(self.rundir.root, ended)
+            finally:
+                self.rundir.lock.release()
 
     @contextlib.contextmanager
     def _entered(self) -> Iterator[None]:

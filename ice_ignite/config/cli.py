@@ -303,6 +303,11 @@ def load_config(schema: type[T], command_line: CommandLine) -> T:
         raise ConfigError(f"{schema.__name__} refused the settings: {str(cause).splitlines()[0]}") from e
 
 
+def _load_member(schema: type[T], config_files: Sequence[str], overrides: Sequence[str]) -> T:
+    """One configuration of a sweep (``ice_ignite.sweep``): the files, then the overrides."""
+    return load_config(schema, CommandLine(tuple(config_files), tuple(overrides)))
+
+
 def config(schema: type[T], argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None) -> T:
     """The settings of a script: an instance of the dataclass ``schema`` (nested dataclasses
     allowed) with its defaults, the YAML files given as ``--config FILE`` merged in order, then
@@ -311,7 +316,9 @@ def config(schema: type[T], argv: Sequence[str] | None = None, *, exit_on_error:
 
     Values are parsed and checked by OmegaConf (YAML values: ``null``, ``true``, ``[1, 2]``).
     Nothing is registered anywhere: pass the result on, e.g. ``g.run(..., config=cfg)`` to record
-    it with the run and compare it on resume. Under ``torchrun`` and ``devices="cpu:0-1"`` every
+    it with the run and compare it on resume. ``-m`` with comma lists (``python train.py -m lr=1e-3,3e-3
+    seed=0,1``) makes the script a sweep: this call runs it once per combination, in new processes,
+    writes the summary and exits (see ``ice_ignite.sweep``). Under ``torchrun`` and ``devices="cpu:0-1"`` every
     process gets the same arguments, hence the same config.
 
     Args:
@@ -327,7 +334,7 @@ def config(schema: type[T], argv: Sequence[str] | None = None, *, exit_on_error:
     Raises:
         ConfigError: an unknown key (the message suggests the closest), a value of the wrong type
             (the message names the key, the value and the type), a required key without value, an
-            unreadable ``--config`` file, ``-m`` (a sweep: one configuration is returned here).
+            unreadable ``--config`` file, ``-m`` with an explicit ``argv``.
         TypeError: ``schema`` is not a dataclass type, or holds a type OmegaConf cannot.
 
     Examples:
@@ -353,11 +360,15 @@ def config(schema: type[T], argv: Sequence[str] | None = None, *, exit_on_error:
             if os.environ.get("RANK", "0") == "0":  # under torchrun: once
                 print(help_text(schema, prog), flush=True)
             raise SystemExit(0)
-        if command_line.multirun:
+        if command_line.multirun and argv is not None:
             raise ConfigError(
-                "-m (several configurations, one run each) is a sweep; ice.config returns one configuration: "
-                "drop -m, or run the script through a sweep"
+                "-m (several configurations, one run each) is a sweep: it runs from a script's own command line "
+                "(python train.py -m lr=1e-3,3e-3), not with an explicit argv"
             )
+        if command_line.multirun:  # hook (issue 24, replay branch): -m makes this process a sweep's driver
+            from ice_ignite.sweep import run_sweep
+
+            run_sweep(schema, command_line.config_files, command_line.overrides, _load_member)
         return load_config(schema, command_line)
     except ConfigError as e:
         if not exit_on_error:

@@ -65,6 +65,9 @@ class RunContext:
         self.timer: NodeTimer | None = None
         #: ``save_best(node, value, higher_better, max_keep)`` of the run, None outside one
         self.save_best: Callable[..., Any] | None = None
+        #: ``f(run_dir, error)`` called on every rank when a run ends, its last checkpoint on disk;
+        #: ``error`` is what ended it (None: it completed). Trackers (``ice.MLflow``) register here.
+        self.run_end: list[Callable[[Path, BaseException | None], None]] = []
 
     @property
     def board(self) -> Any:

@@ -4,6 +4,7 @@ epoch, metrics per epoch, aux values, learning rates and the grad scale — all 
 
 from __future__ import annotations
 
+import json
 import logging
 import numbers
 import os
@@ -22,12 +23,23 @@ from tensorboardX.record_writer import masked_crc32c
 
 from ice_ignite.engine.events import StepEvents
 
-__all__ = ["NullWriter", "BoardLogger", "BoardWriter", "EVENTS_PREFIX", "board_files", "rewind_board"]
+__all__ = [
+    "NullWriter",
+    "BoardLogger",
+    "BoardWriter",
+    "EVENTS_PREFIX",
+    "METRICS_NAME",
+    "board_files",
+    "rewind_board",
+    "write_last_metrics",
+]
 
 logger = logging.getLogger("ice_ignite")
 
 #: how TensorBoard event files are named
 EVENTS_PREFIX = "events.out.tfevents."
+#: the run directory's file of last metric values (``write_last_metrics``)
+METRICS_NAME = "metrics.json"
 
 _TAG_CHARS = re.compile(r"[^\w.\-/]")  # what TensorBoard keeps in a tag
 
@@ -197,6 +209,19 @@ def rewind_board(logdir: str | os.PathLike, record: dict[str, int]) -> list[str]
     return changed
 
 
+def write_last_metrics(run_dir: Path, metrics: dict[str, float], step: int) -> None:
+    """Write ``metrics.json`` into ``run_dir``: the last epoch value of every metric logged since
+    the run (re)started, by board tag, and ``steps.train`` then (what ``python -m ice_ignite show``
+    and a sweep's summary read). Written whole and renamed: a reader never sees half of it."""
+    path = run_dir / METRICS_NAME
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps({"steps.train": step, "metrics": metrics}, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:  # the board's rule: a failed write is a warning, training goes on
+        logger.warning("cannot write %s: %s", path, e)
+
+
 def _scalars(prefix: str, value: Any) -> dict[str, float]:
     """Numbers (and dicts of numbers) as ``{tag: float}``; other values are not scalars."""
     if isinstance(value, numbers.Number) and not isinstance(value, bool):
@@ -220,7 +245,8 @@ class BoardLogger:
       the grad scale (``grad_scale``); the only host reads it adds are these, every N steps;
     * at every epoch end: everything in ``engine.state.metrics`` (``<task tags>/<name>``).
 
-    The last epoch values become the metrics of ``add_hparams`` at the end of the run.
+    The last epoch values become the metrics of ``add_hparams`` at the end of the run, and are
+    kept in ``<run dir>/metrics.json`` at every epoch end.
     """
 
     def __init__(self, context: Any, log_every: int):
@@ -266,6 +292,8 @@ class BoardLogger:
         for tag, number in scalars.items():
             ctx.board.add_scalar(tag, number, step)
         self.final.update(scalars)
+        if ctx.run_dir is not None:
+            write_last_metrics(Path(ctx.run_dir), self.final, step)
 
     def write_hparams(self, hparams: dict) -> None:
         """Record ``hparams`` with the last epoch values of the run (TensorBoard's HParams tab)."""
