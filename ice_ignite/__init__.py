@@ -5,7 +5,6 @@ runs as an ignite ``Engine``.
 """
 
 from ice_ignite.checkpoint.files import LoadCheckpointTask, SaveCheckpointTask
-from ice_ignite.config.cli import config
 from ice_ignite.distributed.launcher_record import Launcher
 from ice_ignite.distributed.preemption import Preempted
 from ice_ignite.distributed.strategies import DDP, FSDP
@@ -30,6 +29,7 @@ from ice_ignite.graph.task import Task
 from ice_ignite.hypergraph import HyperGraph
 from ice_ignite.nodes import DatasetNode, LossMode, LossNode, MetricNode, ModuleNode, Node
 from ice_ignite.run import LaunchOptions, OutputOptions
+from ice_ignite.script import config
 from ice_ignite.tracking import MLflow
 from ice_ignite.training.optimizer import Optimizer
 

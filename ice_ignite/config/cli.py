@@ -8,15 +8,13 @@ key, and writes ``--help`` from the dataclass.
 import dataclasses
 import difflib
 import enum
-import os
-import sys
 import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from ice_ignite.errors import ConfigError
 
-__all__ = ["config", "CommandLine", "split_command_line", "load_config", "help_text", "describe"]
+__all__ = ["CommandLine", "split_command_line", "load_config", "load_member", "help_text", "describe"]
 
 T = TypeVar("T")
 
@@ -303,75 +301,6 @@ def load_config(schema: type[T], command_line: CommandLine) -> T:
         raise ConfigError(f"{schema.__name__} refused the settings: {str(cause).splitlines()[0]}") from e
 
 
-def _load_member(schema: type[T], config_files: Sequence[str], overrides: Sequence[str]) -> T:
+def load_member(schema: type[T], config_files: Sequence[str], overrides: Sequence[str]) -> T:
     """One configuration of a sweep (``ice_ignite.sweep``): the files, then the overrides."""
     return load_config(schema, CommandLine(tuple(config_files), tuple(overrides)))
-
-
-def config(schema: type[T], argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None) -> T:
-    """The settings of a script: an instance of the dataclass ``schema`` (nested dataclasses
-    allowed) with its defaults, the YAML files given as ``--config FILE`` merged in order, then
-    the ``key=value`` overrides (``model.width=256`` for a nested key). ``--help`` prints every key
-    with its type, default and help (``field(metadata={"help": ...})``) and exits with status 0.
-
-    Values are parsed and checked by OmegaConf (YAML values: ``null``, ``true``, ``[1, 2]``).
-    Nothing is registered anywhere: pass the result on, e.g. ``g.run(..., config=cfg)`` to record
-    it with the run and compare it on resume. ``-m`` with comma lists (``python train.py -m lr=1e-3,3e-3
-    seed=0,1``) makes the script a sweep: this call runs it once per combination, in new processes,
-    writes the summary and exits (see ``ice_ignite.sweep``). Under ``torchrun`` and ``devices="cpu:0-1"`` every
-    process gets the same arguments, hence the same config.
-
-    Args:
-        schema: the dataclass type declaring the settings.
-        argv: the arguments, without the program name; None: ``sys.argv[1:]``.
-        exit_on_error: on a bad argument, print ``prog: error: <message>`` on stderr and exit
-            with status 2 (as argparse does) instead of raising ``ConfigError``. None (the default):
-            exit when ``argv`` is None (a script), raise when ``argv`` is given (tests, notebooks).
-
-    Returns:
-        An instance of ``schema``.
-
-    Raises:
-        ConfigError: an unknown key (the message suggests the closest), a value of the wrong type
-            (the message names the key, the value and the type), a required key without value, an
-            unreadable ``--config`` file, ``-m`` with an explicit ``argv``.
-        TypeError: ``schema`` is not a dataclass type, or holds a type OmegaConf cannot.
-
-    Examples:
-        >>> import dataclasses
-        >>> @dataclasses.dataclass
-        ... class Model:
-        ...     width: int = 128
-        >>> @dataclasses.dataclass
-        ... class Config:
-        ...     lr: float = dataclasses.field(default=1e-3, metadata={"help": "learning rate"})
-        ...     model: Model = dataclasses.field(default_factory=Model)
-        >>> config(Config, ["lr=3e-4", "model.width=256"])
-        Config(lr=0.0003, model=Model(width=256))
-    """
-    check_schema(schema)
-    args = sys.argv[1:] if argv is None else list(argv)
-    if exit_on_error is None:
-        exit_on_error = argv is None
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "script"
-    try:
-        command_line = split_command_line(args)
-        if command_line.help:
-            if os.environ.get("RANK", "0") == "0":  # under torchrun: once
-                print(help_text(schema, prog), flush=True)
-            raise SystemExit(0)
-        if command_line.multirun and argv is not None:
-            raise ConfigError(
-                "-m (several configurations, one run each) is a sweep: it runs from a script's own command line "
-                "(python train.py -m lr=1e-3,3e-3), not with an explicit argv"
-            )
-        if command_line.multirun:  # hook (issue 24, replay branch): -m makes this process a sweep's driver
-            from ice_ignite.sweep import run_sweep
-
-            run_sweep(schema, command_line.config_files, command_line.overrides, _load_member)
-        return load_config(schema, command_line)
-    except ConfigError as e:
-        if not exit_on_error:
-            raise
-        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
