@@ -17,9 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 
 from ice_ignite.engine.events import StepEvents
+from ice_ignite.engine.roles import TaskView
 
 __all__ = ["CollectiveTimeout", "HangWatch", "DEFAULT_COLLECTIVE_TIMEOUT", "collective_timeout_of"]
 
@@ -99,12 +100,12 @@ class HangWatch:
         self._thread.start()
 
     # -- where this rank is ---------------------------------------------------------------------
-    def attach(self, task: Any) -> None:
+    def attach(self, task: TaskView) -> None:
         engine = task.engine
         for event in _EVENTS:
             engine.add_event_handler(event, self._beat, task, event.name)
 
-    def _beat(self, engine: Any, task: Any, event: str) -> None:
+    def _beat(self, engine: Engine, task: TaskView, event: str) -> None:
         self.beats += 1
         self.task, self.event, self.iteration = repr(task), event, engine.state.iteration
         self._last = time.monotonic()
