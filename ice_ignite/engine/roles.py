@@ -22,6 +22,7 @@ from ignite.metrics import Metric
 from ice_ignite.engine.counters import GlobalCounters
 
 __all__ = [
+    "Named",
     "OutputsView",
     "LossNodeView",
     "ModuleNodeView",
@@ -34,6 +35,13 @@ __all__ = [
     "running_graph",
     "name_of",
 ]
+
+
+class Named(Protocol):
+    """A node: named once added to a HyperGraph."""
+
+    @property
+    def name(self) -> str | None: ...
 
 
 class OutputsView(Protocol):
@@ -145,7 +153,7 @@ def running_graph(task: TaskView) -> GraphView:
     return graph
 
 
-def name_of(node: LossNodeView | ModuleNodeView) -> str:
+def name_of(node: Named) -> str:
     """The name of a node of a graph (set by ``HyperGraph.add``, before any graph holds it)."""
     name = node.name
     if name is None:
@@ -160,11 +168,6 @@ class NodeCacheView(Protocol):
     def outputs(self) -> dict[str, Any]: ...  # node outputs: any value a forward returns
 
     def __getitem__(self, name: str) -> Any: ...
-
-
-class _Named(Protocol):
-    @property
-    def name(self) -> str | None: ...
 
 
 class NodeGraphView(Protocol):
@@ -185,6 +188,6 @@ class NodeGraphView(Protocol):
     @property
     def batch(self) -> dict | None: ...
 
-    def batch_source(self, name: str) -> _Named | None:
+    def batch_source(self, name: str) -> Named | None:
         """The first DatasetNode node ``name`` depends on."""
         ...
