@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ignite.engine import Engine, Events, EventsList, RemovableEventHandle
@@ -32,6 +32,7 @@ from ignite.engine import Engine, Events, EventsList, RemovableEventHandle
 from ignite.engine.engine import _EngineTerminateException
 
 from ice_ignite.engine.events import STEP_EVENT_ATTRS, StepEvents
+from ice_ignite.engine.roles import TaskView
 from ice_ignite.errors import IceError, ScheduleError, StopAllTasks, StopTask
 
 __all__ = [
@@ -119,7 +120,7 @@ class _Dispatching(Engine):
         if self._debug:
             self.logger.debug(f"{self.state.epoch} | {self.state.iteration}, Firing handlers for event {event_name}")
         self.last_event_name = event_name
-        handlers = self._lists.get(id(event_name))
+        handlers: Sequence[tuple[Callable, tuple, dict]] | None = self._lists.get(id(event_name))
         if handlers is None:  # an event given by an equal object (a string, a filtered event), or a new list
             handlers = self._event_handlers.get(event_name, ())
         for func, args, kwargs in handlers:
@@ -190,15 +191,18 @@ class TaskEngine(_Dispatching):
     ``engine.inner`` holds ice_ignite's own handlers. Run it with ``g.run`` / ``g.exec_tasks``.
     """
 
-    def __init__(self, process_function: Callable[[Engine, Any], Any]):
-        super().__init__(process_function)
+    #: the Task whose engine this is (set by the Task)
+    task: TaskView
+
+    def __init__(self, process_function: Callable[[TaskEngine, Any], Any]):
+        super().__init__(process_function)  # type: ignore[arg-type]  # ignite calls it with this engine, typed Engine
         self.register_events(*StepEvents, event_to_attr=STEP_EVENT_ATTRS)
         #: set when a handler raised StopAllTasks: the schedule ends after this run
         self.stop_all = False
         #: set when a handler raised StopTask or StopAllTasks (not a user's ``terminate()``)
         self.stopped = False
         #: the HyperGraph that runs (or last ran) this engine's task
-        self.hypergraph: Any = None
+        self.hypergraph: Any = None  # the HyperGraph (the front door, above engine/): users read any of it
         #: which ``StepEvents`` have handlers (kept up to date by add/remove): the train step
         #: fires only those, so an unhandled step event costs an attribute read
         self.listening = StepListening()
@@ -310,7 +314,7 @@ class TaskEngine(_Dispatching):
         if self._debug:
             self.logger.debug(f"{self.state.epoch} | {self.state.iteration}, Firing handlers for event {event_name}")
         self.last_event_name = event_name
-        handlers = self._lists.get(id(event_name))
+        handlers: Sequence[tuple[Callable, tuple, dict]] | None = self._lists.get(id(event_name))
         if handlers is None:  # an event given by an equal object (a string, a filtered event), or a new list
             handlers = self._event_handlers.get(event_name, ())
         try:
@@ -372,6 +376,10 @@ class StepListening:
     ``engine.listening.backward_completed``."""
 
     __slots__ = ("backward_completed", "backward_started", "optim_step_completed", "optim_step_started")
+    backward_completed: bool
+    backward_started: bool
+    optim_step_completed: bool
+    optim_step_started: bool
 
     def __init__(self) -> None:
         for event in StepEvents:
@@ -403,5 +411,5 @@ def _viewed(engine: TaskEngine, handler: Callable, view: HandlerView) -> Callabl
             if written:
                 view.merge(written, metrics)
 
-    wrapper._parent = lambda: handler  # has_event_handler / remove_event_handler find the original
+    wrapper._parent = lambda: handler  # type: ignore[attr-defined]  # ignite's mark of a wrapped handler: has_event_handler / remove_event_handler find the original
     return wrapper
