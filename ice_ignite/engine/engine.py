@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
@@ -336,10 +337,12 @@ class TaskEngine(_Dispatching):
             self.should_terminate = True
             raise _EngineTerminateException() from None
         except Exception as e:
-            if not isinstance(e, (_EngineTerminateException, IceError)) and not getattr(e, "_ice_noted", False):
-                name = getattr(event_name, "name", event_name)
-                e.add_note(f"raised by a handler of {name} on the engine of {self.task_label}")
-                e._ice_noted = True  # once, though events nest (a handler that fires another)
+            # exceptions take notes from Python 3.11; on 3.10 add_note raised AttributeError, hiding the error
+            if sys.version_info >= (3, 11):
+                if not isinstance(e, (_EngineTerminateException, IceError)) and not getattr(e, "_ice_noted", False):
+                    name = getattr(event_name, "name", event_name)
+                    e.add_note(f"raised by a handler of {name} on the engine of {self.task_label}")
+                    e._ice_noted = True  # type: ignore[attr-defined]  # once, though events nest (a handler that fires another)
             raise
 
     #: ``fire(event)``: fire a registered event (e.g. a ``StepEvents``) from the process function;
