@@ -494,7 +494,7 @@ class Task:
             "epoch": int(state.epoch),
             "epoch_length": int(state.epoch_length),
             "max_epochs": int(state.max_epochs),
-            "optim_step": int(state.optim_step),
+            "optim_step": int(state.optim_step),  # type: ignore[attr-defined]  # ignite's State: attributes of register_events
             "terminate": bool(self.engine.should_terminate and not self.running),
             "base": self.base_epoch,
             **self._user_keys(),
@@ -512,7 +512,7 @@ class Task:
         self.base_epoch = int(saved.get("base", 0)) if saved is not None else 0
         if saved is None:
             engine.state.max_epochs = None
-            engine.state.iteration = engine.state.epoch = engine.state.optim_step = 0
+            engine.state.iteration = engine.state.epoch = engine.state.optim_step = 0  # type: ignore[attr-defined]  # (as above)
             return
         engine.load_state_dict(
             {
@@ -522,7 +522,7 @@ class Task:
                 **self._user_state(saved),
             }
         )
-        engine.state.optim_step = saved["optim_step"]
+        engine.state.optim_step = saved["optim_step"]  # type: ignore[attr-defined]  # ignite's State: attributes of register_events
         engine.should_terminate = bool(saved["terminate"])
 
 
