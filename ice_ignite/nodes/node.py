@@ -14,6 +14,7 @@ from ice_ignite.distributed.launcher_record import Launcher
 from ice_ignite.engine.engine import TaskEngine
 from ice_ignite.engine.roles import NodeGraphView, TaskView
 from ice_ignite.nodes.context import RunContext
+from ice_ignite.observe.board import BoardWriter, NullWriter
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11
@@ -267,7 +268,7 @@ class Node:
         return self._ctx("device").device
 
     @property
-    def board(self) -> Any:  # tensorboardX's SummaryWriter (untyped) or a NullWriter
+    def board(self) -> BoardWriter | NullWriter:
         """A tensorboardX ``SummaryWriter`` into the run's ``logs/`` on global rank 0; a no-op
         writer on other ranks and outside a run."""
         return self._ctx("board").board
