@@ -9,14 +9,14 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ice_ignite.checkpoint.backup import entry_script, keep_sources
-from ice_ignite.checkpoint.checkpointer import Checkpointer
+from ice_ignite.checkpoint.checkpointer import Checkpointer, Resume
 from ice_ignite.checkpoint.files import latest_valid_checkpoint, read_checkpoint
 from ice_ignite.checkpoint.transfer import LoadSpec
 from ice_ignite.distributed import parallel
@@ -28,13 +28,21 @@ from ice_ignite.engine.events import StepEvents
 from ice_ignite.errors import CheckpointError
 from ice_ignite.graph.draw import draw_graph
 from ice_ignite.graph.registry import NodeRegistry
-from ice_ignite.graph.schedule import ScheduleEntry, ScheduleRunner, call_with_arity, flatten_schedule, keyed_tasks
+from ice_ignite.graph.schedule import (
+    Schedule,
+    ScheduleEntry,
+    ScheduleRunner,
+    call_with_arity,
+    flatten_schedule,
+    keyed_tasks,
+)
 from ice_ignite.graph.tags import DEFAULT_TAG, check_name, normalize_tags
 from ice_ignite.graph.task import Task
 from ice_ignite.nodes.context import RunContext
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import Node
 from ice_ignite.nodes.printing import PrintProbe
+from ice_ignite.observe.board import BoardWriter, NullWriter
 from ice_ignite.run import LaunchOptions, RunOptions, RunSession, open_run_dir, record_worker_error, spawn_workers
 from ice_ignite.training.policies import NonFinitePolicy
 
@@ -133,7 +141,7 @@ class HyperGraph(NodeRegistry):
         return self.nonfinite.skipped_steps
 
     @property
-    def board(self) -> Any:
+    def board(self) -> BoardWriter | NullWriter:
         """A tensorboardX SummaryWriter into ``logs/`` on global rank 0 of a run, else a NullWriter."""
         return self.context.board
 
@@ -215,7 +223,13 @@ class HyperGraph(NodeRegistry):
         }
 
     # -- observing ------------------------------------------------------------------------------
-    def on(self, event: Any, handler: Any, tags: str | Iterable[str] = DEFAULT_TAG, train: bool | None = None) -> None:
+    def on(
+        self,
+        event: Any,
+        handler: Callable[..., object],
+        tags: str | Iterable[str] = DEFAULT_TAG,
+        train: bool | None = None,
+    ) -> None:
         """Attach an ignite ``handler`` (``handler(engine)``) for ``event`` (any ``Events``, filters
         included) to the engine of every task whose tags include ``tags`` (``"*"``: every task) and,
         unless ``train`` is None, that trains (True) or evaluates (False). Handlers reach the graph
@@ -265,7 +279,7 @@ class HyperGraph(NodeRegistry):
         return draw_graph(self.select_egraph(tags), path, self.run_dir)
 
     # -- schedule -------------------------------------------------------------------------------
-    def exec_tasks(self, tasks: Any, launcher: Launcher) -> None:
+    def exec_tasks(self, tasks: Schedule, launcher: Launcher) -> None:
         """Run a schedule (Tasks, Repeats, callables ``f()``, ``f(g)``, ``f(g, launcher)``) in this
         process. ``HyperGraph.run`` calls it; call it directly to run without a run directory (a
         state given to ``load_state_dict`` before is resumed)."""
@@ -296,8 +310,8 @@ class HyperGraph(NodeRegistry):
         session = self._session
         if resume is None:  # a new schedule: it continues the engines; a task terminated before runs again
             for task in keyed_tasks(entries).values():
-                state = task.engine.state
-                task.base_epoch = state.epoch if state.max_epochs is not None else 0
+                progress = task.engine.state
+                task.base_epoch = progress.epoch if progress.max_epochs is not None else 0
                 if not task.engine.suspended:
                     task.engine.should_terminate = False
         self._runner.run(
@@ -315,7 +329,7 @@ class HyperGraph(NodeRegistry):
         position: dict | None,
         span: tuple[int, int] | None = None,
         hold: bool = False,
-        resume: Any = None,
+        resume: Resume | None = None,
     ) -> bool:
         task.engine.hypergraph = self
         return task.run(
@@ -347,7 +361,7 @@ class HyperGraph(NodeRegistry):
 
     def run(
         self,
-        tasks: Any,
+        tasks: Schedule,
         devices: str = "auto",
         run_id: str | None = None,
         out_dir: str | os.PathLike | None = None,
@@ -544,7 +558,7 @@ class HyperGraph(NodeRegistry):
             leave(joined)
         return session.run_path()
 
-    def _load_resume_state(self, resume_from: Any) -> None:
+    def _load_resume_state(self, resume_from: str | os.PathLike) -> None:
         """Read the checkpoint to resume (``"auto"``: the newest valid one of the run directory,
         picked by global rank 0) and keep it for ``_execute``."""
         ckpts = self._checkpointer.rundir.ckpts

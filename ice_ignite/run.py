@@ -177,6 +177,7 @@ def open_run_dir(options: RunOptions, launcher: Launcher) -> RunDir:
     held = os.environ.get(LOCKED_DIR_ENV)
     if launcher.world_size == 1:
         return prepare_run_dir(options.out_dir, run_id, options.resume_from, held_by_launcher=held)
+    answer: tuple[str | None, str | None]
     prepared, failure, answer = None, None, (None, None)
     if launcher.rank == 0:
         try:

@@ -51,7 +51,7 @@ def _resolve(module: str, level: int, importer: Path, root: Path) -> Path | None
     return None
 
 
-def entry_script(entrypoint: str | Path) -> Path:
+def entry_script(entrypoint: str | os.PathLike) -> Path:
     """``entrypoint`` resolved, or FileNotFoundError when it is not a file."""
     entry = Path(entrypoint).resolve()
     if not entry.is_file():

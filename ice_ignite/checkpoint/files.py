@@ -1006,7 +1006,7 @@ def _read_directory(path: Path, map_location: Any) -> dict:
     return state
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Load a checkpoint file, or a checkpoint directory (consolidated into full tensors, the
     form of a file), without unpickling arbitrary objects (``weights_only=True``).
 

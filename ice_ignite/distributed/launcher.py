@@ -630,6 +630,7 @@ def launch(
     o = options if options is not None else LaunchOptions()
     threads = _omp_threads(o, nproc_per_node)
     config = launch_config(nproc_per_node, o, start_method, run_id, log_dir)
+    target: str | Callable[[], Any]
     if isinstance(entrypoint, list):
         target, args = sys.executable, entrypoint
     else:

@@ -8,7 +8,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from ice_ignite.errors import ScheduleError, StopAllTasks, StopTask
 from ice_ignite.graph.task import Task
@@ -29,6 +29,10 @@ __all__ = [
 logger = logging.getLogger("ice_ignite")
 
 
+#: a schedule: Tasks, Repeats and callables ``f()`` / ``f(g)`` / ``f(g, launcher)``, in (nested) lists
+Schedule: TypeAlias = "Task | Repeat | Callable[..., object] | Sequence[Schedule]"
+
+
 class Repeat:
     """Run ``tasks`` (Tasks, Repeats, callables) ``times`` times in a row.
 
@@ -46,7 +50,7 @@ class Repeat:
         Repeat([Task(train=True, epochs=1, tags='train'), Task(train=False, epochs=1, tags='val'), SaveCheckpointTask()], times=10)
     """
 
-    def __init__(self, tasks: Sequence[object] | object, times: int):
+    def __init__(self, tasks: Schedule, times: int):
         if isinstance(tasks, (Task, Repeat)) or callable(tasks):
             tasks = [tasks]
         if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence):
