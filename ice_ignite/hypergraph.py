@@ -513,7 +513,7 @@ class HyperGraph(NodeRegistry):
             device_list = parse_devices(devices)
             if len(device_list) > 1 or launch.several_nodes:
 
-                def worker(agreed_id: str) -> None:  # forked: the graph and its lambdas are inherited, not pickled
+                def run_worker(agreed_id: str) -> None:  # forked: the graph and its lambdas are inherited, not pickled
                     self.run(
                         tasks,
                         devices=devices,
@@ -532,7 +532,7 @@ class HyperGraph(NodeRegistry):
                         async_checkpoints=async_checkpoints,
                     )
 
-                return spawn_workers(worker, len(device_list), launch, options)
+                return spawn_workers(run_worker, len(device_list), launch, options)
             launcher = Launcher(device=device_list[0])
         if worker and options.resume_from is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
             options = dataclasses.replace(options, resume_from="auto")  # restarted workers continue
@@ -561,7 +561,9 @@ class HyperGraph(NodeRegistry):
     def _load_resume_state(self, resume_from: str | os.PathLike) -> None:
         """Read the checkpoint to resume (``"auto"``: the newest valid one of the run directory,
         picked by global rank 0) and keep it for ``_execute``."""
-        ckpts = self._checkpointer.rundir.ckpts
+        rundir = self._checkpointer.rundir
+        assert rundir is not None  # called by run(), after the run directory is open
+        ckpts = rundir.ckpts
         where = self._checkpointer.map_location()
         if str(resume_from) != "auto":
             self._pending = (read_checkpoint(resume_from, map_location=where), str(resume_from))

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from ignite.engine import Events
@@ -24,6 +24,7 @@ from ice_ignite.distributed.launcher import LaunchOptions, joined_group, launch,
 from ice_ignite.distributed.launcher_record import Launcher
 from ice_ignite.distributed.preemption import Preempted, PreemptionGuard
 from ice_ignite.distributed.processes import LAUNCHER_PID_ENV
+from ice_ignite.engine.roles import TaskView, running_graph
 from ice_ignite.graph.tags import DEFAULT_TAG
 from ice_ignite.nodes.context import RunContext
 from ice_ignite.observe.board import BoardLogger
@@ -50,7 +51,13 @@ RUN_ID_ENV = "ICE_IGNITE_RUN_ID"
 LOCKED_DIR_ENV = "ICE_IGNITE_LOCKED_RUN_DIR"
 
 
-class RunPath(type(Path())):  # Path itself can be subclassed only from Python 3.12
+if TYPE_CHECKING:
+    _ConcretePath = Path
+else:
+    _ConcretePath = type(Path())  # Path itself can be subclassed only from Python 3.12
+
+
+class RunPath(_ConcretePath):
     """The run directory, as ``HyperGraph.run`` returns it, with this process's place in the
     run it ran: code after ``run`` in a worker knows its rank (the process group is gone by
     then, and ``idist.get_rank()`` says 0 on every worker). Paths made from it (``run_dir /
@@ -147,7 +154,7 @@ def spawn_workers(
         os.environ[LOCKED_DIR_ENV] = str(rundir.root.resolve())
     try:
         launch(
-            (lambda: worker(rundir.run_id)) if fork else command,
+            (lambda: worker(rundir.run_id)) if command is None else command,
             nproc,
             o,
             "fork" if fork else "spawn",
@@ -303,14 +310,16 @@ class RunSession:
         """The uid of the node whose forward runs now in the running task (for hang reports)."""
         task = self.checkpointer.runner.task
         graph = task.graph if task is not None else None
-        name = graph.cache.pulling() if graph is not None else None
+        if graph is None:
+            return None
+        name = graph.cache.pulling()
         return graph.nodes[name].uid if name is not None and name in graph.nodes else None
 
-    def attach(self, task: Any) -> None:
+    def attach(self, task: TaskView) -> None:
         """Attach the run's handlers to a starting task's engine (inside its ``internal()`` block)."""
         engine = task.engine
         # before the engine fetches the next batches (a task without DatasetNodes fetches none)
-        boundary = Events.GET_BATCH_STARTED if task.graph.dataset_nodes else Events.ITERATION_STARTED
+        boundary = Events.GET_BATCH_STARTED if running_graph(task).dataset_nodes else Events.ITERATION_STARTED
         engine.add_event_handler(boundary, self.check_preemption)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.rundir.check_present)
         if self._watch is not None:

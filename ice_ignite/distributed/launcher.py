@@ -379,7 +379,8 @@ def join(devices: str, dist_backend: str = "auto", collective_timeout: Any = Non
     if timeout is None:  # torch's default for the backend
         from torch.distributed import constants
 
-        timeout = constants.default_pg_nccl_timeout if backend == "nccl" else constants.default_pg_timeout
+        # (torch's NCCL default is None in a build without NCCL, where backend "nccl" cannot start)
+        timeout = (constants.default_pg_nccl_timeout if backend == "nccl" else None) or constants.default_pg_timeout
     _JOINED["timeout"] = timeout.total_seconds()
     if "TORCHELASTIC_RESTART_COUNT" in env:
         _init_elastic_worker(backend, timeout)

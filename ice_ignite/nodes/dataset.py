@@ -58,7 +58,9 @@ class _PassBatchSampler:
         self.node = node
 
     def __len__(self) -> int:
-        return self.node.batches_per_pass()
+        n = self.node.batches_per_pass()
+        assert n is not None  # map-style data (this sampler's) has a length
+        return n
 
     def __iter__(self) -> Iterator[list | tuple[int, list]]:
         node = self.node
@@ -67,6 +69,7 @@ class _PassBatchSampler:
     def _batches(self, order: list[int], pass_index: int, start: int) -> Iterator[list | tuple[int, list]]:
         node = self.node
         stop = node.batches_per_pass()
+        assert stop is not None  # map-style data (this sampler's) has a length
         seeded = node.num_workers > 0
         single, b = node._world_size == 1, node.batch_size
         for i in range(start, stop):
@@ -384,7 +387,9 @@ class DatasetNode(Node):
     def forward_impl(self, x: OutputCache) -> Any:
         """The batch the task's engine fetched for this iteration (``engine.state.batch``), on the
         node's device."""
-        batch = self.egraph.batch[self._name]
+        egraph = self.egraph
+        assert egraph is not None and egraph.batch is not None  # forwards run inside a task's iteration
+        batch = egraph.batch[self._name]
         if self._move:
             batch = move_to(batch, self._device, non_blocking=self.pin_memory)
         return batch
