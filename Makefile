@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(PY) -m mypy ice_ignite
 
 clean:
-	rm -rf $(VENV) runs build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) runs build dist *.egg-info .pytest_cache .mypy_cache
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
