@@ -342,7 +342,7 @@ class TaskEngine(_Dispatching):
                 if not isinstance(e, (_EngineTerminateException, IceError)) and not getattr(e, "_ice_noted", False):
                     name = getattr(event_name, "name", event_name)
                     e.add_note(f"raised by a handler of {name} on the engine of {self.task_label}")
-                    e._ice_noted = True  # type: ignore[attr-defined]  # once, though events nest (a handler that fires another)
+                    setattr(e, "_ice_noted", True)  # noqa: B010  # once, though events nest (a handler that fires another)
             raise
 
     #: ``fire(event)``: fire a registered event (e.g. a ``StepEvents``) from the process function;

@@ -84,8 +84,10 @@ class NodeRegistry:
         return self._nodes[key]
 
     def __contains__(self, uid: object) -> bool:
+        if not isinstance(uid, str):
+            return False
         try:
-            name, tags = split_uid(uid)  # type: ignore[arg-type]
+            name, tags = split_uid(uid)
         except (KeyError, ValueError, TypeError):
             return False
         return make_uid(name, tags) in self._nodes
