@@ -25,13 +25,15 @@ demo: $(STAMP)
 test: lint
 	$(PY) -m pytest
 
-# ruff's lint and format check (settings in ruff.toml); `$(PY) -m ruff format .` formats.
+# ruff's lint and format check (settings in ruff.toml; `$(PY) -m ruff format .` formats), then
+# mypy's type check of the package (settings in setup.cfg's [mypy]).
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy ice_ignite
 
 clean:
-	rm -rf $(VENV) runs build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) runs build dist *.egg-info .pytest_cache .mypy_cache
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"

@@ -9,14 +9,14 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ice_ignite.checkpoint.backup import entry_script, keep_sources
-from ice_ignite.checkpoint.checkpointer import Checkpointer
+from ice_ignite.checkpoint.checkpointer import Checkpointer, Resume
 from ice_ignite.checkpoint.files import read_checkpoint
 from ice_ignite.checkpoint.resume import PendingResume, resume, resume_from_of
 from ice_ignite.checkpoint.transfer import LoadSpec
@@ -28,7 +28,7 @@ from ice_ignite.engine.events import StepEvents
 from ice_ignite.errors import CheckpointError
 from ice_ignite.graph.draw import draw_graph
 from ice_ignite.graph.registry import NodeRegistry
-from ice_ignite.graph.schedule import ScheduleEntry, ScheduleRunner, call_with_arity, flatten_schedule
+from ice_ignite.graph.schedule import Schedule, ScheduleEntry, ScheduleRunner, call_with_arity, flatten_schedule
 from ice_ignite.graph.tags import DEFAULT_TAG, check_name, normalize_tags
 from ice_ignite.graph.task import Task
 from ice_ignite.nodes.context import RunContext
@@ -231,7 +231,13 @@ class HyperGraph(NodeRegistry):
         }
 
     # -- observing ------------------------------------------------------------------------------
-    def on(self, event: Any, handler: Any, tags: str | Iterable[str] = DEFAULT_TAG, train: bool | None = None) -> None:
+    def on(
+        self,
+        event: Any,
+        handler: Callable[..., object],
+        tags: str | Iterable[str] = DEFAULT_TAG,
+        train: bool | None = None,
+    ) -> None:
         """Attach an ignite ``handler`` (``handler(engine)``) for ``event`` (any ``Events``, filters
         included) to the engine of every task whose tags include ``tags`` (``"*"``: every task) and,
         unless ``train`` is None, that trains (True) or evaluates (False). Handlers reach the graph
@@ -281,7 +287,7 @@ class HyperGraph(NodeRegistry):
         return draw_graph(self.select_egraph(tags), path, self.context.run_dir)
 
     # -- schedule -------------------------------------------------------------------------------
-    def exec_tasks(self, tasks: Any, launcher: Launcher) -> None:
+    def exec_tasks(self, tasks: Schedule, launcher: Launcher) -> None:
         """Run a schedule (Tasks, Repeats, callables ``f()``, ``f(g)``, ``f(g, launcher)``) in this
         process. ``HyperGraph.run`` calls it; call it directly to run without a run directory (a
         state given to ``load_state_dict`` before is resumed)."""
@@ -321,7 +327,7 @@ class HyperGraph(NodeRegistry):
         position: dict | None,
         span: tuple[int, int] | None = None,
         hold: bool = False,
-        resume: Any = None,
+        resume: Resume | None = None,
     ) -> bool:
         task.engine.hypergraph = self
         return task.run(
@@ -353,7 +359,7 @@ class HyperGraph(NodeRegistry):
 
     def run(
         self,
-        tasks: Any,
+        tasks: Schedule,
         devices: str = "auto",
         run_id: str | None = None,
         out_dir: str | os.PathLike | None = None,

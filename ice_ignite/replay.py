@@ -93,9 +93,10 @@ def _entry_script() -> Path | None:
     """The script this process runs (``python train.py``), or None (a notebook, ``python -c``, pytest)."""
     from ice_ignite.distributed.launcher import script_command
 
-    if script_command() is None:
+    main_file = getattr(sys.modules["__main__"], "__file__", None)
+    if script_command() is None or main_file is None:
         return None
-    return Path(sys.modules["__main__"].__file__).resolve()
+    return Path(main_file).resolve()
 
 
 def keep_entry_sources(run_dir: Path | None, rank: int, registered: Path | None = None) -> Path | None:

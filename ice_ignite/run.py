@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from ignite.engine import Events
@@ -38,6 +38,7 @@ from ice_ignite.distributed.launcher import (
 from ice_ignite.distributed.launcher_record import Launcher
 from ice_ignite.distributed.preemption import Preempted, PreemptionGuard
 from ice_ignite.distributed.processes import LAUNCHER_PID_ENV
+from ice_ignite.engine.roles import TaskView, running_graph
 from ice_ignite.graph.tags import DEFAULT_TAG
 from ice_ignite.nodes.context import RunContext
 from ice_ignite.observe.board import BoardLogger
@@ -66,7 +67,13 @@ RUN_ID_ENV = "ICE_IGNITE_RUN_ID"
 LOCKED_DIR_ENV = "ICE_IGNITE_LOCKED_RUN_DIR"
 
 
-class RunPath(type(Path())):  # Path itself can be subclassed only from Python 3.12
+if TYPE_CHECKING:
+    _ConcretePath = Path
+else:
+    _ConcretePath = type(Path())  # Path itself can be subclassed only from Python 3.12
+
+
+class RunPath(_ConcretePath):
     """The run directory, as ``HyperGraph.run`` returns it, with this process's place in the
     run it ran: code after ``run`` in a worker knows its rank (the process group is gone by
     then, and ``idist.get_rank()`` says 0 on every worker). Paths made from it (``run_dir /
@@ -196,7 +203,7 @@ class RunOptions:
         a ``timedelta`` as seconds), for the run's record; the config is recorded apart
         (``config.yaml``)."""
         return {
-            f.name: plain_value(dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
+            f.name: plain_value(dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v)
             for f in dataclasses.fields(self)
             if f.name != "config"
             for v in (getattr(self, f.name),)
@@ -301,7 +308,7 @@ def spawn_workers(worker: Callable[[str], Any], nproc: int, options: RunOptions)
         os.environ[LOCKED_DIR_ENV] = str(rundir.root.resolve())
     try:
         launch(
-            (lambda: worker(rundir.run_id)) if fork else command,
+            (lambda: worker(rundir.run_id)) if command is None else command,
             nproc,
             o,
             "fork" if fork else "spawn",
@@ -331,6 +338,7 @@ def open_run_dir(options: RunOptions, launcher: Launcher) -> RunDir:
     held = os.environ.get(LOCKED_DIR_ENV)
     if launcher.world_size == 1:
         return prepare_run_dir(options.out_dir, run_id, options.resume_from, held_by_launcher=held)
+    answer: tuple[str | None, str | None]
     prepared, failure, answer = None, None, (None, None)
     if launcher.rank == 0:
         try:
@@ -476,7 +484,9 @@ class RunSession:
         """The uid of the node whose forward runs now in the running task (for hang reports)."""
         task = self.checkpointer.runner.task
         graph = task.graph if task is not None else None
-        name = graph.cache.pulling() if graph is not None else None
+        if graph is None:
+            return None
+        name = graph.cache.pulling()
         return graph.nodes[name].uid if name is not None and name in graph.nodes else None
 
     def write_record(self) -> None:
@@ -488,12 +498,12 @@ class RunSession:
             self._unrecorded = None
             self._record.write(config, recorded, world_size=launcher.world_size, device=str(launcher.device))
 
-    def attach(self, task: Any) -> None:
+    def attach(self, task: TaskView) -> None:
         """Attach the run's handlers to a starting task's engine (inside its ``internal()`` block)."""
         self.write_record()
         engine = task.engine
         # before the engine fetches the next batches (a task without DatasetNodes fetches none)
-        boundary = Events.GET_BATCH_STARTED if task.graph.dataset_nodes else Events.ITERATION_STARTED
+        boundary = Events.GET_BATCH_STARTED if running_graph(task).dataset_nodes else Events.ITERATION_STARTED
         engine.add_event_handler(boundary, self.check_preemption)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.rundir.check_present)
         if self._watch is not None:

@@ -16,6 +16,8 @@ from ignite.engine import Engine, Events
 from ice_ignite.checkpoint.files import list_checkpoints
 from ice_ignite.config.record import CONFIG_FILE
 from ice_ignite.config.values import flatten, plain_values
+from ice_ignite.engine.engine import TaskEngine
+from ice_ignite.engine.roles import running_graph
 
 __all__ = ["MLflow", "RECORD_NAME"]
 
@@ -109,7 +111,7 @@ class MLflow:
         graph.context.run_end.append(self._ended)
 
     # -- the MLflow run ---------------------------------------------------------------------------
-    def _started(self, engine: Engine) -> None:
+    def _started(self, engine: TaskEngine) -> None:
         ctx = engine.hypergraph.context  # the run's context: its launcher and directory
         if ctx.launcher is None or ctx.launcher.rank != 0 or ctx.run_dir is None:
             return
@@ -216,9 +218,10 @@ class MLflow:
 
     @staticmethod
     def _train_step(engine: Engine, event: Any) -> int:
+        assert isinstance(engine, TaskEngine)  # ignite types the transform for any Engine; it gets a task's
         return int(engine.hypergraph.context.counters.steps.train)
 
-    def _epoch(self, engine: Engine) -> None:
+    def _epoch(self, engine: TaskEngine) -> None:
         if self.logger is None:
             return
         from ignite.handlers.mlflow_logger import OutputHandler
@@ -230,7 +233,7 @@ class MLflow:
         )
         handler(engine, self.logger, Events.EPOCH_COMPLETED)
 
-    def _step(self, engine: Engine) -> None:
+    def _step(self, engine: TaskEngine) -> None:
         step = engine.hypergraph.context.counters.steps.train
         if self.logger is None or step == self._last_step or step % self.log_every:
             return  # not an optimizer step (accumulation), or not one to log
@@ -238,7 +241,7 @@ class MLflow:
         from ignite.handlers.mlflow_logger import OutputHandler
 
         prefix = _metric_prefix(engine.task)
-        names = [node.name for node in engine.task.graph.loss_nodes]
+        names = [node.name for node in running_graph(engine.task).loss_nodes]
         handler = self._handler(
             prefix + " step",
             lambda: OutputHandler(

@@ -19,6 +19,13 @@ def test_add_returns_node_and_sets_uid_and_name():
     assert "val,#dbg/probe" in g and "train/probe" not in g
 
 
+def test_only_a_uid_string_can_be_in_the_graph():
+    g = ice.HyperGraph()
+    g.add("probe", ice.Node())
+    assert "*/probe" in g
+    assert 3 not in g and None not in g and ("*", "probe") not in g and "probe" not in g
+
+
 def test_add_rejects_bad_input_with_a_fix():
     g = ice.HyperGraph()
     with pytest.raises(TypeError, match="wrap it: ice.ModuleNode"):

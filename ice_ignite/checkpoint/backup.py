@@ -27,7 +27,7 @@ def _imports(path: Path) -> list[tuple[str, int]]:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (SyntaxError, UnicodeDecodeError, OSError):
         return []
-    found = []
+    found: list[tuple[str, int]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.extend((alias.name, 0) for alias in node.names)
@@ -51,7 +51,7 @@ def _resolve(module: str, level: int, importer: Path, root: Path) -> Path | None
     return None
 
 
-def entry_script(entrypoint: str | Path) -> Path:
+def entry_script(entrypoint: str | os.PathLike) -> Path:
     """``entrypoint`` resolved, or FileNotFoundError when it is not a file."""
     entry = Path(entrypoint).resolve()
     if not entry.is_file():
@@ -131,7 +131,9 @@ def keep_sources(entrypoint: str | Path, run_dir: Path) -> Path | None:
     if then == now:
         logger.info("sources of %s are those kept in %s; nothing new written", Path(entrypoint).name, newest)
         return None
-    number = int(_COPY_RE.fullmatch(newest.name).group(1) or 1) + 1
+    match = _COPY_RE.fullmatch(newest.name)
+    assert match is not None  # src/ or a copy source_copies listed: src-<n>/
+    number = int(match.group(1) or 1) + 1
     while (run_dir / f"src-{number}").exists():
         number += 1
     dest = run_dir / f"src-{number}"

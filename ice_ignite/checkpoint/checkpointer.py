@@ -47,6 +47,7 @@ from ice_ignite.graph.task import Task
 from ice_ignite.nodes.context import RunContext
 from ice_ignite.nodes.dataset import DatasetNode
 from ice_ignite.nodes.loss import LossNode
+from ice_ignite.nodes.metric import MetricNode
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.training.seeding import rng_state, set_rng_state
 
@@ -94,7 +95,7 @@ def cpu_copy(tree: Any, reuse: dict | None = None, memo: dict | None = None, key
         memo[id(tree)] = copy
         return copy
     if isinstance(tree, dict):
-        out = type(tree)((k, cpu_copy(v, reuse, memo, f"{key}/{k!r}")) for k, v in tree.items())
+        out: Any = type(tree)((k, cpu_copy(v, reuse, memo, f"{key}/{k!r}")) for k, v in tree.items())
         if hasattr(tree, "_metadata"):  # a module's state_dict: its version metadata
             out._metadata = tree._metadata
         return out
@@ -256,7 +257,7 @@ class Checkpointer:
 
     # -- writing ----------------------------------------------------------------------------
     @staticmethod
-    def _is_sharded(node: Any) -> bool:
+    def _is_sharded(node: object) -> bool:
         return isinstance(node, ModuleNode) and node.sharded
 
     def _sharded_uids(self, tags: tuple[str, ...]) -> list[str]:
@@ -290,7 +291,8 @@ class Checkpointer:
         async_: bool | None,
         after: Callable[[], None] | None,
     ) -> Path | None:
-        if save_to is None and self.rundir is None:
+        run_ckpts = self.rundir.ckpts if self.rundir is not None else None  # where the run's checkpoints go
+        if save_to is None and run_ckpts is None:
             raise CheckpointError(
                 "save_checkpoint needs a run directory: call it during HyperGraph.run, or pass save_to=path"
             )
@@ -302,8 +304,9 @@ class Checkpointer:
             state["board"] = board
         self.seq += 1
         if save_to is None:
+            assert run_ckpts is not None  # checked above
             counters = self.context.counters
-            path = self.rundir.ckpts / checkpoint_filename(
+            path = run_ckpts / checkpoint_filename(
                 state["seq"], counters.epochs.train, counters.steps.train, sharded=bool(sharded)
             )
         else:
@@ -312,12 +315,12 @@ class Checkpointer:
             write_sharded_checkpoint(state, sharded, path)
         if self.context.rank != 0:
             return None
-        prune = save_to is None and self.n_saved is not None
-        ckpts, n_saved = (self.rundir.ckpts, self.n_saved) if prune else (None, None)
+        # the run's own checkpoints keep the newest n_saved; a save_to path is left alone
+        ckpts, n_saved = (run_ckpts, self.n_saved) if save_to is None else (None, None)
 
         def finish() -> None:
             logger.info("saved checkpoint %s", path)
-            if prune:
+            if ckpts is not None and n_saved is not None:
                 prune_checkpoints(ckpts, n_saved)
             if after is not None:
                 after()
@@ -338,8 +341,9 @@ class Checkpointer:
         self._pending = PendingWrite(path, job)
         return path
 
-    def save_best(self, node: Any, value: float, higher_better: bool, max_keep: int) -> Path | None:
+    def save_best(self, node: MetricNode, value: float, higher_better: bool, max_keep: int) -> Path | None:
         """Keep checkpoints of the best ``max_keep`` values of a MetricNode (``MetricNode.save_best``)."""
+        uid = str(node.uid)  # a node of the graph: it has one
         if self.rundir is None:
             raise CheckpointError(f"{node.uid}: save_best needs a run directory: call it during HyperGraph.run")
         if isinstance(max_keep, bool) or not isinstance(max_keep, int) or max_keep < 1:
@@ -357,7 +361,7 @@ class Checkpointer:
             self.seq,
             counters.epochs.train,
             counters.steps.train,
-            node.uid,
+            uid,
             value,
             sharded=bool(self._sharded_uids((DEFAULT_TAG,))),
         )
@@ -367,7 +371,7 @@ class Checkpointer:
         keep = {f for _, f in records}
         # files named by an older ice_ignite say the node's name only: pruned when no other node has it
         alone = [n.name for n in self.nodes(DEFAULT_TAG).values()].count(node.name) == 1
-        ckpts, uid = self.rundir.ckpts, node.uid
+        ckpts = self.rundir.ckpts
 
         def prune() -> None:  # rank 0, once the new file is published: the files on disk follow the records
             for old in best_files(ckpts, uid, legacy=alone):
@@ -578,11 +582,11 @@ class Checkpointer:
             return
         msg = f"checkpoint {source!r} was written by another graph: {'; '.join(problems)}"
         if strict:
-            hint = f"rename={{{gone[0]!r}: {new[0]!r}}}" if gone and new else "rename={'<old uid>': '<new uid>'}"
+            rename = f"rename={{{gone[0]!r}: {new[0]!r}}}" if gone and new else "rename={'<old uid>': '<new uid>'}"
             raise ResumeTaskFailed(
                 msg + ". A resume continues the same run exactly: give the nodes their names and the DatasetNodes "
                 "their settings of the run that wrote the checkpoint; or start a new run that loads its weights with "
-                f"g.load_checkpoint(path, {hint}) or LoadCheckpointTask; or pass strict_resume=False to resume anyway "
+                f"g.load_checkpoint(path, {rename}) or LoadCheckpointTask; or pass strict_resume=False to resume anyway "
                 "(nodes absent from the checkpoint start afresh, changed DatasetNodes continue from their saved "
                 "position with the new settings)"
             )
@@ -596,13 +600,14 @@ class Checkpointer:
         """Whether the run's config differs from the checkpoint's: ``ResumeTaskFailed`` (``strict``)
         listing every changed key as ``key: old → new``, or a warning and an entry in the run
         directory's ``config-history.yaml`` (the keys, and the optimizer step they change at)."""
-        changed = compare_config(state, self.config)
-        if not changed:
+        config = self.config
+        changed = compare_config(state, config)
+        if not changed or config is None:
             return
         saved_hash = state["run_config"]["hash"]
         msg = (
             f"checkpoint {source!r} was taken with another config (hash {saved_hash[:12]}, now "
-            f"{self.config.hash[:12]}): " + "; ".join(changed)
+            f"{config.hash[:12]}): " + "; ".join(changed)
         )
         if strict:
             raise ResumeTaskFailed(
@@ -618,7 +623,7 @@ class Checkpointer:
             stacklevel=6,
         )
         if self.context.rank == 0 and self.rundir is not None:
-            append_config_history(self.rundir.root, step, source, saved_hash, self.config.hash, changed)
+            append_config_history(self.rundir.root, step, source, saved_hash, config.hash, changed)
 
     def _check_training(self, state: dict, source: str, strict: bool) -> TrainingChanges:
         """Whether resuming would change training: an optimizer's class, hyper-parameters or

@@ -21,9 +21,9 @@ import warnings
 import zipfile
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 import torch
@@ -367,7 +367,7 @@ def write_checkpoint(state: dict, path: Path) -> None:
             writer = _Writeback(f)
             try:
                 with _with_checksums():
-                    torch.save(state, writer)
+                    torch.save(state, writer)  # type: ignore[arg-type]  # torch writes to any object with write(); its annotation says IO[bytes]
             except RuntimeError as e:
                 raise (writer.error if isinstance(writer.error, OSError) else e) from None
             f.flush()
@@ -552,13 +552,13 @@ def _split(tree: Any) -> tuple[Any, Any]:
         return None, tree
     if isinstance(tree, dict):
         pairs = {k: _split(v) for k, v in tree.items()}
-        skeleton = type(tree)((k, s) for k, (s, _) in pairs.items())
+        skeleton: Any = type(tree)((k, s) for k, (s, _) in pairs.items())  # an OrderedDict may carry _metadata
         if hasattr(tree, "_metadata"):  # a module's state_dict: its version metadata
             skeleton._metadata = tree._metadata
         return skeleton, {str(k): t for k, (_, t) in pairs.items() if _holds_tensors(t)}
     if isinstance(tree, (list, tuple)):
-        pairs = [_split(v) for v in tree]
-        return type(tree)(s for s, _ in pairs), {str(i): t for i, (_, t) in enumerate(pairs) if _holds_tensors(t)}
+        parts = [_split(v) for v in tree]
+        return type(tree)(s for s, _ in parts), {str(i): t for i, (_, t) in enumerate(parts) if _holds_tensors(t)}
     return tree, None
 
 
@@ -573,7 +573,7 @@ def _merge(skeleton: Any, tensors: Any) -> Any:
     if not tensors:
         return skeleton
     if isinstance(skeleton, dict):
-        out = type(skeleton)((k, _merge(v, tensors.get(str(k)))) for k, v in skeleton.items())
+        out: Any = type(skeleton)((k, _merge(v, tensors.get(str(k)))) for k, v in skeleton.items())
         if hasattr(skeleton, "_metadata"):
             out._metadata = skeleton._metadata
         return out
@@ -965,7 +965,11 @@ def _read_shards(path: Path, map_location: Any) -> dict:
         )
     verify_manifest(path)  # after the metadata is known safe, before any shard is read
     device = torch.device("cpu") if map_location is None else torch.device(map_location)
-    flat = {fqn: torch.empty(entry.size, dtype=entry.properties.dtype, device=device) for fqn, entry in entries.items()}
+    flat = {
+        fqn: torch.empty(entry.size, dtype=entry.properties.dtype, device=device)
+        for fqn, entry in entries.items()
+        if isinstance(entry, dcp_metadata.TensorStorageMetadata)  # all of them (checked above)
+    }
     try:
         dcp_load(flat, path, meta)  # every chunk of every process, into the full tensors
     except _DCP_ERRORS as e:
@@ -1002,7 +1006,7 @@ def _read_directory(path: Path, map_location: Any) -> dict:
     return state
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Load a checkpoint file, or a checkpoint directory (consolidated into full tensors, the
     form of a file), without unpickling arbitrary objects (``weights_only=True``).
 
@@ -1083,6 +1087,28 @@ def latest_valid_checkpoint(ckpt_dir: Path, map_location: Any = "cpu") -> tuple[
     )
 
 
+class CheckpointingGraph(Protocol):
+    """What the checkpoint steps of a schedule call on the HyperGraph running them (the front door,
+    which ``checkpoint/`` does not import)."""
+
+    def save_checkpoint(
+        self, save_to: str | os.PathLike | None = None, tags: str | Iterable[str] = "*"
+    ) -> Path | None: ...
+
+    def load_checkpoint(
+        self,
+        resume_from: str | os.PathLike,
+        strict: bool = False,
+        tags: str | Iterable[str] = "*",
+        *,
+        nodes: str | Iterable[str] | None = None,
+        rename: Mapping[str, str] | None = None,
+        weights: bool = True,
+        optimizers: bool = False,
+        other: bool = False,
+    ) -> dict: ...
+
+
 class SaveCheckpointTask:
     """A schedule step that calls ``g.save_checkpoint(save_to, tags)``.
 
@@ -1094,11 +1120,11 @@ class SaveCheckpointTask:
 
     __ice_schedule_item__ = True
 
-    def __init__(self, save_to: str | Path | None = None, tags: Any = "*"):
+    def __init__(self, save_to: str | Path | None = None, tags: str | Iterable[str] = "*"):
         self.save_to = save_to
         self.tags = tags
 
-    def __call__(self, g: Any) -> None:
+    def __call__(self, g: CheckpointingGraph) -> None:
         g.save_checkpoint(self.save_to, self.tags)
 
     def __repr__(self) -> str:
@@ -1129,7 +1155,7 @@ class LoadCheckpointTask:
         self,
         resume_from: str | Path,
         strict: bool = False,
-        tags: Any = "*",
+        tags: str | Iterable[str] = "*",
         *,
         nodes: str | Iterable[str] | None = None,
         rename: dict[str, str] | None = None,
@@ -1144,7 +1170,7 @@ class LoadCheckpointTask:
         self.tags = tags
         self.spec = LoadSpec(weights=weights, optimizers=optimizers, other=other, nodes=nodes, rename=rename)
 
-    def __call__(self, g: Any) -> dict:
+    def __call__(self, g: CheckpointingGraph) -> dict:
         s = self.spec
         return g.load_checkpoint(
             self.resume_from,

@@ -55,7 +55,7 @@ class LoadSpec:
     optimizers: bool = False
     other: bool = False
     nodes: str | Iterable[str] | None = None
-    rename: Mapping[str, str] = field(default_factory=dict)
+    rename: Mapping[str, str] | None = field(default_factory=dict)  # None: {} (a dict after __post_init__)
 
     def __post_init__(self) -> None:
         for name in PARTS:
@@ -199,7 +199,7 @@ def load_node_states(
         CheckpointError: a name in ``nodes`` or ``rename`` is unknown or ambiguous, a saved state
             does not fit its node, or an optimizer state was written by another kind of optimizer.
     """
-    destination, renamed = _pairs(saved, graph, spec.rename, source)
+    destination, renamed = _pairs(saved, graph, spec.rename or {}, source)
     if spec.nodes is not None:
         chosen = {
             uid
@@ -234,7 +234,7 @@ def load_node_states(
         else:  # the whole state of any other node is one part
             have = ["other"] if state else []
         parts = [p for p in have if p in spec.parts]
-        if "optimizers" in parts:
+        if "optimizers" in parts and isinstance(node, ModuleNode):  # only a ModuleNode's state has them
             check_optimizer_kinds(node, state, source, dst, "load the weights only (optimizers=False, the default)")
         plan.append((src, dst, node, state, parts))
         if parts:

@@ -15,11 +15,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 
 from ice_ignite.engine.events import StepEvents
+from ice_ignite.engine.roles import TaskView
+
+if TYPE_CHECKING:
+    import torch.distributed as dist
 
 __all__ = ["CollectiveTimeout", "HangWatch", "DEFAULT_COLLECTIVE_TIMEOUT", "collective_timeout_of"]
 
@@ -81,10 +85,11 @@ class HangWatch:
         rank: int,
         world_size: int,
         timeout: float,
-        store: Any,
+        store: dist.Store,
         node: Callable[[], str | None] = lambda: None,
     ):
-        self.logs, self.rank, self.world_size, self.timeout, self.store = logs, rank, world_size, timeout, store
+        self.logs, self.rank, self.world_size, self.timeout = logs, rank, world_size, timeout
+        self.store: dist.Store | None = store  # None once closed
         #: ``node()``: the uid of the node the rank is computing now (None between forwards)
         self.node = node
         self.beats = 0
@@ -99,12 +104,12 @@ class HangWatch:
         self._thread.start()
 
     # -- where this rank is ---------------------------------------------------------------------
-    def attach(self, task: Any) -> None:
+    def attach(self, task: TaskView) -> None:
         engine = task.engine
         for event in _EVENTS:
             engine.add_event_handler(event, self._beat, task, event.name)
 
-    def _beat(self, engine: Any, task: Any, event: str) -> None:
+    def _beat(self, engine: Engine, task: TaskView, event: str) -> None:
         self.beats += 1
         self.task, self.event, self.iteration = repr(task), event, engine.state.iteration
         self._last = time.monotonic()
@@ -162,7 +167,8 @@ class HangWatch:
                 faulthandler.dump_traceback(f, all_threads=True)
             self._reported_at = beats
             try:
-                self.store.set(f"hang/rank{self.rank}", json.dumps(summary))
+                if self.store is not None:
+                    self.store.set(f"hang/rank{self.rank}", json.dumps(summary))
             except Exception:
                 pass
             return path
@@ -174,8 +180,9 @@ class HangWatch:
             for r in range(self.world_size):
                 if r not in found:
                     try:
-                        if self.store.check([f"hang/rank{r}"]):
-                            found[r] = json.loads(self.store.get(f"hang/rank{r}"))
+                        store = self.store
+                        if store is not None and store.check([f"hang/rank{r}"]):
+                            found[r] = json.loads(store.get(f"hang/rank{r}"))
                     except Exception:
                         pass
             if len(found) == self.world_size or time.monotonic() >= deadline:

@@ -436,7 +436,8 @@ def join(devices: str, dist_backend: str = "auto", collective_timeout: Any = Non
     if timeout is None:  # torch's default for the backend
         from torch.distributed import constants
 
-        timeout = constants.default_pg_nccl_timeout if backend == "nccl" else constants.default_pg_timeout
+        # (torch's NCCL default is None in a build without NCCL, where backend "nccl" cannot start)
+        timeout = (constants.default_pg_nccl_timeout if backend == "nccl" else None) or constants.default_pg_timeout
     _JOINED["timeout"] = timeout.total_seconds()
     if "TORCHELASTIC_RESTART_COUNT" in env:
         _init_elastic_worker(backend, timeout)
@@ -687,6 +688,7 @@ def launch(
     o = options if options is not None else LaunchOptions()
     threads = _omp_threads(o, nproc_per_node)
     config = launch_config(nproc_per_node, o, start_method, run_id, log_dir)
+    target: str | Callable[[], Any]
     if isinstance(entrypoint, list):
         target, args = sys.executable, entrypoint
     else:

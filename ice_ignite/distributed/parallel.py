@@ -10,7 +10,7 @@ import difflib
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import ignite.distributed as idist
 import torch
@@ -240,7 +240,8 @@ def shard_fsdp(
         for sub in reversed(list(module.modules())):  # pre-order reversed: children before their parents
             if pick(sub) and any(True for _ in sub.parameters()):
                 fully_shard(sub, mesh=mesh, **options)
-    return fully_shard(root, mesh=mesh, **options)
+    # root itself, its class now also an FSDPModule (which torch's annotation alone names)
+    return cast(torch.nn.Module, fully_shard(root, mesh=mesh, **options))
 
 
 def full_tensors(tree: Any) -> Any:
@@ -251,7 +252,7 @@ def full_tensors(tree: Any) -> Any:
     if isinstance(tree, DTensor):
         return tree.full_tensor()
     if isinstance(tree, dict):
-        out = type(tree)((k, full_tensors(v)) for k, v in tree.items())
+        out: Any = type(tree)((k, full_tensors(v)) for k, v in tree.items())  # an OrderedDict may carry _metadata
         if hasattr(tree, "_metadata"):  # a module's state_dict: its version metadata
             out._metadata = tree._metadata
         return out

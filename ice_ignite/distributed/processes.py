@@ -77,7 +77,7 @@ def children_spawned() -> Iterator[None]:
     try:
         yield
     finally:
-        if masked:
+        if previous is not None:  # masked above
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         started = [p for p in multiprocessing.active_children() if id(p) not in before]
         if started and not _WORKERS:

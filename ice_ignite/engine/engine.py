@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ignite.engine import Engine, Events, EventsList, RemovableEventHandle
@@ -32,6 +33,7 @@ from ignite.engine import Engine, Events, EventsList, RemovableEventHandle
 from ignite.engine.engine import _EngineTerminateException
 
 from ice_ignite.engine.events import STEP_EVENT_ATTRS, StepEvents
+from ice_ignite.engine.roles import TaskView
 from ice_ignite.errors import IceError, ScheduleError, StopAllTasks, StopTask
 
 __all__ = [
@@ -119,7 +121,7 @@ class _Dispatching(Engine):
         if self._debug:
             self.logger.debug(f"{self.state.epoch} | {self.state.iteration}, Firing handlers for event {event_name}")
         self.last_event_name = event_name
-        handlers = self._lists.get(id(event_name))
+        handlers: Sequence[tuple[Callable, tuple, dict]] | None = self._lists.get(id(event_name))
         if handlers is None:  # an event given by an equal object (a string, a filtered event), or a new list
             handlers = self._event_handlers.get(event_name, ())
         for func, args, kwargs in handlers:
@@ -190,15 +192,18 @@ class TaskEngine(_Dispatching):
     ``engine.inner`` holds ice_ignite's own handlers. Run it with ``g.run`` / ``g.exec_tasks``.
     """
 
-    def __init__(self, process_function: Callable[[Engine, Any], Any]):
-        super().__init__(process_function)
+    #: the Task whose engine this is (set by the Task)
+    task: TaskView
+
+    def __init__(self, process_function: Callable[[TaskEngine, Any], Any]):
+        super().__init__(process_function)  # type: ignore[arg-type]  # ignite calls it with this engine, typed Engine
         self.register_events(*StepEvents, event_to_attr=STEP_EVENT_ATTRS)
         #: set when a handler raised StopAllTasks: the schedule ends after this run
         self.stop_all = False
         #: set when a handler raised StopTask or StopAllTasks (not a user's ``terminate()``)
         self.stopped = False
         #: the HyperGraph that runs (or last ran) this engine's task
-        self.hypergraph: Any = None
+        self.hypergraph: Any = None  # the HyperGraph (the front door, above engine/): users read any of it
         #: which ``StepEvents`` have handlers (kept up to date by add/remove): the train step
         #: fires only those, so an unhandled step event costs an attribute read
         self.listening = StepListening()
@@ -310,7 +315,7 @@ class TaskEngine(_Dispatching):
         if self._debug:
             self.logger.debug(f"{self.state.epoch} | {self.state.iteration}, Firing handlers for event {event_name}")
         self.last_event_name = event_name
-        handlers = self._lists.get(id(event_name))
+        handlers: Sequence[tuple[Callable, tuple, dict]] | None = self._lists.get(id(event_name))
         if handlers is None:  # an event given by an equal object (a string, a filtered event), or a new list
             handlers = self._event_handlers.get(event_name, ())
         try:
@@ -332,10 +337,12 @@ class TaskEngine(_Dispatching):
             self.should_terminate = True
             raise _EngineTerminateException() from None
         except Exception as e:
-            if not isinstance(e, (_EngineTerminateException, IceError)) and not getattr(e, "_ice_noted", False):
-                name = getattr(event_name, "name", event_name)
-                e.add_note(f"raised by a handler of {name} on the engine of {self.task_label}")
-                e._ice_noted = True  # once, though events nest (a handler that fires another)
+            # exceptions take notes from Python 3.11; on 3.10 add_note raised AttributeError, hiding the error
+            if sys.version_info >= (3, 11):
+                if not isinstance(e, (_EngineTerminateException, IceError)) and not getattr(e, "_ice_noted", False):
+                    name = getattr(event_name, "name", event_name)
+                    e.add_note(f"raised by a handler of {name} on the engine of {self.task_label}")
+                    setattr(e, "_ice_noted", True)  # noqa: B010  # once, though events nest (a handler that fires another)
             raise
 
     #: ``fire(event)``: fire a registered event (e.g. a ``StepEvents``) from the process function;
@@ -372,6 +379,10 @@ class StepListening:
     ``engine.listening.backward_completed``."""
 
     __slots__ = ("backward_completed", "backward_started", "optim_step_completed", "optim_step_started")
+    backward_completed: bool
+    backward_started: bool
+    optim_step_completed: bool
+    optim_step_started: bool
 
     def __init__(self) -> None:
         for event in StepEvents:
@@ -403,5 +414,5 @@ def _viewed(engine: TaskEngine, handler: Callable, view: HandlerView) -> Callabl
             if written:
                 view.merge(written, metrics)
 
-    wrapper._parent = lambda: handler  # has_event_handler / remove_event_handler find the original
+    wrapper._parent = lambda: handler  # type: ignore[attr-defined]  # ignite's mark of a wrapped handler: has_event_handler / remove_event_handler find the original
     return wrapper

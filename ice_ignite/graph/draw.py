@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -141,7 +142,7 @@ def render(graph: ExecutableGraph, path: Path) -> str | None:
     return "matplotlib"
 
 
-def draw_graph(graph: ExecutableGraph, path: str | Path | None, run_dir: Path | None) -> list[Path]:
+def draw_graph(graph: ExecutableGraph, path: str | os.PathLike | None, run_dir: Path | None) -> list[Path]:
     """Write ``graph`` as DOT and Mermaid text beside ``path`` and, for a ``.png`` / ``.svg`` path, as
     a picture when Graphviz or matplotlib is installed (see ``HyperGraph.draw``). Returns the files."""
     if path is None:

@@ -9,19 +9,22 @@ import logging
 import operator
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, cast
 
 import torch
 from ignite.engine import Events
 
 from ice_ignite.engine.engine import TaskEngine
 from ice_ignite.engine.events import StepEvents
+from ice_ignite.engine.roles import TaskView, name_of
 from ice_ignite.errors import GraphError, IceError, NodeError, NodeNotSelectedError, StopAllTasks, StopTask
 from ice_ignite.nodes.context import RunContext
 from ice_ignite.nodes.dataset import DatasetNode
 from ice_ignite.nodes.loss import LossNode
 from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import HOOKS, Node
+from ice_ignite.observe.timing import NodeTimer
 
 __all__ = ["GraphOutputCache", "ExecutableGraph", "PHASE_EVENTS", "detach"]
 
@@ -75,6 +78,12 @@ def detach(value: Any) -> Any:
     return value
 
 
+class _NoSync(Protocol):
+    """A wrapper whose gradients are not synchronised inside ``no_sync()`` (DDP, an FSDP2 root)."""
+
+    def no_sync(self) -> AbstractContextManager[None]: ...
+
+
 class GraphOutputCache:
     """The ``x`` of ``forward(n, x)``: ``x["name"]`` is node ``name``'s output this iteration.
 
@@ -92,7 +101,7 @@ class GraphOutputCache:
         self.outputs: dict[str, Any] = {}
         self._stack: list[str] = []
         self.deps: dict[str, dict[str, None]] = {name: {} for name in graph.nodes}
-        self._timer: Any = None
+        self._timer: NodeTimer | None = None
         #: the interpreter's recursion limit before a deep pull raised it (restored when it ends)
         self._limit: int | None = None
 
@@ -147,7 +156,7 @@ class GraphOutputCache:
             if timer is None:
                 out = node.forward_impl(self)
             else:
-                out = timer.forward(node.uid, lambda: node.forward_impl(self))
+                out = timer.forward(str(node.uid), lambda: node.forward_impl(self))
         except _PASS_THROUGH:
             raise
         except Exception as e:
@@ -155,7 +164,7 @@ class GraphOutputCache:
             raise NodeError(
                 f"node {node.uid!r} raised {type(e).__name__} in forward{deep}: {e}"
                 + (f" (pulled by {_chain(stack[:-1])})" if len(stack) > 1 else ""),
-                node.uid,
+                str(node.uid),
                 "forward",
             ) from e
         finally:
@@ -193,7 +202,7 @@ class GraphOutputCache:
         self._stack.clear()
 
 
-def _handler(node: Node, fn: Callable[[], None], phase: str, timer: Any) -> Callable[[], None]:
+def _handler(node: Node, fn: Callable[[], None], phase: str, timer: NodeTimer | None) -> Callable[[], None]:
     """``fn`` as an engine handler: an exception becomes a NodeError naming the node and phase."""
 
     def handler() -> None:
@@ -203,11 +212,11 @@ def _handler(node: Node, fn: Callable[[], None], phase: str, timer: Any) -> Call
             else:
                 start = timer.now()
                 fn()
-                timer.add(node.uid, phase, timer.now() - start)
+                timer.add(str(node.uid), phase, timer.now() - start)
         except _PASS_THROUGH:
             raise
         except Exception as e:
-            raise NodeError(f"node {node.uid!r} raised {type(e).__name__} in {phase}: {e}", node.uid, phase) from e
+            raise NodeError(f"node {node.uid!r} raised {type(e).__name__} in {phase}: {e}", str(node.uid), phase) from e
 
     return handler
 
@@ -230,7 +239,7 @@ class ExecutableGraph:
         self.context = context
         self._uids_of = uids_of
         self.cache = GraphOutputCache(self)
-        self.task: Any = None
+        self.task: TaskView | None = None
         self.training = False
         #: True in the train iteration that ends an accumulation cycle (optimizers step); a
         #: handler of BACKWARD_COMPLETED may set it False to skip the step (non-finite policy)
@@ -240,6 +249,7 @@ class ExecutableGraph:
         #: (device type, dtype) when ModuleNode and LossNode forwards run under autocast
         self.autocast: tuple[str, torch.dtype] | None = None
         self.loss_nodes = [n for n in nodes.values() if isinstance(n, LossNode)]
+        self._loss_names = [name for name, n in nodes.items() if isinstance(n, LossNode)]
         self.module_nodes = [n for n in nodes.values() if isinstance(n, ModuleNode)]
         self.dataset_nodes = [n for n in nodes.values() if isinstance(n, DatasetNode)]
         self._data_names = frozenset(n._name for n in self.dataset_nodes)
@@ -247,7 +257,7 @@ class ExecutableGraph:
         self._batch_source: dict[str, DatasetNode | None] = {}
         self._loss_sources: list[DatasetNode | None] | None = None
         self._cycle_len = 1
-        self._ddp: list[torch.nn.Module] = []
+        self._ddp: list[_NoSync] = []
         self._cleaned = True
         #: True while the process function runs (no checkpoint can be taken then)
         self.in_step = False
@@ -284,7 +294,7 @@ class ExecutableGraph:
         )
 
     # -- task lifecycle -----------------------------------------------------------------------
-    def bind(self, task: Any) -> None:
+    def bind(self, task: TaskView) -> None:
         """Make the graph the running one of ``task`` (at the start of every repetition): module
         modes and trainable parameters, precision, the nodes' running graph."""
         self.task = task
@@ -365,7 +375,9 @@ class ExecutableGraph:
             if not module.training:  # a handler switched it (e.g. an evaluator run from EPOCH_COMPLETED)
                 self._set_module_modes()
                 break
-        self._begin_cycle((state.iteration - 1) % state.epoch_length, state.epoch_length)
+        length = state.epoch_length
+        assert length is not None  # set while the engine runs
+        self._begin_cycle((state.iteration - 1) % length, length)
         self.cache.clear()
         self.in_step = True
         try:
@@ -377,7 +389,7 @@ class ExecutableGraph:
                         stack.enter_context(ddp.no_sync())
                     self._forward_backward(engine)
             if self.step_now:  # not skipped by a BACKWARD_COMPLETED handler (the non-finite policy)
-                state.optim_step += 1
+                state.optim_step += 1  # type: ignore[attr-defined]  # ignite's State: attributes of register_events
                 if engine.listening.optim_step_started:
                     engine.fire(StepEvents.OPTIM_STEP_STARTED)
                 for node in self.module_nodes:
@@ -431,16 +443,17 @@ class ExecutableGraph:
 
     def _find_ddp(self) -> None:
         """After ``prepare``: the DistributedDataParallel wrappers of this task's modules."""
-        self._ddp = [n.ddp for n in self.module_nodes if n.ddp is not None]
+        # DistributedDataParallel, or the FSDP2 root (a _ShardedProxy): both have no_sync()
+        self._ddp = [cast(_NoSync, n.ddp) for n in self.module_nodes if n.ddp is not None]
 
     def _summed_loss(self) -> torch.Tensor | None:
         """``sum(weight * loss)`` over the LossNodes (None without any)."""
         values, terms = self.cache.outputs, []
         sources = self._loss_sources
         if sources is None:  # the first iteration of the task: its forwards recorded the dependencies
-            sources = self._loss_sources = [self.batch_source(node._name) for node in self.loss_nodes]
-        for node, source in zip(self.loss_nodes, sources):
-            loss, weight = values[node._name], node.weight
+            sources = self._loss_sources = [self.batch_source(name_of(node)) for node in self.loss_nodes]
+        for name, node, source in zip(self._loss_names, self.loss_nodes, sources):
+            loss, weight = values[name], node.weight
             if source is not None and source.last_loss_scale != 1.0:
                 weight = weight * source.last_loss_scale  # unequal slices of a global batch across ranks
             terms.append(loss if weight == 1.0 else loss * weight)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 
+from ice_ignite.engine.roles import name_of
 from ice_ignite.errors import GraphError
 from ice_ignite.graph.graph import ExecutableGraph
 from ice_ignite.graph.tags import DEFAULT_TAG, check_name, is_selected, make_uid, normalize_tags, split_uid
+from ice_ignite.graph.task import Task
 from ice_ignite.nodes.context import RunContext
 from ice_ignite.nodes.node import Node
 
@@ -83,8 +84,10 @@ class NodeRegistry:
         return self._nodes[key]
 
     def __contains__(self, uid: object) -> bool:
+        if not isinstance(uid, str):
+            return False
         try:
-            name, tags = split_uid(uid)  # type: ignore[arg-type]
+            name, tags = split_uid(uid)
         except (KeyError, ValueError, TypeError):
             return False
         return make_uid(name, tags) in self._nodes
@@ -101,19 +104,20 @@ class NodeRegistry:
     def _select(self, tags: tuple[str, ...]) -> dict[str, Node]:
         query = frozenset(tags)
         specific: dict[str, Node] = {}
-        for node in self._nodes.values():
+        named = [(name_of(node), node) for node in self._nodes.values()]
+        for name, node in named:
             if node.tags != (DEFAULT_TAG,) and is_selected(node.tags, query):
-                other = specific.get(node.name)
+                other = specific.get(name)
                 if other is not None:
                     raise GraphError(
-                        f"tags ({','.join(tags)}) select two nodes named {node.name!r}: {other.uid!r} and "
+                        f"tags ({','.join(tags)}) select two nodes named {name!r}: {other.uid!r} and "
                         f"{node.uid!r}; give them different names or tags that exclude one another"
                     )
-                specific[node.name] = node
+                specific[name] = node
         return {
-            node.name: node
-            for node in self._nodes.values()
-            if specific.get(node.name) is node or (node.tags == (DEFAULT_TAG,) and node.name not in specific)
+            name: node
+            for name, node in named
+            if specific.get(name) is node or (node.tags == (DEFAULT_TAG,) and name not in specific)
         }
 
     def select_nodes(self, *tags: str) -> dict[str, Node]:
@@ -132,7 +136,8 @@ class NodeRegistry:
         query = normalize_tags(tags or DEFAULT_TAG, what="select_nodes tags")
         if query == (DEFAULT_TAG,):
             return dict(self._nodes)
-        return {node.uid: node for node in self._select(query).values()}
+        selected = set(map(id, self._select(query).values()))
+        return {uid: node for uid, node in self._nodes.items() if id(node) in selected}
 
     def select_egraph(self, tags: str | Iterable[str]) -> ExecutableGraph:
         """The ExecutableGraph of a task with ``tags`` (built once, until the next add/remove)."""
@@ -142,7 +147,7 @@ class NodeRegistry:
             graph = self._egraphs[key] = ExecutableGraph(self._select(key), key, self.context, self.uids_of)
         return graph
 
-    def _running_task(self) -> Any:
+    def _running_task(self) -> Task | None:
         """The task running now, if any (nodes cannot be added or removed then)."""
         return None
 

@@ -8,7 +8,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from ice_ignite.errors import ScheduleError, StopAllTasks, StopTask
 from ice_ignite.graph.task import Task
@@ -29,6 +29,10 @@ __all__ = [
 logger = logging.getLogger("ice_ignite")
 
 
+#: a schedule: Tasks, Repeats and callables ``f()`` / ``f(g)`` / ``f(g, launcher)``, in (nested) lists
+Schedule: TypeAlias = "Task | Repeat | Callable[..., object] | Sequence[Schedule]"
+
+
 class Repeat:
     """Run ``tasks`` (Tasks, Repeats, callables) ``times`` times in a row.
 
@@ -46,7 +50,7 @@ class Repeat:
         Repeat([Task(train=True, epochs=1, tags='train'), Task(train=False, epochs=1, tags='val'), SaveCheckpointTask()], times=10)
     """
 
-    def __init__(self, tasks: Sequence[Any], times: int):
+    def __init__(self, tasks: Schedule, times: int):
         if isinstance(tasks, (Task, Repeat)) or callable(tasks):
             tasks = [tasks]
         if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence):
@@ -61,7 +65,7 @@ class Repeat:
         return f"Repeat([{', '.join(map(describe, self.tasks))}], times={self.times})"
 
 
-def describe(item: Any) -> str:
+def describe(item: object) -> str:
     """A stable description of a schedule item, compared when a checkpoint is resumed."""
     if isinstance(item, (Task, Repeat)) or hasattr(type(item), "__ice_schedule_item__"):
         return repr(item)
@@ -72,7 +76,7 @@ def describe(item: Any) -> str:
 class ScheduleEntry:
     """One flattened step of a schedule: a Task or a callable, with its path in nested lists."""
 
-    item: Any
+    item: Task | Callable[..., object]
     path: tuple[int, ...]
     description: str
     #: the path of the innermost Repeat holding the entry (its entries' paths start with it), or None
@@ -93,13 +97,13 @@ def _arity(fn: Callable) -> int | None:
     return None
 
 
-def call_with_arity(fn: Callable, hypergraph: Any, launcher: Any) -> Any:
+def call_with_arity(fn: Callable[..., object], hypergraph: object, launcher: object) -> object:
     """Call a schedule callable as ``f(g, launcher)``, ``f(g)`` or ``f()``, by its signature."""
     return fn(*(hypergraph, launcher)[: _arity(fn)])
 
 
 def flatten_schedule(
-    tasks: Any, path: tuple[int, ...] = (), repeat: tuple[int, ...] | None = None
+    tasks: object, path: tuple[int, ...] = (), repeat: tuple[int, ...] | None = None
 ) -> list[ScheduleEntry]:
     """Unroll Repeats into a flat list of entries; raise ``ScheduleError`` on a bad item."""
     if isinstance(tasks, (Task, Repeat)) or (callable(tasks) and not isinstance(tasks, type)):
@@ -224,21 +228,24 @@ def resume_point(
         and _amountless(current[1]) == _amountless(entry.description)
         else None
     )
-    if spans[point] is not None:  # a train task: its repetition ends where the new schedule says
+    span = spans[point]
+    if span is not None and isinstance(
+        entry.item, Task
+    ):  # a train task: its repetition ends where the new schedule says
         engine = engines.get(keys[id(entry.item)])
         if (
             position is None
             and engine is not None
-            and engine["epoch"] > spans[point][0] - (1 if entry.item.step_mode else entry.item.epochs)
+            and engine["epoch"] > span[0] - (1 if entry.item.step_mode else entry.item.epochs)
         ):  # raised: part of this repetition ran
             position = {
                 "iteration": engine["iteration"],
                 "epoch_length": engine["epoch_length"],
-                "max_epochs": spans[point][1],
+                "max_epochs": span[1],
                 "epoch_done": True,
             }
         if position is not None:
-            position["stop_at"] = spans[point][0]
+            position["stop_at"] = span[0]
     return point, position
 
 
@@ -299,8 +306,8 @@ class ScheduleRunner:
     def run(
         self,
         entries: list[ScheduleEntry],
-        run_task: Callable[[Task, dict | None, Any, bool], bool],
-        call: Callable[[Any], Any],
+        run_task: Callable[[Task, dict | None, tuple[int, int] | None, bool], bool],
+        call: Callable[[Callable[..., object]], object],
         start: int = 0,
         resume: dict | None = None,
         boundary: Callable[[], None] | None = None,

@@ -118,7 +118,7 @@ class Task:
         """Iterations per engine epoch of this task on ``graph``."""
         if self.step_mode:
             return self.steps * (grad_acc_steps if self.train else 1)
-        sizes = {n.uid: n.batches_per_pass() for n in graph.dataset_nodes}
+        sizes = {str(n.uid): n.batches_per_pass() for n in graph.dataset_nodes}
         if not sizes:
             raise ScheduleError(
                 f"{self!r} selects no DatasetNode, so its epochs have no length; add a DatasetNode with these "
@@ -136,7 +136,7 @@ class Task:
                 f"{self!r}: DatasetNode {', '.join(empty)} yields no batch (empty, or drop_last "
                 "with fewer samples than batch_size)"
             )
-        return min(sizes.values())
+        return min(size for size in sizes.values() if size is not None)  # all of them (checked above)
 
     def run(
         self,
@@ -179,7 +179,7 @@ class Task:
             span = (start + self._per_repetition, start + self._per_repetition)
         if resume is None:
             self._check_epoch_length(length)
-            if self.train and engine.state.max_epochs is not None and engine.state.epoch >= span[0]:
+            if span is not None and engine.state.max_epochs is not None and engine.state.epoch >= span[0]:
                 return False  # its engine ran this repetition already (before a resume, or a raised amount)
         elif not self._check_resume(resume, length):
             return False  # checkpointed after this repetition ended
@@ -258,6 +258,7 @@ class Task:
         if not self.train:
             state.max_epochs = None  # an evaluator: a fresh run every time (ignite's reset)
             span = (self._per_repetition, self._per_repetition)
+        assert span is not None  # run() gives a train task its span
         self._closed_epoch = state.epoch if state.max_epochs is not None else 0
         self._stop_at = span[0]
         self.engine.run_task(data, max_epochs=span[1], epoch_length=length)
@@ -274,7 +275,8 @@ class Task:
         ``reload_epoch`` handler (None without one)."""
         engine, iteration = self.engine, resume["iteration"]
         stop_at = resume.get("stop_at", resume["max_epochs"])
-        target = max(span[1], stop_at) if self.train else resume["max_epochs"]
+        assert span is not None or not self.train  # run() gives a train task its span
+        target = max(span[1], stop_at) if span is not None and self.train else resume["max_epochs"]
         pending = _pending_epoch_end(resume, length)
         engine.load_state_dict(
             {"iteration": iteration, "epoch_length": length, "max_epochs": target, **self._user_state(resume)}
@@ -309,7 +311,7 @@ class Task:
             raise StopAllTasks()
         # terminated at an epoch's end, the rest of the round runs (as the validation a terminated
         # ignite trainer still runs from its EPOCH_COMPLETED); mid-epoch, the Repeat ends now
-        return terminated and self._closed_epoch != state.epoch
+        return bool(terminated and self._closed_epoch != state.epoch)
 
     def _open(
         self,
@@ -351,6 +353,7 @@ class Task:
         if not engine.suspended:
             return
         graph = self._open_graph if graph is None or graph is not self._open_graph else graph
+        assert graph is not None  # a suspended run has its open graph
         if terminate or engine.should_terminate:
             engine.terminate()
         self._graph = graph
@@ -380,6 +383,7 @@ class Task:
 
     def _process(self, engine: TaskEngine, batch: Any) -> Any:
         graph = self._graph
+        assert graph is not None  # the engine runs only between _bind and _end_repetition
         graph.batch = batch
         try:
             out = graph.train_step(engine, batch) if self.train else graph.eval_step(engine, batch)
@@ -410,23 +414,26 @@ class Task:
 
     def _on_epoch_started(self) -> None:
         state = self.engine.state
-        if state.iteration % state.epoch_length == 0:  # not a resumed mid-epoch start
+        if state.iteration % (state.epoch_length or 1) == 0:  # not a resumed mid-epoch start (set in a run)
             self._epoch_iter = 0
 
     def _on_iteration_completed(self) -> None:
         self._epoch_iter += 1
-        steps = self._graph.context.counters.steps
+        graph = self._graph
+        assert graph is not None  # a handler of the running repetition
+        steps = graph.context.counters.steps
         if not self.train:
             steps.eval += 1
-        elif self._graph.step_now:
+        elif graph.step_now:
             steps.train += 1
 
     def _on_epoch_completed(self) -> None:
         engine, state = self.engine, self.engine.state
         self._closed_epoch = state.epoch
-        if self.train and self._stop_at <= state.epoch and (state.epoch < state.max_epochs or self._hold):
+        if self.train and self._stop_at <= state.epoch and (state.epoch < (state.max_epochs or 0) or self._hold):
             engine.interrupt()  # this repetition ends here; the next one continues the run (ignite's resume)
         if not self.step_mode:
+            assert self._graph is not None  # a handler of the running repetition
             epochs = self._graph.context.counters.epochs
             if self.train:
                 epochs.train += 1
@@ -457,12 +464,12 @@ class Task:
             )
         # without DatasetNodes nothing is fetched: at ITERATION_STARTED the iteration has not run yet
         offset = -1 if self.engine.last_event_name == Events.ITERATION_STARTED else 0
-        iteration, length = int(state.iteration) + offset, int(state.epoch_length)
+        iteration, length = int(state.iteration) + offset, int(state.epoch_length or 0)  # set in a run
         done = iteration % length != 0 or iteration // length <= self._closed_epoch
         return {
             "iteration": iteration,
             "epoch_length": length,
-            "max_epochs": int(state.max_epochs),
+            "max_epochs": int(state.max_epochs or 0),  # set in a run
             "epoch_done": done,
             "stop_at": self._stop_at,
             **self._user_keys(),
@@ -492,9 +499,9 @@ class Task:
         out = {
             "iteration": int(state.iteration),
             "epoch": int(state.epoch),
-            "epoch_length": int(state.epoch_length),
+            "epoch_length": int(state.epoch_length or 0),  # set by the first run
             "max_epochs": int(state.max_epochs),
-            "optim_step": int(state.optim_step),
+            "optim_step": int(state.optim_step),  # type: ignore[attr-defined]  # ignite's State: attributes of register_events
             "terminate": bool(self.engine.should_terminate and not self.running),
             "base": self.base_epoch,
             **self._user_keys(),
@@ -512,7 +519,7 @@ class Task:
         self.base_epoch = int(saved.get("base", 0)) if saved is not None else 0
         if saved is None:
             engine.state.max_epochs = None
-            engine.state.iteration = engine.state.epoch = engine.state.optim_step = 0
+            engine.state.iteration = engine.state.epoch = engine.state.optim_step = 0  # type: ignore[attr-defined]  # (as above)
             return
         engine.load_state_dict(
             {
@@ -522,7 +529,7 @@ class Task:
                 **self._user_state(saved),
             }
         )
-        engine.state.optim_step = saved["optim_step"]
+        engine.state.optim_step = saved["optim_step"]  # type: ignore[attr-defined]  # ignite's State: attributes of register_events
         engine.should_terminate = bool(saved["terminate"])
 
 

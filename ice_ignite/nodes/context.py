@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 
 from ice_ignite.distributed.launcher_record import Launcher
 from ice_ignite.engine.counters import GlobalCounters
+from ice_ignite.engine.roles import TaskView
 from ice_ignite.observe.board import BoardWriter, NullWriter, board_files, rewind_board
 from ice_ignite.observe.timing import NodeTimer
 from ice_ignite.training.precision import Precision
@@ -19,18 +19,8 @@ from ice_ignite.training.precision import Precision
 __all__ = ["RunContext", "RunningTask"]
 
 
-class RunningTask(Protocol):
-    """What a node sees of the running task (an ``ice.Task``)."""
-
-    train: bool
-    step_mode: bool
-    engine: Any
-
-    @property
-    def epoch_steps(self) -> int: ...
-
-    @property
-    def epoch_size(self) -> int: ...
+#: What a node sees of the running task (an ``ice.Task``).
+RunningTask = TaskView
 
 
 class RunContext:
@@ -59,18 +49,18 @@ class RunContext:
         #: the run directory and its name, None outside a run
         self.run_dir: Path | None = None
         self.run_id: str | None = None
-        self._board: Any = NullWriter()
+        self._board: BoardWriter | NullWriter = NullWriter()
         self._board_dir: str | None = None
         #: per-node timing of the run (``OutputOptions(timing=True)``), else None
         self.timer: NodeTimer | None = None
         #: ``save_best(node, value, higher_better, max_keep)`` of the run, None outside one
-        self.save_best: Callable[..., Any] | None = None
+        self.save_best: Callable[..., Path | None] | None = None
         #: ``f(run_dir, error)`` called on every rank when a run ends, its last checkpoint on disk;
         #: ``error`` is what ended it (None: it completed). Trackers (``ice.MLflow``) register here.
         self.run_end: list[Callable[[Path, BaseException | None], None]] = []
 
     @property
-    def board(self) -> Any:
+    def board(self) -> BoardWriter | NullWriter:
         """A tensorboardX SummaryWriter into the run's ``logs/`` on global rank 0 (created at its
         first use), else a NullWriter."""
         if self._board_dir is not None and isinstance(self._board, NullWriter):

@@ -58,7 +58,9 @@ class _PassBatchSampler:
         self.node = node
 
     def __len__(self) -> int:
-        return self.node.batches_per_pass()
+        n = self.node.batches_per_pass()
+        assert n is not None  # map-style data (this sampler's) has a length
+        return n
 
     def __iter__(self) -> Iterator[list | tuple[int, list]]:
         node = self.node
@@ -67,6 +69,7 @@ class _PassBatchSampler:
     def _batches(self, order: list[int], pass_index: int, start: int) -> Iterator[list | tuple[int, list]]:
         node = self.node
         stop = node.batches_per_pass()
+        assert stop is not None  # map-style data (this sampler's) has a length
         seeded = node.num_workers > 0
         single, b = node._world_size == 1, node.batch_size
         for i in range(start, stop):
@@ -149,6 +152,7 @@ class DatasetNode(Node):
                 f"DatasetNode needs a torch Dataset with __getitem__ and __len__, or an IterableDataset; got "
                 f"{type(dataset).__name__}"
             )
+        value: object
         for name, value in (("batch_size", batch_size), ("num_workers", num_workers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
                 raise ValueError(
@@ -223,7 +227,7 @@ class DatasetNode(Node):
         self.position = 0
         #: whether the current pass continues at the next forward
         self.pass_open = False
-        self._loader: DataLoader | None = None
+        self._loader: Any = None  # a DataLoader, or torchdata's StatefulDataLoader (untyped)
         self._iterator: Iterator | None = None
         self._device = torch.device("cpu")
         self._move = False
@@ -274,7 +278,7 @@ class DatasetNode(Node):
         """Batches in one pass over the data (None for an unsized IterableDataset)."""
         if self.iterable:
             try:
-                n = len(self.dataset)
+                n = len(self.dataset)  # type: ignore[arg-type]  # torch's Dataset and Sampler declare no __len__; these have one
             except TypeError:
                 return None
             b = self.batch_size
@@ -283,12 +287,12 @@ class DatasetNode(Node):
         return n // b if self.drop_last else math.ceil(n / b)
 
     def _samples_per_pass(self) -> int:
-        return len(self.sampler) if self.sampler is not None else len(self.dataset)
+        return len(self.sampler) if self.sampler is not None else len(self.dataset)  # type: ignore[arg-type]  # torch's Dataset and Sampler declare no __len__; these have one
 
     def _pass_order(self, pass_index: int) -> list[int]:
         if self.sampler is not None:
             return sampler_order(self.sampler, derive_seed(self._seed, self.uid, "sampler", pass_index))
-        n = len(self.dataset)
+        n = len(self.dataset)  # type: ignore[arg-type]  # torch's Dataset and Sampler declare no __len__; these have one
         if not self.shuffle:
             return list(range(n))
         g = torch.Generator()
@@ -332,7 +336,7 @@ class DatasetNode(Node):
         self._move = device.type != "cpu"
         self._sharded = self._world_size > 1 and not self.iterable  # iterable data: equal local batches
 
-    def _build_loader(self, device: torch.device) -> DataLoader:
+    def _build_loader(self, device: torch.device) -> Any:  # a DataLoader, or a StatefulDataLoader (untyped)
         generator = torch.Generator()
         generator.manual_seed(derive_seed(self._seed, self.uid, self._rank, "loader"))
         kwargs = dict(
@@ -357,7 +361,8 @@ class DatasetNode(Node):
         if self.iterable:
             return DataLoader(self.dataset, batch_size=self.local_batch_size, drop_last=self.drop_last, **kwargs)
         dataset = SeededBatches(self.dataset) if self.num_workers > 0 else self.dataset
-        return DataLoader(dataset, batch_sampler=_PassBatchSampler(self), **kwargs)
+        # torch types batch_sampler as yielding index lists; SeededBatches takes (seed, indices) too
+        return DataLoader(dataset, batch_sampler=_PassBatchSampler(self), **kwargs)  # type: ignore[arg-type]
 
     def _open(self) -> Iterator:
         if not self.pass_open:
@@ -382,7 +387,9 @@ class DatasetNode(Node):
     def forward_impl(self, x: OutputCache) -> Any:
         """The batch the task's engine fetched for this iteration (``engine.state.batch``), on the
         node's device."""
-        batch = self.egraph.batch[self._name]
+        egraph = self.egraph
+        assert egraph is not None and egraph.batch is not None  # forwards run inside a task's iteration
+        batch = egraph.batch[self._name]
         if self._move:
             batch = move_to(batch, self._device, non_blocking=self.pin_memory)
         return batch
@@ -463,10 +470,10 @@ class DatasetNode(Node):
         """The settings that decide which samples each batch holds, recorded in checkpoints: a
         resume with other values would not continue the same run (``strict_resume``)."""
         try:
-            size = len(self.dataset)
+            size = len(self.dataset)  # type: ignore[arg-type]  # torch's Dataset and Sampler declare no __len__; these have one
         except TypeError:  # an unsized IterableDataset
             size = None
-        sampler = None if self.sampler is None else f"{type(self.sampler).__name__} of {len(self.sampler)}"
+        sampler = None if self.sampler is None else f"{type(self.sampler).__name__} of {len(self.sampler)}"  # type: ignore[arg-type]  # torch's Dataset and Sampler declare no __len__; these have one
         return {
             "batch_size": self.batch_size,
             "batch_size_in_total": self.batch_size_in_total,
@@ -480,7 +487,7 @@ class DatasetNode(Node):
         """``{"pass_index", "position", "pass_open"}``: where the next batch comes from; for a
         resumable stream also ``"streams"``, every rank's stream position in rank order (gathered
         on rank 0, the writer: a collective in multi-process runs)."""
-        state = {"pass_index": self.pass_index, "position": self.position, "pass_open": self.pass_open}
+        state: dict[str, Any] = {"pass_index": self.pass_index, "position": self.position, "pass_open": self.pass_open}
         if self.resumable_stream:
             state["streams"] = parallel.gather_objects(self._stream_position())
         return state

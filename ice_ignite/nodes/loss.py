@@ -8,9 +8,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from ignite.engine import Engine
 from ignite.metrics import Loss
 from ignite.metrics.metric import reinit__is_reduced
 
+from ice_ignite.engine.engine import TaskEngine
+from ice_ignite.engine.roles import NodeGraphView, name_of
 from ice_ignite.errors import GraphError
 from ice_ignite.nodes.node import Node, OutputCache, check_callable
 
@@ -55,7 +58,7 @@ class LossAverage(Loss):
         super().__init__(_passthrough, output_transform=output_transform, batch_size=_count, device=device)
         self._sizes: dict[int, torch.Tensor] = {}  # batch size -> float32 tensor of it on the device
 
-    def iteration_completed(self, engine: Any) -> None:
+    def iteration_completed(self, engine: Engine) -> None:
         self.update(self._output_transform(engine.state.output))
 
     @reinit__is_reduced
@@ -117,6 +120,8 @@ class LossNode(Node):
         0.5
     """
 
+    _forward_fn: Callable[[LossNode, OutputCache], Any]  # required here (Node's may be None)
+
     def __init__(
         self,
         forward: Callable[[LossNode, OutputCache], Any],
@@ -140,7 +145,7 @@ class LossNode(Node):
         self.metric: Loss = self._new_metric(self._metric_device)
         #: an ignite ``Loss`` per aux key
         self.aux_metrics: dict[str, Loss] = {}
-        self._engine: Any = None
+        self._engine: TaskEngine | None = None
         self._late: list = []  # handlers of aux metrics attached during a run
         self._source: Any = _UNKNOWN  # the name of the DatasetNode giving the batch size, per task
         super().__init__(forward=forward, **resources)
@@ -177,7 +182,7 @@ class LossNode(Node):
                 )
             out[key] = value.detach()
             if key not in self.aux_metrics and self._engine is not None:
-                self._attach_aux(key)
+                self._attach_aux(key, self._engine)
         return out
 
     # -- ignite metrics ---------------------------------------------------------------------
@@ -195,21 +200,23 @@ class LossNode(Node):
 
     def _loss_input(self, output: Mapping) -> tuple[torch.Tensor, int]:
         # this node's entry of ``output``, read from the cache without detaching: update detaches
-        outputs = self.egraph.cache.outputs
+        egraph, name = self.egraph, self._name
+        assert egraph is not None and name is not None  # the metric updates inside a task
+        outputs = egraph.cache.outputs
         source = self._source
         if source is _UNKNOWN:
             source = self._find_source()
-        return outputs[self._name], (batch_length(outputs[source]) if source is not None else 1)
+        return outputs[name], (batch_length(outputs[source]) if source is not None else 1)
 
     def _batch_size(self) -> int:
         source = self._source
         if source is _UNKNOWN:
             source = self._find_source()
-        return batch_length(self.egraph.cache.outputs[source]) if source is not None else 1
+        return batch_length(self._graph().cache.outputs[source]) if source is not None else 1
 
     def _find_source(self) -> str | None:
         # once per task, after the first forward recorded the dependencies
-        found = self.egraph.batch_source(self._name)
+        found = self._graph().batch_source(name_of(self))
         self._source = found.name if found is not None else None
         return self._source
 
@@ -220,7 +227,14 @@ class LossNode(Node):
         )
         return moved
 
-    def _attach_engine(self, engine: Any) -> None:
+    def _graph(self) -> NodeGraphView:
+        """The running graph (the loss's metric reads the cache inside a task only)."""
+        egraph = self.egraph
+        if egraph is None:
+            raise RuntimeError(f"LossNode {self.uid!r} is not part of a running task")
+        return egraph
+
+    def _attach_engine(self, engine: TaskEngine) -> None:
         """Attach the loss (and aux) metrics to a starting task's engine (ice_ignite's handlers)."""
         device = self.device
         if device != self._metric_device:  # accumulate where the loss is: no copy per iteration
@@ -228,20 +242,20 @@ class LossNode(Node):
             self.aux_metrics = {k: self._moved(m, device, k) for k, m in self.aux_metrics.items()}
             self._metric_device = device
         self._source = _UNKNOWN
-        self.metric.attach(engine, self._name)
+        self.metric.attach(engine, name_of(self))
         for key, metric in self.aux_metrics.items():
             metric.attach(engine, f"{self._name}/{key}")
         self._engine = engine
 
-    def _attach_aux(self, key: str) -> None:
+    def _attach_aux(self, key: str, engine: TaskEngine) -> None:
         # an aux value seen for the first time, mid-run: attach its metric now and start its epoch
         metric = self.aux_metrics[key] = self._new_metric(self._metric_device, key)
-        with self._engine.internal() as added:
-            metric.attach(self._engine, f"{self._name}/{key}")
+        with engine.internal() as added:
+            metric.attach(engine, f"{self._name}/{key}")
         self._late.extend(added)
-        metric.started(self._engine)
+        metric.started(engine)
 
-    def _detach_engine(self, engine: Any) -> None:
+    def _detach_engine(self, engine: TaskEngine) -> None:
         engine.remove_internal(self._late)
         self._engine = None
 

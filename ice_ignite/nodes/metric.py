@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.engine import Engine
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 from ignite.metrics.metric import MetricUsage
 
+from ice_ignite.engine.engine import TaskEngine
+from ice_ignite.engine.roles import name_of
 from ice_ignite.errors import MetricNotComputableError
 from ice_ignite.nodes.node import Node, OutputCache, check_callable
 
@@ -35,7 +38,7 @@ def _name_uncomputable(node: MetricNode) -> None:
     completed = type(metric).completed.__get__(metric)  # the class's, not an earlier wrapper
 
     @functools.wraps(completed)  # the signature ignite inspects: (engine, name)
-    def named(engine: Any, name: str) -> None:
+    def named(engine: Engine, name: str) -> None:
         try:
             completed(engine, name)
         except NotComputableError as e:
@@ -46,11 +49,11 @@ def _name_uncomputable(node: MetricNode) -> None:
                 "DatasetNodes yield batches (not an empty dataset, nor drop_last=True with fewer samples than "
                 "batch_size) and that the forward returns the metric's input for them, or leave the MetricNode out "
                 "of this task's tags",
-                node.uid,
+                str(node.uid),
                 "compute",
             ) from e
 
-    metric.completed = named
+    metric.completed = named  # type: ignore[method-assign]  # on purpose: this instance's handler (see above)
 
 
 class MetricNode(Node):
@@ -82,6 +85,8 @@ class MetricNode(Node):
         >>> acc = ice.MetricNode(Accuracy(), forward=lambda n, x: (x["net"], x["data"][1]),
         ...                      epoch_end=lambda n: print(n.value))
     """
+
+    _forward_fn: Callable[[MetricNode, OutputCache], Any]  # required here (Node's may be None)
 
     def __init__(
         self,
@@ -120,17 +125,18 @@ class MetricNode(Node):
         return self._value
 
     # -- the ignite metric path ---------------------------------------------------------------
-    def _attach_engine(self, engine: Any) -> None:
+    def _attach_engine(self, engine: TaskEngine) -> None:
         """Attach the metric to a starting task's engine; its handlers see this node's output."""
         _name_uncomputable(self)
+        name = name_of(self)
         with engine.internal(view=self) as added:
             if self.usage is None:
-                self.metric.attach(engine, self._name)
+                self.metric.attach(engine, name)
             else:
-                self.metric.attach(engine, self._name, usage=self.usage)
+                self.metric.attach(engine, name, usage=self.usage)
         self._added = added
 
-    def _detach_engine(self, engine: Any) -> None:
+    def _detach_engine(self, engine: TaskEngine) -> None:
         engine.remove_internal(self._added)
 
     def output(self, output: Any) -> Any:

@@ -8,7 +8,7 @@ import re
 import reprlib
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import torch
 import torch.utils.checkpoint
@@ -19,9 +19,12 @@ from ice_ignite.errors import GraphError
 from ice_ignite.nodes.node import HOOKS, Node, OutputCache, check_callable
 from ice_ignite.training.optimizer import Optimizer, step_scheduler
 
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
+
 __all__ = ["ModuleNode"]
 
-PatternKey = "str | tuple[str, ...]"
+PatternKey: TypeAlias = "str | tuple[str, ...]"
 
 
 #: ModuleNode's own options: a resource named within two edits of one is a typo (``module`` and
@@ -220,6 +223,8 @@ class _ForwardProxy(torch.nn.Module):
         self.module = node.module
         object.__setattr__(self, "_node", node)  # a plain reference, not a registered submodule
 
+    _node: ModuleNode  # set above, past nn.Module's __setattr__
+
     def forward(self, x: OutputCache) -> Any:
         node = self._node
         return node._forward_fn(node, x)
@@ -233,11 +238,11 @@ class _ShardedProxy(_ForwardProxy):
     def no_sync(self) -> Iterator[None]:
         """Backward passes inside accumulate unsharded gradients without a reduce-scatter."""
         self._node._unsynced_grads = True
-        self.set_requires_gradient_sync(False)  # a method of the FSDPModule this becomes
+        cast("FSDPModule", self).set_requires_gradient_sync(False)  # a method of the FSDPModule this becomes
         try:
             yield
         finally:
-            self.set_requires_gradient_sync(True)
+            cast("FSDPModule", self).set_requires_gradient_sync(True)
 
 
 class ModuleNode(Node):
@@ -292,6 +297,8 @@ class ModuleNode(Node):
         ['1.weight', '1.bias']
     """
 
+    _forward_fn: Callable[[ModuleNode, OutputCache], Any]  # required here (Node's may be None)
+
     def __init__(
         self,
         module: torch.nn.Module,
@@ -321,6 +328,7 @@ class ModuleNode(Node):
         self.strategy = _strategy(parallel, legacy, what)
         #: the strategy's kind: "ddp", "fsdp" or "none"
         self.parallel = {DDP: "ddp", FSDP: "fsdp"}.get(type(self.strategy), "none")
+        compile_kwargs: dict[str, Any] | None
         if isinstance(compile, bool):
             compile_kwargs = {} if compile else None
         elif isinstance(compile, Mapping):
@@ -486,6 +494,7 @@ class ModuleNode(Node):
     # -- graph behaviour ----------------------------------------------------------------------
     def forward_impl(self, x: OutputCache) -> Any:
         egraph = self.egraph
+        assert egraph is not None  # forwards run inside a task
         # evaluation needs no gradient synchronisation, but sharded parameters are gathered by the FSDP root
         ddp = self.ddp if egraph.training or isinstance(self.strategy, FSDP) else None
         autocast = egraph.autocast
@@ -499,6 +508,7 @@ class ModuleNode(Node):
         if self._device != device:
             self.module.to(device)
             self._device = device
+        assert self.egraph is not None  # hooks run inside a task
         if not self.egraph.training or parallel_mod.world_size() == 1:
             return
         if self.sync_batchnorm:  # before DDP is built, as torch's SyncBatchNorm asks
@@ -511,7 +521,7 @@ class ModuleNode(Node):
             if isinstance(self.strategy, DDP):
                 self.ddp = parallel_mod.wrap_ddp(_ForwardProxy(self), **self.strategy.flags(self.unused_parameters))
             elif isinstance(self.strategy, FSDP):
-                self.ddp = self._shard(device)
+                self.ddp = self._shard(device, self.strategy, self.egraph.autocast)
         else:
             self.reshard_root()
 
@@ -535,20 +545,20 @@ class ModuleNode(Node):
         forward (it expects the backward); after an eval task's forwards they would be the ones the
         next backward gives gradients to. No-op unless the module is FSDP-sharded."""
         if self.sharded:
-            self.ddp.reshard()
+            cast("FSDPModule", self.ddp).reshard()
 
-    def _shard(self, device: torch.device) -> torch.nn.Module:
+    def _shard(self, device: torch.device, strategy: FSDP, autocast: tuple[str, torch.dtype] | None) -> torch.nn.Module:
         """Shard the module with FSDP2 and point the optimizers at the sharded parameters (their
         state, if any was loaded, sharded the same way)."""
         names = {id(p): name for name, p in self.module.named_parameters()}
         root = parallel_mod.shard_fsdp(
             _ShardedProxy(self),
             self.module,
-            self.strategy.pick,
+            strategy.pick,
             device,
-            self.egraph.autocast,
+            autocast,
             f"ModuleNode {self.uid!r}",
-            **self.strategy.fully_shard_kwargs,
+            **strategy.fully_shard_kwargs,
         )
         sharded = dict(self.module.named_parameters())
         new = {pid: sharded[name] for pid, name in names.items()}
@@ -619,7 +629,7 @@ class ModuleNode(Node):
             return
         if self.unused_parameters != "skip":  # "skip": torch's optimizers skip parameters whose grad is None
             self._check_unused()
-        precision = self.context.precision
+        precision = self._ctx("step").precision
         scaler = precision.grad_scaler
         for opt, spec, sched, params in self._steps:
             # GradScaler.step asserts when an optimizer saw no gradient at all (ice-learn bug 17); such an

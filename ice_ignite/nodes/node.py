@@ -6,15 +6,21 @@ import inspect
 import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ice_ignite.distributed.launcher_record import Launcher
-from ice_ignite.nodes.context import RunContext, RunningTask
+from ice_ignite.engine.engine import TaskEngine
+from ice_ignite.engine.roles import NodeGraphView, TaskView
+from ice_ignite.nodes.context import RunContext
+from ice_ignite.observe.board import BoardWriter, NullWriter
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 # x in forward(n, x): the iteration's output cache (ice_ignite.graph.graph.GraphOutputCache); nodes do not
-# import the graph, which imports them.
+# import the graph, which imports them, and a forward may annotate x with that class: Any, not a Protocol.
 OutputCache = Any
 
 __all__ = ["Node", "HOOKS"]
@@ -84,19 +90,19 @@ class Node:
         3
     """
 
-    def __init__(self, forward: Callable[[Node, OutputCache], Any] | None = None, **resources: Any):
+    def __init__(self, forward: Callable[[Self, OutputCache], Any] | None = None, **resources: Any):
         self._name: str | None = None
         self._uid: str | None = None
         self._tags: tuple[str, ...] = ()
         #: the HyperGraph the node was added to (None before ``add``)
-        self.hypergraph: Any = None
+        self.hypergraph: Any = None  # the HyperGraph (the front door, above nodes/): users read any of it
         #: what the node sees of the run (set by ``HyperGraph.add``)
         self.context: RunContext | None = None
         #: the ExecutableGraph of the task that runs (or last ran) the node
-        self.egraph: Any = None
+        self.egraph: NodeGraphView | None = None
         if forward is not None:
             check_callable(forward, 2, f"forward of {type(self).__name__}", "forward=lambda n, x: x['data'][0]")
-        self._forward_fn = forward
+        self._forward_fn: Callable[..., Any] | None = forward
         for key, value in resources.items():
             self._set_resource(key, value)
 
@@ -116,7 +122,7 @@ class Node:
             )
         setattr(self, key, value)
 
-    def _attach(self, hypergraph: Any, context: RunContext, name: str, uid: str, tags: tuple[str, ...]) -> None:
+    def _attach(self, hypergraph: object, context: RunContext, name: str, uid: str, tags: tuple[str, ...]) -> None:
         """Called by ``HyperGraph.add``."""
         if self.context is not None:
             raise ValueError(
@@ -137,7 +143,7 @@ class Node:
 
     def forward(self) -> Any:
         """This node's output for the current iteration (computed once, then cached)."""
-        if self.egraph is None or self.egraph.task is None:
+        if self.egraph is None or self.egraph.task is None or self._name is None:
             raise RuntimeError(
                 f"node {self._uid!r} is not part of a running task: forward() works inside one, "
                 "from a forward, a hook or a handler of the task's engine"
@@ -164,17 +170,17 @@ class Node:
         """Every iteration, after the optimizers stepped."""
 
     # Built-in behaviour of node kinds, attached before the matching hooks. Not for users.
-    _on_prepare = None
-    _on_clean_up = None
-    _on_epoch_start = None
-    _on_epoch_end = None
-    _on_backward = None
-    _on_update = None
+    _on_prepare: Callable[[], None] | None = None
+    _on_clean_up: Callable[[], None] | None = None
+    _on_epoch_start: Callable[[], None] | None = None
+    _on_epoch_end: Callable[[], None] | None = None
+    _on_backward: Callable[[], None] | None = None
+    _on_update: Callable[[], None] | None = None
 
-    def _attach_engine(self, engine: Any) -> None:
+    def _attach_engine(self, engine: TaskEngine) -> None:
         """Attach the node kind's ignite handlers (metrics) to a starting task's engine. Not for users."""
 
-    def _detach_engine(self, engine: Any) -> None:
+    def _detach_engine(self, engine: TaskEngine) -> None:
         """Remove what ``_attach_engine`` attached, at the end of the task run. Not for users."""
 
     def state_dict(self) -> dict:
@@ -205,7 +211,7 @@ class Node:
         return self._tags
 
     @property
-    def task(self) -> RunningTask | None:
+    def task(self) -> TaskView | None:
         """The running task, or None outside one."""
         return self.egraph.task if self.egraph is not None else None
 
@@ -270,7 +276,7 @@ class Node:
         return self._ctx("device").device
 
     @property
-    def board(self) -> Any:
+    def board(self) -> BoardWriter | NullWriter:
         """A tensorboardX ``SummaryWriter`` into the run's ``logs/`` on global rank 0; a no-op
         writer on other ranks and outside a run."""
         return self._ctx("board").board

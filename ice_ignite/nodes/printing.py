@@ -85,7 +85,7 @@ class PrintProbe(Node):
         if self.localrank0_only and launcher is not None and launcher.local_rank != 0:
             return
         self.printed += 1
-        counters = self.context.counters
+        counters = self._ctx("counters").counters
         prefix = f"E{counters.epochs.train}S{counters.steps.train}"
         for name, value in values.items():
             tqdm.write(f"{prefix} {name}: {summarize(value)}")

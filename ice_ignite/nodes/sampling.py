@@ -33,7 +33,7 @@ def sampler_order(sampler: Sampler, seed: int) -> list:
         >>> sampler_order(s, 7) == sampler_order(s, 7)
         True
     """
-    drawn = copy.copy(sampler)
+    drawn: Any = copy.copy(sampler)  # a sampler whose ``generator`` is replaced where it has one
     if isinstance(getattr(drawn, "generator", False), (torch.Generator, type(None))):
         drawn.generator = torch.Generator().manual_seed(seed)
     with seeded_streams(seed):
@@ -100,7 +100,7 @@ class SeededBatches(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; map-style ones have it
 
     def __getitem__(self, index: Any) -> Any:
         return self.dataset[index]

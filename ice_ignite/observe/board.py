@@ -22,6 +22,7 @@ from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.record_writer import masked_crc32c
 
 from ice_ignite.engine.events import StepEvents
+from ice_ignite.engine.roles import ContextView, TaskView, name_of, running_graph
 
 __all__ = [
     "NullWriter",
@@ -148,7 +149,7 @@ class _FileWriter(FileWriter):
 
     def __init__(self, logdir: str):  # not FileWriter.__init__, which starts the writer thread this replaces
         self.event_writer = _Events(logdir)
-        self._default_metadata = {}  # FileWriter's own field, which its add_event reads
+        self._default_metadata: dict[str, object] = {}  # FileWriter's own field, which its add_event reads
 
 
 class BoardWriter(SummaryWriter):
@@ -156,7 +157,11 @@ class BoardWriter(SummaryWriter):
     caller's thread: ``flush()`` puts everything logged so far on disk, and a failing disk is a
     warning, never a hang. ``path`` is its event file."""
 
-    def _get_file_writer(self) -> Any:  # tensorboardX has no public way to choose its event writer
+    # SummaryWriter's own fields (tensorboardX is untyped), set by _get_file_writer
+    file_writer: _FileWriter | None
+    all_writers: dict[str, _FileWriter] | None
+
+    def _get_file_writer(self) -> _FileWriter:  # tensorboardX has no public way to choose its event writer
         if self.all_writers is None or self.file_writer is None:
             self.file_writer = _FileWriter(self.logdir)
             self.all_writers = {self.file_writer.get_logdir(): self.file_writer}
@@ -224,7 +229,7 @@ def write_last_metrics(run_dir: Path, metrics: dict[str, float], step: int) -> N
 
 def _scalars(prefix: str, value: Any) -> dict[str, float]:
     """Numbers (and dicts of numbers) as ``{tag: float}``; other values are not scalars."""
-    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return {prefix: float(value)}
     if isinstance(value, dict):
         out: dict[str, float] = {}
@@ -249,40 +254,40 @@ class BoardLogger:
     kept in ``<run dir>/metrics.json`` at every epoch end.
     """
 
-    def __init__(self, context: Any, log_every: int):
+    def __init__(self, context: ContextView, log_every: int):
         self.context = context  # the graph's RunContext: counters, board, precision
         self.log_every = log_every
         self.final: dict[str, float] = {}
 
-    def attach(self, task: Any) -> None:
+    def attach(self, task: TaskView) -> None:
         """Attach to a starting task's engine (inside its ``internal()`` block)."""
         engine = task.engine
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch, task)
         if task.train and self.log_every:
             engine.add_event_handler(StepEvents.OPTIM_STEP_COMPLETED, self._step, task)
 
-    def _step(self, engine: Engine, task: Any) -> None:
+    def _step(self, engine: Engine, task: TaskView) -> None:
         # the task's own steps decide: with tasks taking turns, the global count would skip a task
-        if engine.state.optim_step % self.log_every:
+        if engine.state.optim_step % self.log_every:  # type: ignore[attr-defined]  # ignite's register_events
             return
         ctx = self.context
         step = ctx.counters.steps.train + 1  # this optimizer step, counted at ITERATION_COMPLETED
-        board, prefix, graph = ctx.board, ",".join(task.tags), task.graph
-        for node in graph.loss_nodes:
-            board.add_scalar(f"{prefix}/{node.name}/step", graph.cache.value(node.name).item(), step)
-            for key, value in node.aux.items():
-                board.add_scalar(f"{prefix}/{node.name}/{key}/step", value.item(), step)
-        for node in graph.module_nodes:
-            rates = node.learning_rates()
+        board, prefix, graph = ctx.board, ",".join(task.tags), running_graph(task)
+        for loss in graph.loss_nodes:
+            board.add_scalar(f"{prefix}/{loss.name}/step", graph.cache.value(name_of(loss)).item(), step)
+            for key, value in loss.aux.items():
+                board.add_scalar(f"{prefix}/{loss.name}/{key}/step", value.item(), step)
+        for module in graph.module_nodes:
+            rates = module.learning_rates()
             for key, lrs in rates.items():
-                tag = f"lr/{node.name}" + (f"/{_TAG_CHARS.sub('_', key)}" if len(rates) > 1 else "")
+                tag = f"lr/{module.name}" + (f"/{_TAG_CHARS.sub('_', key)}" if len(rates) > 1 else "")
                 for i, lr in enumerate(lrs):
                     board.add_scalar(tag + (f"/{i}" if len(lrs) > 1 else ""), lr, step)
         scaler = ctx.precision.grad_scaler
         if scaler is not None:
             board.add_scalar("grad_scale", scaler.get_scale(), step)
 
-    def _epoch(self, engine: Engine, task: Any) -> None:
+    def _epoch(self, engine: Engine, task: TaskView) -> None:
         ctx = self.context
         step = ctx.counters.steps.train
         prefix = ",".join(task.tags)

@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TextIO, cast
 
 from tqdm import tqdm
 
@@ -30,7 +31,7 @@ class TqdmHandler(logging.Handler):
 class _TqdmStdout:
     """``sys.stdout`` while bars are shown: prints go above the bars."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: TextIO):
         self.stream = stream
 
     def write(self, text: str) -> None:
@@ -40,7 +41,7 @@ class _TqdmStdout:
     def flush(self) -> None:
         self.stream.flush()
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
 
 
@@ -99,7 +100,7 @@ def run_logging(log_dir: Path, rank: int, bars: bool) -> Iterator[None]:
         ours.setLevel(logging.INFO)
     ours.addHandler(file_handler)
     theirs.addHandler(file_handler)
-    redirect = contextlib.redirect_stdout(_TqdmStdout(sys.stdout)) if bars else contextlib.nullcontext()
+    redirect = contextlib.redirect_stdout(cast(TextIO, _TqdmStdout(sys.stdout))) if bars else contextlib.nullcontext()
     try:
         with redirect:
             yield

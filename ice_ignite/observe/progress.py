@@ -11,14 +11,16 @@ from typing import Any, TextIO
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
+from ice_ignite.engine.roles import TaskView, running_graph
+
 __all__ = ["Progress"]
 
 logger = logging.getLogger("ice_ignite")
 
 
-def _losses(task: Any) -> Callable[[Any], dict]:
+def _losses(task: TaskView) -> Callable[[Any], dict]:
     """The ProgressBar's view of ``engine.state.output``: the task's losses."""
-    names = [node.name for node in task.graph.loss_nodes]
+    names = [node.name for node in running_graph(task).loss_nodes]
     return lambda output: {name: output[name] for name in names} if output is not None else {}
 
 
@@ -37,7 +39,7 @@ class Progress:
         self.interval = 1.0 / refresh
         self.every_seconds = self.line_every if every_seconds is None else every_seconds
 
-    def attach(self, task: Any) -> None:
+    def attach(self, task: TaskView) -> None:
         """Attach to a starting task's engine for one run (inside its ``internal()`` block, which
         removes the handlers at the end of the run)."""
         engine = task.engine
@@ -49,13 +51,14 @@ class Progress:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._line, task, state)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._line_epoch, task)
 
-    def _attach_bar(self, task: Any, engine: Engine) -> None:
+    def _attach_bar(self, task: TaskView, engine: Engine) -> None:
         bar = ProgressBar(persist=False, desc=task.label, file=self.stream)
         last = [0.0]
 
         def due(engine: Engine, iteration: int) -> bool:
             now = time.monotonic()
-            if now - last[0] >= self.interval or iteration % engine.state.epoch_length == 0:
+            length = engine.state.epoch_length  # set while the engine runs
+            if now - last[0] >= self.interval or (length is not None and iteration % length == 0):
                 last[0] = now
                 return True
             return False
@@ -69,7 +72,7 @@ class Progress:
         state["start"] = state["last"] = time.monotonic()
         state["start_iter"] = engine.state.iteration
 
-    def _line(self, engine: Engine, task: Any, state: dict) -> None:
+    def _line(self, engine: Engine, task: TaskView, state: dict) -> None:
         now = time.monotonic()
         if now - state["last"] < self.every_seconds:
             return
@@ -82,14 +85,14 @@ class Progress:
             task.label,
             s.epoch,
             s.max_epochs,
-            (s.iteration - 1) % s.epoch_length + 1,
+            (s.iteration - 1) % (s.epoch_length or 1) + 1,
             s.epoch_length,
             losses,
             rate,
         )
 
     @staticmethod
-    def _line_epoch(engine: Engine, task: Any) -> None:
+    def _line_epoch(engine: Engine, task: TaskView) -> None:
         s = engine.state
         metrics = " ".join(f"{k} {v:.4g}" for k, v in s.metrics.items() if isinstance(v, (int, float)))
         logger.info("%s epoch %d/%d done: %s", task.label, s.epoch, s.max_epochs, metrics or "-")

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from ice_ignite.engine.roles import TaskView
+
 __all__ = ["NodeTimer"]
 
 
@@ -50,7 +52,7 @@ class NodeTimer:
             if self._nested:
                 self._nested[-1] += elapsed
 
-    def attach(self, task: Any) -> None:
+    def attach(self, task: TaskView) -> None:
         """Time the summed loss's backward and the optimizer steps of a starting task run (inside
         its engine's ``internal()`` block); forwards and hooks are timed where they run."""
         from ice_ignite.engine.events import StepEvents

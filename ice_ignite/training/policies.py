@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from ignite.exceptions import NotComputableError
 
 from ice_ignite.distributed import parallel
 from ice_ignite.engine.events import StepEvents
+from ice_ignite.engine.roles import ContextView, GraphView, TaskView, name_of, running_graph
 from ice_ignite.errors import NonFiniteLossError, StopAllTasks
 
 __all__ = ["NonFinitePolicy", "POLICIES"]
@@ -54,12 +54,12 @@ class NonFinitePolicy:
         self._stop = False
         self._finite_until = 0
 
-    def attach(self, task: Any, context: Any, checkpoint: Callable[[], Any] | None) -> None:
+    def attach(self, task: TaskView, context: ContextView, checkpoint: Callable[[], object] | None) -> None:
         """Attach to a starting train task (inside its engine's ``internal()`` block);
         ``checkpoint()`` saves a checkpoint before policy "stop" ends the run."""
         if not task.train or self.policy == "ignore":
             return
-        engine, graph = task.engine, task.graph
+        engine, graph = task.engine, running_graph(task)
         self._finite_until = context.counters.steps.train
         if self.policy == "raise":
             engine.add_event_handler(StepEvents.BACKWARD_COMPLETED, self._periodic_check, task, graph, context)
@@ -70,18 +70,18 @@ class NonFinitePolicy:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop_if_asked, checkpoint)
 
     # -- "raise" ----------------------------------------------------------------------------
-    def _periodic_check(self, engine: Any, task: Any, graph: Any, context: Any) -> None:
+    def _periodic_check(self, engine: Engine, task: TaskView, graph: GraphView, context: ContextView) -> None:
         if graph.step_now and (context.counters.steps.train + 1) % self.check_every == 0:
             self._check(engine, task, context, before_step=True)
 
-    def _check(self, engine: Any, task: Any, context: Any, before_step: bool = False) -> None:
+    def _check(self, engine: Engine, task: TaskView, context: ContextView, before_step: bool = False) -> None:
         """A non-finite loss leaves its epoch average non-finite; every rank computes the same
         average (``Loss.compute`` all-reduces), so every rank decides the same way. Before a step,
         this iteration's losses (not yet in the averages) are read too, on every rank."""
         now = context.counters.steps.train + (1 if before_step else 0)
-        graph, bad = task.graph, []
+        graph, bad = running_graph(task), []
         current = (
-            torch.stack([graph.cache.value(n.name).detach().float() for n in graph.loss_nodes])
+            torch.stack([graph.cache.value(name_of(n)).detach().float() for n in graph.loss_nodes])
             if before_step and graph.loss_nodes
             else None
         )
@@ -92,7 +92,7 @@ class NonFinitePolicy:
             except NotComputableError:  # no batch yet in this epoch
                 value = 0.0
             if flag or not torch.isfinite(torch.as_tensor(value)).all():
-                bad.append(node.uid)
+                bad.append(str(node.uid))
         if current is not None and parallel.any_rank(bool(bad)) and not bad:
             bad.append("a LossNode of another rank")
         if not bad:
@@ -104,7 +104,7 @@ class NonFinitePolicy:
         )
 
     # -- "skip" and "stop" --------------------------------------------------------------------
-    def _track(self, engine: Any, task: Any, graph: Any, context: Any) -> None:
+    def _track(self, engine: Engine, task: TaskView, graph: GraphView, context: ContextView) -> None:
         if graph.loss is not None:
             bad = ~torch.isfinite(graph.loss.detach())
             self._bad = bad if self._bad is None else self._bad | bad
@@ -114,9 +114,9 @@ class NonFinitePolicy:
         if not parallel.any_rank(bool(flag) if flag is not None else False):
             return
         culprits = [
-            f"{n.uid} = {graph.cache.value(n.name).item()}"
+            f"{n.uid} = {graph.cache.value(name_of(n)).item()}"
             for n in graph.loss_nodes
-            if not torch.isfinite(graph.cache.value(n.name)).item()
+            if not torch.isfinite(graph.cache.value(name_of(n))).item()
         ] or ["a loss of an earlier micro-batch of the cycle, or of another rank"]
         where = f"in optimizer step {context.counters.steps.train + 1} of {task!r}: {'; '.join(culprits)}"
         logger.warning(
@@ -128,7 +128,7 @@ class NonFinitePolicy:
         self.skipped_steps += 1
         self._stop = self.policy == "stop"
 
-    def _stop_if_asked(self, engine: Any, checkpoint: Callable[[], Any] | None) -> None:
+    def _stop_if_asked(self, engine: Engine, checkpoint: Callable[[], object] | None) -> None:
         if self._stop:
             self._stop = False
             if checkpoint is not None:

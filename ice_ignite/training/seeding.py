@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import types
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 try:
-    import numpy as np
+    import numpy as _numpy
+
+    np: types.ModuleType | None = _numpy
 except ImportError:  # numpy is optional for torch; its stream is simply absent then
     np = None
 

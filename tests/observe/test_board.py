@@ -127,3 +127,29 @@ def test_tasks_taking_turns_each_log_every_n_of_their_own_steps(tmp_path):
     assert [e.step for e in acc.Scalars("A/lossA/step")] == [3, 7, 11]
     assert [e.step for e in acc.Scalars("B/lossB/step")] == [4, 8, 12]
     assert [e.step for e in acc.Scalars("lr/netA")] == [3, 7, 11]
+
+
+class Complex(Metric):
+    """A metric whose value is a complex number: a Number, but not one a board can log."""
+
+    def reset(self):
+        self.n = 0
+
+    def update(self, output):
+        self.n += len(output[1])
+
+    def compute(self):
+        return complex(self.n, 1)
+
+
+def test_a_complex_metric_value_is_left_out_and_the_others_are_logged(tmp_path):
+    g = ice.HyperGraph()
+    g.add("data", ice.DatasetNode(classification_set(8), batch_size=4))
+    g.add("z", ice.MetricNode(Complex(), forward=lambda n, x: x["data"]))
+    g.add("seen", ice.MetricNode(Seen(), forward=lambda n, x: x["data"]))
+    task = ice.Task(train=False, epochs=1)
+    run_dir = g.run([task], devices="cpu", out_dir=tmp_path, run_id="c")  # float(complex) raised TypeError here
+    assert task.engine.state.metrics["z"] == complex(8, 1)
+    tags = set(events(run_dir / "logs").Tags()["scalars"])
+    assert {"_/seen/samples", "_/seen/batches"} <= tags  # tags "*" are written "_"
+    assert not any(tag.startswith("_/z") for tag in tags)
