@@ -10,6 +10,10 @@ import torch.nn.functional as F
 
 import ice_ignite as ice
 
+# the *_child.py files are scripts that tests start in processes of their own: some train, or read
+# their settings from the command line, at import; --doctest-modules would import them
+collect_ignore_glob = ["*_child.py"]
+
 
 def regression_set(n: int = 40, d: int = 3, seed: int = 0) -> torch.utils.data.TensorDataset:
     g = torch.Generator().manual_seed(seed)
