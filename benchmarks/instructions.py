@@ -33,6 +33,13 @@ def one(name: str, iterations: int) -> None:
     sys.path.insert(0, str(HERE))
     import variants
 
+    if name.startswith("ice_ignite"):
+        # Under valgrind a run is some 50-100x slower, so work timed by the wall clock (the progress line g.run
+        # logs every 30 s without a terminal) would come 50-100x more often per iteration than in a real run,
+        # and with the machine's load: counted here, it measured the load (natively: ~1 line per 30,000 steps)
+        from ice_ignite.observe.progress import Progress
+
+        Progress.line_every = float("inf")
     dataset = variants.data(iterations)
     gc.collect()  # start both runs from the same collector state
     variants.available()[name](1, dataset)

@@ -326,9 +326,14 @@ class TaskEngine(_Dispatching):
                     engine = args[0]()
                     if engine is None:
                         raise RuntimeError("Engine reference not resolved. Cannot execute event handler.")
-                    func(engine, *event_args, *args[1:], **kwargs)
-                else:  # metrics' handlers and the forwarders do not take the engine
+                    if event_args or kwargs or len(args) != 1:
+                        func(engine, *event_args, *args[1:], **kwargs)
+                    else:  # the usual handler(engine): no argument tuple or dict built
+                        func(engine)
+                elif event_args or kwargs:
                     func(*event_args, *args, **kwargs)
+                else:  # the forwarders, and handlers that take no engine
+                    func(*args)
         except (StopTask, StopAllTasks) as e:
             self.stop_all |= isinstance(e, StopAllTasks)
             self.stopped = True
@@ -365,10 +370,15 @@ def _forwarder(inner: HandlerEngine, event: Any) -> Callable[[], None]:
             return
         inner.last_event_name = event
         for func, args, kwargs in handlers:
-            if args and isinstance(args[0], weakref.ref):
-                func(args[0](), *args[1:], **kwargs)  # ``inner`` lives as long as its task engine
-            else:
+            if args and isinstance(args[0], weakref.ref):  # ``inner`` lives as long as its task engine
+                if kwargs or len(args) != 1:
+                    func(args[0](), *args[1:], **kwargs)
+                else:  # the usual handler(engine): no argument tuple or dict built
+                    func(args[0]())
+            elif kwargs:
                 func(*args, **kwargs)
+            else:
+                func(*args)
 
     return forward
 

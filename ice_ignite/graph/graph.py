@@ -399,14 +399,15 @@ class ExecutableGraph:
         finally:
             self.in_step = False
         tensor, data = torch.Tensor, self._data_names  # batches need no detaching
-        return {
-            name: value
-            if name in data
-            else (value.detach() if value.requires_grad else value)
-            if type(value) is tensor
-            else detach(value)
-            for name, value in self.cache.outputs.items()
-        }
+        out = {}  # a loop, not a comprehension: no frame of its own per iteration
+        for name, value in self.cache.outputs.items():
+            if name in data:
+                out[name] = value
+            elif type(value) is tensor:
+                out[name] = value.detach() if value.requires_grad else value
+            else:
+                out[name] = detach(value)
+        return out
 
     def _forward_backward(self, engine: TaskEngine) -> None:
         self.cache.compute_all(self._names)

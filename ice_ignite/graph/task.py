@@ -541,12 +541,16 @@ class _Batches:
     def __init__(self, task: Task, nodes: list):
         self.task = task
         self._fetchers = [(node.name, node.next_batch) for node in nodes]
+        self._only = self._fetchers[0] if len(self._fetchers) == 1 else None
 
     def __iter__(self) -> _Batches:
         return self
 
     def __next__(self) -> dict:
         self.task._fetched = True
+        only = self._only
+        if only is not None:  # one DatasetNode, the usual task: no comprehension (a frame of its own)
+            return {only[0]: only[1]()}
         return {name: fetch() for name, fetch in self._fetchers}
 
 

@@ -64,7 +64,8 @@ class LossAverage(Loss):
     @reinit__is_reduced
     def update(self, output: tuple[torch.Tensor, int]) -> None:
         loss, n = output
-        loss = loss.detach()
+        if loss.requires_grad:
+            loss = loss.detach()
         if loss.dim() != 0:
             raise ValueError(f"a loss must be a scalar (0-dim) tensor, got shape {tuple(loss.shape)}")
         if loss.device != self._device:
@@ -199,14 +200,18 @@ class LossNode(Node):
         return self.aux[key], self._batch_size()
 
     def _loss_input(self, output: Mapping) -> tuple[torch.Tensor, int]:
-        # this node's entry of ``output``, read from the cache without detaching: update detaches
+        # this node's entry of ``output`` (detached in train tasks: update need not detach again) and the
+        # batch size, read from the cache (this iteration's outputs, whatever handlers did to ``output``)
         egraph, name = self.egraph, self._name
         assert egraph is not None and name is not None  # the metric updates inside a task
         outputs = egraph.cache.outputs
         source = self._source
         if source is _UNKNOWN:
             source = self._find_source()
-        return outputs[name], (batch_length(outputs[source]) if source is not None else 1)
+        loss = output.get(name) if type(output) is dict else None
+        if loss is None:
+            loss = outputs[name]
+        return loss, (batch_length(outputs[source]) if source is not None else 1)
 
     def _batch_size(self) -> int:
         source = self._source

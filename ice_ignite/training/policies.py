@@ -4,6 +4,7 @@ events (like ignite's ``TerminateOnNan``, decided the same way on every rank).""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -91,7 +92,8 @@ class NonFinitePolicy:
                 value = node.metric.compute()
             except NotComputableError:  # no batch yet in this epoch
                 value = 0.0
-            if flag or not torch.isfinite(torch.as_tensor(value)).all():
+            finite = math.isfinite(value) if type(value) is float else torch.isfinite(torch.as_tensor(value)).all()
+            if flag or not finite:  # Loss.compute returns a float: no tensor built to test it
                 bad.append(str(node.uid))
         if current is not None and parallel.any_rank(bool(bad)) and not bad:
             bad.append("a LossNode of another rank")
