@@ -22,6 +22,7 @@ def test_run_creates_the_layout_and_names_checkpoints_by_sequence_and_counters(t
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "ckpts",
         "logs",
+        "metrics.json",
         "packages.txt",
         "record.yaml",
         "run.lock",
