@@ -113,7 +113,7 @@ def ice(steps: int, backend: str | None, devices: str = "cpu", parallel: str = "
         [ice_.Task(train=True, epochs=1), report],
         devices=devices,
         progress=False,
-        log_every=0,
+        outputs=ice_.OutputOptions(log_every=0),
         out_dir=os.environ.get("LARGE_BENCH_DIR", "runs"),
     )
     return float("nan")  # printed by rank 0

@@ -172,7 +172,9 @@ def main(cfg: Config) -> dict[str, float]:
         devices="cpu",
         out_dir=cfg.out_dir,
         run_id=cfg.run_id,
-        log_every=0,  # per-step values need no extra tags: a one-step task logs its loss at every epoch end
+        outputs=ice.OutputOptions(
+            log_every=0
+        ),  # per-step values need no extra tags: a one-step task logs its loss at every epoch end
         progress=False,  # a bar or a log line per one-step task would drown the report
     )
     result = {"cnn_accuracy": val.engine.state.metrics["acc"], "judge_accuracy": judge.engine.state.metrics["acc"]}

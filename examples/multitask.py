@@ -86,7 +86,7 @@ def main(cfg: Config) -> dict[str, float]:
         devices="cpu",
         out_dir=cfg.out_dir,
         run_id=cfg.run_id,
-        log_every=cfg.steps,
+        outputs=ice.OutputOptions(log_every=cfg.steps),
     )
     result = {"accuracy": cls_val.engine.state.metrics["acc"], "mse": rec_val.engine.state.metrics["mse"]}
     print(
