@@ -44,6 +44,8 @@ def run_child(cmd, timeout=120, out_dir=None):
         )
         for path in Path(out_dir).iterdir():  # the retry starts from an empty output directory
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if cmd[-1].isdigit():  # a master port: a fresh one
+            cmd = [*cmd[:-1], str(free_port())]
         start = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
