@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import math
+import struct
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,6 +39,18 @@ def _count(n: int) -> int:
     return n
 
 
+_FLOAT32 = struct.Struct("f")
+
+
+def _round32(x: float) -> float:
+    """``x`` rounded to the nearest float32, as a float32 operation rounds its exact result (beyond
+    the float32 range: infinity, where ``struct`` refuses)."""
+    try:
+        return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
 class LossAverage(Loss):
     """ignite's ``Loss`` of a loss already computed: ``output_transform`` gives ``(loss, batch_size)``
     and the epoch value is the batch-size weighted mean, exactly as ``Loss(lambda loss, n: loss,
@@ -44,9 +58,14 @@ class LossAverage(Loss):
 
     Leaner per iteration than the general ``Loss``, which the train step pays on every
     iteration: no loss function call, no ``torch.no_grad`` context (the loss is detached before
-    it is accumulated, so nothing is recorded), no unrolling of list outputs, and a float32 loss
-    is multiplied by a cached tensor holding the batch size rather than by a Python int (which
-    costs a fresh wrapped-number tensor each time; the product is the same float32 one).
+    it is accumulated, so nothing is recorded), no unrolling of list outputs. A float32 loss on
+    the CPU is accumulated in a Python float rounded to float32 after each operation, which gives
+    the float32 tensor's sum bit for bit (the product of two float32 numbers is exact in a double,
+    and a double sum rounded to float32 is the correctly rounded float32 sum) for a tenth of the
+    cost of two tensor operations; ``_sum`` is brought up to date before ``compute`` and
+    ``state_dict``. On other devices (where reading the value would wait for the device) a float32
+    loss is multiplied by a cached tensor holding the batch size rather than by a Python int
+    (which costs a fresh wrapped-number tensor each time; the product is the same float32 one).
 
     Examples:
         >>> m = LossAverage(output_transform=lambda out: out)
@@ -57,6 +76,31 @@ class LossAverage(Loss):
     def __init__(self, output_transform: Callable, device: torch.device | str = torch.device("cpu")):
         super().__init__(_passthrough, output_transform=output_transform, batch_size=_count, device=device)
         self._sizes: dict[int, torch.Tensor] = {}  # batch size -> float32 tensor of it on the device
+        self._on_host = self._device.type == "cpu"
+        self._host_sum: float | None = None  # the sum while it is kept in a Python float (then _sum is stale)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        super().reset()
+        self._host_sum = None
+
+    def _settle(self) -> None:
+        """Write the sum kept in a Python float back to ``_sum`` (exactly: it is a float32 value)."""
+        if self._host_sum is not None:
+            self._sum = torch.tensor(self._host_sum, dtype=torch.float32, device=self._device)
+            self._host_sum = None
+
+    def compute(self) -> float:
+        self._settle()
+        return super().compute()
+
+    def state_dict(self) -> OrderedDict:
+        self._settle()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        self._host_sum = None
+        super().load_state_dict(state_dict)
 
     def iteration_completed(self, engine: Engine) -> None:
         self.update(self._output_transform(engine.state.output))
@@ -71,11 +115,20 @@ class LossAverage(Loss):
         if loss.device != self._device:
             loss = loss.to(self._device)
         if loss.dtype is torch.float32 and 0 < n < 2**24:  # n is exact in float32
+            if self._on_host and self._sum.dtype is torch.float32:
+                total = self._host_sum
+                if total is None:
+                    total = self._sum.item()
+                self._host_sum = _round32(total + _round32(loss.item() * n))
+                self._num_examples += n
+                return
+            self._settle()
             size = self._sizes.get(n)
             if size is None:
                 size = self._sizes[n] = torch.full((), n, dtype=torch.float32, device=self._device)
             self._sum += loss * size
         else:
+            self._settle()
             self._sum += loss * n
         self._num_examples += n
 

@@ -1,5 +1,7 @@
 """LossNode: weighted single backward, and reporting like ignite's Loss (API.md B2, B5)."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,22 +102,59 @@ def test_accumulators_round_trip_through_state_dict():
     assert other.metric._num_examples == 4 and torch.equal(other.metric._sum, node.metric._sum)
 
 
+def _hard_losses(dtype, g):
+    """Losses of many sizes (tiny ones are subnormal in float32, negative ones, zeros), then huge ones
+    whose sum overflows to infinity."""
+    scale = torch.tensor([1.0, 5.0, 1e-40, 1e-44, 1e-3, -2.0, 0.0, 100.0])
+    for i in range(600):
+        value = torch.rand((), generator=g) * scale[i % len(scale)] if i < 560 else torch.tensor(3e38)
+        yield value.to(dtype).requires_grad_(), int(torch.randint(1, 300, (), generator=g))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_loss_metric_accumulates_bit_for_bit_as_ignites_loss(dtype):
-    # LossAverage multiplies a float32 loss by a cached tensor of the batch size, not by the int
+    # LossAverage keeps a float32 CPU sum in a Python float (rounded to float32 at each step) and
+    # multiplies other losses by a cached tensor of the batch size, not by the int: the sum is ignite's
     reference = Loss(lambda loss, n: loss, batch_size=lambda n: n)
     lean = ice.nodes.loss.LossAverage(output_transform=lambda out: out)
     assert isinstance(lean, Loss)
     reference.reset(), lean.reset()
     g = torch.Generator().manual_seed(0)
-    for _ in range(500):
-        loss = (torch.rand((), generator=g) * 5).to(dtype).requires_grad_()
-        n = int(torch.randint(1, 300, (), generator=g))
+    for i, (loss, n) in enumerate(_hard_losses(dtype, g)):
         reference.update((loss, n))
         lean.update((loss, n))
-        assert torch.equal(reference._sum, lean._sum) and reference._num_examples == lean._num_examples
-        assert not lean._sum.requires_grad  # nothing is recorded without torch.no_grad
+        if i % 23 == 0 or i > 550:  # compare now and then, as a checkpoint or a mid-epoch compute would
+            (ref_state,) = reference.state_dict()["__metric_state_per_rank"]
+            (state,) = lean.state_dict()["__metric_state_per_rank"]
+            assert state.keys() == ref_state.keys()
+            assert torch.equal(state["_sum"], ref_state["_sum"]), (i, state["_sum"], ref_state["_sum"])
+            assert (
+                state["_sum"].dtype == ref_state["_sum"].dtype and state["_num_examples"] == ref_state["_num_examples"]
+            )
+            assert not state["_sum"].requires_grad  # nothing is recorded without torch.no_grad
+            if i % 46 == 0:
+                assert lean.compute() == reference.compute()
+    assert math.isinf(reference.compute())  # the last losses overflowed the float32 sum: so did lean's
     assert lean.compute() == reference.compute()
-    assert lean.state_dict().keys() == reference.state_dict().keys()
     with pytest.raises(ValueError, match="scalar"):
         lean.update((torch.ones(2), 2))
+
+
+def test_the_loss_metric_gives_nan_as_ignites_loss_and_restarts_at_reset():
+    reference = Loss(lambda loss, n: loss, batch_size=lambda n: n)
+    lean = ice.nodes.loss.LossAverage(output_transform=lambda out: out)
+    for metric in (reference, lean):
+        metric.reset()
+        for value in (1.5, float("nan"), 2.0):
+            metric.update((torch.tensor(value), 3))
+    assert math.isnan(lean.compute()) and math.isnan(reference.compute())
+    for metric in (reference, lean):
+        metric.reset()
+        metric.update((torch.tensor(0.1), 7))
+        metric.update((torch.tensor(0.2, dtype=torch.bfloat16), 5))  # a loss of another dtype, between
+        metric.update((torch.tensor(0.3), 9))
+    assert lean.compute() == reference.compute()
+    restored = ice.nodes.loss.LossAverage(output_transform=lambda out: out)
+    restored.load_state_dict(lean.state_dict())
+    restored.update((torch.tensor(0.7), 2)), reference.update((torch.tensor(0.7), 2))
+    assert restored.compute() == reference.compute()
