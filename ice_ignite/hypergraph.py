@@ -481,6 +481,9 @@ class HyperGraph(NodeRegistry):
         finally:
             self._session = None
             self._resume.clear()
+            # a group still held at interpreter exit keeps its gloo threads, and one of them releasing
+            # the last tensor of a collective as Python shuts down aborts the process (torch 2.13)
+            self.release_wrappers()
             leave(joined)
         return session.run_path()
 

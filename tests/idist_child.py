@@ -6,9 +6,13 @@ runs in every worker, the process group created by ``idist.Parallel``.
                                                         # idist.Parallel(backend="gloo"): torchrun's environment
 
 Every rank writes OUT_DIR/RUN_ID-rank<R>.pt: what its nodes saw as ``n.launcher``, the final
-weights, and whether the process group still worked after ``run`` returned.
+weights, and whether the process group still worked after ``run`` returned. At exit (after
+idist.Parallel destroyed the group) every rank prints the communication threads still alive:
+none, as in a plain ignite script, once nothing holds the group.
 """
 
+import atexit
+import os
 import sys
 from pathlib import Path
 
@@ -71,8 +75,24 @@ def train(g, out_dir, run_id, devices="cpu"):
     return seen
 
 
+#: threads of a process group (gloo's loop and workers) and of the TCPStore server (torch names them)
+COMMUNICATION_THREADS = ("gloo", "pt_")
+
+
+def report_threads_at_exit(rank):
+    """Print the communication threads alive when the interpreter starts to exit. One of them
+    releasing the last reference to a collective's tensor as Python shuts down aborts the process."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            names.append(f.read().strip())
+    alive = sorted(n for n in names if n.startswith(COMMUNICATION_THREADS))
+    print(f"rank {rank}: communication threads at exit: {alive}", flush=True)
+
+
 def worker(local_rank, out_dir, run_id):
     """What idist.Parallel runs in every process: its group exists before ``g.run``."""
+    atexit.register(report_threads_at_exit, idist.get_rank())  # runs after idist.Parallel destroyed the group
     g, net = build()
     initial = {k: v.clone() for k, v in net.state_dict().items()}
     seen = train(g, out_dir, run_id)

@@ -358,24 +358,26 @@ class AgreedFlag:
 
     def __init__(self, timeout: Any = None) -> None:
         self._group = dist.new_group(backend="gloo", timeout=timeout) if world_size() > 1 else None
-        self._pending: tuple[Any, torch.Tensor] | None = None
+        # the flag's one tensor, alive until the group is freed: a gloo thread that released the last
+        # reference to a collective's tensor would need the interpreter, which may be shutting down
+        self._value = torch.zeros(1, dtype=torch.int32)
+        self._pending: Any = None  # the all-reduce in flight
 
     def _drain(self) -> bool:
         """Wait for the all-reduce in flight, if any; whether it found the flag set."""
         if self._pending is None:
             return False
-        work, value = self._pending
-        self._pending = None
+        work, self._pending = self._pending, None
         work.wait()
-        return bool(value.item())
+        return bool(self._value.item())
 
     def check(self, local: bool) -> bool:
         """Whether the flag is agreed set (at most one check after the first rank raised it)."""
         if self._group is None:
             return local
         agreed = self._drain()
-        value = torch.tensor([1 if local else 0], dtype=torch.int32)
-        self._pending = (dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._group, async_op=True), value)
+        self._value.fill_(1 if local else 0)
+        self._pending = dist.all_reduce(self._value, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
         return agreed
 
     def check_now(self, local: bool) -> bool:
@@ -383,16 +385,17 @@ class AgreedFlag:
         if self._group is None:
             return local
         local = self._drain() or local
-        value = torch.tensor([1 if local else 0], dtype=torch.int32)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(value.item())
+        self._value.fill_(1 if local else 0)
+        dist.all_reduce(self._value, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(self._value.item())
 
     def close(self) -> None:
-        """Release the group; errors of peers that already died are left to the caller's own."""
+        """Release the group (its threads end here, before the flag's tensor is dropped); errors of
+        peers that already died are left to the caller's own."""
         try:
             self._drain()
             if self._group is not None:
                 dist.destroy_process_group(self._group)
         except RuntimeError:
             pass
-        self._pending = self._group = None
+        self._pending = self._group = None  # the last reference: the group's threads are joined

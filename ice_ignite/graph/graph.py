@@ -442,6 +442,10 @@ class ExecutableGraph:
             for node in self.module_nodes:
                 node.zero_grad()
 
+    def release_wrappers(self) -> None:
+        """At the end of a run: forget the wrappers found at the start (``ModuleNode.release_wrapper``)."""
+        self._ddp = []
+
     def _find_ddp(self) -> None:
         """After ``prepare``: the DistributedDataParallel wrappers of this task's modules."""
         # DistributedDataParallel, or the FSDP2 root (a _ShardedProxy): both have no_sync()

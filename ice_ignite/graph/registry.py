@@ -12,6 +12,7 @@ from ice_ignite.graph.graph import ExecutableGraph
 from ice_ignite.graph.tags import DEFAULT_TAG, check_name, is_selected, make_uid, normalize_tags, split_uid
 from ice_ignite.graph.task import Task
 from ice_ignite.nodes.context import RunContext
+from ice_ignite.nodes.module import ModuleNode
 from ice_ignite.nodes.node import Node
 
 __all__ = ["NodeRegistry"]
@@ -146,6 +147,15 @@ class NodeRegistry:
         if graph is None:
             graph = self._egraphs[key] = ExecutableGraph(self._select(key), key, self.context, self.uids_of)
         return graph
+
+    def release_wrappers(self) -> None:
+        """At the end of a run: every reference to a DistributedDataParallel wrapper (which holds
+        the process group) dropped, so that destroying the group frees it."""
+        for node in self._nodes.values():
+            if isinstance(node, ModuleNode):
+                node.release_wrapper()
+        for graph in self._egraphs.values():
+            graph.release_wrappers()
 
     def _running_task(self) -> Task | None:
         """The task running now, if any (nodes cannot be added or removed then)."""

@@ -540,6 +540,14 @@ class ModuleNode(Node):
         """The ``ice.FSDP`` strategy's ``fully_shard`` options ({} without FSDP)."""
         return dict(self.strategy.fully_shard_kwargs) if isinstance(self.strategy, FSDP) else {}
 
+    def release_wrapper(self) -> None:
+        """At the end of a run: drop the DistributedDataParallel wrapper, which holds the process
+        group, so that the group (and its threads) is freed when its launcher destroys it, as in a
+        plain ignite script; the next multi-process train task wraps the module again. An
+        FSDP-sharded module keeps its sharding: that is the module itself."""
+        if not self.sharded:
+            self.ddp = None
+
     def reshard_root(self) -> None:
         """Before a train task's repetition: FSDP2 keeps the root's parameters unsharded after a
         forward (it expects the backward); after an eval task's forwards they would be the ones the
