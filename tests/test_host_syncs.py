@@ -1,5 +1,9 @@
 """The framework's hot path reads no device value per iteration (no .item(), .cpu(), float(t), ...)
-unless the user asked for one; host reads for logging happen only every N steps."""
+unless the user asked for one; host reads for logging happen only every N steps.
+
+These tests run on the CPU, the path of every device: a LossNode's epoch average there keeps its
+sum on the device (``LossAverage.SUM_ON_HOST`` off). On the CPU itself it reads each loss
+(``.item()`` of a CPU tensor, which waits for nothing) and sums on the host: the last test."""
 
 import contextlib
 
@@ -49,6 +53,12 @@ def counting_reads():
     finally:
         for name, fn in originals.items():
             setattr(torch.Tensor, name, fn)
+
+
+@pytest.fixture(autouse=True)
+def device_path(monkeypatch):
+    """The LossNodes' sums as on an accelerator (on the CPU they are read each iteration)."""
+    monkeypatch.setattr(ice.nodes.loss.LossAverage, "SUM_ON_HOST", False)
 
 
 def graph():
@@ -118,3 +128,20 @@ def test_a_user_asking_for_values_gets_them(capsys):
         watch(task, counts, per_iteration)
         g.exec_tasks([task], ice.Launcher())
     assert {it for it, reads in per_iteration.items() if reads} == {5, 10, 15, 20, 25, 30, 35, 40, 45}
+
+
+def test_on_the_cpu_the_loss_averages_read_their_cpu_losses_and_nothing_else(monkeypatch):
+    monkeypatch.setattr(ice.nodes.loss.LossAverage, "SUM_ON_HOST", True)
+    g = graph()
+    task = ice.Task(train=True, epochs=2)
+    per_iteration = {}
+    with counting_reads() as counts:
+        watch(task, counts, per_iteration)
+        g.exec_tasks([task], ice.Launcher())
+    assert len(per_iteration) == 2 * 45
+    assert all(reads == ["item", "item"] for reads in per_iteration.values())  # the loss and its aux value
+    monkeypatch.setattr(ice.nodes.loss.LossAverage, "SUM_ON_HOST", False)
+    reference = graph()
+    other = ice.Task(train=True, epochs=2)
+    reference.exec_tasks([other], ice.Launcher())
+    assert task.engine.state.metrics == other.engine.state.metrics  # the same epoch averages, bit for bit

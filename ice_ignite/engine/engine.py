@@ -214,8 +214,12 @@ class TaskEngine(_Dispatching):
         self._lists: dict[int, list] = {}
         #: ice_ignite's own handlers, fired first at each forwarded event
         self.inner = HandlerEngine(self)
+        #: each forwarder -> the key of its event's list on ``inner``: ``_fire_event`` runs that list itself
+        self._forwarded: dict[int, int] = {}  # by id: a user's handler may be unhashable
         for event in FORWARDED_EVENTS:  # registered before any user handler: ignite keeps insertion order
-            super(_Dispatching, self).add_event_handler(event, _forwarder(self.inner, event))
+            forward = _forwarder(self.inner, event)
+            self._forwarded[id(forward)] = id(event)
+            super(_Dispatching, self).add_event_handler(event, forward)
         self._handlers_changed()
 
     # -- handlers ---------------------------------------------------------------------------
@@ -318,8 +322,27 @@ class TaskEngine(_Dispatching):
         handlers: Sequence[tuple[Callable, tuple, dict]] | None = self._lists.get(id(event_name))
         if handlers is None:  # an event given by an equal object (a string, a filtered event), or a new list
             handlers = self._event_handlers.get(event_name, ())
+        forwarded = self._forwarded
         try:
             for func, args, kwargs in handlers:
+                key = forwarded.get(id(func))
+                if key is not None and not event_args and not event_kwargs:
+                    # the forwarder's loop, run here: it runs several times an iteration, and a call is its cost
+                    inner = self.inner
+                    own = inner._lists.get(key)
+                    if own:
+                        inner.last_event_name = event_name
+                        for f, a, kw in own:
+                            if a and isinstance(a[0], weakref.ref):  # ``inner`` lives as long as this engine
+                                if kw or len(a) != 1:
+                                    f(a[0](), *a[1:], **kw)
+                                else:
+                                    f(a[0]())
+                            elif kw:
+                                f(*a, **kw)
+                            else:
+                                f(*a)
+                    continue
                 if event_kwargs:
                     kwargs.update(event_kwargs)
                 if args and isinstance(args[0], weakref.ref):  # handlers that take the engine hold a weakref

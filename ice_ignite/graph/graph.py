@@ -375,9 +375,14 @@ class ExecutableGraph:
             if not module.training:  # a handler switched it (e.g. an evaluator run from EPOCH_COMPLETED)
                 self._set_module_modes()
                 break
-        length = state.epoch_length
-        assert length is not None  # set while the engine runs
-        self._begin_cycle((state.iteration - 1) % length, length)
+        if self.context.grad_acc_steps == 1:  # every iteration a cycle of its own (_begin_cycle, without a call)
+            self._cycle_len, self.step_now = 1, True
+            for node in self.module_nodes:
+                node.zero_grad()
+        else:
+            length = state.epoch_length
+            assert length is not None  # set while the engine runs
+            self._begin_cycle((state.iteration - 1) % length, length)
         self.cache.clear()
         self.in_step = True
         try:
@@ -410,7 +415,11 @@ class ExecutableGraph:
         return out
 
     def _forward_backward(self, engine: TaskEngine) -> None:
-        self.cache.compute_all(self._names)
+        cache = self.cache
+        values = cache.outputs
+        for name in self._names:  # cache.compute_all, without a call
+            if name not in values:
+                cache._compute(name)
         total = self.loss = self._summed_loss()
         if engine.listening.backward_started:
             engine.fire(StepEvents.BACKWARD_STARTED)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-import struct
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,16 +39,16 @@ def _count(n: int) -> int:
     return n
 
 
-_FLOAT32 = struct.Struct("f")
-
-
-def _round32(x: float) -> float:
-    """``x`` rounded to the nearest float32, as a float32 operation rounds its exact result (beyond
-    the float32 range: infinity, where ``struct`` refuses)."""
-    try:
-        return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
-    except OverflowError:
-        return math.copysign(math.inf, x)
+def _fold32(total: float, products: list[float]) -> float:
+    """``total + products[0] + products[1] + ...`` in float32 arithmetic, in order: each product (a
+    float32 loss times a batch size below 2**24, exact in a double) and each sum rounded to float32,
+    as float32 tensor operations round them. A double sum of two float32 numbers rounded to float32
+    is their correctly rounded float32 sum, so the result is the tensor's bit for bit (IEEE
+    conversion: what overflows the float32 range becomes infinity)."""
+    cell = array("f", [total])
+    for product in array("f", products):  # each product rounded to float32
+        cell[0] += product  # the double sum, rounded to float32 when stored
+    return cell[0]
 
 
 class LossAverage(Loss):
@@ -59,13 +59,13 @@ class LossAverage(Loss):
     Leaner per iteration than the general ``Loss``, which the train step pays on every
     iteration: no loss function call, no ``torch.no_grad`` context (the loss is detached before
     it is accumulated, so nothing is recorded), no unrolling of list outputs. A float32 loss on
-    the CPU is accumulated in a Python float rounded to float32 after each operation, which gives
-    the float32 tensor's sum bit for bit (the product of two float32 numbers is exact in a double,
-    and a double sum rounded to float32 is the correctly rounded float32 sum) for a tenth of the
-    cost of two tensor operations; ``_sum`` is brought up to date before ``compute`` and
-    ``state_dict``. On other devices (where reading the value would wait for the device) a float32
-    loss is multiplied by a cached tensor holding the batch size rather than by a Python int
-    (which costs a fresh wrapped-number tensor each time; the product is the same float32 one).
+    the CPU is read at once and kept as ``loss * batch_size`` (exact in a Python float); every
+    ``FOLD_EVERY`` of them are summed on the host in float32 arithmetic, in order (``_fold32``):
+    the float32 tensor's sum bit for bit, for a fraction of the two tensor operations per
+    iteration it replaces. ``_sum`` is brought up to date before ``compute`` and ``state_dict``.
+    On other devices (where reading a value would wait for the device) a float32 loss is
+    multiplied by a cached tensor holding the batch size rather than by a Python int (which costs
+    a fresh wrapped-number tensor each time; the product is the same float32 one).
 
     Examples:
         >>> m = LossAverage(output_transform=lambda out: out)
@@ -73,22 +73,34 @@ class LossAverage(Loss):
         2.0
     """
 
+    #: how many CPU losses wait before they are summed
+    FOLD_EVERY = 128
+    #: sum CPU losses on the host: a ``.item()`` per iteration, which on the CPU waits for no device
+    #: (tests turn it off to run, on the CPU, the path of the other devices, which reads nothing)
+    SUM_ON_HOST = True
+
     def __init__(self, output_transform: Callable, device: torch.device | str = torch.device("cpu")):
+        self._pending: list[float] = []  # loss * batch size of CPU float32 losses not summed yet (_sum is behind)
         super().__init__(_passthrough, output_transform=output_transform, batch_size=_count, device=device)
         self._sizes: dict[int, torch.Tensor] = {}  # batch size -> float32 tensor of it on the device
-        self._on_host = self._device.type == "cpu"
-        self._host_sum: float | None = None  # the sum while it is kept in a Python float (then _sum is stale)
+        self._on_host = self.SUM_ON_HOST and self._device.type == "cpu"
 
     @reinit__is_reduced
     def reset(self) -> None:
         super().reset()
-        self._host_sum = None
+        self._pending.clear()
 
     def _settle(self) -> None:
-        """Write the sum kept in a Python float back to ``_sum`` (exactly: it is a float32 value)."""
-        if self._host_sum is not None:
-            self._sum = torch.tensor(self._host_sum, dtype=torch.float32, device=self._device)
-            self._host_sum = None
+        """Add the pending losses to ``_sum``."""
+        pending = self._pending
+        if not pending:
+            return
+        if self._sum.dtype is torch.float32:
+            self._sum = torch.tensor(_fold32(self._sum.item(), pending), dtype=torch.float32, device=self._device)
+        else:  # a sum of another dtype (loaded from a state dict): as the tensor operations would
+            for product in array("f", pending):
+                self._sum += torch.tensor(product, dtype=torch.float32)
+        pending.clear()
 
     def compute(self) -> float:
         self._settle()
@@ -99,38 +111,45 @@ class LossAverage(Loss):
         return super().state_dict()
 
     def load_state_dict(self, state_dict: Mapping) -> None:
-        self._host_sum = None
+        self._pending.clear()
         super().load_state_dict(state_dict)
 
     def iteration_completed(self, engine: Engine) -> None:
-        self.update(self._output_transform(engine.state.output))
+        # update() without its decorator's call (it sets _is_reduced after update): this runs every iteration
+        self._add(*self._output_transform(engine.state.output))
+        self._is_reduced = False
 
     @reinit__is_reduced
     def update(self, output: tuple[torch.Tensor, int]) -> None:
-        loss, n = output
-        if loss.requires_grad:
-            loss = loss.detach()
+        self._add(*output)
+
+    def _add(self, loss: torch.Tensor, n: int) -> None:
         if loss.dim() != 0:
             raise ValueError(f"a loss must be a scalar (0-dim) tensor, got shape {tuple(loss.shape)}")
-        if loss.device != self._device:
-            loss = loss.to(self._device)
         if loss.dtype is torch.float32 and 0 < n < 2**24:  # n is exact in float32
-            if self._on_host and self._sum.dtype is torch.float32:
-                total = self._host_sum
-                if total is None:
-                    total = self._sum.item()
-                self._host_sum = _round32(total + _round32(loss.item() * n))
+            if self._on_host and loss.is_cpu:
+                pending = self._pending
+                pending.append(loss.item() * n)
                 self._num_examples += n
+                if len(pending) >= self.FOLD_EVERY:
+                    self._settle()
                 return
             self._settle()
+            loss = self._on_device(loss)
             size = self._sizes.get(n)
             if size is None:
                 size = self._sizes[n] = torch.full((), n, dtype=torch.float32, device=self._device)
             self._sum += loss * size
         else:
             self._settle()
-            self._sum += loss * n
+            self._sum += self._on_device(loss) * n
         self._num_examples += n
+
+    def _on_device(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` detached, on the metric's device."""
+        if loss.requires_grad:
+            loss = loss.detach()
+        return loss if loss.device == self._device else loss.to(self._device)
 
 
 def batch_length(batch: Any) -> int:

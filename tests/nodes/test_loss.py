@@ -123,7 +123,7 @@ def test_the_loss_metric_accumulates_bit_for_bit_as_ignites_loss(dtype):
     for i, (loss, n) in enumerate(_hard_losses(dtype, g)):
         reference.update((loss, n))
         lean.update((loss, n))
-        if i % 23 == 0 or i > 550:  # compare now and then, as a checkpoint or a mid-epoch compute would
+        if (i < 300 and i % 23 == 0) or i > 550:  # now and then (as a checkpoint would), and after 250 unread
             (ref_state,) = reference.state_dict()["__metric_state_per_rank"]
             (state,) = lean.state_dict()["__metric_state_per_rank"]
             assert state.keys() == ref_state.keys()

@@ -153,3 +153,17 @@ def test_a_complex_metric_value_is_left_out_and_the_others_are_logged(tmp_path):
     tags = set(events(run_dir / "logs").Tags()["scalars"])
     assert {"_/seen/samples", "_/seen/batches"} <= tags  # tags "*" are written "_"
     assert not any(tag.startswith("_/z") for tag in tags)
+
+
+def test_the_record_checksum_is_tensorboardx_s():
+    """The board frames each event as tensorboardX does: its masked CRC-32C, here computed in C."""
+    import random
+
+    from tensorboardX.record_writer import masked_crc32c as tensorboardx_crc
+
+    from ice_ignite.observe.board import masked_crc32c
+
+    rng = random.Random(0)
+    for n in [*range(80), 1000, 4096]:
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert masked_crc32c(data) == tensorboardx_crc(data), n
