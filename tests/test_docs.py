@@ -111,3 +111,16 @@ def test_where_things_live_lists_every_folder_and_module():
         modules = sorted(p.stem for p in (package / folder).glob("*.py") if p.stem != "__init__")
         assert sorted(set(re.findall(r"`(\w+)` \(", rows[folder]))) == modules, folder
     assert all(f"`{p.stem}`" in rows["ice_ignite/"] for p in package.glob("*.py")), "ice_ignite/"
+
+
+def test_no_merge_conflict_is_left_in_the_tracked_files():
+    """A merge's conflict markers once landed in the README (git commits them without a word)."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.M)
+    left = []
+    for name in files:
+        path = ROOT / name
+        if path.suffix in {".md", ".py", ".cfg", ".toml", ".yaml", ".yml", ".ipynb", ".txt"} or name == "Makefile":
+            text = path.read_text(errors="replace")
+            left += [f"{name}: {m.group(0)!r}" for m in marker.finditer(text)]
+    assert not left, left
