@@ -237,9 +237,9 @@ def show(run_dir: str | os.PathLike) -> str:
         options = record.get("options") or {}
         lines.append(f"command: {' '.join([script, *argv[1:]])}")
         lines.append(f"  started {record.get('started')} on {record.get('host')} in {record.get('cwd')}")
-        lines.append(
-            f"  devices {options.get('devices')}, world size {record.get('world_size')}, seed {options.get('seed')}"
-        )
+        seed = record.get("seed", options.get("seed"))
+        origin = " (torch.initial_seed())" if options.get("seed") is None and seed is not None else ""
+        lines.append(f"  devices {options.get('devices')}, world size {record.get('world_size')}, seed {seed}{origin}")
         lines.append(f"overrides: {' '.join(record.get('overrides') or []) or 'none'}")
         changed = record.get("changed_from_defaults") or {}
         lines.append(

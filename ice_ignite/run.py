@@ -496,7 +496,9 @@ class RunSession:
         if self._unrecorded is not None and self._record is not None:
             config, recorded, launcher = self._unrecorded
             self._unrecorded = None
-            self._record.write(config, recorded, world_size=launcher.world_size, device=str(launcher.device))
+            self._record.write(
+                config, recorded, world_size=launcher.world_size, device=str(launcher.device), seed=self.context.seed
+            )
 
     def attach(self, task: TaskView) -> None:
         """Attach the run's handlers to a starting task's engine (inside its ``internal()`` block)."""

@@ -84,6 +84,7 @@ def test_resume_after_sigkill_ends_bit_identical_to_an_uninterrupted_run(tmp_pat
         text = capsys.readouterr().out
         assert f"command: replay_child.py {' '.join(args)} run_id=killed" in text
         assert "overrides: devices=cpu out_dir=runs lr=0.05 run_id=killed" in text
+        assert "world size 1, seed 0\n" in text  # the script's seed=cfg.seed
         assert "changed from the defaults: lr=0.05 (default 0.1), run_id='killed' (default None)" in text
         assert "config (config.yaml, hash " in text and "\n  lr: 0.05\n" in text
         assert "ckpt-000003-E4S20.pt" in text
@@ -114,3 +115,11 @@ def test_resume_and_show_refuse_what_is_not_a_recorded_run_directory(tmp_path, c
     with pytest.raises(SystemExit):
         main(["show", str(tmp_path / "missing")])
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_show_prints_the_seed_a_run_took_from_torch(tmp_path, capsys):
+    g = linear_graph()
+    torch.manual_seed(7)  # as in an ignite script: the run's seed=None takes torch.initial_seed()
+    run_dir = g.run([ice.Task(train=True, epochs=1, tags="train")], devices="cpu", out_dir=tmp_path, progress=False)
+    main(["show", str(run_dir)])
+    assert "world size 1, seed 7 (torch.initial_seed())\n" in capsys.readouterr().out

@@ -194,12 +194,14 @@ class RunRecord:
         device: str | None = None,
         argv: Sequence[str] | None = None,
         environ: Mapping[str, str] | None = None,
+        seed: int | None = None,
     ) -> Path:
         """Write ``config.yaml`` (when ``config``), ``git.diff`` (when the entry script's
         repository has changes), ``packages.txt`` and ``record.yaml``. ``options``:
         the run's own options as plain values (``RunOptions.to_dict()``: devices, seed,
-        resume_from, launch options, ...); ``device``: this process's device (rank 0's).
-        Returns ``record.yaml``'s path."""
+        resume_from, launch options, ...); ``device``: this process's device (rank 0's);
+        ``seed``: the seed the run used (``options["seed"]`` is None when it came from
+        ``torch.initial_seed()``). Returns ``record.yaml``'s path."""
         argv = list(sys.argv if argv is None else argv)
         script = entry_script()
         git, diff = git_state(script.parent) if script is not None else (None, "")
@@ -225,6 +227,7 @@ class RunRecord:
             "pid": os.getpid(),
             "world_size": world_size,
             "device": device,
+            "seed": seed,
             "launcher_env": launcher_environment(environ),
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
