@@ -94,16 +94,22 @@ def watch(task, counts, per_iteration):
     task.engine.add_event_handler(Events.ITERATION_STARTED, start)
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_no_host_read_per_iteration(accumulate):
-    g = graph()
-    g.set_gradient_accumulate(accumulate)
+def reads_of_two_epochs(g):
+    """Train ``g`` two epochs with ``exec_tasks``; the task and the reads of each watched iteration."""
     task = ice.Task(train=True, epochs=2)
     per_iteration = {}
     with counting_reads() as counts:
         watch(task, counts, per_iteration)
         g.exec_tasks([task], ice.Launcher())
     assert len(per_iteration) == 2 * 45
+    return task, per_iteration
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_no_host_read_per_iteration(accumulate):
+    g = graph()
+    g.set_gradient_accumulate(accumulate)
+    _, per_iteration = reads_of_two_epochs(g)
     assert all(reads == [] for reads in per_iteration.values()), {k: v for k, v in per_iteration.items() if v}
 
 
@@ -132,13 +138,7 @@ def test_a_user_asking_for_values_gets_them(capsys):
 
 def test_on_the_cpu_the_loss_averages_read_their_cpu_losses_and_nothing_else(monkeypatch):
     monkeypatch.setattr(ice.nodes.loss.LossAverage, "SUM_ON_HOST", True)
-    g = graph()
-    task = ice.Task(train=True, epochs=2)
-    per_iteration = {}
-    with counting_reads() as counts:
-        watch(task, counts, per_iteration)
-        g.exec_tasks([task], ice.Launcher())
-    assert len(per_iteration) == 2 * 45
+    task, per_iteration = reads_of_two_epochs(graph())
     assert all(reads == ["item", "item"] for reads in per_iteration.values())  # the loss and its aux value
     monkeypatch.setattr(ice.nodes.loss.LossAverage, "SUM_ON_HOST", False)
     reference = graph()
