@@ -327,7 +327,7 @@ class TaskEngine(_Dispatching):
             for func, args, kwargs in handlers:
                 key = forwarded.get(id(func))
                 if key is not None and not event_args and not event_kwargs:
-                    # the forwarder's loop, run here: it runs several times an iteration, and a call is its cost
+                    # what the forwarder would do, without its call: this runs several times an iteration
                     inner = self.inner
                     own = inner._lists.get(key)
                     if own:
@@ -383,25 +383,12 @@ class TaskEngine(_Dispatching):
 
 
 def _forwarder(inner: HandlerEngine, event: Any) -> Callable[[], None]:
-    """The task engine's first handler of ``event``: runs ``inner``'s handlers of ``event`` (the
-    loop of ``_Dispatching._dispatch``, inlined: it runs at every iteration)."""
-    key = id(event)
+    """The task engine's first handler of ``event``, which keeps ice_ignite's handlers first:
+    ``TaskEngine._fire_event`` runs ``inner``'s handlers of ``event`` in its place (without the
+    call); called directly, it fires them through ``inner``'s own dispatch."""
 
     def forward() -> None:
-        handlers = inner._lists.get(key)
-        if not handlers:
-            return
-        inner.last_event_name = event
-        for func, args, kwargs in handlers:
-            if args and isinstance(args[0], weakref.ref):  # ``inner`` lives as long as its task engine
-                if kwargs or len(args) != 1:
-                    func(args[0](), *args[1:], **kwargs)
-                else:  # the usual handler(engine): no argument tuple or dict built
-                    func(args[0]())
-            elif kwargs:
-                func(*args, **kwargs)
-            else:
-                func(*args)
+        inner._fire_event(event)
 
     return forward
 
